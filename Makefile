@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` renders the example, `make test` runs everything.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint bench install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/rime-batch plan jobs.example.yaml
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy pipeline workers
+
+test: lint
+	$(BIN)/pytest
+
+bench: install-test
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/stitch.py --hours 1
+
+clean:
+	rm -rf $(VENV) rime-batch.db out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Rime's TTS API: model knowledge and the client."""

@@ -1,0 +1,72 @@
+"""What we know about each Rime model: limits, sampling rates, speed convention.
+
+One home for facts that the manifest validator, the segmenter, the client and the local engine
+all need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Rime's per-request text limit through the API (the dashboard allows 1,000).
+DEFAULT_MAX_CHARS = 500
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about one Rime model."""
+
+    id: str
+    # Either an inclusive range (lo, hi) or an explicit set of accepted rates.
+    rate_range: tuple[int, int] | None
+    rate_set: frozenset[int] | None
+    default_sampling_rate: int
+    # Mist v2 (and mist) use "lower speedAlpha is faster"; newer models invert it.
+    speed_lower_is_faster: bool
+    # `<ms>` pause markup is honoured on Mist models only.
+    honours_pause_markup: bool
+    supports_sse: bool
+    max_chars: int = DEFAULT_MAX_CHARS
+
+    def accepts_rate(self, rate: int) -> bool:
+        """Whether `samplingRate=rate` is valid for this model on Rime's cloud."""
+        if self.rate_set is not None:
+            return rate in self.rate_set
+        assert self.rate_range is not None
+        lo, hi = self.rate_range
+        return lo <= rate <= hi
+
+    def describe_rates(self) -> str:
+        """Human text for the accepted sampling rates, for error messages."""
+        if self.rate_set is not None:
+            return "one of " + ", ".join(str(r) for r in sorted(self.rate_set))
+        assert self.rate_range is not None
+        return f"between {self.rate_range[0]} and {self.rate_range[1]}"
+
+    def speed_alpha(self, speed: float) -> float:
+        """Map a user speed (higher is faster, 1.0 normal) to this model's `speedAlpha`."""
+        return round(1.0 / speed, 4) if self.speed_lower_is_faster else speed
+
+
+_MIST_RATES = (4000, 44100)
+_ARCANA_RATES = frozenset({8000, 16000, 22050, 24000, 44100, 48000, 96000})
+
+MODELS: dict[str, ModelInfo] = {
+    m.id: m
+    for m in (
+        ModelInfo("mist", _MIST_RATES, None, 22050, True, True, False),
+        ModelInfo("mistv2", _MIST_RATES, None, 22050, True, True, True),
+        ModelInfo("mistv3", _MIST_RATES, None, 22050, False, True, False),
+        ModelInfo("arcana", None, _ARCANA_RATES, 24000, False, False, False),
+        ModelInfo("coda", _MIST_RATES, None, 24000, False, False, False),
+    )
+}
+
+
+def get_model(model_id: str) -> ModelInfo:
+    """The model's facts; unknown ids raise KeyError with the known ones listed."""
+    try:
+        return MODELS[model_id]
+    except KeyError:
+        known = ", ".join(sorted(MODELS))
+        raise KeyError(f"unknown modelId {model_id!r} (known: {known})") from None
