@@ -1,0 +1,353 @@
+"""Cut a script into Rime requests of at most `limit` characters, losslessly and markup-aware.
+
+The text is read as atoms (runs without whitespace; markup counts as part of an atom, so
+`[very slow]` is never broken) separated by gaps (whitespace and `<ms>` pause markers). Dashes
+and CJK punctuation also end an atom with an empty gap after them. A cut is always made at the
+end of a gap, so the whitespace and pause markers at a cut go with the earlier segment's source.
+
+Each gap gets a level: paragraph (two or more newlines) > sentence (. ? ! … 。！？, closing
+quotes allowed) > pause (a marker) > clause (, ; : ，、；：, dashes, a spaced " - ") > word.
+Some gaps are no cut at all, unless they hold a pause marker or a blank line: after an
+abbreviation (`Dr.`, `e.g.`, `U.S.`, initials like `J.`, `etc.` before a lowercase word, `No.`
+before a number), after a list number at a line start (`1.`), and a gap of no-break spaces only
+(`10\u00a0000`). Numbers, URLs and e-mail addresses hold no whitespace, so each is one atom and
+never split; a dash between digits (`1990–2000`) does not end an atom, and no dash or CJK mark
+ends one inside a URL or e-mail address.
+
+Packing: from a segment's start, among the cuts whose text fits the limit, take the highest
+level, and the farthest cut of that level. If the rest of the text fits, it is one segment.
+
+Decisions where a script is odd:
+- A text with nothing to speak (empty, or only whitespace and pause markup) raises
+  SegmentationError: zero segments could not give the text back when joined.
+- Pause markers before the first word are cut from the first request's text; their sum is
+  `lead_pause_ms(segments)`. Markers after the last word are the last segment's pause_after_ms.
+- One atom (or a run glued by abbreviations) longer than the limit raises SegmentationError;
+  there is no hard cut inside a word, number or CJK run without punctuation.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pipeline.errors import SegmentationError
+from pipeline.markup import Pause, Phonemes, SpeedWord, Text, check_inline_speed, parse
+from pipeline.rime.models import DEFAULT_MAX_CHARS
+
+
+class Boundary(StrEnum):
+    """Why a segment ends where it does, weakest first."""
+
+    WORD = "word"  # whitespace between two words
+    CLAUSE = "clause"  # after , ; : (and CJK ，、；：) or a dash
+    PAUSE = "pause"  # at `<ms>` pause markup, with nothing stronger there
+    SENTENCE = "sentence"  # after . ? ! … (and CJK 。！？)
+    PARAGRAPH = "paragraph"  # at a blank line
+    END = "end"  # the end of the text
+
+
+_LEVELS = (Boundary.WORD, Boundary.CLAUSE, Boundary.PAUSE, Boundary.SENTENCE, Boundary.PARAGRAPH)
+_RANK = {b: i + 1 for i, b in enumerate(_LEVELS)}
+_NO_CUT = 0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One request's worth of a script."""
+
+    source: str  # exact slice of the input; the sources of all segments join to the input
+    start: int  # offset of source in the input
+    text: str  # the request text: source without its boundary pause markers and outer spaces
+    pause_after_ms: int | None  # pause markup at the cut after this segment; None if none
+    boundary: Boundary  # the kind of cut after this segment
+    inline_speed_alpha: tuple[float, ...]  # the values of this segment's own [words], in order
+
+    @property
+    def end(self) -> int:
+        """Offset just past this segment's source."""
+        return self.start + len(self.source)
+
+
+_CLOSING = "\"'”’»)」』）》"
+_OPENING = "\"'“‘«(¿¡「『（《"
+_SENTENCE_PUNCT = ".!?…。！？｡"
+_CLAUSE_PUNCT = ",;:，、；：—–"
+# No-break spaces separate atoms but glue them: `10 000`, `Dr. Smith` are never cut.
+_BREAKING_WS = re.compile(r"[^\S\u00a0\u2007\u202f]")
+_HYPHENS = re.compile(r"-+")
+_SPACES = re.compile(r"\s+")
+# Split points inside an atom: after a dash run or after CJK punctuation (which takes no space).
+_SPLIT = re.compile(rf"[—–]+|[。！？｡，、；：]+[{_CLOSING}]*")
+_SPLIT_CHARS = re.compile(r"[—–。！？｡，、；：]")
+_URL_OR_EMAIL = re.compile(r"://|www\.|@", re.IGNORECASE)
+_PAUSE_MARK = re.compile(r"<(\d+)>")
+_LEAD = re.compile(r"(?:\s|<\d+>)*")
+
+# Never a sentence end: titles and Latin shorthands that a name or phrase always follows.
+_HARD_ABBREVIATIONS = frozenset(
+    {
+        "mr", "mrs", "ms", "dr", "prof", "st", "mt", "rev", "fr", "gen", "capt", "lt", "col",
+        "sgt", "hon", "vs", "e.g", "i.e", "cf", "approx", "fig", "vol", "pp", "ca", "dept", "ft",
+    }
+)  # fmt: skip
+# A sentence end only when the next word is not lowercase ("etc. and" vs "etc. Then").
+_SOFT_ABBREVIATIONS = frozenset({"etc", "inc", "ltd", "co", "corp", "jr", "sr", "a.m", "p.m"})
+_LETTER_CHAIN = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
+_LIST_NUMBER = re.compile(r"\d+\.")
+
+
+def segment_text(
+    text: str,
+    *,
+    limit: int = DEFAULT_MAX_CHARS,
+    inline_speed_alpha: Sequence[float] = (),
+    pauses_as_cuts: bool = False,
+) -> tuple[Segment, ...]:
+    """Cut `text` into segments whose request text has 1..`limit` characters."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    tokens = parse(text)
+    check_inline_speed(tokens, inline_speed_alpha, len(text))
+    layout = _layout(text, tokens)
+    if not layout.starts:
+        raise SegmentationError(
+            "nothing to speak: the text is empty or only whitespace and pause markup", 0
+        )
+    levels = _gap_levels(text, layout)
+    return _pack(text, layout, levels, limit, tuple(inline_speed_alpha), pauses_as_cuts)
+
+
+def lead_pause_ms(segments: Sequence[Segment]) -> int:
+    """Milliseconds of pause markup before the first word (cut from the first request)."""
+    if not segments:
+        return 0
+    lead = _LEAD.match(segments[0].source)
+    assert lead is not None  # the pattern matches the empty string
+    return sum(int(ms) for ms in _PAUSE_MARK.findall(lead.group()))
+
+
+@dataclass
+class _Layout:
+    """Atoms as parallel offset lists, the pause markup in the gaps, and [word] positions."""
+
+    starts: list[int]
+    ends: list[int]
+    gap_ms: list[int | None]  # gap k lies between atom k and atom k + 1
+    trailing_ms: int | None
+    markup_starts: list[int]
+    markup_ends: list[int]
+    speed_starts: list[int]
+
+
+def _layout(text: str, tokens: Sequence[Text | Pause | Phonemes | SpeedWord]) -> _Layout:
+    layout = _Layout([], [], [], None, [], [], [])
+    pending: int | None = None  # pause ms in the gap being read
+    in_atom = False
+
+    def content(start: int, end: int) -> None:
+        nonlocal pending, in_atom
+        if in_atom:
+            layout.ends[-1] = end
+            return
+        if layout.starts:
+            layout.gap_ms.append(pending)
+        layout.starts.append(start)
+        layout.ends.append(end)
+        pending = None
+        in_atom = True
+
+    for token in tokens:
+        if isinstance(token, Text):
+            pos = token.start
+            for space in _SPACES.finditer(text, token.start, token.end):
+                if space.start() > pos:
+                    content(pos, space.start())
+                in_atom = False
+                pos = space.end()
+            if pos < token.end:
+                content(pos, token.end)
+        elif isinstance(token, Pause):
+            pending = (pending or 0) + token.ms
+            in_atom = False
+        else:
+            layout.markup_starts.append(token.start)
+            layout.markup_ends.append(token.end)
+            if isinstance(token, SpeedWord):
+                layout.speed_starts.append(token.start)
+            content(token.start, token.end)
+    layout.trailing_ms = pending
+    _split_atoms(text, layout)
+    return layout
+
+
+def _split_atoms(text: str, layout: _Layout) -> None:
+    """End atoms after dashes and CJK punctuation, which need no space before the next word."""
+    starts: list[int] = []
+    ends: list[int] = []
+    gap_ms: list[int | None] = []
+    for k, (a, b) in enumerate(zip(layout.starts, layout.ends, strict=True)):
+        if k:
+            gap_ms.append(layout.gap_ms[k - 1])
+        piece = a
+        if _SPLIT_CHARS.search(text, a, b) and not _URL_OR_EMAIL.search(text, a, b):
+            for m in _SPLIT.finditer(text, a, b):
+                cut = m.end()
+                if cut >= b or _inside_markup(layout, cut) or _between_digits(text, m):
+                    continue
+                starts.append(piece)
+                ends.append(cut)
+                gap_ms.append(None)
+                piece = cut
+        starts.append(piece)
+        ends.append(b)
+    layout.starts, layout.ends, layout.gap_ms = starts, ends, gap_ms
+
+
+def _inside_markup(layout: _Layout, pos: int) -> bool:
+    i = bisect_right(layout.markup_starts, pos) - 1
+    return i >= 0 and layout.markup_starts[i] < pos < layout.markup_ends[i]
+
+
+def _between_digits(text: str, m: re.Match[str]) -> bool:
+    """A dash in a number range or phone number (`1990–2000`) is not a clause break."""
+    if text[m.start()] not in "—–":
+        return False
+    return m.start() > 0 and text[m.start() - 1].isdigit() and text[m.end()].isdigit()
+
+
+def _gap_levels(text: str, layout: _Layout) -> list[int]:
+    levels: list[int] = []
+    starts, ends = layout.starts, layout.ends
+    for k in range(len(starts) - 1):
+        prev_start, prev_end, next_start = starts[k], ends[k], starts[k + 1]
+        level = _RANK[Boundary.WORD]
+        punct = _final_punct(text, prev_start, prev_end)
+        if punct and punct in _SENTENCE_PUNCT:
+            glued = _glues(text, prev_start, prev_end, next_start)
+            level = _NO_CUT if glued else _RANK[Boundary.SENTENCE]
+        elif (punct and punct in _CLAUSE_PUNCT) or _HYPHENS.fullmatch(text, prev_start, prev_end):
+            level = _RANK[Boundary.CLAUSE]
+        if prev_end < next_start and not _BREAKING_WS.search(text, prev_end, next_start):
+            level = _NO_CUT
+        if layout.gap_ms[k] is not None:
+            level = max(level, _RANK[Boundary.PAUSE])
+        if text.count("\n", prev_end, next_start) >= 2:
+            level = _RANK[Boundary.PARAGRAPH]
+        levels.append(level)
+    return levels
+
+
+def _final_punct(text: str, start: int, end: int) -> str:
+    """The last character of an atom before any closing quotes or brackets ("" if none)."""
+    while end > start and text[end - 1] in _CLOSING:
+        end -= 1
+    return text[end - 1] if end > start else ""
+
+
+def _glues(text: str, start: int, end: int, next_start: int) -> bool:
+    """Whether the period ending text[start:end] belongs to an abbreviation, not a sentence."""
+    if text[end - 1] != ".":
+        return False
+    word = text[start : end - 1].lstrip(_OPENING)
+    folded = word.casefold()
+    following = text[next_start : next_start + 2].lstrip(_OPENING)[:1]
+    if folded in _HARD_ABBREVIATIONS:
+        return True
+    if folded in _SOFT_ABBREVIATIONS:
+        return following.islower() or following.isdigit()
+    if folded == "no":
+        return following.isdigit() or following == "#"
+    if _LETTER_CHAIN.fullmatch(word):
+        return True
+    if len(word) == 1 and word.isupper() and word != "I":
+        return True
+    return bool(_LIST_NUMBER.fullmatch(text, start, end)) and _at_line_start(text, start)
+
+
+def _at_line_start(text: str, pos: int) -> bool:
+    i = pos - 1
+    while i >= 0 and text[i] in " \t":
+        i -= 1
+    return i < 0 or text[i] == "\n"
+
+
+def _pack(
+    text: str,
+    layout: _Layout,
+    levels: list[int],
+    limit: int,
+    alpha: tuple[float, ...],
+    pauses_as_cuts: bool,
+) -> tuple[Segment, ...]:
+    starts, ends = layout.starts, layout.ends
+    last = len(starts) - 1
+    by_level: dict[int, list[int]] = {_RANK[b]: [] for b in _LEVELS}
+    for k, level in enumerate(levels):
+        if level != _NO_CUT:
+            by_level[level].append(k)
+    forced = [k for k, ms in enumerate(layout.gap_ms) if ms is not None] if pauses_as_cuts else []
+    ranked = sorted(by_level, reverse=True)
+
+    segments: list[Segment] = []
+    seg_start = 0
+    i = 0
+    while True:
+        reach = bisect_right(ends, starts[i] + limit) - 1  # farthest atom that still fits
+        if reach < i:
+            raise SegmentationError(
+                f"a single word of {ends[i] - starts[i]} characters is longer than the limit "
+                f"of {limit} ({_preview(text, starts[i])})",
+                starts[i],
+            )
+        f = bisect_left(forced, i)
+        cut: int | None = None
+        if f < len(forced) and forced[f] <= reach:
+            cut = forced[f]
+        elif reach < last:
+            cut = _best_cut(by_level, ranked, i, reach)
+            if cut is None:
+                raise SegmentationError(
+                    f"no place to cut within the limit of {limit} characters "
+                    f"({_preview(text, starts[i])})",
+                    starts[i],
+                )
+        if cut is None:
+            seg_end, last_atom, pause, boundary = len(text), last, layout.trailing_ms, Boundary.END
+        else:
+            seg_end, last_atom, pause = starts[cut + 1], cut, layout.gap_ms[cut]
+            boundary = _LEVELS[levels[cut] - 1]
+        lo = bisect_left(layout.speed_starts, seg_start)
+        hi = bisect_left(layout.speed_starts, seg_end)
+        segments.append(
+            Segment(
+                source=text[seg_start:seg_end],
+                start=seg_start,
+                text=text[starts[i] : ends[last_atom]],
+                pause_after_ms=pause,
+                boundary=boundary,
+                inline_speed_alpha=alpha[lo:hi],
+            )
+        )
+        if cut is None:
+            return tuple(segments)
+        seg_start = seg_end
+        i = cut + 1
+
+
+def _best_cut(by_level: dict[int, list[int]], ranked: list[int], i: int, reach: int) -> int | None:
+    """The farthest gap in [i, reach] of the highest level present there."""
+    for level in ranked:
+        gaps = by_level[level]
+        k = bisect_right(gaps, reach) - 1
+        if k >= 0 and gaps[k] >= i:
+            return gaps[k]
+    return None
+
+
+def _preview(text: str, start: int) -> str:
+    snippet = text[start : start + 30]
+    return repr(snippet + "…") if len(text) > start + 30 else repr(snippet)
