@@ -5,7 +5,10 @@
     │   ├── ManifestError     a manifest field, with file, line (YAML) or row (CSV)
     │   ├── MarkupError       malformed Rime inline markup, with its position
     │   └── SegmentationError text that cannot be cut under the character limit
-    └── RimeError             talking to Rime (see pipeline.rime.errors for the subtree)
+    └── RimeError             talking to Rime; defined with its subtree in pipeline.rime.errors
+        ├── TransientError    retry later: RateLimited (429), ServerError (5xx), StreamCut,
+        │                     ProtocolError, ConnectError, Timeout
+        └── PermanentError    give up: BadRequest (400), AuthError (401/403), other 4xx
 
 Messages never contain the API key.
 """

@@ -1,0 +1,369 @@
+"""Rime's JSON WebSocket API (`/ws3`), on the `websockets` library.
+
+The synthesis arguments are query parameters of the connection; the key goes in the upgrade
+request's Authorization header. Received messages become typed events. Failures become
+pipeline.rime.errors, and nothing is retried here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from pydantic import SecretStr
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.frames import CloseCode
+
+from pipeline import __version__
+from pipeline.rime import errors
+from pipeline.rime.params import AudioFormat, Segment, VoiceParams
+from pipeline.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+WS3_PATH = "/ws3"
+# A chunk is base64 audio in JSON; long syntheses at high rates outgrow websockets' 1 MiB default.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_OPEN_TIMEOUT = 10.0
+# Between two events of a running synthesis; a silent server past this is treated as stuck.
+DEFAULT_RECEIVE_TIMEOUT = 60.0
+
+
+class _RedactAuthorization(logging.Filter):
+    """websockets logs every handshake header at DEBUG; this hides the Authorization value."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(
+            isinstance(a, str) and a.startswith("Bearer ") for a in args
+        ):
+            record.args = tuple(
+                "[redacted]" if isinstance(a, str) and a.startswith("Bearer ") else a for a in args
+            )
+        return True
+
+
+# The library's own logger name would let its handshake lines through unfiltered.
+_wire_log = logging.getLogger(f"{__name__}.wire")
+_wire_log.addFilter(_RedactAuthorization())
+
+
+@dataclass(frozen=True)
+class WordTimestamp:
+    """One word and when it is spoken, in seconds from the start of its synthesis."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Audio bytes, in the connection's audio format."""
+
+    audio: bytes
+    context_id: str | None
+
+
+@dataclass(frozen=True)
+class Timestamps:
+    """Word timings for audio already sent; the three tuples are index-aligned."""
+
+    words: tuple[str, ...]
+    start: tuple[float, ...]
+    end: tuple[float, ...]
+    context_id: str | None
+
+    def items(self) -> list[WordTimestamp]:
+        """The timings as one record per word."""
+        triples = zip(self.words, self.start, self.end, strict=True)
+        return [WordTimestamp(w, s, e) for w, s, e in triples]
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last chunk of a synthesis batch has been sent."""
+
+    context_id: str | None
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The server refused a message; the connection stays open."""
+
+    message: str
+
+
+Event = Chunk | Timestamps | Done | ErrorEvent
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """The gathered result of one synthesis: its audio and its word timings."""
+
+    audio: bytes
+    words: tuple[WordTimestamp, ...]
+    context_id: str
+
+
+def _floats(value: object) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise errors.ProtocolError("timestamps event has a non-numeric time list")
+    return tuple(float(v) for v in value)
+
+
+def parse_event(raw: str | bytes) -> Event | None:
+    """The typed event for one server message; None for an event type this client ignores."""
+    if isinstance(raw, bytes):
+        raise errors.ProtocolError("binary message on a JSON WebSocket")
+    try:
+        message = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise errors.ProtocolError(f"message is not JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise errors.ProtocolError("message is not a JSON object")
+    kind = message.get("type")
+    context_id = message.get("contextId")
+    if context_id is not None and not isinstance(context_id, str):
+        context_id = str(context_id)
+    if kind == "chunk":
+        data = message.get("data")
+        if not isinstance(data, str):
+            raise errors.ProtocolError("chunk event without base64 data")
+        try:
+            audio = base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            raise errors.StreamCut(f"chunk data is not valid base64: {exc}") from exc
+        return Chunk(audio, context_id)
+    if kind == "timestamps":
+        stamps = message.get("word_timestamps")
+        if not isinstance(stamps, dict):
+            raise errors.ProtocolError("timestamps event without word_timestamps")
+        words = stamps.get("words")
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise errors.ProtocolError("timestamps event has a non-text word list")
+        start, end = _floats(stamps.get("start")), _floats(stamps.get("end"))
+        if not len(words) == len(start) == len(end):
+            raise errors.ProtocolError("timestamps lists differ in length")
+        return Timestamps(tuple(words), start, end, context_id)
+    if kind == "done":
+        return Done(context_id)
+    if kind == "error":
+        return ErrorEvent(errors.clean_message(str(message.get("message", ""))))
+    return None
+
+
+def ws3_url(
+    base: str,
+    params: VoiceParams,
+    audio_format: AudioFormat = AudioFormat.PCM,
+    segment: Segment | None = Segment.NEVER,
+) -> str:
+    """The /ws3 connection URL: `base` (a host, or a full /ws3 URL) plus the query parameters."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/") or WS3_PATH
+    query = urlencode(params.to_query(audio_format, segment))
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+class RimeWsClient:
+    """An open /ws3 connection: send text and operations, iterate over typed events."""
+
+    def __init__(
+        self,
+        connection: ClientConnection,
+        params: VoiceParams,
+        *,
+        segment: Segment | None,
+        secret: str | None,
+        receive_timeout: float | None,
+    ) -> None:
+        self._connection = connection
+        self.params = params
+        self.segment = segment
+        self._secret = secret
+        self._receive_timeout = receive_timeout
+        self._received_any = False
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str | None,
+        params: VoiceParams,
+        api_key: str | SecretStr | None = None,
+        *,
+        audio_format: AudioFormat = AudioFormat.PCM,
+        segment: Segment | None = Segment.NEVER,
+        open_timeout: float = DEFAULT_OPEN_TIMEOUT,
+        receive_timeout: float | None = DEFAULT_RECEIVE_TIMEOUT,
+    ) -> AsyncIterator[RimeWsClient]:
+        """Open a connection (defaults from settings, like the HTTP client) and close it after.
+
+        `segment` defaults to `never`: audio only on flush or eos, which is what `synthesize`
+        relies on. None leaves Rime's default (`bySentence`).
+        """
+        if url is None or api_key is None:
+            settings = get_settings()
+            url = settings.rime_ws_url if url is None else url
+            api_key = settings.rime_api_key if api_key is None else api_key
+        secret = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        target = ws3_url(url, params, audio_format, segment)
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        log.debug("connecting to %s", target)
+        try:
+            connection = await ws_connect(
+                target,
+                additional_headers=headers,
+                user_agent_header=f"rime-batch/{__version__}",
+                open_timeout=open_timeout,
+                max_size=MAX_MESSAGE_BYTES,
+                logger=_wire_log,
+            )
+        except InvalidStatus as exc:
+            response = exc.response
+            raise errors.error_for_status(
+                response.status_code,
+                (response.body or b"").decode("utf-8", errors="replace"),
+                retry_after=response.headers.get("Retry-After"),
+                secret=secret,
+            ) from exc
+        except InvalidURI as exc:
+            raise errors.PermanentError(f"invalid WebSocket URL: {exc}") from exc
+        except TimeoutError as exc:
+            raise errors.Timeout(f"timed out connecting to {url}") from exc
+        except (OSError, InvalidHandshake) as exc:
+            detail = errors.clean_message(str(exc) or type(exc).__name__, secret)
+            raise errors.ConnectError(f"cannot connect to {url}: {detail}") from exc
+        client = cls(
+            connection,
+            params,
+            segment=segment,
+            secret=secret,
+            receive_timeout=receive_timeout,
+        )
+        try:
+            yield client
+        finally:
+            await connection.close()
+
+    def _closed_error(self, exc: ConnectionClosed) -> errors.RimeError:
+        """Our error for a connection the server closed other than normally."""
+        close = exc.rcvd
+        if close is None:
+            return errors.StreamCut("connection dropped without a close frame")
+        reason = errors.clean_message(close.reason, self._secret)
+        message = f"connection closed with code {close.code}" + (f": {reason}" if reason else "")
+        if close.code == CloseCode.INTERNAL_ERROR and not self._received_any:
+            # Rime accepts a bad request's upgrade and then closes it with 1011.
+            return errors.BadRequest(message)
+        if close.code == CloseCode.POLICY_VIOLATION:
+            return errors.AuthError(message)
+        if close.code == CloseCode.TRY_AGAIN_LATER:
+            return errors.RateLimited(message, status=None)
+        if close.code == CloseCode.ABNORMAL_CLOSURE:
+            return errors.StreamCut(message)
+        return errors.ServerError(message)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            await self._connection.send(json.dumps(message))
+        except ConnectionClosedOK as exc:
+            raise errors.ConnectError("connection already closed") from exc
+        except ConnectionClosed as exc:
+            raise self._closed_error(exc) from exc
+
+    async def send_text(self, text: str, context_id: str | None = None) -> None:
+        """Add text to the server's buffer; later events are tagged with `context_id`."""
+        message: dict[str, Any] = {"text": text}
+        if context_id is not None:
+            message["contextId"] = context_id
+        await self._send(message)
+
+    async def flush(self) -> None:
+        """Synthesize whatever is buffered now."""
+        await self._send({"operation": "flush"})
+
+    async def clear(self) -> None:
+        """Drop the buffered text (an interruption)."""
+        await self._send({"operation": "clear"})
+
+    async def eos(self) -> None:
+        """Synthesize what is buffered, then have the server close the connection."""
+        await self._send({"operation": "eos"})
+
+    async def recv(self) -> Event | None:
+        """The next event; None once the server has closed the connection normally."""
+        while True:
+            try:
+                async with asyncio.timeout(self._receive_timeout):
+                    raw = await self._connection.recv()
+            except TimeoutError as exc:
+                raise errors.Timeout(
+                    f"no message from the server in {self._receive_timeout:g}s"
+                ) from exc
+            except ConnectionClosedOK:
+                return None
+            except ConnectionClosed as exc:
+                raise self._closed_error(exc) from exc
+            self._received_any = True
+            event = parse_event(raw)
+            if event is not None:
+                return event
+            log.debug("ignoring an unknown event type")
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        """Events until the server closes the connection normally."""
+        while (event := await self.recv()) is not None:
+            yield event
+
+    async def synthesize(self, text: str, context_id: str | None = None) -> Synthesis:
+        """Send `text`, flush, and gather its audio and word timings up to its done event."""
+        if self.segment is not Segment.NEVER:
+            # Under the other settings the server may cut the text into several batches on
+            # its own, so one done would not mean the whole text.
+            raise ValueError("synthesize() needs a connection opened with segment=never")
+        if len(text) > self.params.max_chars:
+            raise errors.InvalidRequest(
+                f"text is {len(text)} characters; {self.params.model_id} takes at most "
+                f"{self.params.max_chars}"
+            )
+        context_id = context_id or uuid.uuid4().hex
+        await self.send_text(text, context_id)
+        await self.flush()
+        audio: list[bytes] = []
+        words: list[WordTimestamp] = []
+        while True:
+            event = await self.recv()
+            if event is None:
+                raise errors.StreamCut("connection closed before the synthesis finished")
+            if isinstance(event, ErrorEvent):
+                raise errors.BadRequest(event.message or "the server refused the request")
+            if event.context_id != context_id:
+                log.debug("skipping an event of another context")
+                continue
+            if isinstance(event, Chunk):
+                audio.append(event.audio)
+            elif isinstance(event, Timestamps):
+                words.extend(event.items())
+            else:
+                return Synthesis(b"".join(audio), tuple(words), context_id)
