@@ -29,21 +29,27 @@ from pipeline.errors import RimeBatchError
 # A server message longer than this is cut: a proxy's HTML error page says nothing useful past it.
 MAX_MESSAGE_CHARS = 300
 REDACTED = "[redacted]"
+WITHHELD = "[message withheld]"
 
 
 def redact(text: str, secret: str | None) -> str:
     """`text` with every occurrence of `secret` replaced."""
-    if secret:
+    if not secret:
+        return text
+    # Replacing can splice a new occurrence out of the pieces around it; repeat until none is left.
+    for _ in range(8):
+        if secret not in text:
+            return text
         text = text.replace(secret, REDACTED)
-    return text
+    return WITHHELD if secret not in WITHHELD else ""
 
 
 def clean_message(text: str, secret: str | None = None) -> str:
-    """A server message made safe and short: key removed, whitespace folded, truncated."""
-    folded = " ".join(redact(text, secret).split())
+    """A server message made safe and short: whitespace folded, truncated, key removed."""
+    folded = " ".join(text.split())
     if len(folded) > MAX_MESSAGE_CHARS:
         folded = folded[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
-    return folded
+    return redact(folded, secret)
 
 
 class RimeError(RimeBatchError):
