@@ -1,0 +1,64 @@
+"""Manifests (YAML or CSV) to a typed, validated JobSpec.
+
+    job: clinic-ivr              # default: the file's stem
+    output: out/clinic           # relative to the manifest, or s3://bucket/prefix
+    defaults: {speaker: cove, modelId: mistv2, samplingRate: 8000, formats: [wav-mulaw]}
+    scripts:
+      - id: welcome
+        text: "Thank you for calling. <300> Your call is important to us."
+      - id: chapter-01
+        text_file: chapters/chapter-01.txt
+        formats: [mp3]           # any default may be overridden per script
+
+A CSV has a header with `id,text` and optional columns named like any setting (empty cells use
+the default; lists are written `mp3|wav`). Its outputs go to `out/<stem>` beside it.
+
+Every problem is one `ManifestError` naming the file, the line (and for CSV the data row) and
+the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.errors import ManifestError
+from pipeline.manifest.build import build_job
+from pipeline.manifest.models import Format, JobSpec, ScriptSpec, Source, Voice
+from pipeline.manifest.paths import describe_bad_byte
+from pipeline.manifest.readers import RawManifest, read_csv, read_yaml
+
+__all__ = ["Format", "JobSpec", "ScriptSpec", "Source", "Voice", "load_manifest"]
+
+_READERS: dict[str, Callable[[Path, str], RawManifest]] = {
+    ".yaml": read_yaml,
+    ".yml": read_yaml,
+    ".csv": read_csv,
+}
+
+
+def load_manifest(path: Path | str, *, output: str | None = None) -> JobSpec:
+    """Read and validate a manifest; `output` replaces its destination."""
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ManifestError(
+            f"unsupported manifest type {path.suffix!r}; use .yaml, .yml or .csv"
+            if path.suffix
+            else "a manifest's name must end in .yaml, .yml or .csv",
+            file=path,
+        )
+    if not path.exists():
+        raise ManifestError("the file does not exist", file=path)
+    if not path.is_file():
+        raise ManifestError("is not a file", file=path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a BOM, as Excel writes one, is not data
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"the manifest is not UTF-8 text ({describe_bad_byte(data, exc)}); save it as UTF-8",
+            file=path,
+            line=data.count(b"\n", 0, exc.start) + 1,
+        ) from exc
+    return build_job(reader(path, text), output=output)

@@ -1,0 +1,199 @@
+"""Plain manifest data to a validated JobSpec; every problem is one located ManifestError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from pipeline.errors import ManifestError
+from pipeline.manifest.models import JobSpec, ScriptSpec, Source, Voice
+from pipeline.manifest.paths import (
+    PathProblem,
+    check_script_id,
+    default_job_name,
+    normalize_text,
+    read_text_file,
+    resolve_destination,
+)
+from pipeline.manifest.readers import (
+    SCRIPT_KEYS,
+    TOP_KEYS,
+    VOICE_KEYS,
+    Loc,
+    RawManifest,
+    unknown_key_message,
+)
+
+MAX_JOB_NAME_CHARS = 200
+
+
+def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
+    """Validate `raw` and resolve every script's settings, text and the destination."""
+    data = raw.data
+    where = raw.locator.source
+    for key in data:
+        if key not in TOP_KEYS:
+            raise where((key,)).error(unknown_key_message(key, TOP_KEYS))
+    name = _job_name(raw)
+    destination = _destination(raw, output)
+    defaults_data = data.get("defaults") or {}
+    if not isinstance(defaults_data, dict):
+        raise where(("defaults",)).error("must be a mapping of settings (e.g. speaker: cove)")
+    defaults = _validate_voice(raw, defaults_data, ("defaults",))
+    entries = data.get("scripts")
+    if entries is None:
+        raise where(()).error("there is no 'scripts' list: add one script at least")
+    if not isinstance(entries, list) or not entries:
+        raise where(("scripts",)).error("must be a list with one script at least")
+    scripts: list[ScriptSpec] = []
+    first_seen: dict[str, Source] = {}
+    for index, entry in enumerate(entries):
+        script = _script(raw, defaults, entry, ("scripts", index))
+        # Some file systems ignore case: Welcome.wav and welcome.wav would be one file.
+        earlier = first_seen.setdefault(script.id.casefold(), script.source)
+        if earlier is not script.source:
+            raise script.source.error(
+                f"{script.id!r} is used again (first at {_place(earlier)}); ids must differ "
+                "in more than letter case",
+                "id",
+            )
+        scripts.append(script)
+    return JobSpec(
+        name=name,
+        manifest=raw.file.absolute(),
+        destination=destination,
+        defaults=defaults,
+        scripts=tuple(scripts),
+    )
+
+
+def _job_name(raw: RawManifest) -> str:
+    value = raw.data.get("job")
+    if value is None:
+        return default_job_name(raw.file)
+    problem = None
+    if not isinstance(value, str) or not value.strip():
+        problem = "must be a non-empty text"
+    elif len(value) > MAX_JOB_NAME_CHARS:
+        problem = f"is longer than {MAX_JOB_NAME_CHARS} characters"
+    elif not value.isprintable():
+        problem = "contains a control character"
+    if problem:
+        raise raw.locator.source(("job",)).error(problem)
+    return str(value).strip()
+
+
+def _destination(raw: RawManifest, override: str | None) -> str:
+    if override is not None:
+        # A path given on the command line is relative to where the command runs.
+        try:
+            return resolve_destination(override, Path.cwd())
+        except PathProblem as exc:
+            raise ManifestError(str(exc), file=raw.file, field="output (override)") from exc
+    value = raw.data.get("output")
+    folder = raw.file.absolute().parent
+    if value is None:
+        return resolve_destination(f"out/{default_job_name(raw.file)}", folder)
+    if not isinstance(value, str):
+        raise raw.locator.source(("output",)).error(
+            "must be a folder (relative to the manifest) or s3://bucket/prefix"
+        )
+    try:
+        return resolve_destination(value, folder)
+    except PathProblem as exc:
+        raise raw.locator.source(("output",)).error(str(exc)) from exc
+
+
+def _script(raw: RawManifest, defaults: Voice, entry: Any, loc: Loc) -> ScriptSpec:
+    source = raw.locator.source(loc)
+    if not isinstance(entry, dict):
+        raise source.error("each script must be a mapping with an id and a text")
+    script_id = entry.get("id")
+    if script_id is None:
+        raise source.error("is required", "id")
+    if not isinstance(script_id, str):
+        # YAML reads `id: 010` as the number 8; quoting keeps what was written.
+        raise raw.locator.source((*loc, "id")).error("must be text, not a number; put it in quotes")
+    try:
+        check_script_id(script_id)
+    except PathProblem as exc:
+        raise raw.locator.source((*loc, "id")).error(str(exc)) from exc
+    overrides = {key: value for key, value in entry.items() if key not in SCRIPT_KEYS}
+    voice = _validate_voice(raw, {**defaults.model_dump(), **overrides}, loc, overrides)
+    text = _text(raw, entry, loc)
+    text_file = entry.get("text_file")
+    return ScriptSpec(
+        id=script_id,
+        text=text,
+        text_file=text_file if isinstance(text_file, str) else None,
+        source=source,
+        voice=voice,
+    )
+
+
+def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:
+    has_text, has_file = "text" in entry, entry.get("text_file") is not None
+    if has_text and has_file:
+        raise raw.locator.source((*loc, "text_file")).error(
+            "give either text or text_file, not both"
+        )
+    if has_file:
+        where = raw.locator.source((*loc, "text_file"))
+        if not isinstance(entry["text_file"], str):
+            raise where.error("must be a path relative to the manifest's folder")
+        try:
+            text = read_text_file(entry["text_file"], raw.file.absolute().parent)
+        except PathProblem as exc:
+            raise where.error(str(exc)) from exc
+        if not normalize_text(text):
+            raise where.error(f"{entry['text_file']!r} holds no text")
+        return normalize_text(text)
+    if not has_text:
+        raise raw.locator.source(loc).error("needs a text or a text_file", "text")
+    where = raw.locator.source((*loc, "text"))
+    value = entry["text"]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise where.error("is empty")
+    if not isinstance(value, str):
+        raise where.error("must be text; put it in quotes")
+    return normalize_text(value)
+
+
+def _validate_voice(
+    raw: RawManifest, data: dict[str, Any], loc: Loc, own: dict[str, Any] | None = None
+) -> Voice:
+    """Voice from `data`; the first error (by line) becomes a ManifestError.
+
+    `own` holds the keys the script itself wrote; a problem with a value it inherited from the
+    defaults says so.
+    """
+    try:
+        return Voice.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        located = [(raw.locator.source((*loc, *err["loc"])), err) for err in errors]
+        source, err = min(located, key=lambda pair: pair[0].line or 0)
+        message = _message(err, SCRIPT_KEYS + VOICE_KEYS if own is not None else VOICE_KEYS)
+        if own is not None and err["loc"] and err["loc"][0] not in own:
+            message += " (the value comes from defaults)"
+        raise source.error(message) from exc
+
+
+def _message(err: ErrorDetails, known: tuple[str, ...]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return unknown_key_message(str(err["loc"][-1]), known)
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
+    value = err["input"]
+    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+    got = f" (got {shown!r})" if isinstance(value, str | int | float | bool) else ""
+    return f"{err['msg']}{got}"
+
+
+def _place(source: Source) -> str:
+    line = f"line {source.line}" if source.line is not None else "an earlier entry"
+    return f"row {source.row}, {line}" if source.row is not None else line

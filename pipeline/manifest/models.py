@@ -1,0 +1,160 @@
+"""The typed manifest: per-job defaults, resolved scripts and the job they belong to."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from pipeline.errors import ManifestError
+from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS
+
+Format = Literal["wav", "wav-mulaw", "mulaw", "mp3", "ogg"]
+
+# MPEG-1 Layer III bitrates; ffmpeg's mp3 encoder rounds anything else to one of these.
+MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+# Lists written as one string (CSV cells, or `formats: mp3|wav` in YAML); Rime itself writes
+# inlineSpeedAlpha comma-separated.
+_LIST_SEPARATORS = re.compile(r"[|,]")
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in _LIST_SEPARATORS.split(value) if part.strip())
+    return value
+
+
+class Voice(BaseModel):
+    """Synthesis and output settings: the job's defaults, or one script's resolved settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    # Rime's request parameters keep Rime's spelling.
+    speaker: str = Field(default="cove", min_length=1)
+    modelId: str = "mistv2"
+    lang: str = Field(default="eng", min_length=1)
+    samplingRate: int | None = None  # None: the model's default
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)  # higher is faster, for every model
+    pauseBetweenBrackets: bool = True
+    phonemizeBetweenBrackets: bool = False
+    noTextNormalization: bool = False
+    temperature: float | None = Field(default=None, ge=0.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    inlineSpeedAlpha: tuple[float, ...] | None = None
+
+    # Our own settings, snake_case.
+    formats: tuple[Format, ...] = Field(default=("wav",), min_length=1)
+    pause_ms: int = Field(default=250, ge=0, le=60_000)
+    paragraph_pause_ms: int = Field(default=700, ge=0, le=60_000)
+    max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=1, le=1000)
+    pauses_as_cuts: bool = False
+    loudness_lufs: float | None = Field(default=None, ge=-70.0, le=-5.0)
+    mp3_bitrate: str = "128k"
+
+    @field_validator("modelId")
+    @classmethod
+    def _known_model(cls, model_id: str) -> str:
+        if model_id not in MODELS:
+            raise ValueError(f"unknown modelId {model_id!r} (known: {', '.join(sorted(MODELS))})")
+        return model_id
+
+    @field_validator("samplingRate")
+    @classmethod
+    def _rate_fits_model(cls, rate: int | None, info: ValidationInfo) -> int | None:
+        # Fields validate in declaration order, so a valid modelId is already in info.data.
+        model_id = info.data.get("modelId")
+        if rate is None or model_id is None:
+            return rate
+        model = MODELS[model_id]
+        if not model.accepts_rate(rate):
+            raise ValueError(
+                f"{rate} is not a sampling rate {model_id} accepts: "
+                f"expected {model.describe_rates()}"
+            )
+        return rate
+
+    @field_validator("inlineSpeedAlpha", "formats", mode="before")
+    @classmethod
+    def _accept_joined_list(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("inlineSpeedAlpha")
+    @classmethod
+    def _positive_alphas(cls, alphas: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if alphas is not None and any(a <= 0 for a in alphas):
+            raise ValueError("every inlineSpeedAlpha value must be greater than 0")
+        return alphas
+
+    @field_validator("formats")
+    @classmethod
+    def _distinct_formats(cls, formats: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({f for f in formats if formats.count(f) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return formats
+
+    @field_validator("mp3_bitrate", mode="before")
+    @classmethod
+    def _bitrate(cls, value: Any) -> Any:
+        # `mp3_bitrate: 128` in YAML is an int; it means 128k.
+        text = f"{value}k" if isinstance(value, int) and not isinstance(value, bool) else value
+        if isinstance(text, str):
+            number = text.strip().lower().removesuffix("k")
+            if number.isdigit() and int(number) in MP3_BITRATES:
+                return f"{int(number)}k"
+            rates = ", ".join(f"{r}k" for r in MP3_BITRATES)
+            raise ValueError(f"{value!r} is not an mp3 bitrate: expected one of {rates}")
+        return text
+
+    @property
+    def effective_sampling_rate(self) -> int:
+        """`samplingRate`, or the model's default when it is not set."""
+        return self.samplingRate or MODELS[self.modelId].default_sampling_rate
+
+
+class Source(BaseModel):
+    """Where something came from in a manifest, to name it in later error messages."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    line: int | None = None  # 1-based physical line
+    row: int | None = None  # CSV only: 1-based data row (the header is not counted)
+    field: str | None = None  # e.g. "scripts[3]"; None for a CSV row
+
+    def error(self, message: str, field: str | None = None) -> ManifestError:
+        """A ManifestError at this place; `field` is relative to it (e.g. "text")."""
+        full = ".".join(part for part in (self.field, field) if part) or None
+        return ManifestError(message, file=self.file, line=self.line, row=self.row, field=full)
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return where if self.row is None else f"{where} (row {self.row})"
+
+
+class ScriptSpec(BaseModel):
+    """One script to render: its id, its text and its resolved settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str  # also the output's relative path (without extension)
+    text: str  # newlines normalized to \n, surrounding whitespace removed
+    text_file: str | None = None  # as written in the manifest, when the text came from a file
+    source: Source
+    voice: Voice  # the job's defaults merged with this script's overrides
+
+
+class JobSpec(BaseModel):
+    """A whole manifest: the job's name, where outputs go, its defaults and its scripts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    manifest: Path
+    destination: str  # an absolute local folder, or s3://bucket[/prefix]
+    defaults: Voice
+    scripts: tuple[ScriptSpec, ...]

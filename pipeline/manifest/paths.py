@@ -1,0 +1,114 @@
+"""Names and paths in a manifest: script ids, text files, the destination.
+
+Script ids become file names and S3 keys (`<destination>/<id>.<ext>`), so an id is one or more
+parts joined by `/` (sub-folders), each part made of ASCII letters, digits, `.`, `_` and `-` and
+starting with a letter, digit or `_`. That rules out `.`, `..`, hidden files, absolute paths,
+backslashes, whitespace and control characters, and stays within 200 characters.
+
+Text files are read relative to the manifest's folder and must stay inside it, symlinks
+included: a manifest handed to a renderer cannot read files it was not shipped with.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+MAX_ID_CHARS = 200
+
+_ID_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_S3_URL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?")
+
+
+class PathProblem(ValueError):
+    """A name or path the manifest cannot use; the message says why."""
+
+
+def check_script_id(script_id: str) -> None:
+    """Raise PathProblem unless `script_id` is safe as a relative file path and S3 key."""
+    if not script_id:
+        raise PathProblem("is empty")
+    if len(script_id) > MAX_ID_CHARS:
+        raise PathProblem(f"is {len(script_id)} characters long; the limit is {MAX_ID_CHARS}")
+    if any(ch.isspace() or not ch.isprintable() for ch in script_id):
+        raise PathProblem(f"{script_id!r} contains whitespace or a control character")
+    if "\\" in script_id:
+        raise PathProblem(f"{script_id!r} contains '\\'; use '/' to make sub-folders")
+    if script_id.startswith("/"):
+        raise PathProblem(f"{script_id!r} must be relative: remove the leading '/'")
+    for part in script_id.split("/"):
+        if not part:
+            raise PathProblem(f"{script_id!r} has an empty part ('//' or a trailing '/')")
+        if part in {".", ".."}:
+            raise PathProblem(f"{script_id!r} must not contain {part!r} as a path part")
+        if not _ID_PART.fullmatch(part):
+            raise PathProblem(
+                f"{script_id!r} may use only letters, digits, '.', '_' and '-' (with '/' "
+                "between sub-folders), and each part must start with a letter, digit or '_'"
+            )
+
+
+def default_job_name(manifest: Path) -> str:
+    """The manifest's file stem, with characters unsafe in names replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", manifest.stem).strip("-.") or "job"
+
+
+def normalize_text(text: str) -> str:
+    """Script text as rendered: \\n newlines, no surrounding whitespace."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def read_text_file(relative: str, folder: Path) -> str:
+    """The UTF-8 text of `relative`, a file inside `folder`; PathProblem when it can't be."""
+    if not relative.strip():
+        raise PathProblem("is empty")
+    if Path(relative).is_absolute() or relative.startswith(("/", "\\")):
+        raise PathProblem(
+            f"{relative!r} is absolute; give a path relative to the manifest's folder"
+        )
+    root = folder.resolve()
+    lexical = Path(os.path.normpath(root / relative))
+    if not lexical.is_relative_to(root):
+        raise PathProblem(f"{relative!r} points outside the manifest's folder")
+    target = lexical.resolve()
+    if not target.is_relative_to(root):
+        raise PathProblem(f"{relative!r} is a link to a file outside the manifest's folder")
+    if not target.exists():
+        raise PathProblem(f"{relative!r} does not exist")
+    if not target.is_file():
+        raise PathProblem(f"{relative!r} is not a file")
+    try:
+        data = target.read_bytes()
+    except OSError as exc:
+        raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PathProblem(
+            f"{relative!r} is not UTF-8 text ({describe_bad_byte(data, exc)}); save it as UTF-8"
+        ) from exc
+
+
+def describe_bad_byte(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Which byte broke decoding, and on which line, for an error message."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"byte 0x{data[exc.start]:02x} on line {line}"
+
+
+def resolve_destination(value: str, base: Path) -> str:
+    """An absolute local folder (relative paths start at `base`), or a normalized S3 URL."""
+    value = value.strip()
+    if not value:
+        raise PathProblem("is empty")
+    if value[:5].lower() == "s3://":
+        match = _S3_URL.fullmatch(value)
+        if match is None:
+            raise PathProblem(f"{value!r} is not a valid S3 location; expected s3://bucket/prefix")
+        prefix = (match["prefix"] or "").strip("/")
+        if any(part in {"", ".", ".."} for part in prefix.split("/")) and prefix:
+            raise PathProblem(f"{value!r} has an empty, '.' or '..' part in its prefix")
+        return f"s3://{match['bucket']}/{prefix}" if prefix else f"s3://{match['bucket']}"
+    if "://" in value:
+        raise PathProblem(f"{value!r}: only local folders and s3://bucket/prefix are supported")
+    return str((base / Path(value).expanduser()).resolve())

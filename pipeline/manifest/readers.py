@@ -1,0 +1,271 @@
+"""Manifest files to plain data, remembering where each value was written.
+
+YAML is composed with PyYAML's SafeLoader (only plain data; `!!python/...` tags fail) and the
+node tree is walked once to record the line of every key and list item. CSV rows become script
+entries that remember their physical line and 1-based data row.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from pipeline.errors import ManifestError
+from pipeline.manifest.models import Source, Voice
+
+Loc = tuple[str | int, ...]
+
+TOP_KEYS = ("job", "output", "defaults", "scripts")
+SCRIPT_KEYS = ("id", "text", "text_file")
+VOICE_KEYS = tuple(Voice.model_fields)
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class Locator(Protocol):
+    """Maps a path inside the manifest's data to a place in the file."""
+
+    def source(self, loc: Loc) -> Source:
+        """The nearest known place for `loc`, with the field path it names."""
+        ...
+
+
+@dataclass(frozen=True)
+class RawManifest:
+    """A manifest's plain data: {job, output, defaults, scripts}, and where each part is."""
+
+    file: Path
+    data: dict[str, Any]
+    locator: Locator
+
+
+def field_path(loc: Loc) -> str | None:
+    """`("scripts", 2, "formats", 0)` -> `scripts[2].formats[0]`."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or None
+
+
+@dataclass(frozen=True)
+class YamlLocator:
+    """Lines of YAML nodes, keyed by their path."""
+
+    file: Path
+    lines: dict[Loc, int]
+
+    def source(self, loc: Loc) -> Source:
+        """The line of the longest prefix of `loc` that was written in the file."""
+        line = next(
+            (self.lines[loc[:end]] for end in range(len(loc), -1, -1) if loc[:end] in self.lines),
+            None,
+        )
+        return Source(file=str(self.file), line=line, field=field_path(loc))
+
+
+@dataclass(frozen=True)
+class CsvLocator:
+    """Per script (data row), its first physical line and its row number."""
+
+    file: Path
+    rows: tuple[tuple[int, int], ...]
+
+    def source(self, loc: Loc) -> Source:
+        """A script's row names only the column; anything else is the header's."""
+        if len(loc) >= 2 and loc[0] == "scripts" and isinstance(loc[1], int):
+            line, row = self.rows[loc[1]]
+            return Source(file=str(self.file), line=line, row=row, field=field_path(loc[2:]))
+        return Source(file=str(self.file), line=1, field=field_path(loc))
+
+
+def read_yaml(file: Path, text: str) -> RawManifest:
+    """Parse YAML safely; ManifestError with the line for syntax, tags, duplicate keys."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise ManifestError("the manifest is empty", file=file, line=1)
+        if not isinstance(root, MappingNode):
+            raise ManifestError(
+                f"the top level must be a mapping with {', '.join(TOP_KEYS)}, not {_kind(root)}",
+                file=file,
+                line=root.start_mark.line + 1,
+            )
+        lines: dict[Loc, int] = {(): root.start_mark.line + 1}
+        _index(file, root, (), lines, frozenset())
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(file, exc) from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ManifestError(
+            f"character {chr(exc.character)!r} is not allowed in YAML", file=file, line=line
+        ) from exc
+    finally:
+        loader.dispose()
+    return RawManifest(file=file, data=data, locator=YamlLocator(file, lines))
+
+
+def _kind(node: Node) -> str:
+    return "a list" if isinstance(node, SequenceNode) else f"a single value ({node.value!r})"
+
+
+def _index(file: Path, node: Node, loc: Loc, lines: dict[Loc, int], seen: frozenset[int]) -> None:
+    """Record the line of every key and item under `node`; reject duplicate or odd keys."""
+    if id(node) in seen:  # a recursive alias
+        return
+    seen = seen | {id(node)}
+    if isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.setdefault((*loc, i), item.start_mark.line + 1)
+            _index(file, item, (*loc, i), lines, seen)
+    elif isinstance(node, MappingNode):
+        first_line: dict[str, int] = {}
+        merged: list[Node] = []
+        for key_node, value in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE_TAG:
+                merged.extend(value.value if isinstance(value, SequenceNode) else [value])
+                continue
+            if not isinstance(key_node, ScalarNode) or key_node.tag != _STR_TAG:
+                shown = key_node.value if isinstance(key_node, ScalarNode) else "a collection"
+                raise ManifestError(
+                    f"key {shown!r} must be text (put it in quotes)",
+                    file=file,
+                    line=line,
+                    field=field_path(loc),
+                )
+            key = key_node.value
+            if key in first_line:
+                raise ManifestError(
+                    f"key {key!r} appears twice in the same mapping (first on line "
+                    f"{first_line[key]})",
+                    file=file,
+                    line=line,
+                    field=field_path((*loc, key)),
+                )
+            first_line[key] = line
+            lines.setdefault((*loc, key), line)
+            _index(file, value, (*loc, key), lines, seen)
+        # Keys brought in by `<<: *anchor` are located where the anchor wrote them.
+        for source in merged:
+            _index(file, source, loc, lines, seen)
+
+
+def _yaml_error(file: Path, exc: yaml.MarkedYAMLError) -> ManifestError:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    problem = exc.problem or "invalid YAML"
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if tag is not None:
+        shown = tag[1].replace("tag:yaml.org,2002:", "!!")
+        return ManifestError(
+            f"YAML tag {shown!r} is not allowed: a manifest holds plain data only "
+            "(text, numbers, true/false, lists and mappings)",
+            file=file,
+            line=line,
+        )
+    context = f" ({exc.context})" if exc.context else ""
+    start = exc.context_mark
+    if exc.context and start is not None and start.line + 1 != line:
+        context = f" ({exc.context} that starts on line {start.line + 1})"
+    return ManifestError(f"YAML syntax error: {problem}{context}", file=file, line=line)
+
+
+def read_csv(file: Path, text: str) -> RawManifest:
+    """One script per row; header `id,text` plus optional override columns."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ManifestError(
+                "the CSV file is empty; expected a header row with id,text", file=file, line=1
+            )
+        names = _csv_header(file, header)
+        scripts: list[dict[str, Any]] = []
+        places: list[tuple[int, int]] = []
+        end = reader.line_num
+        for row, record in enumerate(reader, start=1):
+            line, end = end + 1, reader.line_num
+            if all(not cell.strip() for cell in record):
+                continue  # blank lines, or rows of bare commas a spreadsheet leaves behind
+            if len(record) != len(names):
+                raise ManifestError(
+                    f"the row has {len(record)} cells but the header has {len(names)} columns",
+                    file=file,
+                    line=line,
+                    row=row,
+                )
+            scripts.append(
+                {
+                    # Text keeps its spacing; other cells are single values.
+                    name: cell if name == "text" else cell.strip()
+                    for name, cell in zip(names, record, strict=True)
+                    if cell.strip()
+                }
+            )
+            places.append((line, row))
+    except csv.Error as exc:
+        raise ManifestError(f"CSV syntax error: {exc}", file=file, line=reader.line_num) from exc
+    if not scripts:
+        raise ManifestError("the CSV file has a header but no rows", file=file, line=1)
+    return RawManifest(
+        file=file, data={"scripts": scripts}, locator=CsvLocator(file, tuple(places))
+    )
+
+
+def _csv_header(file: Path, header: list[str]) -> list[str]:
+    names = [name.strip() for name in header]
+    for column, name in enumerate(names, start=1):
+        if not name:
+            raise ManifestError(f"column {column} of the header has no name", file=file, line=1)
+        if names.index(name) != column - 1:
+            raise ManifestError(f"column {name!r} appears twice", file=file, line=1, field=name)
+        if name not in SCRIPT_KEYS and name not in VOICE_KEYS:
+            raise ManifestError(
+                unknown_key_message(name, (*SCRIPT_KEYS, *VOICE_KEYS), what="column"),
+                file=file,
+                line=1,
+                field=name,
+            )
+    for required in ("id", "text"):
+        if required not in names:
+            raise ManifestError(
+                f"the header has no {required!r} column; it must name at least id and text",
+                file=file,
+                line=1,
+            )
+    return names
+
+
+# Names people reach for that this manifest spells differently.
+_ALIASES = {
+    "speedalpha": "speed",
+    "voice": "speaker",
+    "model": "modelId",
+    "format": "formats",
+    "name": "job",
+    "destination": "output",
+}
+
+
+def unknown_key_message(key: str, known: tuple[str, ...], *, what: str = "key") -> str:
+    """`unknown key 'x'`, with a "did you mean" hint when one is close."""
+    squash = {k.lower().replace("_", "").replace("-", ""): k for k in known}
+    guess = squash.get(key.lower().replace("_", "").replace("-", ""))
+    if guess is None and _ALIASES.get(key.lower()) in known:
+        guess = _ALIASES[key.lower()]
+    if guess is None:
+        close = difflib.get_close_matches(key, known, n=1)
+        guess = close[0] if close else None
+    hint = f" (did you mean {guess!r}?)" if guess else ""
+    return f"unknown {what} {key!r}{hint}"
