@@ -13,7 +13,7 @@ import binascii
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -284,7 +284,8 @@ class RimeWsClient:
             return errors.StreamCut(message)
         return errors.ServerError(message)
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def send_json(self, message: Mapping[str, Any]) -> None:
+        """Send any JSON message, e.g. an operation this client has no helper for."""
         try:
             await self._connection.send(json.dumps(message))
         except ConnectionClosedOK as exc:
@@ -297,19 +298,19 @@ class RimeWsClient:
         message: dict[str, Any] = {"text": text}
         if context_id is not None:
             message["contextId"] = context_id
-        await self._send(message)
+        await self.send_json(message)
 
     async def flush(self) -> None:
         """Synthesize whatever is buffered now."""
-        await self._send({"operation": "flush"})
+        await self.send_json({"operation": "flush"})
 
     async def clear(self) -> None:
         """Drop the buffered text (an interruption)."""
-        await self._send({"operation": "clear"})
+        await self.send_json({"operation": "clear"})
 
     async def eos(self) -> None:
         """Synthesize what is buffered, then have the server close the connection."""
-        await self._send({"operation": "eos"})
+        await self.send_json({"operation": "eos"})
 
     async def recv(self) -> Event | None:
         """The next event; None once the server has closed the connection normally."""
