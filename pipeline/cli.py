@@ -2,24 +2,244 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.display import ProgressReporter, jobs_table, plan_table, summary_table
 from pipeline.errors import InputError, RimeBatchError
+from pipeline.limits import LimitConfig, LocalLimiter
+from pipeline.manifest import load_manifest
+from pipeline.plan import JobPlan, build_plan
+from pipeline.rime.http import AsyncRimeHttpClient
+from pipeline.run import run_job
+from pipeline.segment import segment_text
+from pipeline.settings import get_settings
+from pipeline.stages import RESULTS_KEY, Context
+from pipeline.store import (
+    create_engine_for,
+    job_summary,
+    list_jobs,
+    migrate,
+    record_plan,
+    reset_for_resume,
+    resolve_job_id,
+    session_factory,
+)
+from pipeline.store.states import State
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+out = Console()
 err = Console(stderr=True)
+log = logging.getLogger("rime_batch")
+
+
+def _setup_logging() -> None:
+    handler: logging.Handler
+    if err.is_terminal:
+        handler = RichHandler(console=err, show_path=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # httpx logs every request at INFO; a thousand-segment job would drown in it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _sessions() -> sessionmaker[Session]:
+    """The job table named by DATABASE_URL, migrated to the current schema."""
+    url = get_settings().database_url
+    migrate(url)
+    return session_factory(create_engine_for(url))
+
+
+@contextmanager
+def _rime_endpoint() -> Iterator[tuple[str, str | None]]:
+    """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process."""
+    settings = get_settings()
+    if settings.rime_api_key is not None:
+        yield settings.rime_api_url, settings.rime_api_key.get_secret_value()
+        return
+    from pipeline.engine.config import EngineConfig
+    from pipeline.engine.server import start_in_thread
+
+    engine = start_in_thread(EngineConfig())
+    err.print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
+    try:
+        yield engine.http_url, None
+    finally:
+        engine.stop()
+
+
+def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | None) -> State:
+    settings = get_settings()
+    limits = LimitConfig(
+        concurrency=concurrency or settings.concurrency,
+        requests_per_minute=rpm or settings.requests_per_minute,
+    )
+    url = settings.database_url
+    sessions = session_factory(create_engine_for(url))
+    segments = sum(len(s.segments) for s in plan.scripts)
+
+    async def go(http_url: str, key: str | None, reporter: ProgressReporter) -> State:
+        async with AsyncRimeHttpClient(api_key=key, url=http_url) as client:
+            ctx = Context(sessions, client, LocalLimiter(limits), on_event=reporter)
+            return await run_job(ctx, job_id, workers=limits.concurrency * 2)
+
+    with (
+        _rime_endpoint() as (http_url, key),
+        ProgressReporter(err, segments=segments, chars=plan.chars) as reporter,
+    ):
+        try:
+            return asyncio.run(go(http_url, key, reporter))
+        except KeyboardInterrupt:
+            err.print(f"interrupted: finish it with `rime-batch resume {job_id}`")
+            raise typer.Exit(130) from None
+
+
+def _finish(job_id: str, state: State) -> None:
+    sessions = _sessions()
+    with sessions.begin() as session:
+        summary = job_summary(session, job_id)
+    out.print(summary_table(summary))
+    out.print(f"outputs in {summary.job.destination} (results: {RESULTS_KEY})")
+    raise typer.Exit(0 if state is State.DONE else 1)
+
+
+OutputOpt = Annotated[
+    str | None, typer.Option("--output", "-o", help="Destination folder or s3://bucket/prefix.")
+]
+ConcurrencyOpt = Annotated[
+    int | None, typer.Option(help="Requests in flight at once (default 5, Rime's PAYG limit).")
+]
+RpmOpt = Annotated[int | None, typer.Option("--rpm", help="Requests-per-minute budget.")]
+
+
+@app.command()
+def plan(
+    manifest: Path,
+    output: OutputOpt = None,
+    save: Annotated[bool, typer.Option(help="Record the job and its segments as pending.")] = False,
+) -> None:
+    """Show how a manifest will be rendered: segments, characters and minutes per script."""
+    job_plan = build_plan(load_manifest(manifest, output=output))
+    out.print(plan_table(job_plan))
+    if save:
+        sessions = _sessions()
+        with sessions.begin() as session:
+            job_id = record_plan(session, job_plan)
+        out.print(f"saved as job {job_id} (pending)")
+
+
+@app.command()
+def segment(
+    file: Annotated[str, typer.Argument(help="A text file, or - for standard input.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON objects.")] = False,
+    limit: Annotated[int, typer.Option(help="Characters per segment.")] = 500,
+    inline_speed_alpha: Annotated[
+        str | None, typer.Option(help="Comma-separated speeds of the [bracketed] words.")
+    ] = None,
+    pauses_as_cuts: Annotated[bool, typer.Option(help="Cut at every <ms> pause.")] = False,
+) -> None:
+    """Print the segments of one text."""
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{file}: cannot read it as UTF-8 text ({exc})") from exc
+    try:
+        alphas = [float(v) for v in (inline_speed_alpha or "").split(",") if v.strip()]
+    except ValueError as exc:
+        raise InputError(f"--inline-speed-alpha: {exc}") from exc
+    try:
+        segments = segment_text(
+            text, limit=limit, inline_speed_alpha=alphas, pauses_as_cuts=pauses_as_cuts
+        )
+    except InputError as exc:
+        raise InputError(f"{file}: {exc}") from exc
+    if as_json:
+        rows = [
+            {**asdict(s), "inline_speed_alpha": list(s.inline_speed_alpha), "chars": len(s.text)}
+            for s in segments
+        ]
+        out.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    for i, s in enumerate(segments):
+        pause = f" +{s.pause_after_ms}ms" if s.pause_after_ms else ""
+        out.print(f"{i:>3} ({len(s.text)} chars, {s.boundary}{pause}) {s.text!r}", markup=False)
+
+
+@app.command()
+def render(
+    manifest: Path,
+    output: OutputOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+) -> None:
+    """Render a manifest to audio, here and now, with the embedded executor."""
+    _setup_logging()
+    job_plan = build_plan(load_manifest(manifest, output=output))
+    sessions = _sessions()
+    with sessions.begin() as session:
+        job_id = record_plan(session, job_plan)
+    err.print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
+    _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
+
+
+@app.command()
+def resume(job: str, concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None) -> None:
+    """Finish an interrupted or failed job without redoing finished segments."""
+    _setup_logging()
+    from pipeline.store import load_plan
+
+    sessions = _sessions()
+    with sessions.begin() as session:
+        job_id = resolve_job_id(session, job)
+        reset_for_resume(session, job_id)
+        job_plan = load_plan(session, job_id)
+    _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
+
+
+@app.command()
+def status(job: Annotated[str | None, typer.Argument(help="A job id or prefix.")] = None) -> None:
+    """Show one job's scripts, or every job."""
+    sessions = _sessions()
+    with sessions.begin() as session:
+        if job is None:
+            out.print(jobs_table(list_jobs(session)))
+        else:
+            out.print(summary_table(job_summary(session, resolve_job_id(session, job))))
 
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
         app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
     except InputError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
     except RimeBatchError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(1)

@@ -6,7 +6,22 @@ segments with their pauses and cache keys. It is built from a manifest by `build
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from pipeline.errors import InputError
+from pipeline.rime.models import get_model
+from pipeline.segment import Boundary, Segment, lead_pause_ms, segment_text
+
+if TYPE_CHECKING:
+    from pipeline.manifest import JobSpec, ScriptSpec, Voice
+
+# Bump when the request format or anything else that changes cached audio changes.
+CACHE_VERSION = 1
+# Cuts inside a sentence get a shorter, natural gap than the configured sentence pause.
+WORD_GAP_MS = 80
 
 
 @dataclass(frozen=True)
@@ -82,3 +97,102 @@ class JobPlan:
     def chars(self) -> int:
         """Characters billed when every segment is synthesized once."""
         return sum(s.chars for s in self.scripts)
+
+
+def cache_key(params: SynthParams, text: str, inline_speed_alpha: tuple[float, ...]) -> str:
+    """Content address of one segment's audio: same inputs, same key, on every machine."""
+    payload = {
+        "v": CACHE_VERSION,
+        "text": text,
+        "inlineSpeedAlpha": list(inline_speed_alpha),
+        "params": asdict(params),
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def synth_params(voice: Voice) -> SynthParams:
+    """The request parameters of a script's resolved settings, speed in the model's convention."""
+    model = get_model(voice.modelId)
+    return SynthParams(
+        speaker=voice.speaker,
+        model_id=voice.modelId,
+        lang=voice.lang,
+        sampling_rate=voice.effective_sampling_rate,
+        speed_alpha=None if voice.speed == 1.0 else model.speed_alpha(voice.speed),
+        pause_between_brackets=voice.pauseBetweenBrackets,
+        phonemize_between_brackets=voice.phonemizeBetweenBrackets,
+        no_text_normalization=voice.noTextNormalization,
+        temperature=voice.temperature,
+        top_p=voice.top_p,
+        repetition_penalty=voice.repetition_penalty,
+    )
+
+
+def gap_ms(segment: Segment, voice: Voice) -> int:
+    """Silence after a segment: its pause markup if any, else the configured gap for its cut."""
+    if segment.pause_after_ms is not None:
+        return segment.pause_after_ms
+    return {
+        Boundary.PARAGRAPH: voice.paragraph_pause_ms,
+        Boundary.SENTENCE: voice.pause_ms,
+        Boundary.PAUSE: voice.pause_ms,
+        Boundary.CLAUSE: voice.pause_ms // 2,
+        Boundary.WORD: min(voice.pause_ms, WORD_GAP_MS),
+        Boundary.END: 0,
+    }[segment.boundary]
+
+
+def plan_script(script: ScriptSpec) -> ScriptPlan:
+    """Segment one script; markup and length problems name the manifest place of its text."""
+    voice = script.voice
+    params = synth_params(voice)
+    try:
+        segments = segment_text(
+            script.text,
+            limit=voice.max_chars,
+            inline_speed_alpha=voice.inlineSpeedAlpha or (),
+            pauses_as_cuts=voice.pauses_as_cuts,
+        )
+    except InputError as exc:
+        field = "text_file" if script.text_file else "text"
+        raise script.source.error(_locate(str(exc), script, exc), field) from exc
+    planned = tuple(
+        PlannedSegment(
+            index=i,
+            source=seg.source,
+            text=seg.text,
+            pause_after_ms=gap_ms(seg, voice),
+            inline_speed_alpha=seg.inline_speed_alpha,
+            cache_key=cache_key(params, seg.text, seg.inline_speed_alpha),
+        )
+        for i, seg in enumerate(segments)
+    )
+    output = OutputSpec(
+        formats=tuple(voice.formats),
+        loudness_lufs=voice.loudness_lufs,
+        mp3_bitrate=voice.mp3_bitrate,
+    )
+    return ScriptPlan(script.id, params, output, planned, lead_pause_ms(segments))
+
+
+def _locate(message: str, script: ScriptSpec, exc: Exception) -> str:
+    """Add the line and column inside the script's text to a message with a character offset."""
+    position = getattr(exc, "position", None)
+    if position is None:
+        return message
+    before = script.text[:position]
+    line = before.count("\n") + 1
+    column = position - (before.rfind("\n") + 1) + 1
+    where = f"{script.text_file}" if script.text_file else "the text"
+    return f"{message} (line {line}, column {column} of {where})"
+
+
+def build_plan(job: JobSpec) -> JobPlan:
+    """The rendering plan of a validated manifest."""
+    return JobPlan(
+        name=job.name,
+        manifest=str(job.manifest),
+        destination=job.destination,
+        scripts=tuple(plan_script(s) for s in job.scripts),
+    )
