@@ -128,8 +128,9 @@ def _script(raw: RawManifest, defaults: Voice, entry: Any, loc: Loc) -> ScriptSp
     return ScriptSpec(
         id=script_id,
         text=text,
-        text_file=text_file if isinstance(text_file, str) else None,
+        text_file=text_file,
         source=source,
+        text_source=raw.locator.source((*loc, "text" if text_file is None else "text_file")),
         voice=voice,
     )
 

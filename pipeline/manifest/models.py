@@ -144,7 +144,8 @@ class ScriptSpec(BaseModel):
     id: str  # also the output's relative path (without extension)
     text: str  # newlines normalized to \n, surrounding whitespace removed
     text_file: str | None = None  # as written in the manifest, when the text came from a file
-    source: Source
+    source: Source  # the script's entry
+    text_source: Source  # its text or text_file key: where a problem in the text is reported
     voice: Voice  # the job's defaults merged with this script's overrides
 
 

@@ -89,7 +89,20 @@ class CsvLocator:
 
 def read_yaml(file: Path, text: str) -> RawManifest:
     """Parse YAML safely; ManifestError with the line for syntax, tags, duplicate keys."""
-    loader = yaml.SafeLoader(text)
+    try:
+        data, lines = _compose(file, text)
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(file, exc) from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ManifestError(
+            f"character {chr(exc.character)!r} is not allowed in YAML", file=file, line=line
+        ) from exc
+    return RawManifest(file=file, data=data, locator=YamlLocator(file, lines))
+
+
+def _compose(file: Path, text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+    loader = yaml.SafeLoader(text)  # checks for unprintable characters already
     try:
         root = loader.get_single_node()
         if root is None:
@@ -102,17 +115,10 @@ def read_yaml(file: Path, text: str) -> RawManifest:
             )
         lines: dict[Loc, int] = {(): root.start_mark.line + 1}
         _index(file, root, (), lines, frozenset())
-        data = loader.construct_document(root)
-    except yaml.MarkedYAMLError as exc:
-        raise _yaml_error(file, exc) from exc
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        raise ManifestError(
-            f"character {chr(exc.character)!r} is not allowed in YAML", file=file, line=line
-        ) from exc
+        data: dict[str, Any] = loader.construct_document(root)
+        return data, lines
     finally:
         loader.dispose()
-    return RawManifest(file=file, data=data, locator=YamlLocator(file, lines))
 
 
 def _kind(node: Node) -> str:
