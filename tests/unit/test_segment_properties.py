@@ -1,0 +1,222 @@
+"""Properties of the segmenter over generated scripts mixing prose, numbers, markup and unicode."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import pairwise
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.markup import parse
+from pipeline.segment import Boundary, Segment, lead_pause_ms, segment_text
+
+PAUSE = re.compile(r"<(\d+)>")
+LEAD = re.compile(r"(?:\s|<\d+>)*")
+RANK = {
+    Boundary.WORD: 1,
+    Boundary.CLAUSE: 2,
+    Boundary.PAUSE: 3,
+    Boundary.SENTENCE: 4,
+    Boundary.PARAGRAPH: 5,
+    Boundary.END: 6,
+}
+
+PLAIN_WORDS = ["a", "is", "the", "river", "café", "naïve", "Zoë", "😀", "東京", "well-known"]
+# (piece, protected part of it)
+PROTECTED = [
+    ("2.5ml", "2.5ml"),
+    ("$1,000.50", "$1,000.50"),
+    ("3:30", "3:30"),
+    ("555-0100", "555-0100"),
+    ("1.5", "1.5"),
+    ("10,000", "10,000"),
+    ("1990–2000", "1990–2000"),
+    ("Dr. Smith", "Dr. Smith"),
+    ("Mrs. Jones", "Mrs. Jones"),
+    ("St. Louis", "St. Louis"),
+    ("e.g. apples", "e.g. apples"),
+    ("i.e. pears", "i.e. pears"),
+    ("U.S. Army", "U.S. Army"),
+    ("vs. Spain", "vs. Spain"),
+    ("No. 5", "No. 5"),
+    ("J. R. R. Tolkien", "J. R. R. Tolkien"),
+    ("apples etc. and", "etc. and"),
+    ("5 p.m. today", "p.m. today"),
+    ("https://example.com/a.b?c=d", "https://example.com/a.b?c=d"),
+    ("www.x.org", "www.x.org"),
+    ("bob.smith@example.com", "bob.smith@example.com"),
+    ("{h'El.o}", "{h'El.o}"),
+    ("{w'3rld t'Est}", "{w'3rld t'Est}"),
+]
+SPEED_WORDS = ["[slow]", "[very fast]"]
+CJK = ["你好世界。今天很好！", "我们走吧，好吗？"]
+SEPARATORS = [
+    " ",
+    "  ",
+    "\t",
+    ", ",
+    ". ",
+    "? ",
+    "! ",
+    '." ',
+    "; ",
+    ": ",
+    " — ",
+    " - ",
+    "\n",
+    "\n\n",
+    ". \n\n",
+    " <200> ",
+    ". <350> ",
+    " <0> <40> ",
+    "\n\n<120>\n\n",
+]
+# Only after a plain word: separators without whitespace.
+TIGHT_SEPARATORS = ["—", "<150>", "。"]
+
+
+@dataclass(frozen=True)
+class Script:
+    text: str
+    protected: tuple[tuple[int, int], ...]
+    alpha: tuple[float, ...]
+    pause_ms: int
+
+
+random_words = st.text(
+    alphabet=st.characters(categories=["L"]), min_size=4, max_size=12
+)  # letters only: no markup, no whitespace, never an abbreviation chain
+
+
+@st.composite
+def scripts(draw: st.DrawFn) -> Script:
+    parts: list[str] = []
+    protected: list[tuple[int, int]] = []
+    alpha: list[float] = []
+    pos = 0
+
+    def add(piece: str, guard: str | None = None) -> None:
+        nonlocal pos
+        if guard is not None:
+            start = pos + piece.index(guard)
+            protected.append((start, start + len(guard)))
+        for marker in PAUSE.finditer(piece):
+            protected.append((pos + marker.start(), pos + marker.end()))
+        parts.append(piece)
+        pos += len(piece)
+
+    add(draw(st.sampled_from(["", "", "  ", "<300> ", "\n<100><20>\n"])))
+    for _ in range(draw(st.integers(1, 40))):
+        kind = draw(st.sampled_from(["plain", "plain", "random", "protected", "speed", "cjk"]))
+        tight = False
+        if kind == "plain":
+            add(draw(st.sampled_from(PLAIN_WORDS)))
+            tight = True
+        elif kind == "random":
+            add(draw(random_words))
+            tight = True
+        elif kind == "protected":
+            piece, guard = draw(st.sampled_from(PROTECTED))
+            add(piece, guard)
+        elif kind == "speed":
+            word = draw(st.sampled_from(SPEED_WORDS))
+            add(word, word)
+            alpha.append(draw(st.floats(0.25, 4.0, allow_nan=False)))
+        else:
+            add(draw(st.sampled_from(CJK)))
+        choices = SEPARATORS + TIGHT_SEPARATORS if tight else SEPARATORS
+        add(draw(st.sampled_from(choices)))
+    text = "".join(parts)
+    total = sum(int(ms) for ms in PAUSE.findall(text))
+    return Script(text, tuple(protected), tuple(alpha), total)
+
+
+def first_content(segment: Segment) -> int:
+    lead = LEAD.match(segment.source)
+    assert lead is not None
+    return segment.start + lead.end()
+
+
+limits = st.integers(40, 300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=scripts(), limit=limits, pauses_as_cuts=st.booleans())
+def test_sources_join_to_the_text_and_texts_fit(
+    script: Script, limit: int, pauses_as_cuts: bool
+) -> None:
+    segments = segment_text(
+        script.text, limit=limit, inline_speed_alpha=script.alpha, pauses_as_cuts=pauses_as_cuts
+    )
+    assert "".join(s.source for s in segments) == script.text
+    offset = 0
+    for s in segments:
+        assert s.start == offset
+        offset += len(s.source)
+        assert 0 < len(s.text) <= limit
+        assert s.text == s.text.strip()
+        assert s.text in s.source
+        parse(s.text)  # each request's markup is whole
+    assert segments[-1].boundary == Boundary.END
+    assert all(s.boundary != Boundary.END for s in segments[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=scripts(), limit=limits, pauses_as_cuts=st.booleans())
+def test_no_cut_inside_a_protected_span(script: Script, limit: int, pauses_as_cuts: bool) -> None:
+    segments = segment_text(
+        script.text, limit=limit, inline_speed_alpha=script.alpha, pauses_as_cuts=pauses_as_cuts
+    )
+    for s in segments[1:]:
+        for start, end in script.protected:
+            assert not start < s.start < end, (script.text[start:end], s.start)
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=scripts(), limit=limits, pauses_as_cuts=st.booleans())
+def test_inline_speed_values_are_split_in_order(
+    script: Script, limit: int, pauses_as_cuts: bool
+) -> None:
+    segments = segment_text(
+        script.text, limit=limit, inline_speed_alpha=script.alpha, pauses_as_cuts=pauses_as_cuts
+    )
+    assert tuple(v for s in segments for v in s.inline_speed_alpha) == script.alpha
+    for s in segments:
+        assert len(s.inline_speed_alpha) == s.text.count("[")
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=scripts(), limit=limits, pauses_as_cuts=st.booleans())
+def test_pause_milliseconds_are_kept(script: Script, limit: int, pauses_as_cuts: bool) -> None:
+    segments = segment_text(
+        script.text, limit=limit, inline_speed_alpha=script.alpha, pauses_as_cuts=pauses_as_cuts
+    )
+    at_cuts = lead_pause_ms(segments) + sum(s.pause_after_ms or 0 for s in segments)
+    in_texts = sum(int(ms) for s in segments for ms in PAUSE.findall(s.text))
+    assert at_cuts + in_texts == script.pause_ms
+    if pauses_as_cuts:
+        assert in_texts == 0
+        assert not any(PAUSE.search(s.text) for s in segments)
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=scripts(), limit=limits, pauses_as_cuts=st.booleans())
+def test_adjacent_segments_that_fit_together_were_cut_for_a_stronger_reason(
+    script: Script, limit: int, pauses_as_cuts: bool
+) -> None:
+    """If two neighbours fit in one request, the cut between them outranks the cut after them.
+
+    From a segment's start the packer takes the farthest cut of the best level in reach, so a
+    farther cut in reach must be weaker; only a forced cut at a pause marker is exempt.
+    """
+    segments = segment_text(
+        script.text, limit=limit, inline_speed_alpha=script.alpha, pauses_as_cuts=pauses_as_cuts
+    )
+    for left, right in pairwise(segments):
+        if pauses_as_cuts and left.pause_after_ms is not None:
+            continue
+        merged = first_content(right) + len(right.text) - first_content(left)
+        if merged <= limit:
+            assert RANK[right.boundary] < RANK[left.boundary], (left, right)
