@@ -1,0 +1,133 @@
+"""One utterance, synthesized lazily: PCM at the requested rate and word timestamps.
+
+The next sentence goes to espeak only when the consumer has taken the previous one's audio, so
+a long text streams its first bytes before its last sentence exists, and a client that hangs up
+stops the work.
+"""
+
+from __future__ import annotations
+
+import audioop
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pipeline.engine.script import MarkupOptions, Sentence, Silence, plan
+from pipeline.engine.voice import Chunk, Espeak, EspeakVoice
+
+SAMPLE_WIDTH = 2  # 16-bit signed little-endian, mono, everywhere inside the engine
+
+
+@dataclass(frozen=True)
+class Voicing:
+    """How to speak: espeak voice, speaking rate, output rate and markup switches."""
+
+    voice: EspeakVoice
+    rate_wpm: int
+    sampling_rate: int
+    markup: MarkupOptions
+
+
+@dataclass(frozen=True)
+class Audio:
+    """PCM (16-bit LE mono) at the requested sampling rate."""
+
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class Words:
+    """Index-aligned word timings in seconds from the start of the utterance."""
+
+    words: tuple[str, ...]
+    start: tuple[float, ...]
+    end: tuple[float, ...]
+
+
+class Resampler:
+    """Streaming rate conversion that keeps its filter state across chunks."""
+
+    def __init__(self, source_rate: int, target_rate: int) -> None:
+        self.source_rate = source_rate
+        self.target_rate = target_rate
+        self._state: tuple[int, tuple[tuple[int, int], ...]] | None = None
+
+    def convert(self, pcm: bytes) -> bytes:
+        """The next stretch of audio at the target rate."""
+        if self.source_rate == self.target_rate or not pcm:
+            return pcm
+        out, self._state = audioop.ratecv(
+            pcm, SAMPLE_WIDTH, 1, self.source_rate, self.target_rate, self._state
+        )
+        return out
+
+
+def word_times(
+    sentence: Sentence, chunks: list[Chunk], total_samples: int
+) -> list[tuple[str, int, int]]:
+    """(word, start sample, end sample) for the words espeak marked in `sentence`."""
+    starts: list[tuple[int, int]] = []  # (word index, sample)
+    for chunk in chunks:
+        for mark in chunk.words:
+            index = _word_at(sentence, mark.text_position - 1)
+            if index is None or (starts and starts[-1][0] >= index):
+                continue  # espeak splits some words ("2.5ml"); keep each word's first mark
+            starts.append((index, mark.sample))
+    clause_ends = sorted(s for chunk in chunks for s in chunk.clause_ends)
+    timed: list[tuple[str, int, int]] = []
+    for n, (index, start) in enumerate(starts):
+        end = starts[n + 1][1] if n + 1 < len(starts) else total_samples
+        end = min([end, *(c for c in clause_ends if c > start)])
+        end = max(start, min(end, total_samples))
+        timed.append((sentence.words[index].word, min(start, total_samples), end))
+    return timed
+
+
+def _word_at(sentence: Sentence, position: int) -> int | None:
+    found = None
+    for index, span in enumerate(sentence.words):
+        if span.start <= position:
+            found = index
+        else:
+            break
+    return found
+
+
+class Synthesis:
+    """An utterance in progress; iterate `events()` once."""
+
+    def __init__(self, text: str, voicing: Voicing, espeak: Espeak) -> None:
+        self.voicing = voicing
+        self.items = plan(text, voicing.markup)
+        self.sentences_total = sum(isinstance(i, Sentence) for i in self.items)
+        self.sentences_done = 0
+        self._espeak = espeak
+
+    async def events(self) -> AsyncIterator[Audio | Words]:
+        """Audio chunks as espeak makes them, each sentence followed by its word timings."""
+        source_rate = self._espeak.sample_rate
+        resampler = Resampler(source_rate, self.voicing.sampling_rate)
+        offset = 0  # source samples already emitted
+        for item in self.items:
+            if isinstance(item, Silence):
+                samples = source_rate * item.ms // 1000
+                yield Audio(resampler.convert(b"\0\0" * samples))
+                offset += samples
+                continue
+            chunks: list[Chunk] = []
+            produced = 0
+            async for chunk in self._espeak.stream(
+                item.ssml, self.voicing.voice, self.voicing.rate_wpm
+            ):
+                chunks.append(chunk)
+                produced += len(chunk.pcm) // SAMPLE_WIDTH
+                if chunk.pcm:
+                    yield Audio(resampler.convert(chunk.pcm))
+            self.sentences_done += 1
+            timed = word_times(item, chunks, produced)
+            if timed:
+                yield Words(
+                    tuple(w for w, _, _ in timed),
+                    tuple(round((offset + s) / source_rate, 3) for _, s, _ in timed),
+                    tuple(round((offset + e) / source_rate, 3) for _, _, e in timed),
+                )
+            offset += produced

@@ -1,0 +1,166 @@
+"""The engine's HTTP streaming endpoint against real sockets: formats, streaming, errors."""
+
+from __future__ import annotations
+
+import io
+import time
+import wave
+
+import httpx
+import pytest
+
+from pipeline.engine.server import RunningEngine
+from tests.fixtures.engine import decoded_seconds
+
+SHORT = "Hello there. This is the local engine."
+
+
+def post(engine: RunningEngine, accept: str, **body: object) -> httpx.Response:
+    payload = {"text": SHORT, "speaker": "cove", **body}
+    return httpx.post(engine.http_url, json=payload, headers={"Accept": accept}, timeout=30)
+
+
+def test_pcm_is_raw_16_bit_audio_at_the_requested_rate(engine: RunningEngine) -> None:
+    r16 = post(engine, "audio/pcm", samplingRate=16000)
+    r8 = post(engine, "audio/L16", samplingRate=8000)
+    assert r16.status_code == 200 and r16.headers["content-type"] == "audio/pcm"
+    assert len(r16.content) % 2 == 0
+    seconds16 = len(r16.content) / 2 / 16000
+    seconds8 = len(r8.content) / 2 / 8000
+    assert 1.0 < seconds16 < 6.0
+    assert seconds8 == pytest.approx(seconds16, rel=0.02)
+    # Real speech, not silence.
+    assert max(r16.content[1::2]) > 16
+
+
+def test_wav_streams_with_unknown_length_and_decodes(engine: RunningEngine) -> None:
+    response = post(engine, "audio/wav", samplingRate=24000)
+    assert response.status_code == 200
+    data = response.content
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    assert data[4:8] == b"\xff\xff\xff\xff"
+    with wave.open(io.BytesIO(data)) as wav:
+        assert wav.getframerate() == 24000
+        assert wav.getsampwidth() == 2 and wav.getnchannels() == 1
+    pcm_seconds = (len(data) - 44) / 2 / 24000
+    assert decoded_seconds(data) == pytest.approx(pcm_seconds, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("accept", "fmt"),
+    [
+        ("audio/mp3", "mp3"),
+        ("audio/mpeg", "mp3"),
+        ("audio/ogg;codecs=opus", "ogg"),
+        ("audio/webm;codecs=opus", "webm"),
+    ],
+)
+def test_compressed_formats_decode_to_the_speech_duration(
+    engine: RunningEngine, accept: str, fmt: str
+) -> None:
+    reference = post(engine, "audio/pcm", samplingRate=24000).content
+    expected = len(reference) / 2 / 24000
+    response = post(engine, accept, samplingRate=24000)
+    assert response.status_code == 200
+    assert decoded_seconds(response.content, fmt) == pytest.approx(expected, abs=0.12)
+
+
+def test_mulaw_at_8000_has_one_byte_per_sample(engine: RunningEngine) -> None:
+    pcm = post(engine, "audio/pcm", samplingRate=8000).content
+    mulaw = post(engine, "audio/PCMU", samplingRate=8000)
+    assert mulaw.headers["content-type"] == "audio/x-mulaw"
+    # espeak's output length wobbles by a fraction of a percent from call to call.
+    assert len(mulaw.content) == pytest.approx(len(pcm) // 2, rel=0.02)
+    decoded = decoded_seconds(mulaw.content, "mulaw", "-ar", "8000", "-ac", "1")
+    assert decoded == pytest.approx(len(mulaw.content) / 8000, abs=0.002)
+
+
+def test_longer_text_gives_longer_audio(engine: RunningEngine) -> None:
+    short = post(engine, "audio/pcm", text="One short line.").content
+    long = post(engine, "audio/pcm", text="One short line. " * 6).content
+    assert len(long) > 4 * len(short)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"text": None}, "text is required"),
+        ({"text": "x" * 501}, "501 characters"),
+        ({"speaker": "nobody"}, "unknown speaker"),
+        ({"speaker": None}, "speaker is required"),
+        ({"modelId": "mistv9"}, "unknown modelId"),
+        ({"samplingRate": 2000}, "samplingRate"),
+        ({"samplingRate": 50000}, "samplingRate"),
+        ({"modelId": "arcana", "speaker": "luna", "samplingRate": 11025}, "samplingRate"),
+        ({"speedAlpha": 0}, "speedAlpha"),
+        ({"inlineSpeedAlpha": "3, fast"}, "inlineSpeedAlpha"),
+        ({"lang": "spa"}, "speaks 'eng'"),
+    ],
+)
+def test_bad_requests_get_a_plain_text_400(
+    engine: RunningEngine, body: dict[str, object], fragment: str
+) -> None:
+    payload = {"text": SHORT, "speaker": "cove", **body}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    response = httpx.post(engine.http_url, json=payload, headers={"Accept": "audio/pcm"})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/plain")
+    assert fragment in response.text
+
+
+def test_500_characters_is_still_accepted(engine: RunningEngine) -> None:
+    text = ("Words and more words. " * 30)[:499] + "."
+    assert len(text) == 500
+    assert post(engine, "audio/pcm", text=text).status_code == 200
+
+
+def test_unknown_accept_is_a_400_and_star_gets_mp3(engine: RunningEngine) -> None:
+    assert post(engine, "application/json").status_code == 400
+    response = post(engine, "*/*")
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/mpeg"
+
+
+def test_sse_only_for_mistv2(engine: RunningEngine) -> None:
+    refused = post(engine, "text/event-stream", modelId="mistv3")
+    assert refused.status_code == 400 and "mistv2" in refused.text
+    response = post(engine, "text/event-stream", modelId="mistv2", samplingRate=16000)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [block for block in response.text.split("\n\n") if block]
+    assert events[0].startswith("event: chunk\ndata: {")
+    assert events[-1] == 'event: done\ndata: {"type": "done", "contextId": null}'
+
+
+def test_keys_configured_means_401_without_the_right_one(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    locked = engine_factory(api_keys=["sekrit"])
+    body = {"text": SHORT, "speaker": "cove"}
+    missing = httpx.post(locked.http_url, json=body)
+    wrong = httpx.post(locked.http_url, json=body, headers={"Authorization": "Bearer nope"})
+    right = httpx.post(locked.http_url, json=body, headers={"Authorization": "Bearer sekrit"})
+    assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
+    assert missing.headers["content-type"].startswith("text/plain")
+    assert "sekrit" not in wrong.text
+
+
+def test_first_bytes_arrive_long_before_the_last(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    paced = engine_factory(pacing=4.0)
+    text = "This sentence is spoken first. " + "Then many more words follow it. " * 8
+    started = time.monotonic()
+    first_at = None
+    total = 0
+    with httpx.stream(
+        "POST",
+        paced.http_url,
+        json={"text": text, "speaker": "cove"},
+        headers={"Accept": "audio/pcm"},
+        timeout=30,
+    ) as response:
+        for chunk in response.iter_bytes():
+            if first_at is None and chunk:
+                first_at = time.monotonic() - started
+            total += len(chunk)
+    elapsed = time.monotonic() - started
+    audio_seconds = total / 2 / 22050
+    assert first_at is not None
+    assert elapsed >= audio_seconds / 4 * 0.9
+    assert first_at < elapsed / 4
