@@ -1,0 +1,253 @@
+"""Stitching: a script's segment files in order, trimmed, paused, faded, normalized, encoded.
+
+The timeline rule. Each segment's speech runs from its first to its last sample at or above
+the silence threshold (-50 dBFS by default); everything outside is trimmed, except a small
+keep (10 ms) either side so soft word edges survive. The requested pause is the silence
+*between speech*, keeps included: a 300 ms pause inserts 280 ms of digital silence between
+two 10 ms keeps, and a pause shorter than two keeps shrinks the keeps. So the programme lasts
+exactly lead pause + every segment's speech + every pause_after_ms (the last segment's too),
+and a segment that is all silence contributes only its pause. Every join gets a short fade
+(5 ms) in and out so a cut through low-level noise cannot click.
+
+Memory is bounded by two segments: segments are decoded one at a time, with one segment of
+look-ahead because the keep after a segment depends on the head room of the next. Loudness
+normalization measures the whole programme in a first streaming pass (EBU R128 integrated
+loudness and true peak) and applies one linear gain in the second, capped so the true peak
+stays under the ceiling; there is no per-segment or dynamic processing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.audio import (
+    EXTENSIONS,
+    AudioError,
+    Loudness,
+    Samples,
+    decode,
+    encode,
+    measure_loudness,
+    sha256_file,
+    to_pcm16,
+)
+from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
+
+SILENCE_THRESHOLD_DBFS = -50.0  # below any speech, above a clean TTS noise floor
+KEEP_MS = 10  # kept either side of the speech so soft consonants are not clipped
+FADE_MS = 5  # long enough to hide a cut, short enough not to touch the speech
+# ebur128 reports true peak to 0.1 dB and requantizing after the gain can add a hair more.
+TRUE_PEAK_MARGIN_DB = 0.1
+_SILENCE_CHUNK_SECONDS = 1  # a long pause is written in pieces, never allocated whole
+
+
+@dataclass(frozen=True)
+class Part:
+    """One segment's audio file and the silence that follows its speech."""
+
+    path: Path
+    pause_after_ms: int = 0
+
+
+@dataclass(frozen=True)
+class StitchSpec:
+    """Where and how one script's stitched audio is written."""
+
+    sample_rate: int
+    directory: Path
+    stem: str  # file name without extension; each format adds its own (see EXTENSIONS)
+    output: OutputSpec
+    lead_pause_ms: int = 0
+    silence_threshold_dbfs: float = SILENCE_THRESHOLD_DBFS
+    keep_ms: int = KEEP_MS
+    fade_ms: int = FADE_MS
+
+
+@dataclass(frozen=True)
+class StitchedFile:
+    """One encoded output file."""
+
+    format: str
+    path: Path
+    duration_seconds: float  # of the programme; codecs' priming samples are not counted
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class StitchResult:
+    """Every output file of a script, with the loudness decision that shaped them."""
+
+    files: Mapping[str, StitchedFile]
+    duration_seconds: float
+    measured: Loudness | None = None  # before gain; None when normalization is off
+    gain_db: float = 0.0
+    samples: int = 0  # sample frames at the source rate
+
+
+@dataclass(frozen=True)
+class _Speech:
+    """A decoded segment and the span of its speech, [start, end)."""
+
+    samples: Samples
+    start: int
+    end: int
+
+    @property
+    def head_room(self) -> int:
+        return self.start
+
+    @property
+    def tail_room(self) -> int:
+        return len(self.samples) - self.end
+
+    def clip(self, head: int, tail: int) -> Samples:
+        return self.samples[self.start - head : self.end + tail]
+
+
+def speech_bounds(samples: Samples, threshold: float) -> tuple[int, int] | None:
+    """[first, last + 1) of the samples whose magnitude reaches `threshold`; None if none do."""
+    loud = np.flatnonzero(np.abs(samples) >= threshold)
+    if loud.size == 0:
+        return None
+    return int(loud[0]), int(loud[-1]) + 1
+
+
+def split_keeps(pause: int, tail_room: int, head_room: int, keep: int) -> tuple[int, int]:
+    """Samples kept after one segment's speech and before the next's, together within `pause`.
+
+    Each side keeps up to `keep` of what it has; when the pause is shorter than both keeps,
+    it is shared, with either side giving the other what it cannot use.
+    """
+    head_want = min(keep, head_room)
+    tail = min(keep, tail_room, max(pause // 2, pause - head_want))
+    head = min(head_want, pause - tail)
+    return tail, head
+
+
+def faded(samples: Samples, fade: int) -> Samples:
+    """A copy of `samples` with linear fades in and out of `fade` samples (less if short)."""
+    out = samples.copy()
+    n = min(fade, len(out) // 2)
+    if n > 0:
+        ramp = np.arange(n, dtype=np.float32) / np.float32(n)
+        out[:n] *= ramp
+        out[-n:] *= ramp[::-1]
+    return out
+
+
+def render(parts: Iterable[Part], spec: StitchSpec) -> Iterator[Samples]:
+    """The stitched programme as float32 chunks, one segment (or a second of silence) each."""
+    rate = spec.sample_rate
+    threshold = 10.0 ** (spec.silence_threshold_dbfs / 20.0)
+    keep = _to_samples(spec.keep_ms, rate)
+    fade = _to_samples(spec.fade_ms, rate)
+    gap = _to_samples(spec.lead_pause_ms, rate)  # silence owed before the next speech
+    prev: _Speech | None = None
+    prev_head = 0
+    for part in parts:
+        samples = decode(part.path, rate)
+        bounds = speech_bounds(samples, threshold)
+        if bounds is not None:
+            cur = _Speech(samples, *bounds)
+            if prev is None:
+                tail, head = 0, min(keep, cur.head_room, gap)
+            else:
+                tail, head = split_keeps(gap, prev.tail_room, cur.head_room, keep)
+                yield faded(prev.clip(prev_head, tail), fade)
+            yield from _silence(gap - tail - head, rate)
+            prev, prev_head, gap = cur, head, 0
+        gap += _to_samples(part.pause_after_ms, rate)
+    if prev is not None:
+        tail = min(keep, prev.tail_room, gap)
+        yield faded(prev.clip(prev_head, tail), fade)
+        gap -= tail
+    yield from _silence(gap, rate)
+
+
+def normalization_gain_db(measured: Loudness, target_lufs: float, ceiling_dbtp: float) -> float:
+    """The one gain that brings `measured` to the target, capped by the true-peak ceiling."""
+    if measured.integrated_lufs is None:
+        return 0.0  # silence: nothing to normalize
+    gain = target_lufs - measured.integrated_lufs
+    if measured.true_peak_dbtp is not None:
+        gain = min(gain, ceiling_dbtp - TRUE_PEAK_MARGIN_DB - measured.true_peak_dbtp)
+    return gain
+
+
+def output_paths(spec: StitchSpec) -> dict[str, Path]:
+    """The file each requested format is written to."""
+    formats = dict.fromkeys(spec.output.formats)
+    if not formats:
+        raise AudioError("no output formats requested")
+    unknown = [f for f in formats if f not in EXTENSIONS]
+    if unknown:
+        raise AudioError(
+            f"unknown output format {unknown[0]!r}; expected one of {', '.join(EXTENSIONS)}"
+        )
+    return {fmt: spec.directory / f"{spec.stem}{EXTENSIONS[fmt]}" for fmt in formats}
+
+
+def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
+    """Stitch `parts` into every format of `spec.output`; files appear atomically.
+
+    `parts` is read twice when loudness normalization is on (measure, then encode), one
+    segment file at a time.
+    """
+    outputs = output_paths(spec)
+    rate = spec.sample_rate
+    measured: Loudness | None = None
+    gain_db = 0.0
+    if spec.output.loudness_lufs is not None:
+        measured = measure_loudness(render(parts, spec), rate)
+        gain_db = normalization_gain_db(
+            measured, spec.output.loudness_lufs, spec.output.true_peak_db
+        )
+    gain = 10.0 ** (gain_db / 20.0)
+    written = 0
+
+    def pcm() -> Iterator[bytes]:
+        nonlocal written
+        for chunk in render(parts, spec):
+            written += len(chunk)
+            yield to_pcm16(chunk, gain)
+
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    encode(pcm(), sample_rate=rate, outputs=outputs, mp3_bitrate=spec.output.mp3_bitrate)
+    duration = written / rate
+    files = {
+        fmt: StitchedFile(fmt, path, duration, sha256_file(path), path.stat().st_size)
+        for fmt, path in outputs.items()
+    }
+    return StitchResult(files, duration, measured, gain_db, written)
+
+
+def parts_for(script: ScriptPlan, path_of: Callable[[PlannedSegment], Path]) -> list[Part]:
+    """The parts of a planned script, each segment's file found by `path_of` (e.g. the cache)."""
+    return [Part(path_of(segment), segment.pause_after_ms) for segment in script.segments]
+
+
+def spec_for(script: ScriptPlan, directory: Path, stem: str | None = None) -> StitchSpec:
+    """The stitch settings of a planned script, written to `directory`/`stem`.*."""
+    return StitchSpec(
+        sample_rate=script.params.sampling_rate,
+        directory=directory,
+        stem=stem if stem is not None else script.script_id,
+        output=script.output,
+        lead_pause_ms=script.lead_pause_ms,
+    )
+
+
+def _to_samples(ms: int, rate: int) -> int:
+    return max(0, round(ms * rate / 1000))
+
+
+def _silence(n: int, rate: int) -> Iterator[Samples]:
+    step = rate * _SILENCE_CHUNK_SECONDS
+    zeros = np.zeros(min(n, step), dtype=np.float32)
+    for start in range(0, n, step):
+        yield zeros[: min(step, n - start)]
