@@ -155,8 +155,7 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
             pauses_as_cuts=voice.pauses_as_cuts,
         )
     except InputError as exc:
-        field = "text_file" if script.text_file else "text"
-        raise script.source.error(_locate(str(exc), script, exc), field) from exc
+        raise script.text_source.error(_locate(str(exc), script, exc)) from exc
     planned = tuple(
         PlannedSegment(
             index=i,
