@@ -16,7 +16,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.wait import wait_base
 
@@ -51,9 +52,8 @@ class RetryPolicy:
     def wait(self) -> wait_base:
         """Exponential backoff with jitter, floored by Retry-After."""
         return WaitRetryAfter(
-            wait_exponential_jitter(
-                initial=self.initial_wait, max=self.max_wait, jitter=self.jitter
-            )
+            wait_exponential(multiplier=self.initial_wait, max=self.max_wait)
+            + wait_random(0, self.jitter)
         )
 
     def retrying(
