@@ -22,6 +22,7 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/rime-batch plan jobs.example.yaml
+	$(BIN)/rime-batch render jobs.example.yaml
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -41,7 +41,7 @@ def plan_table(plan: JobPlan) -> Table:
     """One row per script: segments, characters, estimated minutes; totals in the footer."""
     table = Table(title=f"{plan.name} -> {plan.destination}", show_footer=True)
     seconds = [estimated_seconds(s) for s in plan.scripts]
-    table.add_column("script", footer="total")
+    table.add_column("script", footer="total", no_wrap=True)
     table.add_column("voice")
     table.add_column(
         "segments", justify="right", footer=str(sum(len(s.segments) for s in plan.scripts))
@@ -92,7 +92,7 @@ def summary_table(summary: JobSummary) -> Table:
     table = Table(title=title, caption=job.error or None)
     columns = ("script", "state", "segments", "attempts", "chars", "billed", "audio", "error")
     for name in columns:
-        table.add_column(name, overflow="fold")
+        table.add_column(name, no_wrap=name != "error", overflow="fold")
     for s in summary.scripts:
         table.add_row(
             s.script_id,
