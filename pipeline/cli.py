@@ -41,8 +41,9 @@ from pipeline.store import (
 from pipeline.store.states import State
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-out = Console()
-err = Console(stderr=True)
+# Piped output is read by people and scripts alike: wide enough that ids are never cut.
+out = Console() if sys.stdout.isatty() else Console(width=160)
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 log = logging.getLogger("rime_batch")
 
 
