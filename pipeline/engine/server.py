@@ -21,14 +21,20 @@ from pipeline.engine.state import EngineState
 
 T = TypeVar("T")
 
-# Injected body cuts leave a response unfinished on purpose; uvicorn reports each one as an
-# error, which would drown real problems in a fault-heavy run.
-_CUT_MESSAGE = "ASGI callable returned without completing response."
+# Injected body cuts leave a response unfinished on purpose, and uvicorn's sans-I/O WebSocket
+# protocol does not mark a denied upgrade (401/400/429 sent as HTTP) as handled. uvicorn reports
+# each as an error, which would drown real problems in a fault-heavy run.
+_EXPECTED_ERRORS = frozenset(
+    {
+        "ASGI callable returned without completing response.",
+        "ASGI callable returned without completing handshake.",
+    }
+)
 
 
 class _DropInjectedCuts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != _CUT_MESSAGE
+        return record.getMessage() not in _EXPECTED_ERRORS
 
 
 def _install_log_filter() -> None:
