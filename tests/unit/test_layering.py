@@ -1,0 +1,36 @@
+"""Architecture rules that a refactor could quietly break."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pipeline_never_imports_celery() -> None:
+    """The library runs without a broker; only workers/ knows Celery."""
+    code = (
+        "import sys, pipeline.run, pipeline.stages, pipeline.cli, pipeline.synth, pipeline.stitch;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'celery', 'kombu', 'workers'});"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_environment_is_read_in_one_place() -> None:
+    """os.environ and os.getenv appear only in the settings module (the engine has its own)."""
+    offenders = []
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        if path.name == "settings.py" or "engine" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv"}:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
