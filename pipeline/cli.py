@@ -227,6 +227,17 @@ def status(job: Annotated[str | None, typer.Argument(help="A job id or prefix.")
             out.print(summary_table(job_summary(session, resolve_job_id(session, job))))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def engine(ctx: typer.Context) -> None:
+    """Run the local Rime-compatible engine in the foreground (`engine --help` lists its knobs)."""
+    from pipeline.engine.server import main as engine_main
+
+    engine_main(ctx.args)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
