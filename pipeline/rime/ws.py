@@ -273,9 +273,12 @@ class RimeWsClient:
             return errors.StreamCut("connection dropped without a close frame")
         reason = errors.clean_message(close.reason, self._secret)
         message = f"connection closed with code {close.code}" + (f": {reason}" if reason else "")
-        if close.code == CloseCode.INTERNAL_ERROR and not self._received_any:
-            # Rime accepts a bad request's upgrade and then closes it with 1011.
-            return errors.BadRequest(message)
+        if close.code == CloseCode.INTERNAL_ERROR:
+            # Rime accepts a bad request's upgrade and then closes it with 1011; once events
+            # have arrived, the same code means the server gave up partway through.
+            if not self._received_any:
+                return errors.BadRequest(message)
+            return errors.StreamCut(message)
         if close.code == CloseCode.POLICY_VIOLATION:
             return errors.AuthError(message)
         if close.code == CloseCode.TRY_AGAIN_LATER:
