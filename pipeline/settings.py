@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     rime_api_url: str = Field(
         default=RIME_CLOUD_HTTP_URL, validation_alias=AliasChoices("RIME_API_URL")
     )
-    rime_ws_url: str = Field(default=RIME_CLOUD_WS_URL, validation_alias=AliasChoices("RIME_WS_URL"))
+    rime_ws_url: str = Field(
+        default=RIME_CLOUD_WS_URL, validation_alias=AliasChoices("RIME_WS_URL")
+    )
     database_url: str = Field(
         default="sqlite:///rime-batch.db", validation_alias=AliasChoices("DATABASE_URL")
     )
