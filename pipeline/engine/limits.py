@@ -32,9 +32,12 @@ class Gate:
         self.burst_left = 0
         self.burst_until = 0.0
 
-    def arm_burst(self, config: EngineConfig) -> None:
-        """Start the configured burst of 429s now."""
+    def arm_burst_count(self, config: EngineConfig) -> None:
+        """The next `burst_429` requests get 429."""
         self.burst_left = config.burst_429
+
+    def arm_burst_window(self, config: EngineConfig) -> None:
+        """Requests in the next `burst_429_seconds` get 429."""
         self.burst_until = time.monotonic() + config.burst_429_seconds
 
     def total_in_flight(self) -> int:

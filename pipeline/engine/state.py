@@ -22,7 +22,8 @@ class EngineState:
         self.config = config
         self.metrics = Metrics()
         self.gate = Gate()
-        self.gate.arm_burst(config)
+        self.gate.arm_burst_count(config)
+        self.gate.arm_burst_window(config)
         self.dice = FaultDice(config.fault_seed)
         self.espeak = espeak or get_espeak()
 
@@ -32,8 +33,10 @@ class EngineState:
         self.config = new
         if "fault_seed" in changes or any(k.startswith("fault_") for k in changes):
             self.dice = FaultDice(new.fault_seed)
-        if "burst_429" in changes or "burst_429_seconds" in changes:
-            self.gate.arm_burst(new)
+        if "burst_429" in changes:
+            self.gate.arm_burst_count(new)
+        if "burst_429_seconds" in changes:
+            self.gate.arm_burst_window(new)
         return new
 
     def authorize(self, header: str | None) -> str | None:

@@ -8,6 +8,7 @@ stops the work.
 from __future__ import annotations
 
 import audioop
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -64,21 +65,37 @@ class Resampler:
 def word_times(
     sentence: Sentence, chunks: list[Chunk], total_samples: int
 ) -> list[tuple[str, int, int]]:
-    """(word, start sample, end sample) for the words espeak marked in `sentence`."""
-    starts: list[tuple[int, int]] = []  # (word index, sample)
+    """(word, start sample, end sample) for every word of `sentence`, from espeak's marks.
+
+    espeak marks most words; it skips some ("the" after "of") and marks others twice ("2.5ml").
+    Each run of unmarked words shares the time from the previous mark to the next one (or to the
+    end of that clause), split in proportion to their lengths.
+    """
+    anchors: list[tuple[int, int]] = []  # (word index, sample), increasing in both
     for chunk in chunks:
         for mark in chunk.words:
             index = _word_at(sentence, mark.text_position - 1)
-            if index is None or (starts and starts[-1][0] >= index):
-                continue  # espeak splits some words ("2.5ml"); keep each word's first mark
-            starts.append((index, mark.sample))
+            if index is None or (anchors and anchors[-1][0] >= index):
+                continue
+            anchors.append((index, min(mark.sample, total_samples)))
+    if not sentence.words:
+        return []
+    if not anchors or anchors[0][0] != 0:
+        anchors.insert(0, (0, anchors[0][1] if anchors else 0))
+    anchors.append((len(sentence.words), total_samples))
     clause_ends = sorted(s for chunk in chunks for s in chunk.clause_ends)
     timed: list[tuple[str, int, int]] = []
-    for n, (index, start) in enumerate(starts):
-        end = starts[n + 1][1] if n + 1 < len(starts) else total_samples
-        end = min([end, *(c for c in clause_ends if c > start)])
+    for (first, start), (stop, next_start) in itertools.pairwise(anchors):
+        end = min([next_start, *(c for c in clause_ends if c > start)])
         end = max(start, min(end, total_samples))
-        timed.append((sentence.words[index].word, min(start, total_samples), end))
+        group = sentence.words[first:stop]
+        weights = [len(span.word) for span in group]
+        total = sum(weights)
+        at = start
+        for span, weight in zip(group, weights, strict=True):
+            step = (end - start) * weight // total
+            timed.append((span.word, at, at + step))
+            at += step
     return timed
 
 

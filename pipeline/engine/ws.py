@@ -214,7 +214,7 @@ class Session:
         async for event in deliver(synthesis, self.fmt, lambda: self.state.config):
             if isinstance(event, Encoded):
                 await self._send_audio(event.data, job.context_id)
-            elif isinstance(event, Words):
+            elif isinstance(event, Words) and self.dialect is not Dialect.BINARY:
                 await self._send_json(
                     {
                         "type": "timestamps",

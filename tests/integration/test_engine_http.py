@@ -143,7 +143,7 @@ def test_keys_configured_means_401_without_the_right_one(engine_factory) -> None
 
 
 def test_first_bytes_arrive_long_before_the_last(engine_factory) -> None:  # type: ignore[no-untyped-def]
-    paced = engine_factory(pacing=4.0)
+    paced = engine_factory(pacing=10.0)
     text = "This sentence is spoken first. " + "Then many more words follow it. " * 8
     started = time.monotonic()
     first_at = None
@@ -162,5 +162,5 @@ def test_first_bytes_arrive_long_before_the_last(engine_factory) -> None:  # typ
     elapsed = time.monotonic() - started
     audio_seconds = total / 2 / 22050
     assert first_at is not None
-    assert elapsed >= audio_seconds / 4 * 0.9
+    assert elapsed >= audio_seconds / 10 * 0.9
     assert first_at < elapsed / 4
