@@ -204,9 +204,12 @@ def encoder_args(fmt: str, *, sample_rate: int, mp3_bitrate: str) -> list[str]:
     """ffmpeg output options that produce format `fmt` from mono PCM at `sample_rate`."""
     match fmt:
         case "wav":
+            # Past 4 GiB (12 hours at 48 kHz) a plain WAV header overflows; RF64 takes over.
             return ["-c:a", "pcm_s16le", "-rf64", "auto", "-f", "wav"]
         case "wav-mulaw":
-            return ["-ar", str(TELEPHONY_RATE), "-c:a", "pcm_mulaw", "-rf64", "auto", "-f", "wav"]
+            # No RF64 reservation: telephony players want the plain header, and 4 GiB at
+            # 8 kB/s is 149 hours.
+            return ["-ar", str(TELEPHONY_RATE), "-c:a", "pcm_mulaw", "-f", "wav"]
         case "mulaw":
             return ["-ar", str(TELEPHONY_RATE), "-c:a", "pcm_mulaw", "-f", "mulaw"]
         case "mp3":

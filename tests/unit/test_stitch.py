@@ -237,6 +237,16 @@ def test_every_format_decodes_at_its_rate_and_length(tmp_path: Path) -> None:
     assert stream_info(out["mp3"].path) == ("mp3", RATE, "mono")
     assert stream_info(out["ogg"].path) == ("opus", 48000, "mono")
     assert out["mulaw"].size_bytes == pytest.approx(seconds * 8000, abs=2)  # one byte a sample
+    # IVR systems read the first chunk as fmt: mu-law (tag 7), mono, 8 kHz, 8 bits.
+    header = out["wav-mulaw"].path.read_bytes()[:36]
+    assert header[12:16] == b"fmt " and struct.unpack_from("<HHIIHH", header, 20) == (
+        7,
+        1,
+        8000,
+        8000,
+        1,
+        8,
+    )
     assert out["mp3"].path.read_bytes()[:3] == b"ID3" or out["mp3"].path.read_bytes()[0] == 0xFF
 
     lengths = {
@@ -320,6 +330,14 @@ def test_silent_script_is_its_pauses(tmp_path: Path) -> None:
     assert not pcm.any()
     assert result.gain_db == 0.0
     assert result.measured == Loudness(None, None)
+
+
+def test_a_script_of_nothing_gives_empty_valid_files(tmp_path: Path) -> None:
+    parts = [Part(write_wav(tmp_path / "s.wav", silence(300)), 0)]
+    result = stitch(parts, spec(tmp_path, "wav", "mp3", loudness_lufs=-16.0))
+    assert result.duration_seconds == 0.0
+    assert len(decode_file(result.files["wav"].path, RATE)) == 0
+    assert stream_info(result.files["wav"].path) == ("pcm_s16le", RATE, "mono")
 
 
 def test_stitching_is_deterministic(tmp_path: Path) -> None:

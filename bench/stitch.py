@@ -1,0 +1,191 @@
+"""Stitching throughput and memory: N hours of segments to mp3 and 8 kHz mu-law WAV.
+
+Prints wall time, times real time and peak RSS of Python and of its ffmpeg children for the
+streaming stitcher, and the same for naive pydub concatenation (`sum()` of AudioSegments,
+exported by pydub) on a shorter programme. Each variant runs in its own process so the peak
+RSS figures are its own. A few distinct ~20 s segment files are made and reused, so the disk
+holds seconds of input, not hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.audio import ffmpeg_exe
+from pipeline.plan import OutputSpec
+from pipeline.stitch import Part, StitchSpec, stitch
+
+DISTINCT_SEGMENTS = 6
+PAUSES_MS = (0, 150, 300, 300, 600, 1200)
+FORMATS = ("mp3", "wav-mulaw")
+LOUDNESS_LUFS = -16.0
+
+
+def speechlike(seconds: float, rate: int, seed: int) -> np.ndarray:
+    """Syllable-like bursts of shaped noise and tone with short gaps, padded with silence."""
+    rng = np.random.default_rng(seed)
+    pieces = [np.zeros(int(rng.uniform(0.05, 0.3) * rate))]
+    while sum(map(len, pieces)) < seconds * rate:
+        n = int(rng.uniform(0.12, 0.35) * rate)
+        t = np.arange(n) / rate
+        envelope = np.sin(np.pi * np.arange(n) / n) ** 2
+        voiced = np.sin(2 * np.pi * rng.uniform(90, 220) * t) * 0.6
+        pieces.append((voiced + rng.normal(0, 0.15, n)) * envelope * rng.uniform(0.05, 0.4))
+        pieces.append(np.zeros(int(rng.uniform(0.02, 0.2) * rate)))
+    pieces.append(np.zeros(int(rng.uniform(0.05, 0.3) * rate)))
+    return np.concatenate(pieces)
+
+
+def make_segments(folder: Path, seconds: float, rate: int) -> list[Path]:
+    """A few distinct segment WAVs, as the cache would hold them."""
+    paths = []
+    for i in range(DISTINCT_SEGMENTS):
+        pcm = np.clip(np.rint(speechlike(seconds, rate, i) * 32767), -32768, 32767)
+        path = folder / f"segment-{i}.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(pcm.astype("<i2").tobytes())
+        paths.append(path)
+    return paths
+
+
+def make_parts(segments: list[Path], hours: float, segment_seconds: float) -> list[Part]:
+    """Enough parts, reusing the segment files, to make about `hours` of programme."""
+    rng = random.Random(1)
+    parts: list[Part] = []
+    total = 0.0
+    while total < hours * 3600:
+        pause = rng.choice(PAUSES_MS)
+        parts.append(Part(segments[len(parts) % len(segments)], pause))
+        total += segment_seconds + pause / 1000
+    return parts
+
+
+def run_streaming(parts: list[Part], rate: int, out: Path) -> dict[str, object]:
+    spec = StitchSpec(rate, out, "book", OutputSpec(FORMATS, loudness_lufs=LOUDNESS_LUFS))
+    result = stitch(parts, spec)
+    return {
+        "audio_seconds": result.duration_seconds,
+        "gain_db": round(result.gain_db, 2),
+        "sizes": {f: r.size_bytes for f, r in result.files.items()},
+    }
+
+
+def run_naive(parts: list[Part], rate: int, out: Path) -> dict[str, object]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydub warns that no ffmpeg is on PATH
+        from pydub import AudioSegment
+        from pydub.silence import detect_leading_silence
+
+    AudioSegment.converter = ffmpeg_exe()
+    pieces = []
+    for part in parts:
+        segment = AudioSegment.from_wav(part.path)
+        start = detect_leading_silence(segment, -50.0)
+        end = len(segment) - detect_leading_silence(segment.reverse(), -50.0)
+        pieces.append(segment[start:end].fade_in(5).fade_out(5))
+        pieces.append(AudioSegment.silent(part.pause_after_ms, frame_rate=rate))
+    whole = sum(pieces[1:], pieces[0])
+    whole = whole.apply_gain(-20.0 - whole.dBFS)  # RMS, not LUFS: what a naive script does
+    out.mkdir(parents=True, exist_ok=True)
+    whole.export(out / "book.mp3", format="mp3", bitrate="128k")
+    whole.export(
+        out / "book.mulaw.wav", format="wav", codec="pcm_mulaw", parameters=["-ar", "8000"]
+    )
+    return {
+        "audio_seconds": len(whole) / 1000,
+        "sizes": {p.name: p.stat().st_size for p in out.iterdir()},
+    }
+
+
+def worker(variant: str, folder: Path, hours: float, segment_seconds: float, rate: int) -> None:
+    """Run one variant in this process and print its figures as one JSON line."""
+    segments = sorted(folder.glob("segment-*.wav"))
+    parts = make_parts(segments, hours, segment_seconds)
+    out = folder / f"out-{variant}"
+    started = time.perf_counter()
+    figures = (run_streaming if variant == "streaming" else run_naive)(parts, rate, out)
+    wall = time.perf_counter() - started
+    for path in out.iterdir():
+        path.unlink()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                **figures,
+                "segments": len(parts),
+                "wall": wall,
+                "rss_mib": own,
+                "ffmpeg_mib": children,
+            }
+        )
+    )
+
+
+def measure(variant: str, folder: Path, hours: float, args: argparse.Namespace) -> None:
+    cmd = [sys.executable, __file__, "--worker", variant, "--dir", str(folder)]
+    cmd += ["--hours", str(hours), "--segment-seconds", str(args.segment_seconds)]
+    cmd += ["--rate", str(args.rate)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"{variant:9} {hours:g} h: failed ({proc.stderr.strip().splitlines()[-1:]})")
+        return
+    f = json.loads(proc.stdout.strip().splitlines()[-1])
+    audio = f["audio_seconds"]
+    print(
+        f"{variant:9} {audio / 3600:6.2f} h audio, {f['segments']:5d} segments: "
+        f"{f['wall']:7.1f} s wall, {audio / f['wall']:6.0f}x real time, peak RSS "
+        f"python {f['rss_mib']:5.0f} MiB, children {f['ffmpeg_mib']:5.0f} MiB"
+        + (f", gain {f['gain_db']} dB" if "gain_db" in f else "")
+    )
+
+
+def main() -> None:
+    """Build the segments, run each variant in its own process, print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument("--naive-hours", type=float, default=1.0, help="0 skips pydub")
+    parser.add_argument("--segment-seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=int, default=24000)
+    parser.add_argument("--worker", choices=["streaming", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.dir, args.hours, args.segment_seconds, args.rate)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        segments = make_segments(folder, args.segment_seconds, args.rate)
+        disk = sum(p.stat().st_size for p in segments) / 2**20
+        print(
+            f"{len(segments)} distinct segments of ~{args.segment_seconds:g} s at {args.rate} Hz "
+            f"({disk:.1f} MiB on disk), reused; outputs: {', '.join(FORMATS)}; "
+            f"loudness {LOUDNESS_LUFS:g} LUFS (two passes)"
+        )
+        measure("streaming", folder, args.hours, args)
+        if args.naive_hours > 0:
+            measure("naive", folder, args.naive_hours, args)
+        print(
+            "children = the largest ffmpeg; Linux counts a child's peak from the parent's RSS "
+            "at spawn, so it is never below the parent's size when ffmpeg started"
+        )
+
+
+if __name__ == "__main__":
+    main()
