@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -40,6 +42,9 @@ class EngineConfig:
     burst_429_seconds: float = 0.0
 
     def __post_init__(self) -> None:
+        # Keys are optional and /admin/config has none, so the engine never leaves this machine.
+        if self.host not in LOOPBACK_HOSTS:
+            raise ValueError(f"host must be a loopback address ({', '.join(LOOPBACK_HOSTS)})")
         for name in ("fault_error_rate", "fault_cut_rate", "fault_stall_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -210,3 +210,39 @@ def test_a_client_hanging_up_frees_its_slot_and_stops_ffmpeg(engine_factory: Fac
     assert _ffmpeg_children() == []
     assert paced.metrics()["completed"] == 0
     assert httpx.post(paced.http_url, json=BODY, headers=PCM).status_code == 200
+
+
+def test_websocket_faults_fail_the_upgrade_or_close_with_1011(engine_factory: Factory) -> None:
+    import json
+
+    import websockets
+    from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+    erroring = engine_factory(fault_error_rate=1.0)
+    cutting = engine_factory(fault_cut_rate=1.0)
+
+    async def upgrade_status() -> int:
+        try:
+            async with websockets.connect(erroring.ws_url + "/ws3?speaker=cove"):
+                return 101
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    async def close_code() -> int | None:
+        async with websockets.connect(cutting.ws_url + "/ws3?speaker=cove") as ws:
+            await ws.send(json.dumps({"text": "This will be cut off partway through. " * 3}))
+            with pytest.raises(ConnectionClosedError):
+                while True:
+                    await ws.recv()
+            return ws.close_code
+
+    assert asyncio.run(upgrade_status()) in {500, 503}
+    assert asyncio.run(close_code()) == 1011
+    assert cutting.metrics()["faults"] == {"cut": 1}
+
+
+def test_the_engine_refuses_to_listen_beyond_loopback() -> None:
+    from pipeline.engine.config import EngineConfig
+
+    with pytest.raises(ValueError, match="loopback"):
+        EngineConfig(host="0.0.0.0")
