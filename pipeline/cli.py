@@ -241,7 +241,9 @@ def engine(ctx: typer.Context) -> None:
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click hands back a command's `typer.Exit(code)` as the return
+        # value instead of exiting; dropping it made a failed render exit 0.
+        code = app(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -256,3 +258,4 @@ def main() -> None:
     except RimeBatchError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -115,6 +115,8 @@ class ProgressReporter:
         self.retries = 0
         self.chars_done = 0
         self.chars_total = chars
+        # A bad key or a bad parameter fails many segments with the same message: say it once.
+        self._errors_told: set[str] = set()
         self._started = time.monotonic()
         self._live = console.is_terminal
         self._progress: Progress | None = None
@@ -154,7 +156,8 @@ class ProgressReporter:
         elif event.kind == "segment":
             if event.outcome != Outcome.FAILED:
                 self.chars_done += event.chars
-            else:
+            elif (event.error or "") not in self._errors_told:
+                self._errors_told.add(event.error or "")
                 log.error("segment of %s failed: %s", event.script_id, event.error)
             if self._progress is not None and self._task is not None:
                 self._progress.update(

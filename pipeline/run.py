@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import asyncio
 
-from pipeline.stages import Context, Outcome, settle_stage, stitch_stage, synth_stage
+from pipeline.stages import (
+    Context,
+    Outcome,
+    abandon_stage,
+    settle_stage,
+    stitch_stage,
+    synth_stage,
+)
 from pipeline.store import queries, repo
 from pipeline.store.states import State
 
 # Stitching is ffmpeg-bound; more at once than cores only thrashes.
 STITCH_PARALLELISM = 2
+KEY_REFUSED = "not sent: Rime refused the API key"
+FAILURES = (Outcome.FAILED, Outcome.REFUSED)
 
 
 async def run_job(ctx: Context, job_id: str, *, workers: int = 10) -> State:
@@ -27,6 +36,8 @@ async def run_job(ctx: Context, job_id: str, *, workers: int = 10) -> State:
     for ref in pending:
         queue.put_nowait(ref)
     stitching = asyncio.Semaphore(STITCH_PARALLELISM)
+    # Set on a 401: every other request would be refused too, so none is sent.
+    refused = asyncio.Event()
     remaining: dict[int, int] = {}
     for ref in pending:
         remaining[ref.script_pk] = remaining.get(ref.script_pk, 0) + 1
@@ -38,11 +49,17 @@ async def run_job(ctx: Context, job_id: str, *, workers: int = 10) -> State:
     async with asyncio.TaskGroup() as group:
 
         async def worker() -> None:
-            while not queue.empty():
+            while not queue.empty() and not refused.is_set():
                 ref = queue.get_nowait()
                 outcome = await synth_stage(ctx, ref.segment_id)
+                if outcome is Outcome.REFUSED:
+                    refused.set()
+                    # Those waiting for a slot would send the same key again; stop them now.
+                    for other in pool:
+                        if other is not asyncio.current_task():
+                            other.cancel()
                 remaining[ref.script_pk] -= 1
-                if outcome is not Outcome.FAILED and remaining[ref.script_pk] == 0:
+                if outcome not in FAILURES and remaining[ref.script_pk] == 0:
                     group.create_task(stitch(ref.script_pk))
 
         # Scripts that were complete before this run started (a resume after a crash in stitching).
@@ -51,7 +68,9 @@ async def run_job(ctx: Context, job_id: str, *, workers: int = 10) -> State:
         for script_pk in ready:
             if script_pk not in remaining:
                 group.create_task(stitch(script_pk))
-        for _ in range(min(workers, max(1, len(pending)))):
-            group.create_task(worker())
+        # Cancelled by a refused key; their claimed segments go back to pending.
+        pool = [group.create_task(worker()) for _ in range(min(workers, max(1, len(pending))))]
 
+    if refused.is_set():
+        await asyncio.to_thread(abandon_stage, ctx, job_id, KEY_REFUSED)
     return await asyncio.to_thread(settle_stage, ctx, job_id)

@@ -24,7 +24,7 @@ from pipeline.limits import Limiter
 from pipeline.plan import PlannedSegment
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.audio import parse_wav
-from pipeline.rime.errors import RimeError
+from pipeline.rime.errors import AuthError, RimeError
 from pipeline.rime.params import TtsRequest
 from pipeline.stitch import parts_for, spec_for, stitch
 from pipeline.storage import ObjectStore, cache_key_path, content_type_for, open_store
@@ -44,6 +44,7 @@ class Outcome(StrEnum):
     SYNTHESIZED = "synthesized"  # audio requested from Rime
     CACHED = "cached"  # the audio was already in the segment cache
     FAILED = "failed"  # given up for good; the script fails with it
+    REFUSED = "refused"  # Rime refused the API key: no other request can succeed either
     SKIPPED = "skipped"  # someone else holds it, or it is no longer pending
     STITCHED = "stitched"
 
@@ -112,7 +113,7 @@ async def synth_stage(ctx: Context, segment_id: int) -> Outcome:
         with ctx.sessions.begin() as session:
             repo.fail_segment(session, segment_id, str(exc))
         ctx.on_event(replace(event, outcome=Outcome.FAILED, error=str(exc)))
-        return Outcome.FAILED
+        return Outcome.REFUSED if isinstance(exc, AuthError) else Outcome.FAILED
     except BaseException:
         # Interrupted (Ctrl-C, a cancelled task): hand the segment back for a resume.
         with ctx.sessions.begin() as session:
@@ -137,7 +138,8 @@ async def _synthesize_into(
                 billed_chars=attempt.billed_chars,
                 error=attempt.error,
             )
-        if attempt.error is not None:
+        # A permanent error is reported once, by the segment's failure, not as a retry.
+        if attempt.error is not None and attempt.retryable:
             ctx.on_event(replace(event, kind="attempt", outcome="retry", error=attempt.error))
 
     req = TtsRequest.from_plan(params, work.segment.text, work.segment.inline_speed_alpha)
@@ -216,6 +218,18 @@ def stitch_stage(ctx: Context, script_pk: int) -> Outcome:
         )
     )
     return Outcome.STITCHED
+
+
+def abandon_stage(ctx: Context, job_id: str, reason: str) -> int:
+    """Fail every script of the job still waiting, sending nothing; returns how many."""
+    with ctx.sessions.begin() as session:
+        waiting = [
+            s.script_pk
+            for s in queries.job_summary(session, job_id).scripts
+            if s.state is State.PENDING
+        ]
+        # Their segments stay pending: never tried, and a resume picks them up.
+        return sum(repo.fail_script(session, script_pk, reason) for script_pk in waiting)
 
 
 def settle_stage(ctx: Context, job_id: str) -> State:

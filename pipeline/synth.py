@@ -15,7 +15,7 @@ from typing import Protocol
 from pipeline.limits import Limiter
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.audio import duration
-from pipeline.rime.errors import RateLimited, RimeError, StreamCut
+from pipeline.rime.errors import RateLimited, RimeError, StreamCut, TransientError
 from pipeline.rime.params import AudioFormat, TtsRequest
 
 # What we ask Rime for: raw 16-bit PCM is lossless, needs no decoder and its length is its duration.
@@ -40,6 +40,7 @@ class Attempt:
     number: int
     error: str | None  # None when the attempt succeeded
     billed_chars: int  # characters Rime billed for this attempt (0 if it never generated)
+    retryable: bool = False  # a transient error: the policy may try again
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ async def synthesize_segment(
                 if isinstance(exc, RateLimited):
                     await limiter.on_rate_limited()
                 billed = len(req.text) if isinstance(exc, StreamCut) else 0
-                on_attempt(Attempt(number, str(exc), billed))
+                on_attempt(Attempt(number, str(exc), billed, isinstance(exc, TransientError)))
                 raise
             await limiter.on_success()
             on_attempt(Attempt(number, None, len(req.text)))
