@@ -1,7 +1,5 @@
 # Seed 004, segment=bySentence example, verbatim except: the URL's host comes from RIME_WS_URL
 # and the key from RIME_API_KEY (hence `import os`).
-# ruff: noqa
-# fmt: off
 import os
 import asyncio
 import json
