@@ -1,0 +1,97 @@
+"""Celery workers end to end: real worker processes, Redis, PostgreSQL and the local engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine.server import RunningEngine
+from pipeline.store.states import State
+from tests.fixtures.celery_workers import (
+    CeleryEnv,
+    WorkerPool,
+    celery_env,
+    celery_workers,
+    check_outputs,
+    make_plan,
+    segments_in,
+    summary_of,
+    wait_for_job,
+    wait_until,
+)
+from workers.commands import cancel, submit
+
+# The fixtures, imported by name so pytest finds them in this module.
+__all__ = ["celery_env", "celery_workers"]
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+
+EngineFactory = Callable[..., RunningEngine]
+
+
+def test_pipeline_does_not_import_celery() -> None:
+    code = "import sys, pipeline.run, pipeline.stages, pipeline.cli; print('celery' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_two_workers_render_a_job_with_correct_audio(
+    celery_env: CeleryEnv,
+    celery_workers: WorkerPool,
+    engine_factory: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    engine = engine_factory(ttfb_ms=50)
+    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=4)
+    first, second = celery_workers.start(env, count=2, threads=3)
+    plan = make_plan(tmp_path / "job", scripts=3, lines=4)
+
+    job_id = submit(plan, app=env.app(), database_url=env.database_url)
+    summary = wait_for_job(env, job_id, celery_workers, timeout=60)
+
+    check_outputs(summary, plan)
+    # Every segment was requested exactly once, and both workers took a share.
+    assert engine.metrics()["completed"] == 12
+    assert sum(s.attempts for s in summary.scripts) == 12
+    for worker in (first, second):
+        assert "segment synthesized" in worker.log(), worker.log()[-3000:]
+
+
+def test_a_cancelled_job_stops_and_records_nothing_more(
+    celery_env: CeleryEnv,
+    celery_workers: WorkerPool,
+    engine_factory: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    engine = engine_factory(ttfb_ms=300)
+    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=1)
+    celery_workers.start(env, count=1, threads=2)
+    plan = make_plan(tmp_path / "job", scripts=2, lines=6)
+
+    job_id = submit(plan, app=env.app(), database_url=env.database_url)
+    wait_until(
+        lambda: segments_in(env, job_id, [State.DONE]) >= 2, 30, "two segments", celery_workers
+    )
+    cancelled = cancel(job_id, database_url=env.database_url)
+
+    assert 0 < cancelled < 12
+    done_at_cancel = segments_in(env, job_id, [State.DONE])
+    # What the worker's two threads had claimed at the cancel still runs (a request may
+    # already be on its way); everything queued behind it skips.
+    time.sleep(2.0)
+    summary = summary_of(env, job_id)
+    assert summary.job.state is State.CANCELLED
+    assert segments_in(env, job_id, [State.DONE]) == done_at_cancel
+    assert segments_in(env, job_id, [State.CANCELLED]) == 12 - done_at_cancel
+    assert all(s.state is State.CANCELLED for s in summary.scripts)
+    assert all(not s.output_uris for s in summary.scripts)
+    requests = engine.metrics()["requests"]
+    assert requests <= done_at_cancel + 2
+    time.sleep(1.0)
+    assert engine.metrics()["requests"] == requests

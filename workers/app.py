@@ -1,0 +1,101 @@
+"""The Celery app: broker, queues, and the settings that make tasks crash-proof.
+
+    celery -A workers.app worker            # or: rime-batch worker
+
+- Acknowledged late, after the task ran, and rejected back to the queue if its worker dies:
+  a message is only gone once its work is recorded. One message prefetched per thread, so a
+  worker never sits on work another worker could be doing.
+- The Redis broker's visibility timeout is longer than any task can run (see
+  `workers.config`); a shorter one would hand running tasks to a second worker.
+- Task events are on, so Flower (`celery -A workers.app flower`) shows every task as is.
+- No result backend: the job table holds every result.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import after_setup_logger, worker_ready, worker_shutdown
+from kombu.entity import Exchange, Queue
+
+from workers.config import WorkerSettings, get_worker_settings
+from workers.dispatch import QUEUES, ROUTES, SYNTH_QUEUE
+from workers.runtime import close_runtime, get_runtime
+
+# How often, at most, a worker looks for messages of dead workers to put back on the queue.
+MAX_RESTORE_INTERVAL = 10
+
+
+def _queue(name: str) -> Queue:
+    # An exchange and routing key of its own: left out, every queue would be bound to the
+    # default queue's key and receive a copy of its messages.
+    exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]
+    return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+    """The Celery configuration for `settings`."""
+    visibility = settings.visibility
+    return {
+        "broker_url": settings.celery_broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            # Look for expired messages about ten times per visibility timeout.
+            "unacked_restore_interval": max(1, min(MAX_RESTORE_INTERVAL, int(visibility / 10))),
+            "unacked_restore_throttle": 1,
+        },
+        # A publish waits out a broker restart (about a minute) before it fails.
+        "task_publish_retry_policy": {
+            "max_retries": 30,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 2,
+        },
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Running tasks finish when the broker connection drops; their acknowledgement is lost
+        # and the broker delivers them again, which the tasks skip.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_queues": [_queue(name) for name in QUEUES],
+        "task_default_queue": SYNTH_QUEUE,
+        "task_routes": ROUTES,
+        "worker_pool": "threads",
+        "worker_concurrency": settings.threads,
+    }
+
+
+def create_app(settings: WorkerSettings | None = None) -> Celery:
+    """A Celery app for `settings` (the environment's by default)."""
+    app = Celery("rime_batch", include=["workers.tasks"])
+    app.conf.update(celery_config(settings or get_worker_settings()))
+    return app
+
+
+app = create_app()
+
+
+def _quiet_http_logs(**_: Any) -> None:
+    # httpx logs every request at INFO; a thousand-segment job would drown in it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _start_sweeper(**_: Any) -> None:
+    get_runtime(get_worker_settings(), app).start_sweeper()
+
+
+def _close(**_: Any) -> None:
+    close_runtime()
+
+
+after_setup_logger.connect(_quiet_http_logs)
+worker_ready.connect(_start_sweeper)
+worker_shutdown.connect(_close)

@@ -1,0 +1,69 @@
+"""Sending work to the workers: task names, queues, and what a job still needs sent.
+
+Tasks are sent by name, so any Celery app pointed at the broker can send them (the command
+line, a test, another service) without importing the task code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from pipeline.store import list_segments, stitchable_scripts
+from pipeline.store.states import State
+
+log = logging.getLogger(__name__)
+
+SYNTHESIZE = "rime_batch.synthesize"
+STITCH = "rime_batch.stitch"
+FINISH = "rime_batch.finish"
+
+# Segments wait in one long first-in-first-out queue. Stitches and job rollups have their own
+# short queue, so a finished script is stitched while other scripts are still synthesizing,
+# and hosts can be given to one kind of work or the other.
+SYNTH_QUEUE = "rime-batch"
+STITCH_QUEUE = "rime-batch.stitch"
+QUEUES = (SYNTH_QUEUE, STITCH_QUEUE)
+ROUTES = {
+    SYNTHESIZE: {"queue": SYNTH_QUEUE},
+    STITCH: {"queue": STITCH_QUEUE},
+    FINISH: {"queue": STITCH_QUEUE},
+}
+
+
+class Dispatcher:
+    """Sends the pipeline's tasks through one Celery app."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def segments(self, segment_ids: Iterable[int]) -> int:
+        """One synthesis task per segment, in order, over one connection; the count."""
+        sent = 0
+        with self.app.producer_or_acquire() as producer:
+            for segment_id in segment_ids:
+                self.app.send_task(SYNTHESIZE, args=[segment_id], producer=producer)
+                sent += 1
+        return sent
+
+    def stitch(self, script_pk: int) -> None:
+        """A stitch task for one script (its claim makes a second one harmless)."""
+        self.app.send_task(STITCH, args=[script_pk])
+
+    def finish(self, job_id: str) -> None:
+        """A task that rolls the job up and writes its results file when it is over."""
+        self.app.send_task(FINISH, args=[job_id])
+
+    def outstanding(self, session: Session, job_id: str) -> int:
+        """Send everything the job still needs: pending segments, due stitches, the rollup."""
+        pending = [ref.segment_id for ref in list_segments(session, job_id, [State.PENDING])]
+        sent = self.segments(pending)
+        for script_pk in stitchable_scripts(session, job_id):
+            self.stitch(script_pk)
+            sent += 1
+        self.finish(job_id)
+        log.info("sent job=%s segments=%d tasks=%d", job_id, len(pending), sent + 1)
+        return sent + 1

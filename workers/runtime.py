@@ -1,0 +1,146 @@
+"""What one worker process shares across its task threads.
+
+The worker runs Celery's `threads` pool: synthesis is network-bound, so one process keeps
+many requests in flight with a thread per task. All of those threads share one asyncio event
+loop, run on a thread of its own: a task submits its coroutine to it
+(`run_coroutine_threadsafe`) and blocks until it is done. So the process has one
+`AsyncRimeHttpClient` (one connection pool; an httpx client must never cross event loops) and
+one `RedisLimiter` (one blocking Redis connection however many tasks wait for a slot), created
+on that loop. Stitching is synchronous and runs on the task's own thread, a few at a time.
+
+The runtime is created lazily by the first task of a process, after any fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import redis
+from celery import Celery
+
+from pipeline.redis_limits import RedisLimiter
+from pipeline.rime.http import AsyncRimeHttpClient
+from pipeline.stages import Context, Event
+from pipeline.store import create_engine_for, migrate, session_factory
+from workers.config import WorkerSettings
+from workers.dispatch import Dispatcher
+from workers.leases import Leases
+from workers.sweep import Sweeper
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def log_event(event: Event) -> None:
+    """A stage's progress as one key=value log line."""
+    if event.kind == "attempt":
+        log.warning("retry job=%s script=%s error=%s", event.job_id, event.script_id, event.error)
+    elif event.outcome == "failed":
+        log.error(
+            "%s failed job=%s script=%s error=%s",
+            event.kind,
+            event.job_id,
+            event.script_id,
+            event.error,
+        )
+
+
+class Runtime:
+    """One per worker process: the event loop thread, the clients, the sessions, the leases."""
+
+    def __init__(self, settings: WorkerSettings, app: Celery) -> None:
+        self.settings = settings
+        migrate(settings.database_url)
+        engine = create_engine_for(
+            settings.database_url, pool_size=settings.threads + 2, max_overflow=settings.threads
+        )
+        self.sessions = session_factory(engine)
+        self._engine = engine
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="rime-batch-loop", daemon=True)
+        self._thread.start()
+        self.client, self.limiter = self.run(self._open())
+        self.ctx = Context(
+            self.sessions, self.client, self.limiter, policy=settings.policy, on_event=log_event
+        )
+        self.leases = Leases(redis.Redis.from_url(settings.redis_url), settings.lease_seconds)
+        self.dispatch = Dispatcher(app)
+        self.stitching = threading.BoundedSemaphore(settings.stitch_parallelism)
+        self.sweeper = Sweeper(
+            self.sessions,
+            self.dispatch,
+            self.leases.redis,
+            stale_seconds=settings.visibility,
+            stall_seconds=settings.stall,
+            interval=settings.sweep_seconds,
+        )
+
+    def start_sweeper(self) -> None:
+        """Sweep for dead workers' work from this process (see `workers.sweep`)."""
+        self.sweeper.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _open(self) -> tuple[AsyncRimeHttpClient, RedisLimiter]:
+        settings = self.settings
+        client = AsyncRimeHttpClient(
+            # "" rather than None: no key means no Authorization header (a local engine).
+            api_key=settings.rime_api_key or "",
+            url=settings.rime_api_url,
+            max_connections=max(100, settings.threads),
+        )
+        limiter = RedisLimiter(
+            settings.redis_url,
+            settings.limits,
+            namespace=settings.limit_namespace,
+            lease_seconds=settings.lease_seconds,
+        )
+        return client, limiter
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the process's event loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        """Close the clients and stop the loop (at worker shutdown)."""
+        self.sweeper.stop()
+        self.leases.close()
+
+        async def shut() -> None:
+            await self.client.aclose()
+            await self.limiter.aclose()
+
+        try:
+            self.run(shut())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+            self._engine.dispose()
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime(settings: WorkerSettings, app: Celery) -> Runtime:
+    """This process's runtime, created on first use."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(settings, app)
+        return _runtime
+
+
+def close_runtime() -> None:
+    """Close this process's runtime, if it was ever created."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.close()

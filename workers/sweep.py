@@ -1,0 +1,137 @@
+"""The sweeper: finds work left by dead workers and jobs that stopped moving, and sends it again.
+
+The broker already redelivers the messages of a worker that died, and leases let the
+redelivered task take over (see `workers.flow`). The sweeper covers what that cannot: a
+message that was lost (a broker restarted without persistence), or acknowledged by a
+duplicate that skipped while the original was still running. It trusts only the job table:
+
+- a segment or stitch claimed longer ago than the visibility timeout belongs to a dead worker
+  (no task runs that long), so it is put back to pending;
+- a running job with no claim or finish for `stall` seconds has lost its messages, so
+  everything it still needs is sent again (at most once per stall window).
+
+Sending twice is safe: every step claims its row first. Every worker runs the sweeper on a
+thread, but a lock in Redis lets only one of them sweep per interval. A worker that starts
+sweeps at once, so a job whose workers all died finishes when one comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis
+import redis.exceptions
+import sqlalchemy.exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.store import list_jobs, requeue_stale
+from pipeline.store.models import utcnow
+from pipeline.store.recovery import last_activity, requeue_stale_stitches
+from pipeline.store.states import State
+from workers.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "rime-batch:sweep"
+KICK_PREFIX = "rime-batch:kick"
+# Jobs looked at per sweep; more than any one deployment runs at once.
+MAX_JOBS = 10_000
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What one sweep of one job did."""
+
+    job_id: str
+    segments_requeued: int
+    stitches_requeued: int
+    stalled: bool
+    sent: int
+
+
+class Sweeper:
+    """Puts dead workers' claims back and resends the work of stalled jobs."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        dispatch: Dispatcher,
+        client: redis.Redis,
+        *,
+        stale_seconds: float,
+        stall_seconds: float,
+        interval: float,
+    ) -> None:
+        self.sessions = sessions
+        self.dispatch = dispatch
+        self.redis = client
+        self.stale = timedelta(seconds=stale_seconds)
+        self.stall = timedelta(seconds=stall_seconds)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep(self) -> list[Swept]:
+        """Sweep every running job once; what was done for each job that needed it."""
+        with self.sessions.begin() as session:
+            jobs = [row.job_id for row in list_jobs(session, limit=MAX_JOBS, state=State.RUNNING)]
+        done = [self.sweep_job(job_id) for job_id in jobs]
+        return [s for s in done if s.sent]
+
+    def sweep_job(self, job_id: str) -> Swept:
+        """Requeue the job's stale claims; resend its work if any were stale or it stalled."""
+        with self.sessions.begin() as session:
+            segments = requeue_stale(session, older_than=self.stale, job_id=job_id)
+            stitches = requeue_stale_stitches(session, older_than=self.stale, job_id=job_id)
+        with self.sessions.begin() as session:
+            last = last_activity(session, job_id)
+        stalled = last is None or utcnow() - last > self.stall
+        sent = 0
+        if segments or stitches or (stalled and self._first_kick(job_id)):
+            with self.sessions.begin() as session:
+                sent = self.dispatch.outstanding(session, job_id)
+            log.warning(
+                "resent job=%s stale_segments=%d stale_stitches=%d stalled=%s tasks=%d",
+                job_id,
+                segments,
+                stitches,
+                stalled,
+                sent,
+            )
+        return Swept(job_id, segments, stitches, stalled, sent)
+
+    def _first_kick(self, job_id: str) -> bool:
+        # A stalled job is resent once per stall window, not at every sweep.
+        ms = max(1, round(self.stall.total_seconds() * 1000))
+        return bool(self.redis.set(f"{KICK_PREFIX}:{job_id}", 1, nx=True, px=ms))
+
+    def _turn(self) -> bool:
+        # Expires just before the next interval, so the sweeps take turns among the workers.
+        ms = max(1, round(self.interval * 900))
+        return bool(self.redis.set(LOCK_KEY, secrets.token_hex(8), nx=True, px=ms))
+
+    def run(self) -> None:
+        """Sweep now and then every `interval` seconds, when it is this worker's turn."""
+        while True:
+            try:
+                if self._turn():
+                    self.sweep()
+            except (redis.exceptions.RedisError, OSError, sqlalchemy.exc.DBAPIError) as exc:
+                log.warning("sweep skipped: %s", type(exc).__name__)
+            if self._stop.wait(self.interval):
+                return
+
+    def start(self) -> None:
+        """Run the sweeper on a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="rime-batch-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread after its current sweep."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

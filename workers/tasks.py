@@ -1,0 +1,59 @@
+"""The Celery tasks: each takes a row id, runs one step of `workers.flow`, and returns.
+
+Errors of the job table or of Redis (a restart, a failover) are retried with backoff; the
+step is safe to run again. Rime's errors never reach here: the stages record them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+
+from workers import flow
+from workers.app import app
+from workers.config import get_worker_settings
+from workers.dispatch import FINISH, STITCH, SYNTHESIZE
+from workers.runtime import Runtime, get_runtime
+
+# Infrastructure that comes back by itself: worth retrying the whole step.
+RETRY_ON = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.exceptions.RedisError,
+)
+RETRYING: dict[str, Any] = {
+    "bind": True,
+    "autoretry_for": RETRY_ON,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+
+
+def _runtime() -> Runtime:
+    return get_runtime(get_worker_settings(), app)
+
+
+def _redelivered(task: Any) -> bool:
+    return bool((task.request.delivery_info or {}).get("redelivered"))
+
+
+@app.task(name=SYNTHESIZE, **RETRYING)  # type: ignore[untyped-decorator]
+def synthesize(self: Any, segment_id: int) -> str:
+    """Synthesize one segment; send its script's stitch when it was the last one."""
+    return flow.synthesize(_runtime(), segment_id, redelivered=_redelivered(self)).value
+
+
+@app.task(name=STITCH, **RETRYING)  # type: ignore[untyped-decorator]
+def stitch(self: Any, script_pk: int) -> str:
+    """Stitch one script; send its job's rollup."""
+    return flow.stitch(_runtime(), script_pk, redelivered=_redelivered(self)).value
+
+
+@app.task(name=FINISH, **RETRYING)  # type: ignore[untyped-decorator]
+def finish(self: Any, job_id: str) -> str:
+    """Roll a job up and write its results file when it is over."""
+    return flow.finish(_runtime(), job_id).value
