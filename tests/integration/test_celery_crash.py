@@ -1,0 +1,98 @@
+"""Celery workers that die, and a broker that restarts: the job still finishes, correctly."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine.server import RunningEngine
+from pipeline.store.states import State
+from tests.fixtures.celery_workers import (
+    CeleryEnv,
+    PrivateRedis,
+    WorkerPool,
+    celery_env,
+    celery_workers,
+    check_outputs,
+    make_plan,
+    private_redis,
+    segments_in,
+    wait_for_job,
+    wait_until,
+)
+from workers.commands import submit
+
+# The fixtures, imported by name so pytest finds them in this module.
+__all__ = ["celery_env", "celery_workers", "private_redis"]
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
+
+EngineFactory = Callable[..., RunningEngine]
+
+
+def test_killed_workers_work_is_taken_over_and_no_segment_is_stitched_twice(
+    celery_env: CeleryEnv,
+    celery_workers: WorkerPool,
+    engine_factory: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    engine = engine_factory(ttfb_ms=300)
+    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=2)
+    first, second = celery_workers.start(env, count=2, threads=2)
+    plan = make_plan(tmp_path / "job", scripts=3, lines=4)
+    job_id = submit(plan, app=env.app(), database_url=env.database_url)
+
+    def done() -> int:
+        return segments_in(env, job_id, [State.DONE])
+
+    wait_until(lambda: done() >= 3, 30, "three segments", celery_workers)
+    first.kill()  # SIGKILL: its claims stay running, its messages unacknowledged
+    wait_until(lambda: done() >= 6, 30, "three more segments", celery_workers)
+    second.kill()  # now no worker is left at all
+    time.sleep(1.0)
+    assert segments_in(env, job_id, [State.DONE]) < 12
+
+    celery_workers.start(env, count=1, threads=2)
+    summary = wait_for_job(env, job_id, celery_workers, timeout=60)
+
+    check_outputs(summary, plan)
+    logs = celery_workers.logs()
+    assert "took over segment" in logs or "stale_segments=" in logs, logs[-5000:]
+    # Work the dead workers had in flight may have been requested twice; no more than that.
+    assert 12 <= engine.metrics()["completed"] <= 12 + 4
+
+
+def test_a_broker_restart_that_loses_every_message_mid_job(
+    private_redis: PrivateRedis,
+    celery_env: CeleryEnv,
+    celery_workers: WorkerPool,
+    engine_factory: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    # (private_redis comes first so that it is stopped last, after the workers.)
+    engine = engine_factory(ttfb_ms=300)
+    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=2)
+    env = CeleryEnv(
+        broker_url=private_redis.url,
+        redis_url=private_redis.url,
+        database_url=env.database_url,
+        rime_api_url=env.rime_api_url,
+        extra=env.extra,
+    )
+    celery_workers.start(env, count=2, threads=2)
+    plan = make_plan(tmp_path / "job", scripts=3, lines=4)
+    job_id = submit(plan, app=env.app(), database_url=env.database_url)
+
+    wait_until(
+        lambda: segments_in(env, job_id, [State.DONE]) >= 3, 30, "three segments", celery_workers
+    )
+    private_redis.kill()
+    time.sleep(1.0)
+    private_redis.start()
+
+    summary = wait_for_job(env, job_id, celery_workers, timeout=90)
+    check_outputs(summary, plan)
+    assert all(w.alive for w in celery_workers.workers)
