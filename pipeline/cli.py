@@ -253,9 +253,10 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except InputError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        # One line however long: scripts and CI logs read it whole.
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except RimeBatchError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,141 @@
+"""A render that dies (SIGKILL) or is interrupted (Ctrl-C) finishes with `rime-batch resume`,
+without synthesizing again what was already done."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipeline.engine.server import RunningEngine
+from pipeline.storage import cache_key_path
+from pipeline.store import create_engine_for
+from tests.e2e.test_render import IVR_AND_NARRATION, KEY, by_id, prompts, results_of, write
+from tests.fixtures.cli import Cli, Running
+from tests.fixtures.cli import cli as cli  # the fixture, until conftest lists the plugin
+
+EngineFactory = Callable[..., RunningEngine]
+PROMPTS = 8
+SEGMENTS = PROMPTS + 2 + 6  # the prompts, two IVR scripts and the narration's six
+
+
+def slow_engine(engine_factory: EngineFactory) -> RunningEngine:
+    """An engine slow enough that a render takes several seconds: 300 ms to the first byte,
+    audio streamed at twice real time."""
+    return engine_factory(api_keys=[KEY], ttfb_ms=300, pacing=2.0)
+
+
+def manifest(folder: Path) -> Path:
+    """Prompts, IVR scripts and a six-segment narration."""
+    return write(folder, prompts(PROMPTS) + IVR_AND_NARRATION.split("scripts:\n", 1)[1])
+
+
+def segment_states(database_url: str) -> list[tuple[str, str]]:
+    """(state, cache key) of every segment in the database (the test's only job)."""
+    engine = create_engine_for(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT state, cache_key FROM segments ORDER BY id"))
+            return [(str(state), str(key)) for state, key in rows]
+    finally:
+        engine.dispose()
+
+
+def wait_for_done(run: Cli, running: Running, at_least: int, timeout: float = 60.0) -> None:
+    """Poll the job table until `at_least` segments are done (the render still running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert running.proc.poll() is None, running.wait()
+        try:
+            done = sum(state == "done" for state, _ in segment_states(run.database_url))
+        except sa.exc.OperationalError:
+            done = 0  # the tables are not created yet
+        if done >= at_least:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"fewer than {at_least} segments done after {timeout}s")
+
+
+def test_a_killed_render_resumes_without_redoing_done_segments(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    engine = slow_engine(engine_factory)
+    run = cli.using(engine=engine, api_key=KEY)
+    path = manifest(tmp_path)
+    running = run.start("render", path, "--concurrency", "2")
+    wait_for_done(run, running, at_least=4)
+
+    running.signal(signal.SIGKILL)
+    killed = running.wait()
+    assert killed.returncode == -signal.SIGKILL
+    states = segment_states(run.database_url)
+    assert len(states) == SEGMENTS
+    done = sum(state == "done" for state, _ in states)
+    assert 4 <= done < SEGMENTS
+    # A segment whose audio reached the cache just before the kill is not sent again either.
+    to_send = sum(
+        state != "done" and not (tmp_path / "out" / cache_key_path(key)).exists()
+        for state, key in states
+    )
+    assert to_send > 0
+    job_id = results_job_id(killed)
+
+    engine.configure(ttfb_ms=0, pacing=0.0)
+    engine.reset_metrics()
+    resumed = run.run("resume", job_id[:8])
+
+    assert resumed.returncode == 0, resumed
+    assert engine.metrics()["requests"] == to_send
+    assert {state for state, _ in segment_states(run.database_url)} == {"done"}
+    results = results_of(tmp_path / "out")
+    assert results["job_id"] == job_id
+    assert results["state"] == "done"
+
+    # Nothing lost, nothing twice: every script as long as in a render that was never killed.
+    reference = run.run("render", path, "--output", "reference")
+    assert reference.returncode == 0, reference
+    expected = by_id(results_of(tmp_path / "reference"))
+    for script in results["scripts"]:
+        seconds = expected[script["id"]]["audio_seconds"]
+        assert script["audio_seconds"] == pytest.approx(seconds, abs=0.02), script["id"]
+
+
+def results_job_id(result: object) -> str:
+    """The job id a render announced before it was stopped."""
+    found = re.search(r"job ([0-9a-f]{12}):", str(result))
+    assert found, f"no job id announced\n{result}"
+    return found.group(1)
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    engine = slow_engine(engine_factory)
+    run = cli.using(engine=engine, api_key=KEY)
+    running = run.start("render", manifest(tmp_path), "--concurrency", "2")
+    wait_for_done(run, running, at_least=2)
+
+    running.signal(signal.SIGINT)
+    stopped = running.wait(timeout=30)
+
+    assert stopped.returncode == 130, stopped
+    assert "Traceback" not in stopped.stderr
+    job_id = results_job_id(stopped)
+    assert f"rime-batch resume {job_id}" in stopped.stderr
+    states = [state for state, _ in segment_states(run.database_url)]
+    # Every claim was handed back: nothing is left looking as if a worker still held it.
+    assert "running" not in states
+    assert 2 <= states.count("done") < SEGMENTS
+
+    engine.configure(ttfb_ms=0, pacing=0.0)
+    engine.reset_metrics()
+    resumed = run.run("resume", job_id)
+
+    assert resumed.returncode == 0, resumed
+    assert engine.metrics()["requests"] <= SEGMENTS - states.count("done")
+    assert results_of(tmp_path / "out")["state"] == "done"
