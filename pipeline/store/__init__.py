@@ -13,6 +13,7 @@ from pipeline.store.db import (
     session_factory,
 )
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
+from pipeline.store.handoff import finish_script_and_settle_job, finish_segment_and_claim_stitch
 from pipeline.store.migrate import downgrade, migrate
 from pipeline.store.plans import (
     ScriptWork,
@@ -73,7 +74,9 @@ __all__ = [
     "fail_script",
     "fail_segment",
     "finish_script",
+    "finish_script_and_settle_job",
     "finish_segment",
+    "finish_segment_and_claim_stitch",
     "job_summary",
     "list_jobs",
     "list_segments",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -17,13 +18,17 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
 _PG_MIGRATION_LOCK = 0x72696D65
 
+# Alembic's `op` and `context` are module-level proxies: one command at a time per process.
+_ALEMBIC_LOCK = threading.Lock()
 
-def alembic_config(connection: Connection) -> Config:
+
+def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config whose env.py runs on `connection` (no alembic.ini needed)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
-    config.attributes["connection"] = connection
+    if connection is not None:
+        config.attributes["connection"] = connection
     return config
 
 
@@ -31,7 +36,7 @@ def migrate(url: str | URL, revision: str = "head") -> None:
     """Upgrade the database at `url` to `revision` (the newest by default)."""
     engine = create_engine_for(url)
     try:
-        with engine.begin() as connection:
+        with _ALEMBIC_LOCK, engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # Workers starting together must not race to create the same tables.
                 connection.execute(
@@ -46,7 +51,7 @@ def downgrade(url: str | URL, revision: str = "base") -> None:
     """Downgrade the database at `url` to `revision` (an empty schema by default)."""
     engine = create_engine_for(url)
     try:
-        with engine.begin() as connection:
+        with _ALEMBIC_LOCK, engine.begin() as connection:
             command.downgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()

@@ -217,9 +217,9 @@ def requeue_stale(session: Session, *, older_than: timedelta, job_id: str | None
 def claim_stitch(session: Session, script_pk: int) -> bool:
     """pending -> running once every segment is done: True for exactly one caller.
 
-    Call it in a new transaction after the one that finished the segment has committed. In
-    the same transaction, two workers finishing the last two segments each still see the
-    other's segment undone, and neither would stitch.
+    Call it in a new transaction after the one that finished the segment has committed (see
+    pipeline.store.handoff): in the same transaction, two workers finishing the last two
+    segments each still see the other's segment undone, and neither would stitch.
     """
     undone = exists().where(Segment.script_pk == Script.id, Segment.state != State.DONE)
     return _cas_one(
@@ -306,7 +306,7 @@ def settle_job(session: Session, job_id: str) -> State:
     """Roll a running job up to done (every script done) or failed (none left to run).
 
     Returns the job's state afterwards. Like claim_stitch, call it after the change that
-    finished or failed a script has committed.
+    finished or failed a script has committed (see pipeline.store.handoff).
     """
     now = utcnow()
     of_job = Script.job_id == Job.id
