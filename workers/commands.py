@@ -66,8 +66,7 @@ def submit(
                     reset_for_resume(session, job_id)
             start_job(session, job_id)
         # Only once the rows are committed: a worker may pick the first task up at once.
-        with sessions.begin() as session:
-            Dispatcher(_app(app)).outstanding(session, job_id)
+        Dispatcher(_app(app)).outstanding(sessions, job_id)
     return job_id
 
 

@@ -32,6 +32,8 @@ class WorkerSettings(Settings):
     # Halve the shared cap on a 429 and probe back up (an account shared with live traffic).
     adaptive: bool = False
     probe_after: int = 10
+    # After a halving, further 429s for this long are the same overload and do not halve again.
+    cooldown_seconds: float = 2.0
     # Workers that share a namespace share one cap: one namespace per Rime account.
     limit_namespace: str = "rime-batch"
     # Threads per worker process (requests it can keep in flight); None = twice the cap.

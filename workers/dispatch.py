@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 
 from celery import Celery
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.store import list_segments, stitchable_scripts
 from pipeline.store.states import State
@@ -57,13 +57,17 @@ class Dispatcher:
         """A task that rolls the job up and writes its results file when it is over."""
         self.app.send_task(FINISH, args=[job_id])
 
-    def outstanding(self, session: Session, job_id: str) -> int:
+    def outstanding(self, sessions: sessionmaker[Session], job_id: str) -> int:
         """Send everything the job still needs: pending segments, due stitches, the rollup."""
-        pending = [ref.segment_id for ref in list_segments(session, job_id, [State.PENDING])]
+        # Read, then send outside the transaction: on SQLite an open transaction holds the
+        # write lock, and the workers would wait for the last message to claim the first.
+        with sessions.begin() as session:
+            pending = [ref.segment_id for ref in list_segments(session, job_id, [State.PENDING])]
+            due = stitchable_scripts(session, job_id)
         sent = self.segments(pending)
-        for script_pk in stitchable_scripts(session, job_id):
+        for script_pk in due:
             self.stitch(script_pk)
-            sent += 1
         self.finish(job_id)
-        log.info("sent job=%s segments=%d tasks=%d", job_id, len(pending), sent + 1)
-        return sent + 1
+        sent += len(due) + 1
+        log.info("sent job=%s segments=%d tasks=%d", job_id, len(pending), sent)
+        return sent

@@ -100,6 +100,7 @@ class Runtime:
             settings.limits,
             namespace=settings.limit_namespace,
             lease_seconds=settings.lease_seconds,
+            cooldown_seconds=settings.cooldown_seconds,
         )
         return client, limiter
 

@@ -92,8 +92,7 @@ class Sweeper:
         stalled = last is None or utcnow() - last > self.stall
         sent = 0
         if segments or stitches or (stalled and self._first_kick(job_id)):
-            with self.sessions.begin() as session:
-                sent = self.dispatch.outstanding(session, job_id)
+            sent = self.dispatch.outstanding(self.sessions, job_id)
             log.warning(
                 "resent job=%s stale_segments=%d stale_stitches=%d stalled=%s tasks=%d",
                 job_id,
