@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.stages import Outcome, settle_stage, stitch_stage, synth_stage
+from pipeline.run import KEY_REFUSED
+from pipeline.stages import Outcome, abandon_stage, settle_stage, stitch_stage, synth_stage
 from pipeline.store import (
     load_script,
     load_segment,
@@ -30,6 +31,7 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 TAKEN_OVER = "taken over: the worker that claimed it stopped"
+FAILURES = (Outcome.FAILED, Outcome.REFUSED)
 
 
 def _lease_wait(rt: Runtime, redelivered: bool) -> float:
@@ -51,9 +53,7 @@ def synthesize(rt: Runtime, segment_id: int, *, redelivered: bool = False) -> Ou
     # script's last two segments at once, at least one sees the script complete.
     with rt.sessions.begin() as session:
         work = load_segment(session, segment_id)
-        due = outcome is not Outcome.FAILED and work.script_pk in stitchable_scripts(
-            session, work.job_id
-        )
+        due = outcome not in FAILURES and work.script_pk in stitchable_scripts(session, work.job_id)
     log.info(
         "segment %s job=%s script=%s segment=%d index=%d state=%s",
         outcome.value,
@@ -63,7 +63,11 @@ def synthesize(rt: Runtime, segment_id: int, *, redelivered: bool = False) -> Ou
         work.segment.index,
         work.state.value,
     )
-    if outcome is Outcome.FAILED:
+    if outcome is Outcome.REFUSED:
+        # No other request with this key can succeed: fail what waits instead of sending it.
+        abandoned = abandon_stage(rt.ctx, work.job_id, KEY_REFUSED)
+        log.error("key refused job=%s scripts_failed=%d", work.job_id, abandoned)
+    if outcome in FAILURES:
         rt.dispatch.finish(work.job_id)
     elif due:
         rt.dispatch.stitch(work.script_pk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,35 @@ def test_killed_workers_work_is_taken_over_and_no_segment_is_stitched_twice(
     assert "took over segment" in logs or "stale_segments=" in logs, logs[-5000:]
     # Work the dead workers had in flight may have been requested twice; no more than that.
     assert 12 <= engine.metrics()["completed"] <= 12 + 4
+
+
+def test_a_warm_shutdown_finishes_what_it_started_and_leaves_the_rest_queued(
+    celery_env: CeleryEnv,
+    celery_workers: WorkerPool,
+    engine_factory: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    engine = engine_factory(ttfb_ms=300)
+    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=2)
+    [worker] = celery_workers.start(env, count=1, threads=2, via_command=True)
+    plan = make_plan(tmp_path / "job", scripts=2, lines=4)
+    job_id = submit(plan, app=env.app(), database_url=env.database_url)
+    wait_until(
+        lambda: segments_in(env, job_id, [State.DONE]) >= 2, 30, "two segments", celery_workers
+    )
+
+    worker.kill(signal.SIGTERM)
+    assert worker.process is not None
+    assert worker.process.wait(timeout=20) == 0, worker.log()[-3000:]
+
+    # Whatever it had claimed it finished; nothing is left running for someone to take over.
+    assert segments_in(env, job_id, [State.RUNNING]) == 0
+    assert segments_in(env, job_id, [State.PENDING]) > 0
+    celery_workers.start(env, count=1, threads=2)
+    summary = wait_for_job(env, job_id, celery_workers, timeout=60)
+    check_outputs(summary, plan)
+    assert "took over" not in celery_workers.logs()
+    assert engine.metrics()["completed"] == 8
 
 
 def test_a_broker_restart_that_loses_every_message_mid_job(

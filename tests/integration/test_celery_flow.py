@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from pipeline.engine.server import RunningEngine
 from pipeline.store.states import State
@@ -41,14 +42,33 @@ def test_pipeline_does_not_import_celery() -> None:
     assert result.stdout.strip() == "False"
 
 
+KEY = "rk-celery-4f1d9c2b7a"
+
+
+def everything_stored(env: CeleryEnv, destination: Path) -> str:
+    """Every row of the job table and every file of the destination, as one text."""
+    engine = sa.create_engine(env.database_url)
+    with engine.connect() as conn:
+        rows = [
+            str(row)
+            for table in ("jobs", "scripts", "segments")
+            for row in conn.execute(sa.text(f"SELECT t::text FROM {table} t"))
+        ]
+    engine.dispose()
+    files = [p.read_bytes().decode("latin-1") for p in destination.rglob("*") if p.is_file()]
+    return "\n".join(rows + files)
+
+
 def test_two_workers_render_a_job_with_correct_audio(
     celery_env: CeleryEnv,
     celery_workers: WorkerPool,
     engine_factory: EngineFactory,
     tmp_path: Path,
 ) -> None:
-    engine = engine_factory(ttfb_ms=50)
-    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=4)
+    engine = engine_factory(ttfb_ms=50, api_keys=[KEY])
+    env = celery_env.with_changes(
+        rime_api_url=engine.http_url, RIME_API_KEY=KEY, RIME_BATCH_CONCURRENCY=4
+    )
     first, second = celery_workers.start(env, count=2, threads=3)
     plan = make_plan(tmp_path / "job", scripts=3, lines=4)
 
@@ -61,6 +81,33 @@ def test_two_workers_render_a_job_with_correct_audio(
     assert sum(s.attempts for s in summary.scripts) == 12
     for worker in (first, second):
         assert "segment synthesized" in worker.log(), worker.log()[-3000:]
+    # The key went to the engine only: not to a log line, the job table or an output.
+    assert KEY not in celery_workers.logs()
+    assert KEY not in everything_stored(env, Path(plan.destination))
+
+
+def test_a_refused_key_fails_the_job_without_sending_the_rest(
+    celery_env: CeleryEnv,
+    celery_workers: WorkerPool,
+    engine_factory: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    engine = engine_factory(api_keys=[KEY])
+    wrong = "rk-wrong-0a9b8c7d6e"
+    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_API_KEY=wrong)
+    celery_workers.start(env, count=1, threads=2)
+    plan = make_plan(tmp_path / "job", scripts=3, lines=4)
+
+    job_id = submit(plan, app=env.app(), database_url=env.database_url)
+    summary = wait_for_job(env, job_id, celery_workers, timeout=30)
+
+    assert summary.job.state is State.FAILED
+    assert all(s.state is State.FAILED for s in summary.scripts)
+    # Each of the two threads learnt it once; nothing queued behind them was sent.
+    assert 1 <= engine.metrics()["rejected_401"] <= 2
+    assert segments_in(env, job_id, [State.DONE]) == 0
+    assert wrong not in celery_workers.logs()
+    assert wrong not in everything_stored(env, Path(plan.destination))
 
 
 def test_a_cancelled_job_stops_and_records_nothing_more(
