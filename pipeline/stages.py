@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.limits import Limiter
@@ -30,6 +31,7 @@ from pipeline.stitch import parts_for, spec_for, stitch
 from pipeline.storage import ObjectStore, cache_key_path, content_type_for, open_store
 from pipeline.storage import output_metadata as make_metadata
 from pipeline.store import plans, queries, repo
+from pipeline.store.models import Job
 from pipeline.store.states import State
 from pipeline.synth import Attempt, Synthesizer, synthesize_segment
 
@@ -97,7 +99,8 @@ async def synth_stage(ctx: Context, segment_id: int) -> Outcome:
         if not repo.claim_segment(session, segment_id):
             return Outcome.SKIPPED
         work = plans.load_segment(session, segment_id)
-        destination = plans.load_script(session, work.script_pk).destination
+        # Only the destination: loading the whole script would read every one of its segments.
+        destination = session.scalars(select(Job.destination).where(Job.id == work.job_id)).one()
     store = ctx.store(destination)
     key = cache_key_path(work.segment.cache_key)
     event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)

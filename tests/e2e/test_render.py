@@ -284,10 +284,11 @@ def test_a_refused_key_fails_fast_once_and_is_never_written(
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     # Far under the retry policy's minutes: nothing is retried, and after the first refusal
-    # no other request goes out (only those already in flight).
+    # no other request goes out: at most the one each executor worker (twice the
+    # concurrency) had under way, where trying every segment would send ten.
     assert result.seconds < 20, result
     metrics = engine.metrics()
-    assert 1 <= metrics["rejected_401"] == metrics["requests"] <= 2
+    assert 1 <= metrics["rejected_401"] == metrics["requests"] <= 4
     told = [line for line in result.stderr.splitlines() if "API key" in line]
     assert len(told) == 1, result
     assert "HTTP 401" in told[0]
