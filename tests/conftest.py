@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.engine",
     "tests.fixtures.s3",
+    "tests.fixtures.cli",
 ]

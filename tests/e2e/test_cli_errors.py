@@ -11,7 +11,6 @@ import pytest
 
 from pipeline.engine.server import RunningEngine
 from tests.fixtures.cli import Cli, CliResult
-from tests.fixtures.cli import cli as cli  # the fixture, until conftest lists the plugin
 
 EngineFactory = Callable[..., RunningEngine]
 KEY = "rk-e2e-errors-5a1f09c2"

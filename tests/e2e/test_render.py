@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from pipeline.engine.server import RunningEngine
 from pipeline.store import create_engine_for
 from tests.fixtures.cli import Cli, CliResult, probe
-from tests.fixtures.cli import cli as cli  # the fixture, until conftest lists the plugin
 
 KEY = "rk-e2e-3f9c1d7a5b2e4c60"
 

@@ -13,7 +13,6 @@ import pytest
 from pipeline.engine.server import RunningEngine
 from tests.e2e.test_render import KEY, results_of, write
 from tests.fixtures.cli import Cli, probe
-from tests.fixtures.cli import cli as cli  # the fixture, until conftest lists the plugin
 from tests.fixtures.s3 import S3Env
 
 EngineFactory = Callable[..., RunningEngine]

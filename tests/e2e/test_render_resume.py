@@ -17,7 +17,6 @@ from pipeline.storage import cache_key_path
 from pipeline.store import create_engine_for
 from tests.e2e.test_render import IVR_AND_NARRATION, KEY, by_id, prompts, results_of, write
 from tests.fixtures.cli import Cli, Running
-from tests.fixtures.cli import cli as cli  # the fixture, until conftest lists the plugin
 
 EngineFactory = Callable[..., RunningEngine]
 PROMPTS = 8
