@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -209,31 +210,53 @@ class Engine:
         self.process.wait(timeout=10)
 
 
-def run_mode(
-    mode: Mode, args: argparse.Namespace, redis_url: str, database_url: str, folder: Path
-) -> Figures:
-    """Render one job with the workers configured as `mode`; its figures."""
-    logs = args.logs / mode.name if args.logs else folder / mode.name
-    logs.mkdir(parents=True, exist_ok=True)
-    engine = Engine(args.engine_limit, args.ttfb_ms, logs / "engine.log")
+@dataclass(frozen=True)
+class Run:
+    """How long one job took on the workers, in seconds from submitting it."""
+
+    segments: int
+    synth_seconds: float  # until every segment's audio was in
+    job_seconds: float  # until the job was done, stitching and results included
+
+
+def render_on_workers(
+    plan: JobPlan,
+    *,
+    rime_api_url: str,
+    cap: int,
+    adaptive: bool,
+    folder: Path,
+    workers: int = 2,
+    threads: int = 8,
+    rime_api_key: str | None = None,
+    redis_url: str | None = None,
+    database_url: str | None = None,
+    extra: dict[str, str] | None = None,
+    timeout: float = 600.0,
+) -> Run:
+    """Render `plan` on fresh worker processes; a private Redis and SQLite file unless given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = None
+    if redis_url is None:
+        server, redis_url = start_redis(folder)
+    if database_url is None:
+        database_url = f"sqlite:///{folder / 'jobs.db'}"
+    migrate(database_url)
     variables = {
         "CELERY_BROKER_URL": redis_url,
         "RIME_BATCH_REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
-        "RIME_API_URL": engine.http_url,
-        "RIME_BATCH_CONCURRENCY": str(mode.cap),
-        "RIME_BATCH_ADAPTIVE": "1" if mode.adaptive else "0",
-        "RIME_BATCH_LIMIT_NAMESPACE": f"bench-{mode.name}",
-        "RIME_BATCH_WORKER_THREADS": str(args.threads),
+        "RIME_API_URL": rime_api_url,
+        "RIME_BATCH_CONCURRENCY": str(cap),
+        "RIME_BATCH_ADAPTIVE": "1" if adaptive else "0",
+        "RIME_BATCH_LIMIT_NAMESPACE": f"bench-{time.time_ns()}",
+        "RIME_BATCH_WORKER_THREADS": str(threads),
+        **(extra or {}),
     }
-    if args.probe_after is not None:
-        variables["RIME_BATCH_PROBE_AFTER"] = str(args.probe_after)
-    if args.cooldown is not None:
-        variables["RIME_BATCH_COOLDOWN_SECONDS"] = str(args.cooldown)
-    redis.Redis.from_url(redis_url).flushdb()
-    workers = start_workers(args.workers, args.threads, variables, logs)
+    if rime_api_key is not None:
+        variables["RIME_API_KEY"] = rime_api_key
+    processes = start_workers(workers, threads, variables, folder)
     try:
-        plan = make_plan(folder / mode.name, args.scripts, args.lines)
         settings = WorkerSettings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database_url)
         sessions = session_factory(create_engine_for(database_url))
         started = time.monotonic()
@@ -246,32 +269,88 @@ def run_mode(
                     select(func.count()).where(Segment.job_id == job_id, Segment.state == "done")
                 )
                 job = session.get(Job, job_id)
-                job_done = job is not None and job.state in (State.DONE, State.FAILED)
+                over = job is not None and job.state in (State.DONE, State.FAILED)
             if done == total and not synth_seconds:
                 synth_seconds = time.monotonic() - started
-            if job_done:
-                break
-            if time.monotonic() - started > args.timeout:
-                sys.exit(f"{mode.name}: the job did not finish within {args.timeout} s")
+            if over:
+                return Run(
+                    total, synth_seconds or time.monotonic() - started, time.monotonic() - started
+                )
+            if time.monotonic() - started > timeout:
+                sys.exit(f"the job did not finish within {timeout} s")
             time.sleep(0.1)
-        job_seconds = time.monotonic() - started
-        metrics = engine.metrics()
-        ideal = metrics["completed"] * metrics["mean_request_seconds"] / args.engine_limit
-        return Figures(
-            mode=mode,
-            segments=total,
-            synth_seconds=synth_seconds,
-            job_seconds=job_seconds,
-            ideal_seconds=ideal,
-            requests=metrics["requests"],
-            rejected_429=metrics["rejected_429"],
-            peak_in_flight=metrics["peak_in_flight"],
-        )
     finally:
-        for process in workers:
+        for process in processes:
             process.kill()
             process.wait()
+        if server is not None:
+            server.kill()
+            server.wait()
+
+
+def run_mode(mode: Mode, args: argparse.Namespace, folder: Path) -> Figures:
+    """Render one job with the workers configured as `mode`; its figures."""
+    logs = args.logs / mode.name if args.logs else folder / mode.name
+    logs.mkdir(parents=True, exist_ok=True)
+    engine = Engine(args.engine_limit, args.ttfb_ms, logs / "engine.log")
+    extra = {}
+    if args.probe_after is not None:
+        extra["RIME_BATCH_PROBE_AFTER"] = str(args.probe_after)
+    if args.cooldown is not None:
+        extra["RIME_BATCH_COOLDOWN_SECONDS"] = str(args.cooldown)
+    try:
+        run = render_on_workers(
+            make_plan(folder / mode.name, args.scripts, args.lines),
+            rime_api_url=engine.http_url,
+            cap=mode.cap,
+            adaptive=mode.adaptive,
+            folder=logs,
+            workers=args.workers,
+            threads=args.threads,
+            redis_url=args.redis_url,
+            database_url=args.database_url,
+            extra=extra,
+            timeout=args.timeout,
+        )
+        metrics = engine.metrics()
+    finally:
         engine.stop()
+    return Figures(
+        mode=mode,
+        segments=run.segments,
+        synth_seconds=run.synth_seconds,
+        job_seconds=run.job_seconds,
+        ideal_seconds=metrics["completed"] * metrics["mean_request_seconds"] / args.engine_limit,
+        requests=metrics["requests"],
+        rejected_429=metrics["rejected_429"],
+        peak_in_flight=metrics["peak_in_flight"],
+    )
+
+
+def celery_mode(adaptive: bool, api_key: str | None = None) -> Callable[[Any, Any], Any]:
+    """A mode for bench/throughput.py (`MODES`): its engine and plan, on 2 worker processes.
+
+    Fixed: the workers' cap is the engine's. Adaptive: twice that, and they find the real one.
+    """
+    name = "celery-aimd" if adaptive else "celery"
+
+    def run(bench: Any, _args: Any) -> Any:
+        cap = bench.concurrency * 2 if adaptive else bench.concurrency
+        bench.engine.reset_metrics()
+        # A destination of its own: with the plan's, a mode run after another finds every
+        # segment in that one's cache and sends nothing.
+        plan = replace(bench.plan, destination=str(bench.folder / "out"))
+        result = render_on_workers(
+            plan,
+            rime_api_url=bench.engine.http_url,
+            rime_api_key=api_key,
+            cap=cap,
+            adaptive=adaptive,
+            folder=bench.folder,
+        )
+        return bench.figures(name, result.segments, result.synth_seconds, result.job_seconds)
+
+    return run
 
 
 def main() -> None:
@@ -299,19 +378,7 @@ def main() -> None:
     ]
     modes = [m for m in modes if args.mode in (m.name, "both")]
     with tempfile.TemporaryDirectory(prefix="rime-batch-bench-") as tmp:
-        folder = Path(tmp)
-        server = None
-        redis_url = args.redis_url
-        if redis_url is None:
-            server, redis_url = start_redis(folder)
-        database_url = args.database_url or f"sqlite:///{folder / 'jobs.db'}"
-        migrate(database_url)
-        try:
-            results = [run_mode(m, args, redis_url, database_url, folder) for m in modes]
-        finally:
-            if server is not None:
-                server.kill()
-                server.wait()
+        results = [run_mode(m, args, Path(tmp)) for m in modes]
 
     print(
         f"{args.workers} workers x {args.threads} threads, engine limit {args.engine_limit}, "
