@@ -2,9 +2,10 @@
 
     celery -A workers.app worker            # or: rime-batch worker
 
-- Acknowledged late, after the task ran, and rejected back to the queue if its worker dies:
-  a message is only gone once its work is recorded. One message prefetched per thread, so a
-  worker never sits on work another worker could be doing.
+- Acknowledged late, after the task ran: a message is only gone once its work is recorded.
+  If its worker dies the broker hands it out again (Redis: after the visibility timeout;
+  RabbitMQ: when the connection drops; a pool child: at once). One message prefetched per
+  thread, so a worker never sits on work another worker could be doing.
 - The Redis broker's visibility timeout is longer than any task can run (see
   `workers.config`); a shorter one would hand running tasks to a second worker.
 - Task events are on, so Flower (`celery -A workers.app flower`) shows every task as is.

@@ -8,6 +8,9 @@ loop, run on a thread of its own: a task submits its coroutine to it
 one `RedisLimiter` (one blocking Redis connection however many tasks wait for a slot), created
 on that loop. Stitching is synchronous and runs on the task's own thread, a few at a time.
 
+(An event loop per thread, the other way, measured no faster: each thread then builds its own
+client and limiter on its first task, and a process holds as many Redis waiters as threads.)
+
 The runtime is created lazily by the first task of a process, after any fork.
 """
 

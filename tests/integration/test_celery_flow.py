@@ -86,7 +86,7 @@ def test_two_workers_render_a_job_with_correct_audio(
     assert KEY not in everything_stored(env, Path(plan.destination))
 
 
-def test_a_refused_key_fails_the_job_without_sending_the_rest(
+def test_a_refused_key_fails_the_job_and_a_resubmit_with_the_right_one_finishes_it(
     celery_env: CeleryEnv,
     celery_workers: WorkerPool,
     engine_factory: EngineFactory,
@@ -95,7 +95,7 @@ def test_a_refused_key_fails_the_job_without_sending_the_rest(
     engine = engine_factory(api_keys=[KEY])
     wrong = "rk-wrong-0a9b8c7d6e"
     env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_API_KEY=wrong)
-    celery_workers.start(env, count=1, threads=2)
+    [worker] = celery_workers.start(env, count=1, threads=2)
     plan = make_plan(tmp_path / "job", scripts=3, lines=4)
 
     job_id = submit(plan, app=env.app(), database_url=env.database_url)
@@ -108,6 +108,12 @@ def test_a_refused_key_fails_the_job_without_sending_the_rest(
     assert segments_in(env, job_id, [State.DONE]) == 0
     assert wrong not in celery_workers.logs()
     assert wrong not in everything_stored(env, Path(plan.destination))
+
+    worker.stop()
+    right = env.with_changes(RIME_API_KEY=KEY)
+    celery_workers.start(right, count=1, threads=2)
+    assert submit(job_id[:6], app=right.app(), database_url=right.database_url) == job_id
+    check_outputs(wait_for_job(env, job_id, celery_workers, timeout=30), plan)
 
 
 def test_a_cancelled_job_stops_and_records_nothing_more(
