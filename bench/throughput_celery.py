@@ -166,6 +166,9 @@ def start_workers(
     deadline = time.monotonic() + 60
     while not all(" ready." in log.read_text(errors="replace") for log in logs):
         if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            for process in processes:
+                process.kill()
+                process.wait()
             sys.exit("a worker did not start:\n" + "\n".join(log.read_text() for log in logs))
         time.sleep(0.1)
     return processes
