@@ -258,8 +258,9 @@ def render_on_workers(
     }
     if rime_api_key is not None:
         variables["RIME_API_KEY"] = rime_api_key
-    processes = start_workers(workers, threads, variables, folder)
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        processes = start_workers(workers, threads, variables, folder)
         settings = WorkerSettings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database_url)
         sessions = session_factory(create_engine_for(database_url))
         started = time.monotonic()
