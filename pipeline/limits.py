@@ -2,7 +2,7 @@
 
 `Limiter` is the one interface every executor uses. `LocalLimiter` holds the limits in this
 process (the embedded executor); the Celery workers back the same interface with Redis so that
-every worker on every host shares one cap.
+every worker on every host shares one cap (`pipeline.redis_limits.RedisLimiter`).
 
 Adaptive mode is for accounts shared with live traffic: on a 429 the cap halves, then grows by
 one after `probe_after` successes in a row (additive increase, multiplicative decrease), never
@@ -36,11 +36,13 @@ class Limiter(Protocol):
         """An async context manager held while one request is in flight."""
         ...
 
-    def on_success(self) -> None:
+    # Async because a shared limiter records the outcome in Redis; awaiting it keeps the
+    # feedback ordered before the caller's next request.
+    async def on_success(self) -> None:
         """A request completed without a 429."""
         ...
 
-    def on_rate_limited(self) -> None:
+    async def on_rate_limited(self) -> None:
         """Rime answered 429: in adaptive mode, shrink the cap."""
         ...
 
@@ -69,12 +71,17 @@ class Aimd:
         return self.cap
 
 
+def bucket_capacity(per_minute: int) -> float:
+    """The burst a requests-per-minute budget allows: 10 seconds' worth, at least one request."""
+    return max(1.0, per_minute / 6.0)
+
+
 class TokenBucket:
     """Requests-per-minute budget: `rate` tokens a minute, bursts up to `rate / 6` (10 s worth)."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, per_minute / 6.0)
+        self.capacity = bucket_capacity(per_minute)
         self.tokens = self.capacity
         self._clock = clock
         self._stamp = self._clock()
@@ -129,12 +136,12 @@ class LocalLimiter:
         """Wait for a free slot (and a token when a budget is set); hold it for one request."""
         return self._slot()
 
-    def on_success(self) -> None:
+    async def on_success(self) -> None:
         """A request completed without a 429."""
         if self.config.adaptive:
             self._aimd.success()
 
-    def on_rate_limited(self) -> None:
+    async def on_rate_limited(self) -> None:
         """Rime answered 429: in adaptive mode, shrink the cap."""
         if self.config.adaptive:
             self._aimd.rate_limited()

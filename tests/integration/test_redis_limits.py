@@ -1,0 +1,393 @@
+"""RedisLimiter against the real Redis: one cap for many processes, leases, budget, AIMD."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from pipeline.limits import LimitConfig, bucket_capacity
+from pipeline.redis_limits import RedisLimiter
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parents[2]
+HOLDER = (
+    "import sys; from tests.integration.test_redis_limits import holder_main; "
+    "holder_main(sys.argv[1])"
+)
+
+
+def _namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+def holder_main(spec_json: str) -> None:
+    """Entry point of a child process: contend for slots, or hold one until killed."""
+    spec = json.loads(spec_json)
+    asyncio.run(_contend(spec) if spec["mode"] == "contend" else _hold(spec))
+
+
+async def _wait_for_go(client: aioredis.Redis, namespace: str) -> None:
+    # A barrier, so the processes contend together rather than one after another.
+    await client.incr(f"{namespace}:test:ready")
+    while not await client.exists(f"{namespace}:test:go"):
+        await asyncio.sleep(0.01)
+
+
+async def _contend(spec: dict[str, Any]) -> None:
+    config = LimitConfig(concurrency=spec["cap"])
+    client = aioredis.Redis.from_url(spec["url"])
+    limiter = RedisLimiter(client, config, namespace=spec["namespace"], lease_seconds=5.0)
+    intervals: list[tuple[float, float]] = []
+
+    async def worker() -> None:
+        for _ in range(spec["rounds"]):
+            async with limiter.slot():
+                # time.monotonic is one clock for every process on this host (CLOCK_MONOTONIC).
+                entered = time.monotonic()
+                await asyncio.sleep(random.uniform(0.02, 0.05))
+                intervals.append((entered, time.monotonic()))
+
+    await _wait_for_go(client, spec["namespace"])
+    await asyncio.gather(*(worker() for _ in range(spec["tasks"])))
+    Path(spec["out"]).write_text(json.dumps(intervals))
+    await client.aclose()
+
+
+async def _hold(spec: dict[str, Any]) -> None:
+    config = LimitConfig(concurrency=spec["cap"])
+    client = aioredis.Redis.from_url(spec["url"])
+    limiter = RedisLimiter(client, config, namespace=spec["namespace"], lease_seconds=spec["lease"])
+    async with limiter.slot():
+        await client.set(f"{spec['namespace']}:test:held", "1")
+        await asyncio.sleep(60)  # until SIGKILL; bounded in case the test dies first
+
+
+def _spawn(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", HOLDER, json.dumps(spec)], cwd=ROOT, env=env)
+
+
+def _wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (an exit at t counts before an entry at t)."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    open_now = peak = 0
+    for _, delta in events:
+        open_now += delta
+        peak = max(peak, open_now)
+    return peak
+
+
+def test_max_overlap_counts_open_intervals() -> None:
+    assert max_overlap([(0, 2), (1, 3), (2, 4)]) == 2
+    assert max_overlap([(0, 1), (1, 2)]) == 1
+    assert max_overlap([(0, 5), (1, 2), (1.5, 3), (4, 6)]) == 3
+
+
+# --- the cap across processes ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_processes_never_hold_more_than_the_cap_together(redis_url: str, tmp_path: Path) -> None:
+    namespace, cap, processes = _namespace(), 4, 3
+    outs = [tmp_path / f"holder-{i}.json" for i in range(processes)]
+    spec = {"mode": "contend", "url": redis_url, "namespace": namespace, "cap": cap}
+    children = [_spawn({**spec, "tasks": 8, "rounds": 4, "out": str(out)}) for out in outs]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        _wait_until(
+            lambda: int(client.get(f"{namespace}:test:ready") or 0) == processes, 30, "ready"
+        )
+        client.set(f"{namespace}:test:go", "1")
+        for child in children:
+            assert child.wait(timeout=40) == 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    intervals = [tuple(pair) for out in outs for pair in json.loads(out.read_text())]
+    assert len(intervals) == processes * 8 * 4
+    assert max_overlap(intervals) == cap  # never above, and actually reached
+    busy = sum(b - a for a, b in intervals)
+    span = max(b for _, b in intervals) - min(a for a, _ in intervals)
+    assert busy / (cap * span) > 0.5, "slots sat idle while tasks were waiting"
+    assert int(client.get(f"{{{namespace}}}:peak") or 0) == cap
+    assert client.zcard(f"{{{namespace}}}:leases") == 0  # every lease released
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_holders_lease_expires_and_others_proceed(redis_url: str) -> None:
+    namespace, lease = _namespace(), 1.5
+    config = LimitConfig(concurrency=1)
+    child = _spawn(
+        {"mode": "hold", "url": redis_url, "namespace": namespace, "cap": 1, "lease": lease}
+    )
+    client = redis.Redis.from_url(redis_url)
+
+    async def acquire_once(limiter: RedisLimiter) -> float:
+        async with limiter.slot():
+            return time.monotonic()
+
+    async def scenario() -> float:
+        async with RedisLimiter(redis_url, config, namespace=namespace, lease_seconds=lease) as lim:
+            # The holder renews its lease, so it keeps the slot for longer than one lease.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(acquire_once(lim), timeout=lease * 1.7)
+            assert await lim.in_flight() == 1  # the cancelled wait left no lease behind
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+            killed = time.monotonic()
+            acquired = await asyncio.wait_for(acquire_once(lim), timeout=10)
+            assert await lim.in_flight() == 0
+            return acquired - killed
+
+    try:
+        _wait_until(lambda: client.exists(f"{namespace}:test:held"), 30, "the holder's slot")
+        waited = asyncio.run(scenario())
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        client.close()
+    # Its last renewal was at most lease/3 before the kill; then a poll (0.5 s) to notice.
+    assert lease - lease / 3 - 0.2 <= waited <= lease + 0.5 + 1.0
+
+
+# --- requests-per-minute budget --------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_the_budget_admits_the_burst_then_the_rate(redis_url: str) -> None:
+    per_minute, window = 600, 2.0
+    config = LimitConfig(concurrency=100, requests_per_minute=per_minute)
+    namespace = _namespace()
+    admitted: list[float] = []
+
+    async def worker(limiter: RedisLimiter) -> None:
+        while True:
+            async with limiter.slot():
+                admitted.append(time.monotonic())
+
+    async def scenario() -> float:
+        # Two limiters with their own connections stand for two hosts.
+        limiters = [RedisLimiter(redis_url, config, namespace=namespace) for _ in range(2)]
+        start = time.monotonic()
+        tasks = [asyncio.create_task(worker(lim)) for lim in limiters for _ in range(20)]
+        await asyncio.sleep(window)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert await limiters[0].in_flight() == 0
+        for lim in limiters:
+            await lim.aclose()
+        return start
+
+    start = asyncio.run(scenario())
+    burst, rate = bucket_capacity(per_minute), per_minute / 60
+    in_window = [t - start for t in admitted if t - start < window]
+    assert burst + rate * window - 3 <= len(in_window) <= burst + rate * window + 2
+    assert burst <= sum(1 for t in in_window if t < 0.4) <= burst + 4
+    steady = sum(1 for t in in_window if 0.5 <= t < window)
+    assert rate * 1.5 - 3 <= steady <= rate * 1.5 + 2
+
+
+# --- adaptive cap ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_adaptive_cap_halves_once_per_window_and_probes_back(redis_url: str) -> None:
+    config = LimitConfig(concurrency=8, adaptive=True, probe_after=3)
+    namespace = _namespace()
+
+    async def scenario() -> None:
+        workers = [
+            RedisLimiter(redis_url, config, namespace=namespace, cooldown_seconds=1.0)
+            for _ in range(5)
+        ]
+        first = workers[0]
+        assert await first.cap() == 8
+
+        # Five workers hit 429 at once: one halving, and more 429s in the window change nothing.
+        await asyncio.gather(*(w.on_rate_limited() for w in workers))
+        assert [await w.cap() for w in workers] == [4] * 5
+        await asyncio.gather(*(w.on_rate_limited() for w in workers))
+        assert await first.cap() == 4
+
+        # After the window a 429 halves again; a 429 inside the new window breaks the streak.
+        await asyncio.sleep(1.1)
+        await workers[1].on_rate_limited()
+        assert await first.cap() == 2
+        for w in workers[:2]:
+            await w.on_success()
+        await workers[2].on_rate_limited()
+        for w in workers[:2]:
+            await w.on_success()
+        assert await first.cap() == 2
+        await workers[3].on_success()
+        assert await first.cap() == 3
+
+        # The lowered cap is what every worker is admitted under.
+        async with AsyncExitStack() as held:
+            for w in workers[:3]:
+                await held.enter_async_context(w.slot())
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(held.enter_async_context(workers[3].slot()), 0.3)
+            assert await first.in_flight() == 3
+
+            # A raised cap wakes a waiter at once, long before its poll would.
+            patient = RedisLimiter(redis_url, config, namespace=namespace, poll_seconds=5.0)
+            waiter = asyncio.create_task(held.enter_async_context(patient.slot()))
+            await asyncio.sleep(0.2)
+            assert not waiter.done()
+            woken = time.monotonic()
+            for w in workers[:3]:
+                await w.on_success()
+            await asyncio.wait_for(waiter, 2.0)
+            assert time.monotonic() - woken < 1.0
+            assert await first.cap() == 4
+            assert await first.in_flight() == 4
+        assert await first.in_flight() == 0
+
+        # Successes probe back up to the configured cap, and no further.
+        for _ in range(3 * 4):
+            await workers[0].on_success()
+        assert await first.cap() == 8
+        for _ in range(6):
+            await workers[0].on_success()
+        assert await first.cap() == 8
+        assert await first.peak() == 4
+        for w in [*workers, patient]:
+            await w.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_without_adaptive_mode_429s_leave_the_cap_alone(redis_url: str) -> None:
+    config = LimitConfig(concurrency=3)
+
+    async def scenario() -> tuple[int, int]:
+        async with RedisLimiter(redis_url, config, namespace=_namespace()) as limiter:
+            for _ in range(3):
+                await limiter.on_rate_limited()
+            async with AsyncExitStack() as held:
+                for _ in range(3):
+                    await held.enter_async_context(limiter.slot())
+                return await limiter.cap(), await limiter.in_flight()
+
+    assert asyncio.run(scenario()) == (3, 3)
+
+
+# --- Redis going away ------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free loopback port, to stop and start at will."""
+
+    def __init__(self, workdir: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        _wait_until(self._answers, 10, "the private redis-server")
+
+    def _answers(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, socket_timeout=0.5) as client:
+                return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    config = LimitConfig(concurrency=2)
+
+    async def scenario() -> None:
+        limiter = RedisLimiter(server.url, config, namespace=_namespace(), lease_seconds=1.5)
+        got_slot, done = asyncio.Event(), asyncio.Event()
+
+        async def request() -> None:
+            async with limiter.slot():
+                got_slot.set()
+                await done.wait()
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0.7)  # connection refused, again and again: retried, not raised
+        assert not task.done()
+        assert not got_slot.is_set()
+        server.start()
+        await asyncio.wait_for(got_slot.wait(), 10)
+        assert await limiter.in_flight() == 1
+
+        # A restart loses every lease; the holder's renewal puts its own back.
+        server.stop()
+        await asyncio.sleep(0.3)
+        server.start()
+        deadline = time.monotonic() + 5
+        while await limiter.in_flight() != 1:
+            assert time.monotonic() < deadline, "the held lease was not restored"
+            await asyncio.sleep(0.1)
+        assert await limiter.peak() == 1
+
+        done.set()
+        await asyncio.wait_for(task, 10)
+        assert await limiter.in_flight() == 0
+        await limiter.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
