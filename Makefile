@@ -34,6 +34,8 @@ test: lint
 
 bench: install-test
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/throughput.py --celery
+	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/stitch.py --hours 1
 
 clean:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from throughput_celery import celery_mode  # bench/ is on sys.path when run as a script
 
 from pipeline.limits import LimitConfig, LocalLimiter
 from pipeline.manifest import load_manifest
@@ -267,7 +268,10 @@ def run_sequential(bench: Bench, limit: int | None = None) -> Figures:
 MODES: dict[str, Callable[[Bench, argparse.Namespace], Figures]] = {
     "embedded": lambda bench, _args: run_embedded(bench),
     "sequential": lambda bench, args: run_sequential(bench, args.sequential_segments),
+    "celery": celery_mode(adaptive=False, api_key=KEY),
+    "celery-aimd": celery_mode(adaptive=True, api_key=KEY),
 }
+CELERY_MODES = ["celery", "celery-aimd"]
 
 
 def main() -> None:
@@ -287,10 +291,14 @@ def main() -> None:
         help="requests in the sequential loop (its rate does not depend on how many)",
     )
     parser.add_argument(
-        "--mode", action="append", choices=list(MODES), help="repeat for several (default: all)"
+        "--mode", action="append", choices=list(MODES), help="repeat for several"
+    )
+    parser.add_argument(
+        "--celery", action="store_true", help="the Celery modes only (2 worker processes)"
     )
     args = parser.parse_args()
-    modes = args.mode or list(MODES)
+    default = CELERY_MODES if args.celery else ["embedded", "sequential"]
+    modes = args.mode or default
 
     texts = prompts(args.segments)
     chars = [len(t) for t in texts]

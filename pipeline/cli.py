@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -15,7 +16,9 @@ from typing import Annotated
 import click
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.logging import RichHandler
+from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.display import ProgressReporter, jobs_table, plan_table, summary_table
@@ -216,15 +219,87 @@ def resume(job: str, concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None) -> 
     _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
 
 
+FINAL_STATES = (State.DONE, State.FAILED, State.CANCELLED)
+
+
 @app.command()
-def status(job: Annotated[str | None, typer.Argument(help="A job id or prefix.")] = None) -> None:
+def status(
+    job: Annotated[str | None, typer.Argument(help="A job id or prefix.")] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh until the job ends (Ctrl-C stops).")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+) -> None:
     """Show one job's scripts, or every job."""
     sessions = _sessions()
-    with sessions.begin() as session:
-        if job is None:
-            out.print(jobs_table(list_jobs(session)))
-        else:
-            out.print(summary_table(job_summary(session, resolve_job_id(session, job))))
+
+    def snapshot() -> tuple[Table, bool]:
+        with sessions.begin() as session:
+            if job is None:
+                return jobs_table(list_jobs(session)), False
+            summary = job_summary(session, resolve_job_id(session, job))
+        return summary_table(summary), summary.job.state in FINAL_STATES
+
+    table, over = snapshot()
+    if not watch:
+        out.print(table)
+        return
+    with Live(table, console=out, auto_refresh=False) as live:
+        try:
+            while not over:
+                time.sleep(interval)
+                table, over = snapshot()
+                live.update(table, refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def submit(
+    manifest: Annotated[str, typer.Argument(help="A manifest, or a saved or failed job's id.")],
+    output: OutputOpt = None,
+) -> None:
+    """Send a job to the Celery workers and return; prints its id (see `worker`, `status -w`)."""
+    from workers.commands import submit as submit_job
+
+    if Path(manifest).is_file():
+        job_plan = build_plan(load_manifest(Path(manifest), output=output))
+        job_id = submit_job(job_plan)
+        err.print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
+    else:
+        job_id = submit_job(manifest)
+    out.print(job_id)
+
+
+@app.command()
+def worker(
+    threads: Annotated[
+        int | None, typer.Option(help="Tasks at once in this process (default: twice the cap).")
+    ] = None,
+    queues: Annotated[
+        str, typer.Option(help="Queues to work on: rime-batch (synthesis), rime-batch.stitch.")
+    ] = "rime-batch,rime-batch.stitch",
+    hostname: Annotated[str | None, typer.Option(help="Worker name, e.g. synth1@%h.")] = None,
+    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run a Celery worker here until stopped (SIGTERM or Ctrl-C finishes what it started)."""
+    from workers.commands import run_worker
+
+    run_worker(
+        threads=threads,
+        queues=[q.strip() for q in queues.split(",") if q.strip()],
+        hostname=hostname,
+        loglevel=loglevel,
+    )
+
+
+@app.command()
+def cancel(job: Annotated[str, typer.Argument(help="A job id or prefix.")]) -> None:
+    """Stop a job: queued work is skipped; requests in flight finish and record nothing."""
+    from workers.commands import cancel as cancel_job
+
+    segments = cancel_job(job)
+    out.print(f"cancelled; {segments} segments will not be synthesized")
 
 
 @app.command(

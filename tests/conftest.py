@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.engine",
     "tests.fixtures.s3",
     "tests.fixtures.cli",
+    "tests.fixtures.celery_workers",
 ]
