@@ -24,7 +24,12 @@ time; the others queue behind it in order, so a busy process needs one blocking 
 Redis going away is waited out: connection errors while acquiring are retried with backoff
 forever, while renewals, releases and outcome reports log and carry on. After a restart the
 lease set is empty and counting starts over; a live holder's next renewal puts its lease back.
-Needs Redis 6 or later (fractional BLPOP timeouts). Use one limiter per event loop.
+
+No Redis command is ever cancelled: redis-py can hang on, or mix up, a connection whose task
+was cancelled while it waited for a reply. Each command runs in a task of its own that a
+cancelled caller leaves to finish (a wait for a slot stops after its current poll and gives
+back a slot it got meanwhile). So close the limiter (`aclose`, or `async with`) before its event
+loop ends. Use one limiter per event loop; needs Redis 6 or later (fractional BLPOP timeouts).
 """
 
 from __future__ import annotations

@@ -182,6 +182,36 @@ def test_a_killed_holders_lease_expires_and_others_proceed(redis_url: str) -> No
     assert lease - lease / 3 - 0.2 <= waited <= lease + 0.5 + 1.0
 
 
+@pytest.mark.timeout(60)
+def test_cancelled_waits_return_at_once_and_leave_nothing_behind(redis_url: str) -> None:
+    config = LimitConfig(concurrency=2)
+    namespace = _namespace()
+
+    async def scenario() -> None:
+        holder = RedisLimiter(redis_url, config, namespace=namespace)
+        waiter = RedisLimiter(redis_url, config, namespace=namespace, poll_seconds=0.2)
+        async with AsyncExitStack() as held:
+            for _ in range(2):
+                await held.enter_async_context(holder.slot())
+            for patience in [random.uniform(0.0, 0.15) for _ in range(25)]:
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(held.enter_async_context(waiter.slot()), patience)
+                assert time.monotonic() - started < patience + 0.1
+            assert await waiter.in_flight() == 2
+        await waiter.aclose()  # waits for the abandoned polls to end
+        assert await holder.in_flight() == 0
+        # No lease leaked: a fresh limiter gets the whole cap.
+        fresh = RedisLimiter(redis_url, config, namespace=namespace)
+        async with fresh.slot(), fresh.slot():
+            assert await fresh.in_flight() == 2
+        assert await fresh.in_flight() == 0
+        await holder.aclose()
+        await fresh.aclose()
+
+    asyncio.run(scenario())
+
+
 # --- requests-per-minute budget --------------------------------------------------------------
 
 
