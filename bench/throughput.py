@@ -290,9 +290,7 @@ def main() -> None:
         default=20,
         help="requests in the sequential loop (its rate does not depend on how many)",
     )
-    parser.add_argument(
-        "--mode", action="append", choices=list(MODES), help="repeat for several"
-    )
+    parser.add_argument("--mode", action="append", choices=list(MODES), help="repeat for several")
     parser.add_argument(
         "--celery", action="store_true", help="the Celery modes only (2 worker processes)"
     )
