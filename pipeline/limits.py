@@ -4,14 +4,17 @@
 process (the embedded executor); the Celery workers back the same interface with Redis so that
 every worker on every host shares one cap (`pipeline.redis_limits.RedisLimiter`).
 
-Adaptive mode is for accounts shared with live traffic: on a 429 the cap halves, then grows by
-one after `probe_after` successes in a row (additive increase, multiplicative decrease), never
-above the configured cap and never below one.
+Adaptive mode is for accounts shared with live traffic, or whose limit is unknown: the cap
+starts at half the configured one and grows by one after `probe_after` successes in a row; a 429
+just after a raise takes it back to the last cap that worked (and makes the next probe wait
+longer), any other 429 halves it (additive increase, multiplicative decrease). It never goes
+above the configured cap nor below one. `Aimd` holds the rule; both limiters follow it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -27,6 +30,13 @@ class LimitConfig:
     requests_per_minute: int | None = None
     adaptive: bool = False
     probe_after: int = 10  # successes in a row before an adaptive cap grows by one
+
+
+# A failed probe doubles the successes needed before the next one, up to this many times
+# `probe_after`: a cap at the account's limit then costs one 429 per this many successes.
+MAX_PROBE_FACTOR = 16
+# After a halving, 429s of requests already in flight say nothing new for this long.
+COOLDOWN_SECONDS = 2.0
 
 
 class Limiter(Protocol):
@@ -48,27 +58,73 @@ class Limiter(Protocol):
 
 
 class Aimd:
-    """Additive-increase / multiplicative-decrease of a concurrency cap (pure, no I/O)."""
+    """The adaptive concurrency cap as pure transitions (the clock is injected).
 
-    def __init__(self, ceiling: int, probe_after: int) -> None:
+    It starts at half the ceiling, so a run does not open by flooding an account whose limit
+    is unknown. `probe_after` successes in a row raise the cap by one: a probe. A 429 while a
+    probe is pending (the raise has not yet been followed by `probe_after` successes) means the
+    probe failed: the cap goes back to the last one that worked, and the successes needed before
+    the next probe double (up to `MAX_PROBE_FACTOR` times `probe_after`), so a cap sitting at
+    the account's limit probes ever more rarely. Any other 429 is real contention (say live
+    traffic took the account's slots): the cap halves, at most once per cool-down, since the
+    429s of requests already in flight say nothing new. A raise ends the cool-down, so a 429
+    at the raised cap always counts. The cap stays between one and the ceiling.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        probe_after: int,
+        cooldown_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ceiling = ceiling
-        self.cap = ceiling
         self.probe_after = probe_after
+        self.cooldown_seconds = cooldown_seconds
+        self.cap = start_cap(ceiling)
+        self.need = probe_after  # successes in a row before the next probe
+        self.fallback: int | None = None  # the last cap that worked, while a probe is pending
         self._streak = 0
+        self._clock = clock
+        self._cooldown_until = -math.inf
 
     def success(self) -> int:
         """Record a success; returns the cap."""
+        if self.cap >= self.ceiling and self.fallback is None:
+            return self.cap
         self._streak += 1
-        if self._streak >= self.probe_after and self.cap < self.ceiling:
+        if self.fallback is not None and self._streak >= self.probe_after:
+            # The raised cap held: probe onwards at the usual pace.
+            self.fallback = None
+            self.need = self.probe_after
+        if self._streak >= self.need and self.cap < self.ceiling:
+            self.fallback = self.cap
             self.cap += 1
             self._streak = 0
+            self._cooldown_until = -math.inf
         return self.cap
 
     def rate_limited(self) -> int:
         """Record a 429; returns the cap."""
         self._streak = 0
+        now = self._clock()
+        if self.fallback is not None:
+            self.cap = min(self.cap, self.fallback)
+            self.fallback = None
+            self.need = min(2 * self.need, MAX_PROBE_FACTOR * self.probe_after)
+            self._cooldown_until = now + self.cooldown_seconds
+            return self.cap
+        if now < self._cooldown_until:
+            return self.cap
+        self._cooldown_until = now + self.cooldown_seconds
         self.cap = max(1, self.cap // 2)
+        self.need = self.probe_after
         return self.cap
+
+
+def start_cap(ceiling: int) -> int:
+    """Where an adaptive cap starts: half the ceiling, rounded up."""
+    return max(1, (ceiling + 1) // 2)
 
 
 def bucket_capacity(per_minute: int) -> float:
@@ -104,7 +160,7 @@ class LocalLimiter:
         if config.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.config = config
-        self._aimd = Aimd(config.concurrency, config.probe_after)
+        self._aimd = Aimd(config.concurrency, config.probe_after, COOLDOWN_SECONDS)
         self._in_flight = 0
         self.peak_in_flight = 0
         self._changed = asyncio.Condition()
@@ -114,7 +170,7 @@ class LocalLimiter:
 
     @property
     def cap(self) -> int:
-        """The concurrency cap in force now (lower than configured after 429s in adaptive mode)."""
+        """The concurrency cap in force now (in adaptive mode, the adaptive cap)."""
         return self._aimd.cap if self.config.adaptive else self.config.concurrency
 
     @asynccontextmanager
@@ -139,9 +195,12 @@ class LocalLimiter:
     async def on_success(self) -> None:
         """A request completed without a 429."""
         if self.config.adaptive:
-            self._aimd.success()
+            before = self._aimd.cap
+            if self._aimd.success() > before:
+                async with self._changed:  # a raised cap admits a waiter at once
+                    self._changed.notify_all()
 
     async def on_rate_limited(self) -> None:
-        """Rime answered 429: in adaptive mode, shrink the cap."""
+        """Rime answered 429: in adaptive mode, lower the cap."""
         if self.config.adaptive:
             self._aimd.rate_limited()

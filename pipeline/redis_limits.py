@@ -2,16 +2,19 @@
 
 `RedisLimiter` implements `pipeline.limits.Limiter` for the Celery workers: the concurrency cap,
 the requests-per-minute budget and the adaptive cap of one Rime account live in Redis, so that
-the sum over all workers obeys them. Every decision is one Lua script, so it is atomic, and every
+the sum over all workers obeys them. The adaptive cap follows the rule of `pipeline.limits.Aimd`,
+with the cool-down measured by Redis. Every decision is one Lua script, so it is atomic, and every
 script reads the clock with Redis `TIME`, so the hosts' clocks do not matter.
 
 Keys, all under one hash tag so that a cluster keeps them in one slot (`{ns}` below):
 
     {ns}:leases    sorted set: one random token per held slot, scored by its expiry (ms)
     {ns}:wake      list: one entry pushed per freed slot, popped by a waiting worker
-    {ns}:cap       adaptive mode: the cap in force (absent means the configured ceiling)
+    {ns}:cap       adaptive mode: the cap in force (absent means half the configured ceiling)
     {ns}:streak    adaptive mode: successes since the cap last changed
     {ns}:cooldown  adaptive mode: present while a halving is fresh; later 429s do not halve
+    {ns}:probe     adaptive mode, hash: `need`, the successes due before the next raise, and
+                   `fallback`, the last cap that worked, present while a raise is unconfirmed
     {ns}:bucket    hash: tokens and the time they were counted, for the per-minute budget
     {ns}:peak      the most slots ever held at once (for tests and benchmarks)
 
@@ -58,7 +61,13 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from pipeline.limits import LimitConfig, bucket_capacity
+from pipeline.limits import (
+    COOLDOWN_SECONDS,
+    MAX_PROBE_FACTOR,
+    LimitConfig,
+    bucket_capacity,
+    start_cap,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,7 +79,7 @@ REDIS_DOWN: tuple[type[Exception], ...] = (
     OSError,
 )
 # Adaptive state and the peak are forgotten after an hour without a change, so a new run on a
-# quiet account starts at the configured cap rather than at an old halving.
+# quiet account starts afresh (at half the configured cap) rather than at an old halving.
 STATE_TTL_SECONDS = 3600.0
 # Outcome reports, releases and readings give up this soon when Redis is away: a lost release
 # only means the lease runs out by itself.
@@ -79,6 +88,14 @@ PATIENCE_SECONDS = 5.0
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# The adaptive cap in force: stored, or half the ceiling (rounded up) when nothing is stored.
+_ADAPTIVE_CAP = """
+local function adaptive_cap(key, ceiling)
+  local stored = tonumber(redis.call('GET', key)) or math.floor((ceiling + 1) / 2)
+  return math.max(1, math.min(stored, ceiling))
+end
 """
 
 # Keep the lease set alive at least as long as its newest lease, whatever other workers chose.
@@ -101,14 +118,12 @@ end
 _ACQUIRE = (
     _NOW
     + _KEEP_LEASES
+    + _ADAPTIVE_CAP
     + """
 local lease_ms = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local cap = tonumber(ARGV[3])
-if ARGV[4] == '1' then
-  local stored = tonumber(redis.call('GET', KEYS[2]))
-  if stored and stored < cap then cap = stored end
-end
+if ARGV[4] == '1' then cap = adaptive_cap(KEYS[2], cap) end
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + lease_ms, ARGV[1])
   keep_leases(KEYS[1], lease_ms)
@@ -171,35 +186,73 @@ return wait
 """
 )
 
-# KEYS: cap, streak, cooldown. ARGV: ceiling, cooldown_ms, state_ttl_ms.
-# Returns {halved (0|1), cap}.
-_RATE_LIMITED = """
+# KEYS: cap, streak, cooldown, probe. ARGV: ceiling, probe_after, cooldown_ms, state_ttl_ms,
+# max_probe_factor. Returns {action, cap}: action 0 left the cap alone (a cool-down was running),
+# 1 halved it, 2 took a failed probe back to the last cap that worked.
+_RATE_LIMITED = (
+    _ADAPTIVE_CAP
+    + """
 local ceiling = tonumber(ARGV[1])
-local cap = math.min(tonumber(redis.call('GET', KEYS[1])) or ceiling, ceiling)
-redis.call('SET', KEYS[2], 0, 'PX', ARGV[3])
-if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[2]) then return {0, cap} end
+local base = tonumber(ARGV[2])
+local ttl = ARGV[4]
+local cap = adaptive_cap(KEYS[1], ceiling)
+redis.call('SET', KEYS[2], 0, 'PX', ttl)
+local fallback = tonumber(redis.call('HGET', KEYS[4], 'fallback'))
+if fallback then
+  local need = tonumber(redis.call('HGET', KEYS[4], 'need')) or base
+  need = math.min(need * 2, base * tonumber(ARGV[5]))
+  redis.call('HDEL', KEYS[4], 'fallback')
+  redis.call('HSET', KEYS[4], 'need', need)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+  cap = math.min(cap, fallback)
+  redis.call('SET', KEYS[1], cap, 'PX', ttl)
+  return {2, cap}
+end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return {0, cap} end
 cap = math.max(1, math.floor(cap / 2))
-redis.call('SET', KEYS[1], cap, 'PX', ARGV[3])
+redis.call('SET', KEYS[1], cap, 'PX', ttl)
+redis.call('HSET', KEYS[4], 'need', base)
+redis.call('PEXPIRE', KEYS[4], ttl)
 return {1, cap}
 """
+)
 
-# KEYS: cap, streak, wake. ARGV: ceiling, probe_after, state_ttl_ms, wake_keep.
-# Returns {raised (0|1), cap}. A raise wakes one waiter, as a release would.
-_SUCCESS = """
+# KEYS: cap, streak, wake, probe, cooldown. ARGV: ceiling, probe_after, state_ttl_ms, wake_keep.
+# Returns {raised (0|1), cap}. A raise ends the cool-down, so a 429 at the raised cap counts,
+# and wakes one waiter, as a release would.
+_SUCCESS = (
+    _ADAPTIVE_CAP
+    + """
 local ceiling = tonumber(ARGV[1])
-local cap = math.min(tonumber(redis.call('GET', KEYS[1])) or ceiling, ceiling)
-if cap >= ceiling then return {0, cap} end
+local base = tonumber(ARGV[2])
+local ttl = ARGV[3]
+local cap = adaptive_cap(KEYS[1], ceiling)
+local fallback = redis.call('HGET', KEYS[4], 'fallback')
+if cap >= ceiling and not fallback then return {0, cap} end
 local streak = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if streak < tonumber(ARGV[2]) then return {0, cap} end
+redis.call('PEXPIRE', KEYS[2], ttl)
+local need = tonumber(redis.call('HGET', KEYS[4], 'need')) or base
+if fallback and streak >= base then
+  -- The raised cap held: it is the last that worked, and probing goes on at the usual pace.
+  redis.call('HDEL', KEYS[4], 'fallback')
+  redis.call('HSET', KEYS[4], 'need', base)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+  need = base
+end
+if streak < need or cap >= ceiling then return {0, cap} end
+redis.call('HSET', KEYS[4], 'fallback', cap)
+redis.call('PEXPIRE', KEYS[4], ttl)
 cap = cap + 1
-redis.call('SET', KEYS[1], cap, 'PX', ARGV[3])
-redis.call('SET', KEYS[2], 0, 'PX', ARGV[3])
+redis.call('SET', KEYS[1], cap, 'PX', ttl)
+redis.call('SET', KEYS[2], 0, 'PX', ttl)
+redis.call('DEL', KEYS[5])
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ttl)
 return {1, cap}
 """
+)
 
 # KEYS: leases. Returns the number of unexpired leases.
 _IN_FLIGHT = (
@@ -219,6 +272,7 @@ class RedisKeys:
     cap: str
     streak: str
     cooldown: str
+    probe: str
     bucket: str
     peak: str
 
@@ -232,6 +286,7 @@ class RedisKeys:
             cap=f"{tag}:cap",
             streak=f"{tag}:streak",
             cooldown=f"{tag}:cooldown",
+            probe=f"{tag}:probe",
             bucket=f"{tag}:bucket",
             peak=f"{tag}:peak",
         )
@@ -259,7 +314,7 @@ class RedisLimiter:
         namespace: str = "rime-batch",
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.5,
-        cooldown_seconds: float = 2.0,
+        cooldown_seconds: float = COOLDOWN_SECONDS,
     ) -> None:
         if config.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -325,23 +380,37 @@ class RedisLimiter:
             return
         result = await self._bookkeeping(
             self._success_script,
-            [self.keys.cap, self.keys.streak, self.keys.wake],
+            [self.keys.cap, self.keys.streak, self.keys.wake, self.keys.probe, self.keys.cooldown],
             [self.config.concurrency, self.config.probe_after, self._state_ttl_ms, self._wake_keep],
         )
         if result is not None and int(result[0]):
             log.info("adaptive cap raised to %d", int(result[1]))
 
     async def on_rate_limited(self) -> None:
-        """Rime answered 429: in adaptive mode, halve the cap (once per cool-down window)."""
+        """Rime answered 429: in adaptive mode, undo a fresh raise, else halve the cap.
+
+        Halving happens once per cool-down window; see `pipeline.limits.Aimd` for the rule.
+        """
         if not self.config.adaptive:
             return
         result = await self._bookkeeping(
             self._rate_limited_script,
-            [self.keys.cap, self.keys.streak, self.keys.cooldown],
-            [self.config.concurrency, _ms(self.cooldown_seconds), self._state_ttl_ms],
+            [self.keys.cap, self.keys.streak, self.keys.cooldown, self.keys.probe],
+            [
+                self.config.concurrency,
+                self.config.probe_after,
+                _ms(self.cooldown_seconds),
+                self._state_ttl_ms,
+                MAX_PROBE_FACTOR,
+            ],
         )
-        if result is not None and int(result[0]):
-            log.warning("rate limited: adaptive cap halved to %d", int(result[1]))
+        if result is None:
+            return
+        action, cap = int(result[0]), int(result[1])
+        if action == 1:
+            log.warning("rate limited: adaptive cap halved to %d", cap)
+        elif action == 2:
+            log.info("rate limited: probe failed, adaptive cap back to %d", cap)
 
     async def cap(self) -> int:
         """The concurrency cap in force now, for every worker of this namespace."""
@@ -349,7 +418,7 @@ class RedisLimiter:
         if not self.config.adaptive:
             return ceiling
         stored = await self._patiently(lambda: self._redis.get(self.keys.cap))
-        return ceiling if stored is None else min(int(stored), ceiling)
+        return start_cap(ceiling) if stored is None else max(1, min(int(stored), ceiling))
 
     async def in_flight(self) -> int:
         """Slots held now by every worker of this namespace (unexpired leases)."""

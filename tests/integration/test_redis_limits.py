@@ -255,7 +255,7 @@ def test_the_budget_admits_the_burst_then_the_rate(redis_url: str) -> None:
 
 @pytest.mark.timeout(30)
 def test_adaptive_cap_halves_once_per_window_and_probes_back(redis_url: str) -> None:
-    config = LimitConfig(concurrency=8, adaptive=True, probe_after=3)
+    config = LimitConfig(concurrency=16, adaptive=True, probe_after=3)
     namespace = _namespace()
 
     async def scenario() -> None:
@@ -264,7 +264,7 @@ def test_adaptive_cap_halves_once_per_window_and_probes_back(redis_url: str) -> 
             for _ in range(5)
         ]
         first = workers[0]
-        assert await first.cap() == 8
+        assert await first.cap() == 8  # half the ceiling, so the start does not flood
 
         # Five workers hit 429 at once: one halving, and more 429s in the window change nothing.
         await asyncio.gather(*(w.on_rate_limited() for w in workers))
@@ -307,18 +307,58 @@ def test_adaptive_cap_halves_once_per_window_and_probes_back(redis_url: str) -> 
             assert await first.in_flight() == 4
         assert await first.in_flight() == 0
 
-        # Successes probe back up to the configured cap, and no further.
-        for _ in range(3 * 4):
+        # A 429 right after a raise is a failed probe: back to the last cap that worked (3, not
+        # a halving to 2), a window in which further 429s change nothing, and the next probe
+        # only after twice the successes.
+        await workers[4].on_rate_limited()
+        assert await first.cap() == 3
+        await workers[0].on_rate_limited()
+        assert await first.cap() == 3
+        for _ in range(5):
+            await workers[1].on_success()
+        assert await first.cap() == 3
+        await workers[1].on_success()
+        assert await first.cap() == 4
+
+        # Once a raise holds for a full streak, probing goes on at the usual pace, up to the
+        # configured cap and no further.
+        for _ in range(3 + 3 * 12):
             await workers[0].on_success()
-        assert await first.cap() == 8
+        assert await first.cap() == 16
         for _ in range(6):
             await workers[0].on_success()
+        assert await first.cap() == 16
+
+        # With no probe pending a 429 is contention, and halves at once: the raises had ended
+        # the window of the failed probe.
+        await workers[2].on_rate_limited()
         assert await first.cap() == 8
         assert await first.peak() == 4
         for w in [*workers, patient]:
             await w.aclose()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_repeated_failed_probes_wait_ever_longer_up_to_sixteen_times(redis_url: str) -> None:
+    config = LimitConfig(concurrency=4, adaptive=True, probe_after=1)
+
+    async def scenario() -> list[int]:
+        async with RedisLimiter(redis_url, config, namespace=_namespace()) as limiter:
+            assert await limiter.cap() == 2
+            waits = []
+            for _ in range(7):
+                successes = 0
+                while await limiter.cap() == 2:
+                    await limiter.on_success()
+                    successes += 1
+                waits.append(successes)
+                await limiter.on_rate_limited()  # each probe to 3 fails
+                assert await limiter.cap() == 2
+            return waits
+
+    assert asyncio.run(scenario()) == [1, 2, 4, 8, 16, 16, 16]
 
 
 def test_without_adaptive_mode_429s_leave_the_cap_alone(redis_url: str) -> None:

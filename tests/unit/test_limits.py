@@ -49,20 +49,22 @@ def test_token_bucket_refills_at_its_rate() -> None:
 
 
 def test_aimd_halves_on_429_and_probes_back_up() -> None:
-    aimd = Aimd(ceiling=8, probe_after=3)
+    aimd = Aimd(ceiling=16, probe_after=3)
+    assert aimd.cap == 8  # half the ceiling
     assert aimd.rate_limited() == 4
     assert aimd.rate_limited() == 2
     assert [aimd.success() for _ in range(6)] == [2, 2, 3, 3, 3, 4]
     for _ in range(100):
         aimd.success()
-    assert aimd.cap == 8
+    assert aimd.cap == 16
     for _ in range(10):
         aimd.rate_limited()
     assert aimd.cap == 1
 
 
 async def test_adaptive_limiter_shrinks_its_cap() -> None:
-    limiter = LocalLimiter(LimitConfig(concurrency=6, adaptive=True, probe_after=2))
+    limiter = LocalLimiter(LimitConfig(concurrency=12, adaptive=True, probe_after=2))
+    assert limiter.cap == 6
     await limiter.on_rate_limited()
     assert limiter.cap == 3
     assert await _hammer(limiter, 20, 0.003) == 3
