@@ -14,7 +14,7 @@ import logging
 import tempfile
 import wave
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from pipeline.rime.params import TtsRequest
 from pipeline.stitch import parts_for, spec_for, stitch
 from pipeline.storage import ObjectStore, cache_key_path, content_type_for, open_store
 from pipeline.storage import output_metadata as make_metadata
-from pipeline.store import plans, queries, repo
+from pipeline.store import OutputFile, plans, queries, repo
 from pipeline.store.models import Job
 from pipeline.store.states import State
 from pipeline.synth import Attempt, Synthesizer, synthesize_segment
@@ -177,7 +177,7 @@ def stitch_stage(ctx: Context, script_pk: int) -> Outcome:
 
             parts = parts_for(plan, fetch)
             result = stitch(parts, spec_for(plan, folder / "out", stem="output"))
-            uris = []
+            outputs = []
             for fmt, stitched in result.files.items():
                 key = plan.script_id + stitched.path.name.removeprefix("output")
                 metadata = make_metadata(
@@ -187,12 +187,10 @@ def stitch_stage(ctx: Context, script_pk: int) -> Outcome:
                     stitched.duration_seconds,
                     stitched.sha256,
                 )
-                uris.append(
-                    store.put_file(
-                        key, stitched.path, content_type=content_type_for(fmt), metadata=metadata
-                    )
+                uri = store.put_file(
+                    key, stitched.path, content_type=content_type_for(fmt), metadata=metadata
                 )
-            first = next(iter(result.files.values()))
+                outputs.append(OutputFile(fmt, uri, stitched.sha256, stitched.size_bytes))
     except Exception as exc:
         with ctx.sessions.begin() as session:
             repo.fail_script(session, script_pk, f"stitching failed: {exc}")
@@ -207,8 +205,7 @@ def stitch_stage(ctx: Context, script_pk: int) -> Outcome:
             session,
             script_pk,
             audio_seconds=result.duration_seconds,
-            output_uris=uris,
-            sha256=first.sha256,
+            outputs=outputs,
         )
     ctx.on_event(
         Event(
@@ -217,7 +214,7 @@ def stitch_stage(ctx: Context, script_pk: int) -> Outcome:
             plan.script_id,
             Outcome.STITCHED,
             plan.chars,
-            first.duration_seconds,
+            result.duration_seconds,
         )
     )
     return Outcome.STITCHED
@@ -266,9 +263,8 @@ def results_document(summary: queries.JobSummary) -> dict[str, object]:
             {
                 "id": s.script_id,
                 "state": s.state.value,
-                "outputs": list(s.output_uris),
+                "outputs": [asdict(o) for o in s.outputs],
                 "audio_seconds": None if s.audio_seconds is None else round(s.audio_seconds, 3),
-                "sha256": s.sha256,
                 "chars": s.chars,
                 "billed_chars": s.billed_chars,
                 "attempts": s.attempts,

@@ -15,6 +15,7 @@ from pipeline.store.db import (
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
 from pipeline.store.handoff import finish_script_and_settle_job, finish_segment_and_claim_stitch
 from pipeline.store.migrate import downgrade, migrate
+from pipeline.store.models import OutputFile
 from pipeline.store.plans import (
     ScriptWork,
     SegmentWork,
@@ -59,6 +60,7 @@ __all__ = [
     "JobNotFound",
     "JobRow",
     "JobSummary",
+    "OutputFile",
     "ScriptRow",
     "ScriptWork",
     "SegmentRef",

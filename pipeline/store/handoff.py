@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.store.models import Script, Segment
+from pipeline.store.models import OutputFile, Script, Segment
 from pipeline.store.repo import claim_stitch, finish_script, finish_segment, settle_job
 from pipeline.store.states import State
 
@@ -36,14 +36,11 @@ def finish_script_and_settle_job(
     script_pk: int,
     *,
     audio_seconds: float,
-    output_uris: Sequence[str],
-    sha256: str,
+    outputs: Sequence[OutputFile],
 ) -> State | None:
     """Record the stitched script, then roll its job up; the job's state, None if lost."""
     with sessions.begin() as session:
-        if not finish_script(
-            session, script_pk, audio_seconds=audio_seconds, output_uris=output_uris, sha256=sha256
-        ):
+        if not finish_script(session, script_pk, audio_seconds=audio_seconds, outputs=outputs):
             return None
         job_id = session.scalars(select(Script.job_id).where(Script.id == script_pk)).one()
     with sessions.begin() as session:

@@ -7,6 +7,7 @@ Nothing here holds the API key.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -29,6 +30,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
 from pipeline.store.states import State
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One encoded file of a stitched script."""
+
+    format: str
+    uri: str
+    sha256: str
+    bytes: int
+
 
 # Deterministic constraint names: SQLite batch migrations and downgrades refer to them by name.
 NAMING_CONVENTION = {
@@ -91,8 +103,8 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, TypeEngine[Any]]] = {
         datetime: UTCDateTime(),
         dict[str, Any]: JSON(),
-        list[str]: JSON(),
         list[float]: JSON(),
+        list[dict[str, Any]]: JSON(),
         float: Double(),
         str: Text(),
     }
@@ -137,8 +149,8 @@ class Script(Base):
     chars: Mapped[int]  # characters when every segment is synthesized once
     billed_chars: Mapped[int]  # characters of every attempt that reached the server
     audio_seconds: Mapped[float | None]
-    output_uris: Mapped[list[str]]
-    sha256: Mapped[str | None] = mapped_column(String(64))  # of the first output format
+    # One entry per encoded file: {format, uri, sha256, bytes} (see pipeline.store.OutputFile).
+    outputs: Mapped[list[dict[str, Any]]]
     error: Mapped[str | None]
     started_at: Mapped[datetime | None]  # first segment claimed
     stitch_started_at: Mapped[datetime | None]

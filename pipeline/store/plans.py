@@ -62,7 +62,7 @@ def record_plan(session: Session, plan: JobPlan) -> str:
             lead_pause_ms=script.lead_pause_ms,
             chars=script.chars,
             billed_chars=0,
-            output_uris=[],
+            outputs=[],
         )
         for position, script in enumerate(plan.scripts)
     ]

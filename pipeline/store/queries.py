@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from pipeline.store.errors import JobNotFound
-from pipeline.store.models import Job, Script, Segment
+from pipeline.store.models import Job, OutputFile, Script, Segment
 from pipeline.store.states import State
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -31,11 +31,15 @@ class ScriptRow:
     chars: int
     billed_chars: int
     audio_seconds: float | None
-    output_uris: tuple[str, ...]
-    sha256: str | None
+    outputs: tuple[OutputFile, ...]
     error: str | None
     started_at: datetime | None
     finished_at: datetime | None
+
+    @property
+    def output_uris(self) -> tuple[str, ...]:
+        """Where each encoded file was stored, in format order."""
+        return tuple(o.uri for o in self.outputs)
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,7 @@ def job_summary(session: Session, job_id: str) -> JobSummary:
             chars=script.chars,
             billed_chars=script.billed_chars,
             audio_seconds=script.audio_seconds,
-            output_uris=tuple(script.output_uris),
-            sha256=script.sha256,
+            outputs=tuple(OutputFile(**o) for o in script.outputs),
             error=script.error,
             started_at=script.started_at,
             finished_at=script.finished_at,

@@ -15,6 +15,7 @@ on each other in a cycle.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from sqlalchemy import ColumnElement, CursorResult, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
-from pipeline.store.models import Job, Script, Segment, utcnow
+from pipeline.store.models import Job, OutputFile, Script, Segment, utcnow
 from pipeline.store.states import State, check_transition
 
 # Errors are kept for people to read; a whole traceback does not belong in a status table.
@@ -237,10 +238,9 @@ def finish_script(
     script_pk: int,
     *,
     audio_seconds: float,
-    output_uris: Sequence[str],
-    sha256: str,
+    outputs: Sequence[OutputFile],
 ) -> bool:
-    """running -> done with the stitched outputs; `sha256` is the first output's checksum."""
+    """running -> done with the stitched outputs (one entry per encoded file)."""
     return _cas_one(
         session,
         Script,
@@ -248,8 +248,7 @@ def finish_script(
         expected=[State.RUNNING],
         target=State.DONE,
         audio_seconds=audio_seconds,
-        output_uris=list(output_uris),
-        sha256=sha256,
+        outputs=[asdict(o) for o in outputs],
         error=None,
         finished_at=utcnow(),
     )

@@ -126,7 +126,7 @@ def test_render_writes_every_output_and_its_results(
     assert results["state"] == "done"
     scripts = by_id(results)
     assert list(scripts) == ["ivr/welcome", "ivr/menu", "narration/chapter"]
-    listed = {Path(uri) for s in scripts.values() for uri in s["outputs"]}
+    listed = {Path(o["uri"]) for s in scripts.values() for o in s["outputs"]}
     assert listed == {(tmp_path / rel).resolve() for rel in EXPECTED_OUTPUTS}
 
     for rel, (codec, rate) in EXPECTED_OUTPUTS.items():
@@ -141,7 +141,10 @@ def test_render_writes_every_output_and_its_results(
     for script in scripts.values():
         assert script["state"] == "done"
         assert script["error"] is None
-        assert script["sha256"] == sha256_of(Path(script["outputs"][0]))
+        for output in script["outputs"]:
+            path = Path(output["uri"])
+            assert output["sha256"] == sha256_of(path)
+            assert output["bytes"] == path.stat().st_size
         assert script["billed_chars"] == script["chars"] > 0
         assert script["attempts"] == (NARRATION_SEGMENTS if "narration" in script["id"] else 1)
     assert results["chars"] == sum(s["chars"] for s in scripts.values())
@@ -244,7 +247,7 @@ def test_faults_are_retried_into_the_same_audio(
         # duration: a segment lost or stitched twice would be off by a second or more.
         reference_seconds = expected[script["id"]]["audio_seconds"]
         assert script["audio_seconds"] == pytest.approx(reference_seconds, abs=0.02), script
-        for uri in script["outputs"]:
+        for uri in (o["uri"] for o in script["outputs"]):
             assert probe(Path(uri)).seconds == pytest.approx(reference_seconds, abs=0.06), uri
 
 
@@ -336,5 +339,5 @@ def test_a_bad_request_fails_only_its_script(
     assert not (tmp_path / "out" / "prompt-01.mulaw.wav").exists()
     for script in scripts.values():
         assert script["state"] == "done", script
-        assert probe(Path(script["outputs"][0])).codec == "pcm_mulaw"
+        assert probe(Path(script["outputs"][0]["uri"])).codec == "pcm_mulaw"
     assert engine.metrics()["rejected_400"] == 1

@@ -18,6 +18,7 @@ from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan, Synth
 from pipeline.store import (
     IllegalTransition,
     JobNotFound,
+    OutputFile,
     State,
     can_transition,
     cancel_job,
@@ -432,22 +433,21 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
     assert in_tx(sessions, lambda s: release_script(s, script)) is True
     assert in_tx(sessions, lambda s: claim_stitch(s, script)) is True
 
-    uris = ["s3://bucket/prefix/script-0.wav", "s3://bucket/prefix/script-0.mp3"]
+    outputs = [
+        OutputFile("wav", "s3://bucket/prefix/script-0.wav", "ab" * 32, 4410),
+        OutputFile("mp3", "s3://bucket/prefix/script-0.mp3", "cd" * 32, 1024),
+    ]
     done = in_tx(
         sessions,
-        lambda s: finish_script(s, script, audio_seconds=1.5, output_uris=uris, sha256="ab" * 32),
+        lambda s: finish_script(s, script, audio_seconds=1.5, outputs=outputs),
     )
     assert done is True
     assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.DONE
     with sessions.begin() as session:
         summary = job_summary(session, job_id)
     row = summary.scripts[0]
-    assert (row.state, row.output_uris, row.sha256, row.audio_seconds) == (
-        State.DONE,
-        tuple(uris),
-        "ab" * 32,
-        1.5,
-    )
+    assert (row.state, row.outputs, row.audio_seconds) == (State.DONE, tuple(outputs), 1.5)
+    assert row.output_uris == tuple(o.uri for o in outputs)
     assert (summary.job.state, summary.job.scripts_done, summary.job.audio_seconds) == (
         State.DONE,
         1,
@@ -470,7 +470,7 @@ def test_job_settles_failed_only_when_nothing_is_left_to_run(
     assert in_tx(sessions, lambda s: claim_stitch(s, script_b))
     assert in_tx(
         sessions,
-        lambda s: finish_script(s, script_b, audio_seconds=1, output_uris=[], sha256="0" * 64),
+        lambda s: finish_script(s, script_b, audio_seconds=1, outputs=[]),
     )
     assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
     with sessions.begin() as session:
@@ -679,16 +679,11 @@ def test_the_last_scripts_finishing_together_settle_the_job(engine: sa.Engine) -
 
     def stitched(pk: int) -> Worker[State | None]:
         return lambda sm: finish_script_and_settle_job(
-            sm, pk, audio_seconds=2.0, output_uris=[f"out/{pk}.wav"], sha256="f" * 64
+            sm, pk, audio_seconds=2.0, outputs=[OutputFile("wav", f"out/{pk}.wav", "f" * 64, 44)]
         )
 
     results = race(engine, [stitched(pk) for pk in pks])
     assert State.DONE in results and set(results) <= {State.RUNNING, State.DONE}
     assert state_of(sessions, Job, job_id) == State.DONE
     # A stitch reported twice (a redelivered task) changes nothing.
-    assert (
-        finish_script_and_settle_job(
-            sessions, pks[0], audio_seconds=9.0, output_uris=[], sha256="0" * 64
-        )
-        is None
-    )
+    assert finish_script_and_settle_job(sessions, pks[0], audio_seconds=9.0, outputs=[]) is None
