@@ -3,7 +3,8 @@
 `RedisLimiter` implements `pipeline.limits.Limiter` for the Celery workers: the concurrency cap,
 the requests-per-minute budget and the adaptive cap of one Rime account live in Redis, so that
 the sum over all workers obeys them. The adaptive cap follows the rule of `pipeline.limits.Aimd`,
-with the cool-down measured by Redis. Every decision is one Lua script, so it is atomic, and every
+with the cool-down measured by Redis. A 429 (`RateLimited`) raised inside a slot is reported
+before the slot is released. Every decision is one Lua script, so it is atomic, and every
 script reads the clock with Redis `TIME`, so the hosts' clocks do not matter.
 
 Keys, all under one hash tag so that a cluster keeps them in one slot (`{ns}` below):
@@ -68,6 +69,7 @@ from pipeline.limits import (
     bucket_capacity,
     start_cap,
 )
+from pipeline.rime.errors import RateLimited
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -486,6 +488,12 @@ class RedisLimiter:
             if self.config.requests_per_minute:
                 await self._take_token(self.config.requests_per_minute)
             yield
+        except RateLimited:
+            # Lower the cap before the slot goes back: the waiter its release wakes would
+            # otherwise be admitted under the cap just refused, and be refused in turn. The
+            # caller's own report follows within the cool-down, which absorbs it.
+            await self.on_rate_limited()
+            raise
         finally:
             stop.set()
             self._renewals.discard(stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 
 from pipeline.limits import LimitConfig, bucket_capacity
 from pipeline.redis_limits import RedisLimiter
+from pipeline.rime.errors import RateLimited
 
 pytestmark = pytest.mark.redis
 
@@ -359,6 +361,49 @@ def test_repeated_failed_probes_wait_ever_longer_up_to_sixteen_times(redis_url: 
             return waits
 
     assert asyncio.run(scenario()) == [1, 2, 4, 8, 16, 16, 16]
+
+
+@pytest.mark.timeout(30)
+def test_a_429_inside_a_slot_lowers_the_cap_before_the_slot_is_handed_on(redis_url: str) -> None:
+    config = LimitConfig(concurrency=4, adaptive=True, probe_after=1)
+    namespace = _namespace()
+
+    async def refused(limiter: RedisLimiter, go: asyncio.Event) -> None:
+        async with limiter.slot():
+            await go.wait()
+            raise RateLimited("too many concurrent requests")
+
+    async def scenario() -> tuple[int, int, int, int]:
+        async with (
+            RedisLimiter(redis_url, config, namespace=namespace) as holder,
+            RedisLimiter(redis_url, config, namespace=namespace) as other,
+        ):
+            await holder.on_success()  # a probe: 2 -> 3
+            assert await holder.cap() == 3
+            async with AsyncExitStack() as held:
+                for _ in range(2):
+                    await held.enter_async_context(holder.slot())
+                go = asyncio.Event()
+                probe = asyncio.create_task(refused(holder, go))
+                while await holder.in_flight() < 3:
+                    await asyncio.sleep(0.01)
+                waiter = asyncio.create_task(held.enter_async_context(other.slot()))
+                await asyncio.sleep(0.2)  # the waiter is blocked in Redis
+                go.set()
+                with pytest.raises(RateLimited):
+                    await probe
+                await asyncio.sleep(0.3)
+                admitted_early = waiter.done()
+                in_flight = await holder.in_flight()
+                await holder.on_rate_limited()  # the caller's own report: absorbed
+                cap = await holder.cap()
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+            return int(admitted_early), in_flight, cap, await other.in_flight()
+
+    # The freed slot did not go to the waiter: the failed probe had taken the cap back to 2.
+    assert asyncio.run(scenario()) == (0, 2, 2, 0)
 
 
 def test_without_adaptive_mode_429s_leave_the_cap_alone(redis_url: str) -> None:
