@@ -144,7 +144,8 @@ def _ffmpeg_decode(path: Path, sample_rate: int) -> Pcm16:
         "s16le",
         "pipe:1",
     ]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
+    # A session of its own: Ctrl-C at the terminal is ours to handle, not ffmpeg's.
+    proc = subprocess.run(cmd, capture_output=True, check=False, start_new_session=True)
     if proc.returncode != 0:
         detail = _tail(proc.stderr.decode(errors="replace"))
         raise DecodeError(f"cannot decode segment audio {path.name}: {detail}")
@@ -276,7 +277,13 @@ def _run_ffmpeg(cmd: list[str], chunks: Iterable[bytes]) -> str:
     we block writing its stdin. Any error while producing `chunks` kills ffmpeg.
     """
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,  # Ctrl-C must not kill it mid-file: we decide
+        )
         assert proc.stdin is not None
         cut = False
         try:

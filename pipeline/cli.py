@@ -13,12 +13,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.logging import RichHandler
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.display import ProgressReporter, jobs_table, plan_table, summary_table
@@ -31,6 +33,7 @@ from pipeline.run import run_job
 from pipeline.segment import segment_text
 from pipeline.settings import get_settings
 from pipeline.stages import RESULTS_KEY, Context
+from pipeline.storage import open_store
 from pipeline.store import (
     create_engine_for,
     job_summary,
@@ -63,19 +66,28 @@ def _setup_logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+_SESSIONS: dict[str, sessionmaker[Session]] = {}
+
+
 def _sessions() -> sessionmaker[Session]:
-    """The job table named by DATABASE_URL, migrated to the current schema."""
+    """The job table named by DATABASE_URL, migrated to the current schema (once a process)."""
     url = get_settings().database_url
-    migrate(url)
-    return session_factory(create_engine_for(url))
+    if url not in _SESSIONS:
+        try:
+            migrate(url)
+            _SESSIONS[url] = session_factory(create_engine_for(url))
+        except (SQLAlchemyError, ArgumentError, OSError) as exc:
+            where = make_url(url).render_as_string(hide_password=True)
+            raise RimeBatchError(f"cannot open the job table at {where}: {exc}") from exc
+    return _SESSIONS[url]
 
 
 @contextmanager
-def _rime_endpoint() -> Iterator[tuple[str, str | None]]:
+def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None]]:
     """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process."""
     settings = get_settings()
     if settings.rime_api_key is not None:
-        yield settings.rime_api_url, settings.rime_api_key.get_secret_value()
+        yield settings.rime_api_url, settings.rime_api_key
         return
     from pipeline.engine.config import EngineConfig
     from pipeline.engine.server import start_in_thread
@@ -91,14 +103,13 @@ def _rime_endpoint() -> Iterator[tuple[str, str | None]]:
 def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | None) -> State:
     settings = get_settings()
     limits = LimitConfig(
-        concurrency=concurrency or settings.concurrency,
-        requests_per_minute=rpm or settings.requests_per_minute,
+        concurrency=settings.concurrency if concurrency is None else concurrency,
+        requests_per_minute=settings.requests_per_minute if rpm is None else rpm,
     )
-    url = settings.database_url
-    sessions = session_factory(create_engine_for(url))
+    sessions = _sessions()
     segments = sum(len(s.segments) for s in plan.scripts)
 
-    async def go(http_url: str, key: str | None, reporter: ProgressReporter) -> State:
+    async def go(http_url: str, key: SecretStr | None, reporter: ProgressReporter) -> State:
         async with AsyncRimeHttpClient(api_key=key, url=http_url) as client:
             ctx = Context(sessions, client, LocalLimiter(limits), on_event=reporter)
             return await run_job(ctx, job_id, workers=limits.concurrency * 2)
@@ -108,10 +119,22 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
         ProgressReporter(err, segments=segments, chars=plan.chars) as reporter,
     ):
         try:
-            return asyncio.run(go(http_url, key, reporter))
+            try:
+                return asyncio.run(go(http_url, key, reporter))
+            except* RimeBatchError as group:
+                # One clear line for the first failure no stage could turn into a failed segment.
+                raise _first(group) from None
         except KeyboardInterrupt:
             err.print(f"interrupted: finish it with `rime-batch resume {job_id}`")
             raise typer.Exit(130) from None
+
+
+def _first(group: BaseExceptionGroup[RimeBatchError]) -> RimeBatchError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, RimeBatchError)
+    return error
 
 
 def _finish(job_id: str, state: State) -> None:
@@ -127,9 +150,10 @@ OutputOpt = Annotated[
     str | None, typer.Option("--output", "-o", help="Destination folder or s3://bucket/prefix.")
 ]
 ConcurrencyOpt = Annotated[
-    int | None, typer.Option(help="Requests in flight at once (default 5, Rime's PAYG limit).")
+    int | None,
+    typer.Option(min=1, help="Requests in flight at once (default 5, Rime's PAYG limit)."),
 ]
-RpmOpt = Annotated[int | None, typer.Option("--rpm", help="Requests-per-minute budget.")]
+RpmOpt = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests-per-minute budget.")]
 
 
 @app.command()
@@ -152,7 +176,7 @@ def plan(
 def segment(
     file: Annotated[str, typer.Argument(help="A text file, or - for standard input.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON objects.")] = False,
-    limit: Annotated[int, typer.Option(help="Characters per segment.")] = 500,
+    limit: Annotated[int, typer.Option(min=1, help="Characters per segment.")] = 500,
     inline_speed_alpha: Annotated[
         str | None, typer.Option(help="Comma-separated speeds of the [bracketed] words.")
     ] = None,
@@ -198,6 +222,8 @@ def render(
     """Render a manifest to audio, here and now, with the embedded executor."""
     _setup_logging()
     job_plan = build_plan(load_manifest(manifest, output=output))
+    # A destination that cannot be written fails here, before anything is billed.
+    open_store(job_plan.destination).check()
     sessions = _sessions()
     with sessions.begin() as session:
         job_id = record_plan(session, job_plan)
@@ -228,7 +254,9 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Refresh until the job ends (Ctrl-C stops).")
     ] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    interval: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Seconds between refreshes.")
+    ] = 2.0,
 ) -> None:
     """Show one job's scripts, or every job."""
     sessions = _sessions()
@@ -316,17 +344,8 @@ def engine(ctx: typer.Context) -> None:
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
-        # Outside standalone mode click hands back a command's `typer.Exit(code)` as the return
-        # value instead of exiting; dropping it made a failed render exit 0.
-        code = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
+        # Standalone mode: usage errors, exit codes and Ctrl-C outside a render are typer's.
+        app()
     except InputError as exc:
         # One line however long: scripts and CI logs read it whole.
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
@@ -334,4 +353,3 @@ def main() -> None:
     except RimeBatchError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)

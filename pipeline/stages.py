@@ -21,11 +21,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.errors import RimeBatchError
 from pipeline.limits import Limiter
 from pipeline.plan import PlannedSegment
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.audio import parse_wav
-from pipeline.rime.errors import AuthError, RimeError
+from pipeline.rime.errors import AuthError, RimeError, StreamCut
 from pipeline.rime.params import TtsRequest
 from pipeline.stitch import parts_for, spec_for, stitch
 from pipeline.storage import ObjectStore, cache_key_path, content_type_for, open_store
@@ -105,17 +106,19 @@ async def synth_stage(ctx: Context, segment_id: int) -> Outcome:
     key = cache_key_path(work.segment.cache_key)
     event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
     try:
-        if await asyncio.to_thread(store.exists, key):
-            cached = await asyncio.to_thread(store.get_bytes, key)
-            seconds = parse_wav(cached).duration
-            outcome = Outcome.CACHED
+        cached_seconds = await asyncio.to_thread(_cached_seconds, store, key)
+        if cached_seconds is not None:
+            seconds, outcome = cached_seconds, Outcome.CACHED
         else:
             seconds = await _synthesize_into(ctx, store, key, work, event)
             outcome = Outcome.SYNTHESIZED
-    except RimeError as exc:
+    except (RimeBatchError, OSError) as exc:
+        # Rime's refusals, but also a destination that cannot be written: the segment fails
+        # with one clear message instead of taking the whole run down.
+        error = str(exc) if isinstance(exc, RimeError) else f"storing audio failed: {exc}"
         with ctx.sessions.begin() as session:
-            repo.fail_segment(session, segment_id, str(exc))
-        ctx.on_event(replace(event, outcome=Outcome.FAILED, error=str(exc)))
+            repo.fail_segment(session, segment_id, error)
+        ctx.on_event(replace(event, outcome=Outcome.FAILED, error=error))
         return Outcome.REFUSED if isinstance(exc, AuthError) else Outcome.FAILED
     except BaseException:
         # Interrupted (Ctrl-C, a cancelled task): hand the segment back for a resume.
@@ -126,6 +129,19 @@ async def synth_stage(ctx: Context, segment_id: int) -> Outcome:
         repo.finish_segment(session, segment_id, audio_seconds=seconds)
     ctx.on_event(replace(event, outcome=outcome, seconds=seconds))
     return outcome
+
+
+def _cached_seconds(store: ObjectStore, key: str) -> float | None:
+    """The duration of a cached segment, or None on a miss; a damaged entry counts as a miss."""
+    if not store.exists(key):
+        return None
+    try:
+        return parse_wav(store.get_bytes(key)).duration
+    except StreamCut as exc:
+        # Content-addressed: left in place, a damaged file would fail this segment forever.
+        log.warning("cached segment %s is damaged (%s); synthesizing it again", key, exc)
+        store.delete(key)
+        return None
 
 
 async def _synthesize_into(

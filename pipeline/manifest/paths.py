@@ -25,6 +25,9 @@ class PathProblem(ValueError):
     """A name or path the manifest cannot use; the message says why."""
 
 
+RESERVED_NAMES = frozenset({"cache", "results.json"})
+
+
 def check_script_id(script_id: str) -> None:
     """Raise PathProblem unless `script_id` is safe as a relative file path and S3 key."""
     if not script_id:
@@ -47,6 +50,11 @@ def check_script_id(script_id: str) -> None:
                 f"{script_id!r} may use only letters, digits, '.', '_' and '-' (with '/' "
                 "between sub-folders), and each part must start with a letter, digit or '_'"
             )
+    # The destination also holds the segment cache and the results file.
+    if script_id.split("/")[0].lower() in RESERVED_NAMES:
+        raise PathProblem(
+            f"{script_id!r} starts with {script_id.split('/')[0]!r}, which is reserved"
+        )
 
 
 def default_job_name(manifest: Path) -> str:
