@@ -1,0 +1,71 @@
+"""Renders that meet a damaged cache or an unusable destination: one clear outcome, no traceback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.engine.server import RunningEngine
+from tests.fixtures.cli import Cli
+
+KEY = "rk-e2e-recovery-5d1e9a"
+MANIFEST = """\
+output: out
+defaults: {formats: [wav]}
+scripts:
+  - id: hello
+    text: "Hello there. This is a short prompt."
+"""
+
+
+def _engine(factory: Callable[..., RunningEngine]) -> RunningEngine:
+    return factory(api_keys=[KEY])
+
+
+def test_a_damaged_cache_entry_is_synthesized_again(
+    cli: Cli, engine_factory: Callable[..., RunningEngine], tmp_path: Path
+) -> None:
+    engine = _engine(engine_factory)
+    run = cli.using(engine=engine, api_key=KEY)
+    (tmp_path / "jobs.yaml").write_text(MANIFEST)
+    assert run.run("render", "jobs.yaml").returncode == 0
+    [entry] = list((tmp_path / "out" / "cache").rglob("*.wav"))
+    entry.write_bytes(b"not a wav file at all")
+    engine.reset_metrics()
+
+    again = run.run("render", "jobs.yaml")
+
+    assert again.returncode == 0, again
+    assert "Traceback" not in again.stderr
+    assert engine.metrics()["requests"] == 1
+    assert entry.read_bytes()[:4] == b"RIFF"
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["state"] == "done"
+
+
+def test_a_destination_that_cannot_be_written_fails_before_any_request(
+    cli: Cli, engine_factory: Callable[..., RunningEngine], tmp_path: Path
+) -> None:
+    engine = _engine(engine_factory)
+    run = cli.using(engine=engine, api_key=KEY)
+    (tmp_path / "jobs.yaml").write_text(MANIFEST)
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+
+    result = run.run("render", "jobs.yaml", "-o", str(tmp_path / "taken"))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "cannot create the output folder" in result.stderr
+    assert str(tmp_path / "taken") in result.stderr
+    assert engine.metrics()["requests"] == 0
+
+
+def test_an_id_under_the_cache_folder_is_refused(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "jobs.yaml").write_text(MANIFEST.replace("id: hello", "id: cache/ab/x"))
+
+    result = cli.run("plan", "jobs.yaml")
+
+    assert result.returncode == 2
+    assert "jobs.yaml:4: scripts[0].id:" in result.stderr
+    assert "reserved" in result.stderr
