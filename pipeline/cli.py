@@ -46,6 +46,9 @@ from pipeline.store import (
 )
 from pipeline.store.states import State
 
+# The segment cache of renders spoken by the in-process engine, apart from Rime's audio.
+LOCAL_CACHE_NAMESPACE = "local"
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 # Piped output is read by people and scripts alike: wide enough that ids are never cut.
 out = Console() if sys.stdout.isatty() else Console(width=160)
@@ -83,11 +86,11 @@ def _sessions() -> sessionmaker[Session]:
 
 
 @contextmanager
-def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None]]:
+def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
     """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process."""
     settings = get_settings()
     if settings.rime_api_key is not None:
-        yield settings.rime_api_url, settings.rime_api_key
+        yield settings.rime_api_url, settings.rime_api_key, ""
         return
     from pipeline.engine.config import EngineConfig
     from pipeline.engine.server import start_in_thread
@@ -95,7 +98,7 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None]]:
     engine = start_in_thread(EngineConfig())
     err.print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
     try:
-        yield engine.http_url, None
+        yield engine.http_url, None, LOCAL_CACHE_NAMESPACE
     finally:
         engine.stop()
 
@@ -109,18 +112,21 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
     sessions = _sessions()
     segments = sum(len(s.segments) for s in plan.scripts)
 
-    async def go(http_url: str, key: SecretStr | None, reporter: ProgressReporter) -> State:
+    async def go(
+        http_url: str, key: SecretStr | None, namespace: str, reporter: ProgressReporter
+    ) -> State:
         async with AsyncRimeHttpClient(api_key=key, url=http_url) as client:
-            ctx = Context(sessions, client, LocalLimiter(limits), on_event=reporter)
+            limiter = LocalLimiter(limits)
+            ctx = Context(sessions, client, limiter, on_event=reporter, cache_namespace=namespace)
             return await run_job(ctx, job_id, workers=limits.concurrency * 2)
 
     with (
-        _rime_endpoint() as (http_url, key),
+        _rime_endpoint() as (http_url, key, namespace),
         ProgressReporter(err, segments=segments, chars=plan.chars) as reporter,
     ):
         try:
             try:
-                return asyncio.run(go(http_url, key, reporter))
+                return asyncio.run(go(http_url, key, namespace, reporter))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None

@@ -74,7 +74,16 @@ class Context:
     limiter: Limiter
     policy: RetryPolicy = DEFAULT_POLICY
     on_event: Callable[[Event], None] = lambda _: None
+    # Audio from different synthesizers never shares a cache entry: a render against the local
+    # engine must not be shipped later as if Rime had spoken it.
+    cache_namespace: str = ""
     _stores: dict[str, ObjectStore] = field(default_factory=dict)
+
+    def cache_path(self, cache_key: str) -> str:
+        """Where a segment's audio is cached in the destination."""
+        return cache_key_path(
+            f"{self.cache_namespace}-{cache_key}" if self.cache_namespace else cache_key
+        )
 
     def store(self, destination: str) -> ObjectStore:
         """The object store of a destination, opened once."""
@@ -103,7 +112,7 @@ async def synth_stage(ctx: Context, segment_id: int) -> Outcome:
         # Only the destination: loading the whole script would read every one of its segments.
         destination = session.scalars(select(Job.destination).where(Job.id == work.job_id)).one()
     store = ctx.store(destination)
-    key = cache_key_path(work.segment.cache_key)
+    key = ctx.cache_path(work.segment.cache_key)
     event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
     try:
         cached_seconds = await asyncio.to_thread(_cached_seconds, store, key)
@@ -189,7 +198,7 @@ def stitch_stage(ctx: Context, script_pk: int) -> Outcome:
 
             def fetch(segment: PlannedSegment) -> Path:
                 target = folder / "segments" / f"{segment.index:06d}.wav"
-                return store.get_to_file(cache_key_path(segment.cache_key), target)
+                return store.get_to_file(ctx.cache_path(segment.cache_key), target)
 
             parts = parts_for(plan, fetch)
             result = stitch(parts, spec_for(plan, folder / "out", stem="output"))

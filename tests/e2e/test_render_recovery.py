@@ -69,3 +69,19 @@ def test_an_id_under_the_cache_folder_is_refused(cli: Cli, tmp_path: Path) -> No
     assert result.returncode == 2
     assert "jobs.yaml:4: scripts[0].id:" in result.stderr
     assert "reserved" in result.stderr
+
+
+def test_local_engine_audio_is_never_reused_for_rime(
+    cli: Cli, engine_factory: Callable[..., RunningEngine], tmp_path: Path
+) -> None:
+    (tmp_path / "jobs.yaml").write_text(MANIFEST)
+    local = cli.run("render", "jobs.yaml")
+    assert local.returncode == 0, local
+    assert "local engine" in local.stderr
+
+    engine = _engine(engine_factory)
+    keyed = cli.using(engine=engine, api_key=KEY).run("render", "jobs.yaml")
+
+    assert keyed.returncode == 0, keyed
+    assert engine.metrics()["requests"] == 1
+    assert len(list((tmp_path / "out" / "cache").rglob("*.wav"))) == 2
