@@ -65,6 +65,7 @@ from tenacity.stop import stop_base
 from pipeline.limits import (
     COOLDOWN_SECONDS,
     MAX_PROBE_FACTOR,
+    PROBE_BACKOFF,
     LimitConfig,
     bucket_capacity,
     start_cap,
@@ -189,8 +190,8 @@ return wait
 )
 
 # KEYS: cap, streak, cooldown, probe. ARGV: ceiling, probe_after, cooldown_ms, state_ttl_ms,
-# max_probe_factor. Returns {action, cap}: action 0 left the cap alone (a cool-down was running),
-# 1 halved it, 2 took a failed probe back to the last cap that worked.
+# max_probe_factor, probe_backoff. Returns {action, cap}: action 0 left the cap alone (a
+# cool-down was running), 1 halved it, 2 took a failed probe back to the last cap that worked.
 _RATE_LIMITED = (
     _ADAPTIVE_CAP
     + """
@@ -202,7 +203,7 @@ redis.call('SET', KEYS[2], 0, 'PX', ttl)
 local fallback = tonumber(redis.call('HGET', KEYS[4], 'fallback'))
 if fallback then
   local need = tonumber(redis.call('HGET', KEYS[4], 'need')) or base
-  need = math.min(need * 2, base * tonumber(ARGV[5]))
+  need = math.min(need * tonumber(ARGV[6]), base * tonumber(ARGV[5]))
   redis.call('HDEL', KEYS[4], 'fallback')
   redis.call('HSET', KEYS[4], 'need', need)
   redis.call('PEXPIRE', KEYS[4], ttl)
@@ -404,6 +405,7 @@ class RedisLimiter:
                 _ms(self.cooldown_seconds),
                 self._state_ttl_ms,
                 MAX_PROBE_FACTOR,
+                PROBE_BACKOFF,
             ],
         )
         if result is None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.limits import (
     MAX_PROBE_FACTOR,
+    PROBE_BACKOFF,
     Aimd,
     LimitConfig,
     LocalLimiter,
@@ -44,20 +45,20 @@ def test_aimd_grows_by_one_after_a_streak_and_stops_at_the_ceiling() -> None:
     assert aimd.fallback is None  # the last raise held for a full streak
 
 
-def test_a_failed_probe_goes_back_and_doubles_the_wait_up_to_sixteen_times() -> None:
+def test_a_failed_probe_goes_back_and_the_wait_grows_up_to_sixteen_times() -> None:
     aimd = Aimd(ceiling=10, probe_after=2)  # 5
     assert [aimd.success() for _ in range(2)] == [5, 6]
     assert aimd.fallback == 5
     assert aimd.rate_limited() == 5  # back to the last cap that worked, not halved to 3
-    assert (aimd.fallback, aimd.need) == (None, 4)
+    assert (aimd.fallback, aimd.need) == (None, 2 * PROBE_BACKOFF)
     waits = []
-    for _ in range(6):
+    for _ in range(4):
         streak = 0
         while aimd.success() == 5:
             streak += 1
         waits.append(streak + 1)
         assert aimd.rate_limited() == 5
-    assert waits == [4, 8, 16, 32, 32, 32]
+    assert waits == [8, 32, 32, 32]  # PROBE_BACKOFF is 4; at most MAX_PROBE_FACTOR x 2
     assert aimd.need == 32
 
 
@@ -69,8 +70,8 @@ def test_a_429_after_a_probe_held_halves() -> None:
     aimd.success()  # a full streak at 6: the probe held, and the next one starts at once
     assert (aimd.cap, aimd.fallback) == (7, 6)
     aimd.rate_limited()
-    assert (aimd.cap, aimd.need) == (6, 4)
-    for _ in range(4):
+    assert (aimd.cap, aimd.need) == (6, 8)
+    for _ in range(8):
         aimd.success()
     assert (aimd.cap, aimd.fallback) == (7, 6)
     aimd.success()
