@@ -13,7 +13,8 @@ Keys, all under one hash tag so that a cluster keeps them in one slot (`{ns}` be
     {ns}:wake      list: one entry pushed per freed slot, popped by a waiting worker
     {ns}:cap       adaptive mode: the cap in force (absent means half the configured ceiling)
     {ns}:streak    adaptive mode: successes since the cap last changed
-    {ns}:cooldown  adaptive mode: present while a halving is fresh; later 429s do not halve
+    {ns}:cooldown  adaptive mode: present while a halving (or a failed probe) is fresh; later
+                   429s do not halve; a raise deletes it
     {ns}:probe     adaptive mode, hash: `need`, the successes due before the next raise, and
                    `fallback`, the last cap that worked, present while a raise is unconfirmed
     {ns}:bucket    hash: tokens and the time they were counted, for the per-minute budget
