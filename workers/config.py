@@ -29,10 +29,11 @@ class WorkerSettings(Settings):
 
     model_config = SettingsConfigDict(env_prefix="RIME_BATCH_", extra="ignore")
 
-    # Halve the shared cap on a 429 and probe back up (an account shared with live traffic).
+    # Find the account's real limit (shared with live traffic): start at half the cap, probe up
+    # by one; a 429 right after a raise steps back, any other 429 halves (pipeline.limits.Aimd).
     adaptive: bool = False
     probe_after: int = 10
-    # After a halving, further 429s for this long are the same overload and do not halve again.
+    # After a step back or a halving, further 429s for this long are the same overload.
     cooldown_seconds: float = 2.0
     # Workers that share a namespace share one cap: one namespace per Rime account.
     limit_namespace: str = "rime-batch"
