@@ -7,7 +7,6 @@ s16le at a known rate and channel count instead of probing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import struct
@@ -255,15 +254,6 @@ def encode(
     finally:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _raw_input(sample_format: str, sample_rate: int) -> list[str]:

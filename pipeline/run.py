@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 
 from pipeline.stages import (
+    FAILURES,
+    KEY_REFUSED,
     Context,
     Outcome,
     abandon_stage,
@@ -23,8 +25,6 @@ from pipeline.store.states import State
 
 # Stitching is ffmpeg-bound; more at once than cores only thrashes.
 STITCH_PARALLELISM = 2
-KEY_REFUSED = "not sent: Rime refused the API key"
-FAILURES = (Outcome.FAILED, Outcome.REFUSED)
 
 
 async def run_job(ctx: Context, job_id: str, *, workers: int = 10) -> State:

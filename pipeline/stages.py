@@ -52,6 +52,12 @@ class Outcome(StrEnum):
     STITCHED = "stitched"
 
 
+# Outcomes after which a script cannot be stitched in this run.
+FAILURES = (Outcome.FAILED, Outcome.REFUSED)
+# Why the scripts left unsent after a 401 failed.
+KEY_REFUSED = "not sent: Rime refused the API key"
+
+
 @dataclass(frozen=True)
 class Event:
     """Progress for a display or a log line."""

@@ -32,10 +32,10 @@ from pipeline.audio import (
     decode,
     encode,
     measure_loudness,
-    sha256_file,
     to_pcm16,
 )
 from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.storage.files import sha256_file
 
 SILENCE_THRESHOLD_DBFS = -50.0  # below any speech, above a clean TTS noise floor
 KEEP_MS = 10  # kept either side of the speech so soft consonants are not clipped

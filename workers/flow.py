@@ -16,8 +16,15 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.run import KEY_REFUSED
-from pipeline.stages import Outcome, abandon_stage, settle_stage, stitch_stage, synth_stage
+from pipeline.stages import (
+    FAILURES,
+    KEY_REFUSED,
+    Outcome,
+    abandon_stage,
+    settle_stage,
+    stitch_stage,
+    synth_stage,
+)
 from pipeline.store import (
     load_script,
     load_segment,
@@ -31,7 +38,6 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 TAKEN_OVER = "taken over: the worker that claimed it stopped"
-FAILURES = (Outcome.FAILED, Outcome.REFUSED)
 
 
 def _lease_wait(rt: Runtime, redelivered: bool) -> float:
