@@ -42,13 +42,13 @@ from pipeline.plan import JobPlan, build_plan
 from pipeline.rime.http import AsyncRimeHttpClient
 from pipeline.rime.params import AudioFormat, TtsRequest
 from pipeline.run import run_job
+from pipeline.settings import Settings
 from pipeline.stages import Context
 from pipeline.store import create_engine_for, migrate, record_plan, session_factory
-from pipeline.store.models import Job
+from pipeline.store.schema import JobRow
 from pipeline.store.states import State
 from workers.app import create_app
 from workers.commands import submit
-from workers.config import WorkerSettings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -107,7 +107,7 @@ def measured(cpu: Callable[[], float]) -> Iterator[list[float]]:
 def requests_of(plan: JobPlan) -> list[TtsRequest]:
     """The plan's requests, as the pipeline sends them."""
     return [
-        TtsRequest.from_plan(script.params, seg.text, seg.inline_speed_alpha)
+        TtsRequest(seg.text, script.params, seg.inline_speed_alpha)
         for script in plan.scripts
         for seg in script.segments
     ]
@@ -148,7 +148,9 @@ def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Fig
     async def go() -> State:
         async with AsyncRimeHttpClient(api_key=KEY, url=url) as client:
             ctx = Context(sessions, client, LocalLimiter(limits))
-            return await run_job(ctx, job_id, workers=2 * concurrency)
+            return await run_job(
+                ctx, job_id, workers=2 * concurrency, stitchers=Settings().stitch_parallelism
+            )
 
     with measured(own_cpu) as m:
         state = asyncio.run(go())
@@ -176,14 +178,14 @@ def run_celery(
     processes = []
     try:
         processes = start_workers(workers, 2 * concurrency, variables, folder)
-        app = create_app(WorkerSettings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database))
+        app = create_app(Settings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database))
         sessions = session_factory(create_engine_for(database))
 
         def render(job: JobPlan) -> str:
             job_id = submit(job, app=app, database_url=database)
             while True:
                 with sessions.begin() as session:
-                    state = session.scalar(select(Job.state).where(Job.id == job_id))
+                    state = session.scalar(select(JobRow.state).where(JobRow.id == job_id))
                 if state in (State.DONE, State.FAILED, State.CANCELLED):
                     if state is not State.DONE:
                         sys.exit(f"the celery job ended {state}")

@@ -6,7 +6,7 @@ import argparse
 import random
 import time
 
-from pipeline.segment import Segment, segment_text
+from pipeline.segment import TextSegment, segment_text
 
 WORDS = [
     "the", "river", "ran", "cold", "and", "fast", "under", "old", "stone", "bridge", "nobody",
@@ -34,7 +34,7 @@ def chapter(chars: int, seed: int = 7) -> tuple[str, list[float]]:
 
 
 def main() -> None:
-    """Segment the chapter a few times and print the best run."""
+    """TextSegment the chapter a few times and print the best run."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chars", type=int, default=100_000)
     parser.add_argument("--limit", type=int, default=500)
@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     text, alpha = chapter(args.chars)
     best = float("inf")
-    segments: tuple[Segment, ...] = ()
+    segments: tuple[TextSegment, ...] = ()
     for _ in range(args.runs):
         started = time.perf_counter()
         segments = segment_text(text, limit=args.limit, inline_speed_alpha=alpha)

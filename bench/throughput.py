@@ -46,9 +46,10 @@ from pipeline.plan import JobPlan, build_plan
 from pipeline.rime.http import AsyncRimeHttpClient, RimeHttpClient
 from pipeline.rime.params import AudioFormat, TtsRequest
 from pipeline.run import run_job
+from pipeline.settings import Settings
 from pipeline.stages import Context
 from pipeline.store import create_engine_for, migrate, record_plan, session_factory
-from pipeline.store.models import Segment
+from pipeline.store.schema import SegmentRow
 
 KEY = "bench-key"
 DEPARTMENTS = [
@@ -232,7 +233,9 @@ def run_embedded(bench: Bench) -> Figures:
     async def go() -> None:
         async with AsyncRimeHttpClient(api_key=KEY, url=bench.engine.http_url) as client:
             ctx = Context(sessions, client, LocalLimiter(limits))
-            await run_job(ctx, job_id, workers=limits.concurrency * 2)
+            await run_job(
+                ctx, job_id, workers=limits.concurrency * 2, stitchers=Settings().stitch_parallelism
+            )
 
     segments = sum(len(s.segments) for s in bench.plan.scripts)
     bench.engine.reset_metrics()
@@ -241,7 +244,7 @@ def run_embedded(bench: Bench) -> Figures:
     asyncio.run(go())
     total = time.perf_counter() - started
     with sessions.begin() as session:
-        last = session.scalar(select(func.max(Segment.finished_at)))
+        last = session.scalar(select(func.max(SegmentRow.finished_at)))
     assert last is not None
     return bench.figures("embedded", segments, (last - started_at).total_seconds(), total)
 
@@ -251,7 +254,7 @@ def run_sequential(bench: Bench, limit: int | None = None) -> Figures:
     folder = bench.folder / "sequential"
     folder.mkdir()
     requests = [
-        (script.script_id, TtsRequest.from_plan(script.params, seg.text, seg.inline_speed_alpha))
+        (script.script_id, TtsRequest(seg.text, script.params, seg.inline_speed_alpha))
         for script in bench.plan.scripts
         for seg in script.segments
     ][:limit]

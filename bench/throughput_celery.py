@@ -34,12 +34,12 @@ from sqlalchemy import func, select
 
 from pipeline.manifest import load_manifest
 from pipeline.plan import JobPlan, build_plan
+from pipeline.settings import Settings
 from pipeline.store import create_engine_for, migrate, session_factory
-from pipeline.store.models import Job, Segment
+from pipeline.store.schema import JobRow, SegmentRow
 from pipeline.store.states import State
 from workers.app import create_app
 from workers.commands import submit
-from workers.config import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -261,7 +261,7 @@ def render_on_workers(
     processes: list[subprocess.Popen[bytes]] = []
     try:
         processes = start_workers(workers, threads, variables, folder)
-        settings = WorkerSettings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database_url)
+        settings = Settings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database_url)
         sessions = session_factory(create_engine_for(database_url))
         started = time.monotonic()
         job_id = submit(plan, app=create_app(settings), database_url=database_url)
@@ -270,9 +270,11 @@ def render_on_workers(
         while True:
             with sessions.begin() as session:
                 done = session.scalar(
-                    select(func.count()).where(Segment.job_id == job_id, Segment.state == "done")
+                    select(func.count()).where(
+                        SegmentRow.job_id == job_id, SegmentRow.state == "done"
+                    )
                 )
-                job = session.get(Job, job_id)
+                job = session.get(JobRow, job_id)
                 over = job is not None and job.state in (State.DONE, State.FAILED)
             if done == total and not synth_seconds:
                 synth_seconds = time.monotonic() - started

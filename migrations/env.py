@@ -1,7 +1,7 @@
 """Alembic environment for the job table.
 
 The database comes from the caller: a connection in `config.attributes["connection"]` (what
-`pipeline.store.migrate` passes), else `sqlalchemy.url` from the config, else the project's
+`pipeline.store.database.migrate` passes), else `sqlalchemy.url` from the config, else the project's
 settings (DATABASE_URL).
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Connection
 
-from pipeline.store.db import create_engine_for
-from pipeline.store.models import Base, UTCDateTime
+from pipeline.store.database import create_engine_for
+from pipeline.store.schema import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata

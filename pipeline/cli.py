@@ -2,64 +2,62 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import SecretStr
-from rich.console import Console
-from rich.live import Live
-from rich.logging import RichHandler
-from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.display import ProgressReporter, jobs_table, plan_table, summary_table
 from pipeline.errors import InputError, RimeBatchError
-from pipeline.limits import LimitConfig, LocalLimiter
-from pipeline.manifest import load_manifest
-from pipeline.plan import JobPlan, build_plan
-from pipeline.rime.http import AsyncRimeHttpClient
-from pipeline.run import run_job
-from pipeline.segment import segment_text
-from pipeline.settings import get_settings
-from pipeline.stages import RESULTS_KEY, Context
-from pipeline.storage import open_store
-from pipeline.store import (
-    create_engine_for,
-    job_summary,
-    list_jobs,
-    migrate,
-    record_plan,
-    reset_for_resume,
-    resolve_job_id,
-    session_factory,
-)
-from pipeline.store.states import State
+
+# Imports inside the commands keep `--help` and `status` quick: a render needs httpx, numpy and
+# the engine, a status table only SQLAlchemy and rich.
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from pipeline.plan import JobPlan
+    from pipeline.store import State
 
 # The segment cache of renders spoken by the in-process engine, apart from Rime's audio.
 LOCAL_CACHE_NAMESPACE = "local"
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-# Piped output is read by people and scripts alike: wide enough that ids are never cut.
-out = Console() if sys.stdout.isatty() else Console(width=160)
-err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 log = logging.getLogger("rime_batch")
+
+
+@cache
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    # Piped output is read by people and scripts alike: wide enough that ids are never cut.
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr) if tty else Console(stderr=stderr, width=160)
+
+
+def _out() -> Console:
+    return _console()
+
+
+def _err() -> Console:
+    return _console(stderr=True)
 
 
 def _setup_logging() -> None:
     handler: logging.Handler
-    if err.is_terminal:
-        handler = RichHandler(console=err, show_path=False, markup=False)
+    if _err().is_terminal:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=_err(), show_path=False, markup=False)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -69,25 +67,28 @@ def _setup_logging() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-_SESSIONS: dict[str, sessionmaker[Session]] = {}
-
-
+@cache
 def _sessions() -> sessionmaker[Session]:
     """The job table named by DATABASE_URL, migrated to the current schema (once a process)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from pipeline.settings import get_settings
+    from pipeline.store import open_sessions
+
     url = get_settings().database_url
-    if url not in _SESSIONS:
-        try:
-            migrate(url)
-            _SESSIONS[url] = session_factory(create_engine_for(url))
-        except (SQLAlchemyError, ArgumentError, OSError) as exc:
-            where = make_url(url).render_as_string(hide_password=True)
-            raise RimeBatchError(f"cannot open the job table at {where}: {exc}") from exc
-    return _SESSIONS[url]
+    try:
+        return open_sessions(url)
+    except (SQLAlchemyError, ArgumentError, OSError) as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        raise RimeBatchError(f"cannot open the job table at {where}: {exc}") from exc
 
 
 @contextmanager
 def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
     """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process."""
+    from pipeline.settings import get_settings
+
     settings = get_settings()
     if settings.rime_api_key is not None:
         yield settings.rime_api_url, settings.rime_api_key, ""
@@ -96,7 +97,7 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
     from pipeline.engine.server import start_in_thread
 
     engine = start_in_thread(EngineConfig())
-    err.print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
+    _err().print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
     try:
         yield engine.http_url, None, LOCAL_CACHE_NAMESPACE
     finally:
@@ -104,11 +105,21 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
 
 
 def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | None) -> State:
+    import asyncio
+
+    from pipeline.limits import LocalLimiter
+    from pipeline.progress import ProgressReporter
+    from pipeline.rime.http import AsyncRimeHttpClient
+    from pipeline.run import run_job
+    from pipeline.settings import get_settings
+    from pipeline.stages import Context
+
     settings = get_settings()
-    limits = LimitConfig(
-        concurrency=settings.concurrency if concurrency is None else concurrency,
-        requests_per_minute=settings.requests_per_minute if rpm is None else rpm,
-    )
+    limits = settings.limits
+    if concurrency is not None:
+        limits = replace(limits, concurrency=concurrency)
+    if rpm is not None:
+        limits = replace(limits, requests_per_minute=rpm)
     sessions = _sessions()
     segments = sum(len(s.segments) for s in plan.scripts)
 
@@ -116,13 +127,24 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
         http_url: str, key: SecretStr | None, namespace: str, reporter: ProgressReporter
     ) -> State:
         async with AsyncRimeHttpClient(api_key=key, url=http_url) as client:
-            limiter = LocalLimiter(limits)
-            ctx = Context(sessions, client, limiter, on_event=reporter, cache_namespace=namespace)
-            return await run_job(ctx, job_id, workers=limits.concurrency * 2)
+            ctx = Context(
+                sessions,
+                client,
+                LocalLimiter(limits),
+                policy=settings.policy,
+                on_event=reporter,
+                cache_namespace=namespace,
+            )
+            return await run_job(
+                ctx,
+                job_id,
+                workers=limits.concurrency * 2,
+                stitchers=settings.stitch_parallelism,
+            )
 
     with (
         _rime_endpoint() as (http_url, key, namespace),
-        ProgressReporter(err, segments=segments, chars=plan.chars) as reporter,
+        ProgressReporter(_err(), segments=segments, chars=plan.chars) as reporter,
     ):
         try:
             try:
@@ -131,7 +153,7 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None
         except KeyboardInterrupt:
-            err.print(f"interrupted: finish it with `rime-batch resume {job_id}`")
+            _err().print(f"interrupted: finish it with `rime-batch resume {job_id}`")
             raise typer.Exit(130) from None
 
 
@@ -144,12 +166,22 @@ def _first(group: BaseExceptionGroup[RimeBatchError]) -> RimeBatchError:
 
 
 def _finish(job_id: str, state: State) -> None:
-    sessions = _sessions()
-    with sessions.begin() as session:
-        summary = job_summary(session, job_id)
-    out.print(summary_table(summary))
-    out.print(f"outputs in {summary.job.destination} (results: {RESULTS_KEY})")
+    from pipeline.display import summary_table
+    from pipeline.results import RESULTS_KEY
+    from pipeline.store import State, views
+
+    with _sessions().begin() as session:
+        summary = views.job_summary(session, job_id)
+    _out().print(summary_table(summary))
+    _out().print(f"outputs in {summary.job.destination} (results: {RESULTS_KEY})")
     raise typer.Exit(0 if state is State.DONE else 1)
+
+
+def _load_plan(manifest: Path, output: str | None) -> JobPlan:
+    from pipeline.manifest import load_manifest
+    from pipeline.plan import build_plan
+
+    return build_plan(load_manifest(manifest, output=output))
 
 
 OutputOpt = Annotated[
@@ -169,13 +201,16 @@ def plan(
     save: Annotated[bool, typer.Option(help="Record the job and its segments as pending.")] = False,
 ) -> None:
     """Show how a manifest will be rendered: segments, characters and minutes per script."""
-    job_plan = build_plan(load_manifest(manifest, output=output))
-    out.print(plan_table(job_plan))
+    from pipeline.display import plan_table
+
+    job_plan = _load_plan(manifest, output)
+    _out().print(plan_table(job_plan))
     if save:
-        sessions = _sessions()
-        with sessions.begin() as session:
+        from pipeline.store import record_plan
+
+        with _sessions().begin() as session:
             job_id = record_plan(session, job_plan)
-        out.print(f"saved as job {job_id} (pending)")
+        _out().print(f"saved as job {job_id} (pending)")
 
 
 @app.command()
@@ -189,6 +224,8 @@ def segment(
     pauses_as_cuts: Annotated[bool, typer.Option(help="Cut at every <ms> pause.")] = False,
 ) -> None:
     """Print the segments of one text."""
+    from pipeline.segment import segment_text
+
     if file == "-":
         text = sys.stdin.read()
     else:
@@ -211,11 +248,11 @@ def segment(
             {**asdict(s), "inline_speed_alpha": list(s.inline_speed_alpha), "chars": len(s.text)}
             for s in segments
         ]
-        out.print_json(json.dumps(rows, ensure_ascii=False))
+        _out().print_json(json.dumps(rows, ensure_ascii=False))
         return
     for i, s in enumerate(segments):
         pause = f" +{s.pause_after_ms}ms" if s.pause_after_ms else ""
-        out.print(f"{i:>3} ({len(s.text)} chars, {s.boundary}{pause}) {s.text!r}", markup=False)
+        _out().print(f"{i:>3} ({len(s.text)} chars, {s.boundary}{pause}) {s.text!r}", markup=False)
 
 
 @app.command()
@@ -226,32 +263,30 @@ def render(
     rpm: RpmOpt = None,
 ) -> None:
     """Render a manifest to audio, here and now, with the embedded executor."""
+    from pipeline.storage import open_store
+    from pipeline.store import record_plan
+
     _setup_logging()
-    job_plan = build_plan(load_manifest(manifest, output=output))
+    job_plan = _load_plan(manifest, output)
     # A destination that cannot be written fails here, before anything is billed.
     open_store(job_plan.destination).check()
-    sessions = _sessions()
-    with sessions.begin() as session:
+    with _sessions().begin() as session:
         job_id = record_plan(session, job_plan)
-    err.print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
+    _err().print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
     _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
 
 
 @app.command()
 def resume(job: str, concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None) -> None:
     """Finish an interrupted or failed job without redoing finished segments."""
-    _setup_logging()
-    from pipeline.store import load_plan
+    from pipeline.store import load_plan, transitions, views
 
-    sessions = _sessions()
-    with sessions.begin() as session:
-        job_id = resolve_job_id(session, job)
-        reset_for_resume(session, job_id)
+    _setup_logging()
+    with _sessions().begin() as session:
+        job_id = views.resolve_job_id(session, job)
+        transitions.reset_for_resume(session, job_id)
         job_plan = load_plan(session, job_id)
     _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
-
-
-FINAL_STATES = (State.DONE, State.FAILED, State.CANCELLED)
 
 
 @app.command()
@@ -265,20 +300,26 @@ def status(
     ] = 2.0,
 ) -> None:
     """Show one job's scripts, or every job."""
+    from pipeline.display import jobs_table, summary_table
+    from pipeline.store import State, views
+
+    final = (State.DONE, State.FAILED, State.CANCELLED)
     sessions = _sessions()
 
     def snapshot() -> tuple[Table, bool]:
         with sessions.begin() as session:
             if job is None:
-                return jobs_table(list_jobs(session)), False
-            summary = job_summary(session, resolve_job_id(session, job))
-        return summary_table(summary), summary.job.state in FINAL_STATES
+                return jobs_table(views.list_jobs(session)), False
+            summary = views.job_summary(session, views.resolve_job_id(session, job))
+        return summary_table(summary), summary.job.state in final
 
     table, over = snapshot()
     if not watch:
-        out.print(table)
+        _out().print(table)
         return
-    with Live(table, console=out, auto_refresh=False) as live:
+    from rich.live import Live
+
+    with Live(table, console=_out(), auto_refresh=False) as live:
         try:
             while not over:
                 time.sleep(interval)
@@ -297,12 +338,14 @@ def submit(
     from workers.commands import submit as submit_job
 
     if Path(manifest).is_file():
-        job_plan = build_plan(load_manifest(Path(manifest), output=output))
+        job_plan = _load_plan(Path(manifest), output)
         job_id = submit_job(job_plan)
-        err.print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
+        _err().print(
+            f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
+        )
     else:
         job_id = submit_job(manifest)
-    out.print(job_id)
+    _out().print(job_id)
 
 
 @app.command()
@@ -333,7 +376,7 @@ def cancel(job: Annotated[str, typer.Argument(help="A job id or prefix.")]) -> N
     from workers.commands import cancel as cancel_job
 
     segments = cancel_job(job)
-    out.print(f"cancelled; {segments} segments will not be synthesized")
+    _out().print(f"cancelled; {segments} segments will not be synthesized")
 
 
 @app.command(
@@ -354,8 +397,8 @@ def main() -> None:
         app()
     except InputError as exc:
         # One line however long: scripts and CI logs read it whole.
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _err().print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except RimeBatchError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _err().print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -1,29 +1,16 @@
-"""Rich tables and progress for the command line; plain log lines when not on a terminal."""
+"""Rich tables for the command line: a plan, the job list, one job's scripts."""
 
 from __future__ import annotations
 
-import logging
-import time
-from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from pipeline.plan import JobPlan, ScriptPlan
 from pipeline.rime.models import get_model
-from pipeline.stages import Event, Outcome
-from pipeline.store.queries import JobRow, JobSummary
 
-log = logging.getLogger("rime_batch")
+if TYPE_CHECKING:
+    from pipeline.plan import JobPlan, ScriptPlan
+    from pipeline.store.views import JobStatus, JobSummary
 
 # Rime voices speak roughly 15 characters a second at speed 1.0.
 CHARS_PER_SECOND = 15.0
@@ -62,11 +49,11 @@ def plan_table(plan: JobPlan) -> Table:
     return table
 
 
-def _when(row: JobRow) -> str:
+def _when(row: JobStatus) -> str:
     return row.created_at.strftime("%Y-%m-%d %H:%M")
 
 
-def jobs_table(rows: list[JobRow]) -> Table:
+def jobs_table(rows: list[JobStatus]) -> Table:
     """All jobs, newest first."""
     table = Table(title="jobs")
     for name in ("job", "name", "state", "scripts", "chars", "billed", "audio", "created"):
@@ -105,77 +92,3 @@ def summary_table(summary: JobSummary) -> Table:
             s.error or "",
         )
     return table
-
-
-class ProgressReporter:
-    """Turns stage events into a progress bar (terminal) or log lines (anything else)."""
-
-    def __init__(self, console: Console, *, segments: int, chars: int) -> None:
-        self.console = console
-        self.retries = 0
-        self.chars_done = 0
-        self.chars_total = chars
-        # A bad key or a bad parameter fails many segments with the same message: say it once.
-        self._errors_told: set[str] = set()
-        self._started = time.monotonic()
-        self._live = console.is_terminal
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-        if self._live:
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[chars]} chars"),
-                TextColumn("retries {task.fields[retries]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            self._task = self._progress.add_task("segments", total=segments, chars="0", retries=0)
-
-    def __enter__(self) -> ProgressReporter:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def __call__(self, event: Event) -> None:
-        """Take one stage event."""
-        if event.kind == "attempt":
-            self.retries += 1
-            log.warning("retrying %s: %s", event.script_id, event.error)
-        elif event.kind == "segment":
-            if event.outcome != Outcome.FAILED:
-                self.chars_done += event.chars
-            elif (event.error or "") not in self._errors_told:
-                self._errors_told.add(event.error or "")
-                log.error("segment of %s failed: %s", event.script_id, event.error)
-            if self._progress is not None and self._task is not None:
-                self._progress.update(
-                    self._task,
-                    advance=1,
-                    chars=f"{self.chars_done:,}/{self.chars_total:,}",
-                    retries=self.retries,
-                )
-            else:
-                log.info(
-                    "segment %s %s (%d/%d chars)",
-                    event.script_id,
-                    event.outcome,
-                    self.chars_done,
-                    self.chars_total,
-                )
-        elif event.kind == "script":
-            if event.outcome == Outcome.FAILED:
-                log.error("script %s failed: %s", event.script_id, event.error)
-            else:
-                log.info("script %s done: %.1fs of audio", event.script_id, event.seconds)

@@ -1,7 +1,8 @@
 """The rendering plan: what every stage after the manifest works from.
 
-A `JobPlan` is pure data: per script, the synthesis parameters, the output settings and the
-segments with their pauses and cache keys. It is built from a manifest by `build_plan`.
+A `JobPlan` is pure data: per script, the synthesis parameters (`VoiceParams`, the one set the
+client sends), the output settings and the segments with their pauses and cache keys. It is
+built from a manifest by `build_plan`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from pipeline.errors import InputError
 from pipeline.rime.models import get_model
-from pipeline.segment import Boundary, Segment, lead_pause_ms, segment_text
+from pipeline.rime.params import VoiceParams
+from pipeline.segment import Boundary, TextSegment, lead_pause_ms, segment_text
 
 if TYPE_CHECKING:
     from pipeline.manifest import JobSpec, ScriptSpec, Voice
@@ -22,23 +24,6 @@ if TYPE_CHECKING:
 CACHE_VERSION = 1
 # Cuts inside a sentence get a shorter, natural gap than the configured sentence pause.
 WORD_GAP_MS = 80
-
-
-@dataclass(frozen=True)
-class SynthParams:
-    """Every synthesis parameter that changes the audio (the cache key covers all of them)."""
-
-    speaker: str
-    model_id: str
-    lang: str
-    sampling_rate: int
-    speed_alpha: float | None  # already in the model's own convention
-    pause_between_brackets: bool
-    phonemize_between_brackets: bool
-    no_text_normalization: bool
-    temperature: float | None = None
-    top_p: float | None = None
-    repetition_penalty: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +58,7 @@ class ScriptPlan:
     """One script: its parameters, output settings and segments."""
 
     script_id: str
-    params: SynthParams
+    params: VoiceParams
     output: OutputSpec
     segments: tuple[PlannedSegment, ...]
     lead_pause_ms: int = 0  # a pause marker at the very start of the script
@@ -99,7 +84,7 @@ class JobPlan:
         return sum(s.chars for s in self.scripts)
 
 
-def cache_key(params: SynthParams, text: str, inline_speed_alpha: tuple[float, ...]) -> str:
+def cache_key(params: VoiceParams, text: str, inline_speed_alpha: tuple[float, ...]) -> str:
     """Content address of one segment's audio: same inputs, same key, on every machine."""
     payload = {
         "v": CACHE_VERSION,
@@ -111,10 +96,10 @@ def cache_key(params: SynthParams, text: str, inline_speed_alpha: tuple[float, .
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def synth_params(voice: Voice) -> SynthParams:
+def synth_params(voice: Voice) -> VoiceParams:
     """The request parameters of a script's resolved settings, speed in the model's convention."""
     model = get_model(voice.modelId)
-    return SynthParams(
+    return VoiceParams(
         speaker=voice.speaker,
         model_id=voice.modelId,
         lang=voice.lang,
@@ -129,7 +114,7 @@ def synth_params(voice: Voice) -> SynthParams:
     )
 
 
-def gap_ms(segment: Segment, voice: Voice) -> int:
+def gap_ms(segment: TextSegment, voice: Voice) -> int:
     """Silence after a segment: its pause markup if any, else the configured gap for its cut."""
     if segment.pause_after_ms is not None:
         return segment.pause_after_ms

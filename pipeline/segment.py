@@ -56,7 +56,7 @@ _NO_CUT = 0
 
 
 @dataclass(frozen=True)
-class Segment:
+class TextSegment:
     """One request's worth of a script."""
 
     source: str  # exact slice of the input; the sources of all segments join to the input
@@ -106,7 +106,7 @@ def segment_text(
     limit: int = DEFAULT_MAX_CHARS,
     inline_speed_alpha: Sequence[float] = (),
     pauses_as_cuts: bool = False,
-) -> tuple[Segment, ...]:
+) -> tuple[TextSegment, ...]:
     """Cut `text` into segments whose request text has 1..`limit` characters."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
@@ -121,7 +121,7 @@ def segment_text(
     return _pack(text, layout, levels, limit, tuple(inline_speed_alpha), pauses_as_cuts)
 
 
-def lead_pause_ms(segments: Sequence[Segment]) -> int:
+def lead_pause_ms(segments: Sequence[TextSegment]) -> int:
     """Milliseconds of pause markup before the first word (cut from the first request)."""
     if not segments:
         return 0
@@ -282,7 +282,7 @@ def _pack(
     limit: int,
     alpha: tuple[float, ...],
     pauses_as_cuts: bool,
-) -> tuple[Segment, ...]:
+) -> tuple[TextSegment, ...]:
     starts, ends = layout.starts, layout.ends
     last = len(starts) - 1
     by_level: dict[int, list[int]] = {_RANK[b]: [] for b in _LEVELS}
@@ -292,7 +292,7 @@ def _pack(
     forced = [k for k, ms in enumerate(layout.gap_ms) if ms is not None] if pauses_as_cuts else []
     ranked = sorted(by_level, reverse=True)
 
-    segments: list[Segment] = []
+    segments: list[TextSegment] = []
     seg_start = 0
     i = 0
     while True:
@@ -323,7 +323,7 @@ def _pack(
         lo = bisect_left(layout.speed_starts, seg_start)
         hi = bisect_left(layout.speed_starts, seg_end)
         segments.append(
-            Segment(
+            TextSegment(
                 source=text[seg_start:seg_end],
                 start=seg_start,
                 text=text[starts[i] : ends[last_atom]],

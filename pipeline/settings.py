@@ -1,44 +1,179 @@
-"""Settings from the environment: the only module that reads os.environ."""
+"""Settings from the environment: the one module that reads os.environ, for every process.
+
+`render`, the Celery workers and the service read the same `Settings`. Names are the
+well-known `RIME_API_KEY`, `RIME_API_URL`, `RIME_WS_URL`, `DATABASE_URL` and
+`CELERY_BROKER_URL`, and `RIME_BATCH_<FIELD>` for the rest. A setting left unset takes the
+default of the part it configures (the limits, the retry policy), so each default has one home.
+
+Worker timings follow one rule: the broker must not hand a task to a second worker while the
+first is still on it, or Rime bills the segment twice. The Redis broker redelivers a message
+unacknowledged for `visibility` seconds, so that is longer than the longest task can run (a
+segment's every retry, or one stitch), and a job whose rows have not moved for that long is
+taken to have lost its worker.
+
+A plain pydantic model rather than pydantic-settings: this is read by every command, and
+`status` must start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import replace
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, SecretStr, ValidationError
+
+from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.limits import LimitConfig
+    from pipeline.retry import RetryPolicy
 
 RIME_CLOUD_HTTP_URL = "https://users.rime.ai/v1/rime-tts"
 RIME_CLOUD_WS_URL = "wss://users-ws.rime.ai"
+# Stitching a book-length script (decode, two loudness passes, encode) takes minutes on one
+# core; this is the room left for it on top of the longest synthesis.
+STITCH_SECONDS = 600.0
+
+_WELL_KNOWN = {
+    "rime_api_key": ("RIME_API_KEY", "RIME_BATCH_RIME_API_KEY"),
+    "rime_api_url": ("RIME_API_URL",),
+    "rime_ws_url": ("RIME_WS_URL",),
+    "database_url": ("DATABASE_URL",),
+    "celery_broker_url": ("CELERY_BROKER_URL",),
+}
 
 
-class Settings(BaseSettings):
-    """Environment configuration; well-known names plus `RIME_BATCH_*`."""
+def _names(field: str) -> tuple[str, ...]:
+    return _WELL_KNOWN.get(field, (f"RIME_BATCH_{field.upper()}",))
 
-    model_config = SettingsConfigDict(env_prefix="RIME_BATCH_", extra="ignore")
+
+def _variables(field: str) -> AliasChoices:
+    # The field's own name too, for code that builds settings by hand.
+    return AliasChoices(*_names(field), field)
+
+
+class SettingsError(InputError):
+    """An environment variable with a value that cannot be used; names the variable."""
+
+
+class Settings(BaseModel):
+    """Environment configuration of every process; `get_settings()` reads it once."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        alias_generator=AliasGenerator(validation_alias=_variables),
+        populate_by_name=True,
+    )
 
     # SecretStr keeps the key out of repr(), logs and tracebacks.
-    rime_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("RIME_API_KEY", "RIME_BATCH_RIME_API_KEY")
-    )
-    rime_api_url: str = Field(
-        default=RIME_CLOUD_HTTP_URL, validation_alias=AliasChoices("RIME_API_URL")
-    )
-    rime_ws_url: str = Field(
-        default=RIME_CLOUD_WS_URL, validation_alias=AliasChoices("RIME_WS_URL")
-    )
-    database_url: str = Field(
-        default="sqlite:///rime-batch.db", validation_alias=AliasChoices("DATABASE_URL")
-    )
-    celery_broker_url: str = Field(
-        default="redis://127.0.0.1:6379/0", validation_alias=AliasChoices("CELERY_BROKER_URL")
-    )
+    rime_api_key: SecretStr | None = None
+    rime_api_url: str = RIME_CLOUD_HTTP_URL
+    rime_ws_url: str = RIME_CLOUD_WS_URL
+    database_url: str = "sqlite:///rime-batch.db"
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    # Shared limits and work leases of the workers.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    # Rime's pay-as-you-go plan allows 5 concurrent generations per account.
-    concurrency: int = 5
+
+    # The limits of the Rime account (None: pipeline.limits.LimitConfig's defaults).
+    concurrency: int | None = None
     requests_per_minute: int | None = None
+    # Find the account's real limit (shared with live traffic): see pipeline.limits.
+    adaptive: bool = False
+    probe_after: int | None = None
+    # After a step back or a halving, further 429s for this long are the same overload.
+    cooldown_seconds: float | None = None
+    # Workers that share a namespace share one cap: one namespace per Rime account.
+    limit_namespace: str = "rime-batch"
+
+    # The retry policy of one segment (None: pipeline.retry.RetryPolicy's defaults).
+    retry_max_attempts: int | None = None
+    retry_max_seconds: float | None = None
+    retry_initial_wait: float | None = None
+    retry_max_wait: float | None = None
+    retry_jitter: float | None = None
+
+    # Stitches at once per process, embedded or worker: ffmpeg is CPU-bound.
+    stitch_parallelism: int = 2
+    # Task threads per worker process (requests it can keep in flight); None = twice the cap.
+    worker_threads: int | None = None
+    # A worker's claim on a segment or a stitch lives this long in Redis unless renewed.
+    lease_seconds: float = 30.0
+    # None: computed from the retry policy (see `visibility`).
+    visibility_timeout: float | None = None
+    stitch_seconds: float = STITCH_SECONDS
+    # How often one of the workers looks for dead workers' claims and stalled jobs.
+    sweep_seconds: float = 30.0
+    # A running job with no claim or finish for this long gets its work sent again;
+    # None = the visibility timeout.
+    stall_seconds: float | None = None
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings in `environ` (os.environ by default); one clear error for a bad value."""
+        environ = os.environ if environ is None else environ
+        known = {name: field for field in cls.model_fields for name in _names(field)}
+        values = {name: value for name, value in environ.items() if name in known}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            variable = str(first["loc"][0]) if first["loc"] else "the environment"
+            # Never echo the key, whatever went wrong with it.
+            shown = "" if variable in _WELL_KNOWN["rime_api_key"] else f" (got {first['input']!r})"
+            raise SettingsError(f"{variable}: {first['msg']}{shown}") from None
+
+    @property
+    def limits(self) -> LimitConfig:
+        """The limits of the Rime account, with any overrides from the environment."""
+        from pipeline.limits import LimitConfig
+
+        overrides: dict[str, Any] = {
+            "concurrency": self.concurrency,
+            "requests_per_minute": self.requests_per_minute,
+            "probe_after": self.probe_after,
+        }
+        return replace(
+            LimitConfig(adaptive=self.adaptive),
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry policy, with any overrides from the environment."""
+        from pipeline.retry import DEFAULT_POLICY
+
+        overrides: dict[str, Any] = {
+            "max_attempts": self.retry_max_attempts,
+            "max_seconds": self.retry_max_seconds,
+            "initial_wait": self.retry_initial_wait,
+            "max_wait": self.retry_max_wait,
+            "jitter": self.retry_jitter,
+        }
+        return replace(DEFAULT_POLICY, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def threads(self) -> int:
+        """Task threads per worker process."""
+        return self.worker_threads or 2 * self.limits.concurrency
+
+    @property
+    def visibility(self) -> float:
+        """The broker's visibility timeout in seconds (see the module's docstring)."""
+        if self.visibility_timeout is not None:
+            return self.visibility_timeout
+        return self.policy.longest_seconds + self.stitch_seconds
+
+    @property
+    def stall(self) -> float:
+        """Seconds without progress after which a running job's work is sent again."""
+        return self.stall_seconds if self.stall_seconds is not None else self.visibility
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
-    return Settings()
+    return Settings.from_environment()

@@ -234,7 +234,7 @@ def parts_for(script: ScriptPlan, path_of: Callable[[PlannedSegment], Path]) -> 
 def spec_for(script: ScriptPlan, directory: Path, stem: str | None = None) -> StitchSpec:
     """The stitch settings of a planned script, written to `directory`/`stem`.*."""
     return StitchSpec(
-        sample_rate=script.params.sampling_rate,
+        sample_rate=script.params.effective_sampling_rate,
         directory=directory,
         stem=stem if stem is not None else script.script_id,
         output=script.output,

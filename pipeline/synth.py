@@ -14,7 +14,7 @@ from typing import Protocol
 
 from pipeline.limits import Limiter
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
-from pipeline.rime.audio import duration
+from pipeline.rime.checks import duration
 from pipeline.rime.errors import RateLimited, RimeError, StreamCut, TransientError
 from pipeline.rime.params import AudioFormat, TtsRequest
 
@@ -78,11 +78,11 @@ async def synthesize_segment(
     limiter: Limiter,
     req: TtsRequest,
     *,
-    sampling_rate: int,
     policy: RetryPolicy = DEFAULT_POLICY,
     on_attempt: Callable[[Attempt], None] = lambda _: None,
 ) -> SynthResult:
     """Synthesize `req` with retries; every attempt is reported to `on_attempt` as it ends."""
+    sampling_rate = req.voice.effective_sampling_rate
     number = 0
     async for attempt in policy.retrying():
         with attempt:

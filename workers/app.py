@@ -21,7 +21,7 @@ from celery import Celery
 from celery.signals import after_setup_logger, worker_ready, worker_shutdown
 from kombu.entity import Exchange, Queue
 
-from workers.config import WorkerSettings, get_worker_settings
+from pipeline.settings import Settings, get_settings
 from workers.dispatch import QUEUES, ROUTES, SYNTH_QUEUE
 from workers.runtime import close_runtime, get_runtime
 
@@ -36,7 +36,7 @@ def _queue(name: str) -> Queue:
     return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]
 
 
-def celery_config(settings: WorkerSettings) -> dict[str, Any]:
+def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for `settings`."""
     visibility = settings.visibility
     return {
@@ -74,10 +74,10 @@ def celery_config(settings: WorkerSettings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: WorkerSettings | None = None) -> Celery:
+def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app for `settings` (the environment's by default)."""
     app = Celery("rime_batch", include=["workers.tasks"])
-    app.conf.update(celery_config(settings or get_worker_settings()))
+    app.conf.update(celery_config(settings or get_settings()))
     return app
 
 
@@ -90,7 +90,7 @@ def _quiet_http_logs(**_: Any) -> None:
 
 
 def _start_sweeper(**_: Any) -> None:
-    get_runtime(get_worker_settings(), app).start_sweeper()
+    get_runtime(get_settings(), app).start_sweeper()
 
 
 def _close(**_: Any) -> None:

@@ -9,32 +9,27 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.plan import JobPlan
+from pipeline.settings import get_settings
 from pipeline.store import (
     JobNotFound,
-    cancel_job,
-    create_engine_for,
-    migrate,
+    State,
+    close_sessions,
+    open_sessions,
     record_plan,
-    reset_for_resume,
-    resolve_job_id,
-    session_factory,
-    start_job,
+    transitions,
+    views,
 )
-from pipeline.store.models import Job
-from pipeline.store.states import State
-from workers.config import get_worker_settings
+from pipeline.store.schema import JobRow
 from workers.dispatch import QUEUES, Dispatcher
 
 
 @contextmanager
 def _sessions(database_url: str | None) -> Iterator[sessionmaker[Session]]:
-    url = database_url or get_worker_settings().database_url
-    migrate(url)
-    engine = create_engine_for(url)
+    sessions = open_sessions(database_url or get_settings().database_url)
     try:
-        yield session_factory(engine)
+        yield sessions
     finally:
-        engine.dispose()
+        close_sessions(sessions)
 
 
 def _app(app: Celery | None) -> Celery:
@@ -58,13 +53,13 @@ def submit(
             if isinstance(work, JobPlan):
                 job_id = record_plan(session, work)
             else:
-                job_id = resolve_job_id(session, work)
-                job = session.get(Job, job_id)
+                job_id = views.resolve_job_id(session, work)
+                job = session.get(JobRow, job_id)
                 if job is None:
                     raise JobNotFound(f"no job {job_id!r}")
                 if job.state is not State.RUNNING:
-                    reset_for_resume(session, job_id)
-            start_job(session, job_id)
+                    transitions.reset_for_resume(session, job_id)
+            transitions.start_job(session, job_id)
         # Only once the rows are committed: a worker may pick the first task up at once.
         Dispatcher(_app(app)).outstanding(sessions, job_id)
     return job_id
@@ -73,7 +68,7 @@ def submit(
 def cancel(job: str, *, database_url: str | None = None) -> int:
     """Cancel a job; the number of its segments that will not run. Queued tasks then skip."""
     with _sessions(database_url) as sessions, sessions.begin() as session:
-        return cancel_job(session, resolve_job_id(session, job))
+        return transitions.cancel_job(session, views.resolve_job_id(session, job))
 
 
 def run_worker(
@@ -88,7 +83,7 @@ def run_worker(
     argv = [
         "worker",
         "--pool=threads",
-        f"--concurrency={threads or get_worker_settings().threads}",
+        f"--concurrency={threads or get_settings().threads}",
         f"--queues={','.join(queues)}",
         f"--loglevel={loglevel}",
     ]

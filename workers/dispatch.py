@@ -12,8 +12,7 @@ from collections.abc import Iterable
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.store import list_segments, stitchable_scripts
-from pipeline.store.states import State
+from pipeline.store import views
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +39,12 @@ class Dispatcher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def segments(self, segment_ids: Iterable[int]) -> int:
+    def segments(self, segment_pks: Iterable[int]) -> int:
         """One synthesis task per segment, in order, over one connection; the count."""
         sent = 0
         with self.app.producer_or_acquire() as producer:
-            for segment_id in segment_ids:
-                self.app.send_task(SYNTHESIZE, args=[segment_id], producer=producer)
+            for segment_pk in segment_pks:
+                self.app.send_task(SYNTHESIZE, args=[segment_pk], producer=producer)
                 sent += 1
         return sent
 
@@ -62,12 +61,12 @@ class Dispatcher:
         # Read, then send outside the transaction: on SQLite an open transaction holds the
         # write lock, and the workers would wait for the last message to claim the first.
         with sessions.begin() as session:
-            pending = [ref.segment_id for ref in list_segments(session, job_id, [State.PENDING])]
-            due = stitchable_scripts(session, job_id)
-        sent = self.segments(pending)
-        for script_pk in due:
+            todo = views.outstanding(session, job_id)
+        sent = self.segments(todo.segments)
+        for script_pk in todo.stitches:
             self.stitch(script_pk)
+        # A rollup too: the job may have nothing left but to settle.
         self.finish(job_id)
-        sent += len(due) + 1
-        log.info("sent job=%s segments=%d tasks=%d", job_id, len(pending), sent)
+        sent += len(todo.stitches) + 1
+        log.info("sent job=%s segments=%d tasks=%d", job_id, len(todo.segments), sent)
         return sent

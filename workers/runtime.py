@@ -27,9 +27,9 @@ from celery import Celery
 
 from pipeline.redis_limits import RedisLimiter
 from pipeline.rime.http import AsyncRimeHttpClient
+from pipeline.settings import Settings
 from pipeline.stages import Context, Event
-from pipeline.store import create_engine_for, migrate, session_factory
-from workers.config import WorkerSettings
+from pipeline.store import close_sessions, open_sessions
 from workers.dispatch import Dispatcher
 from workers.leases import Leases
 from workers.sweep import Sweeper
@@ -50,19 +50,18 @@ def log_event(event: Event) -> None:
             event.script_id,
             event.error,
         )
+    else:
+        log.info("%s %s job=%s script=%s", event.kind, event.outcome, event.job_id, event.script_id)
 
 
 class Runtime:
     """One per worker process: the event loop thread, the clients, the sessions, the leases."""
 
-    def __init__(self, settings: WorkerSettings, app: Celery) -> None:
+    def __init__(self, settings: Settings, app: Celery) -> None:
         self.settings = settings
-        migrate(settings.database_url)
-        engine = create_engine_for(
+        self.sessions = open_sessions(
             settings.database_url, pool_size=settings.threads + 2, max_overflow=settings.threads
         )
-        self.sessions = session_factory(engine)
-        self._engine = engine
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="rime-batch-loop", daemon=True)
         self._thread.start()
@@ -93,8 +92,7 @@ class Runtime:
     async def _open(self) -> tuple[AsyncRimeHttpClient, RedisLimiter]:
         settings = self.settings
         client = AsyncRimeHttpClient(
-            # "" rather than None: no key means no Authorization header (a local engine).
-            api_key=settings.rime_api_key or "",
+            api_key=settings.rime_api_key,
             url=settings.rime_api_url,
             max_connections=max(100, settings.threads),
         )
@@ -103,7 +101,11 @@ class Runtime:
             settings.limits,
             namespace=settings.limit_namespace,
             lease_seconds=settings.lease_seconds,
-            cooldown_seconds=settings.cooldown_seconds,
+            **(
+                {}
+                if settings.cooldown_seconds is None
+                else {"cooldown_seconds": settings.cooldown_seconds}
+            ),
         )
         return client, limiter
 
@@ -125,14 +127,14 @@ class Runtime:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
-            self._engine.dispose()
+            close_sessions(self.sessions)
 
 
 _runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
-def get_runtime(settings: WorkerSettings, app: Celery) -> Runtime:
+def get_runtime(settings: Settings, app: Celery) -> Runtime:
     """This process's runtime, created on first use."""
     global _runtime
     with _lock:

@@ -28,10 +28,8 @@ import redis.exceptions
 import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.store import list_jobs, requeue_stale
-from pipeline.store.models import utcnow
-from pipeline.store.recovery import last_activity, requeue_stale_stitches
-from pipeline.store.states import State
+from pipeline.store import State, transitions, views
+from pipeline.store.schema import utcnow
 from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -78,17 +76,21 @@ class Sweeper:
     def sweep(self) -> list[Swept]:
         """Sweep every running job once; what was done for each job that needed it."""
         with self.sessions.begin() as session:
-            jobs = [row.job_id for row in list_jobs(session, limit=MAX_JOBS, state=State.RUNNING)]
+            jobs = [
+                row.job_id for row in views.list_jobs(session, limit=MAX_JOBS, state=State.RUNNING)
+            ]
         done = [self.sweep_job(job_id) for job_id in jobs]
         return [s for s in done if s.sent]
 
     def sweep_job(self, job_id: str) -> Swept:
         """Requeue the job's stale claims; resend its work if any were stale or it stalled."""
         with self.sessions.begin() as session:
-            segments = requeue_stale(session, older_than=self.stale, job_id=job_id)
-            stitches = requeue_stale_stitches(session, older_than=self.stale, job_id=job_id)
+            segments = transitions.requeue_stale(session, older_than=self.stale, job_id=job_id)
+            stitches = transitions.requeue_stale_stitches(
+                session, older_than=self.stale, job_id=job_id
+            )
         with self.sessions.begin() as session:
-            last = last_activity(session, job_id)
+            last = views.last_activity(session, job_id)
         stalled = last is None or utcnow() - last > self.stall
         sent = 0
         if segments or stitches or (stalled and self._first_kick(job_id)):

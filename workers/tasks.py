@@ -11,9 +11,9 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 
+from pipeline.settings import get_settings
 from workers import flow
 from workers.app import app
-from workers.config import get_worker_settings
 from workers.dispatch import FINISH, STITCH, SYNTHESIZE
 from workers.runtime import Runtime, get_runtime
 
@@ -34,7 +34,7 @@ RETRYING: dict[str, Any] = {
 
 
 def _runtime() -> Runtime:
-    return get_runtime(get_worker_settings(), app)
+    return get_runtime(get_settings(), app)
 
 
 def _redelivered(task: Any) -> bool:
@@ -42,15 +42,15 @@ def _redelivered(task: Any) -> bool:
 
 
 @app.task(name=SYNTHESIZE, **RETRYING)  # type: ignore[untyped-decorator]
-def synthesize(self: Any, segment_id: int) -> str:
+def synthesize(self: Any, segment_pk: int) -> str:
     """Synthesize one segment; send its script's stitch when it was the last one."""
-    return flow.synthesize(_runtime(), segment_id, redelivered=_redelivered(self)).value
+    return flow.synthesize(_runtime(), segment_pk, redelivered=_redelivered(self)).outcome.value
 
 
 @app.task(name=STITCH, **RETRYING)  # type: ignore[untyped-decorator]
 def stitch(self: Any, script_pk: int) -> str:
-    """Stitch one script; send its job's rollup."""
-    return flow.stitch(_runtime(), script_pk, redelivered=_redelivered(self)).value
+    """Stitch one script; send its job's rollup when it was the last one."""
+    return flow.stitch(_runtime(), script_pk, redelivered=_redelivered(self)).outcome.value
 
 
 @app.task(name=FINISH, **RETRYING)  # type: ignore[untyped-decorator]

@@ -19,9 +19,8 @@ from pydantic import SecretStr
 
 from pipeline import __version__
 from pipeline.rime import errors
-from pipeline.rime.audio import check_audio
+from pipeline.rime.checks import check_audio
 from pipeline.rime.params import AudioFormat, TtsRequest
-from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +47,10 @@ def _describe(req: RequestBody) -> tuple[object, int]:
 class _Config:
     """What both clients share: where to send, the key, and how failures are named."""
 
-    def __init__(self, api_key: str | SecretStr | None, url: str | None) -> None:
-        if api_key is None or url is None:
-            settings = get_settings()
-            if api_key is None:
-                api_key = settings.rime_api_key
-            if url is None:
-                url = settings.rime_api_url
+    def __init__(self, api_key: str | SecretStr | None, url: str) -> None:
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
-        # An empty key means "send no Authorization header" (a local engine without keys).
+        # No key, or an empty one, sends no Authorization header (a local engine without keys).
         self.api_key: SecretStr | None = api_key if api_key and api_key.get_secret_value() else None
         self.url = url
 
@@ -114,9 +107,9 @@ class RimeHttpClient:
     def __init__(
         self,
         api_key: str | SecretStr | None = None,
-        url: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         *,
+        url: str,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         verify_audio: bool = True,
     ) -> None:
         self._config = _Config(api_key, url)
@@ -188,9 +181,9 @@ class AsyncRimeHttpClient:
     def __init__(
         self,
         api_key: str | SecretStr | None = None,
-        url: str | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         *,
+        url: str,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         verify_audio: bool = True,
         max_connections: int = 100,
     ) -> None:

@@ -1,7 +1,8 @@
 """Typed request parameters for Rime, checked against the model's facts before anything is sent.
 
-`VoiceParams` holds what shapes the voice (the same on every request of a script, and the
-query string of a WebSocket); `TtsRequest` adds the text of one HTTP request.
+`VoiceParams` is the one set of synthesis parameters in the project: the plan stores it per
+script (its fields, by these names, are part of every segment's cache key), the HTTP body and
+the WebSocket query string are written from it. `TtsRequest` adds the text of one request.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pipeline.plan import SynthParams
 from pipeline.rime.errors import InvalidRequest
 from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS, ModelInfo
 
@@ -51,8 +51,8 @@ _ACCEPT = {
 _WS_NAMES = {AudioFormat.MP3: "mp3", AudioFormat.MULAW: "mulaw", AudioFormat.PCM: "pcm"}
 
 
-class Segment(StrEnum):
-    """When a JSON WebSocket synthesizes the text it has buffered."""
+class Segmenting(StrEnum):
+    """When a JSON WebSocket synthesizes the text it has buffered (Rime's `segment`)."""
 
     BY_SENTENCE = "bySentence"  # Rime's default: at sentence-ending punctuation, by heuristics
     NEVER = "never"  # only on flush or eos; what a batch client wants
@@ -119,27 +119,20 @@ class VoiceParams:
         return MODELS.get(self.model_id)
 
     @property
+    def effective_sampling_rate(self) -> int:
+        """The rate the audio comes back at: the one asked for, else the model's default."""
+        if self.sampling_rate is not None:
+            return self.sampling_rate
+        model = self.model
+        if model is None:
+            raise InvalidRequest(f"samplingRate is required for the unknown model {self.model_id}")
+        return model.default_sampling_rate
+
+    @property
     def max_chars(self) -> int:
         """The most characters one request may carry with this model."""
         model = self.model
         return model.max_chars if model is not None else DEFAULT_MAX_CHARS
-
-    @classmethod
-    def from_plan(cls, params: SynthParams) -> VoiceParams:
-        """The voice of a planned script."""
-        return cls(
-            speaker=params.speaker,
-            model_id=params.model_id,
-            lang=params.lang,
-            sampling_rate=params.sampling_rate,
-            speed_alpha=params.speed_alpha,
-            pause_between_brackets=params.pause_between_brackets,
-            phonemize_between_brackets=params.phonemize_between_brackets,
-            no_text_normalization=params.no_text_normalization,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            repetition_penalty=params.repetition_penalty,
-        )
 
     def to_json(self) -> dict[str, str | int | float | bool]:
         """Rime's names for the set fields; false flags are left out (false is Rime's default)."""
@@ -161,7 +154,9 @@ class VoiceParams:
         body.update({k: v for k, v in optional.items() if v is not None})
         return body
 
-    def to_query(self, audio_format: AudioFormat, segment: Segment | None = None) -> dict[str, str]:
+    def to_query(
+        self, audio_format: AudioFormat, segment: Segmenting | None = None
+    ) -> dict[str, str]:
         """WebSocket query parameters: the set fields as strings, plus audioFormat and segment."""
         ws_name = audio_format.ws_name
         _require(ws_name is not None, f"WebSockets do not stream {audio_format.value} audio")
@@ -206,13 +201,6 @@ class TtsRequest:
                 f"inlineSpeedAlpha has {len(self.inline_speed_alpha)} values "
                 f"for {groups} [bracketed] words",
             )
-
-    @classmethod
-    def from_plan(
-        cls, params: SynthParams, text: str, inline_speed_alpha: tuple[float, ...] = ()
-    ) -> TtsRequest:
-        """The request for one planned segment."""
-        return cls(text, VoiceParams.from_plan(params), tuple(inline_speed_alpha))
 
     @property
     def inline_speed_alpha_text(self) -> str | None:

@@ -33,8 +33,7 @@ from websockets.frames import CloseCode
 
 from pipeline import __version__
 from pipeline.rime import errors
-from pipeline.rime.params import AudioFormat, Segment, VoiceParams
-from pipeline.settings import get_settings
+from pipeline.rime.params import AudioFormat, Segmenting, VoiceParams
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +175,7 @@ def ws3_url(
     base: str,
     params: VoiceParams,
     audio_format: AudioFormat = AudioFormat.PCM,
-    segment: Segment | None = Segment.NEVER,
+    segment: Segmenting | None = Segmenting.NEVER,
 ) -> str:
     """The /ws3 connection URL: `base` (a host, or a full /ws3 URL) plus the query parameters."""
     parts = urlsplit(base)
@@ -193,7 +192,7 @@ class RimeWsClient:
         connection: ClientConnection,
         params: VoiceParams,
         *,
-        segment: Segment | None,
+        segment: Segmenting | None,
         secret: str | None,
         receive_timeout: float | None,
     ) -> None:
@@ -208,24 +207,22 @@ class RimeWsClient:
     @asynccontextmanager
     async def connect(
         cls,
-        url: str | None,
+        url: str,
         params: VoiceParams,
         api_key: str | SecretStr | None = None,
         *,
         audio_format: AudioFormat = AudioFormat.PCM,
-        segment: Segment | None = Segment.NEVER,
+        segment: Segmenting | None = Segmenting.NEVER,
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
         receive_timeout: float | None = DEFAULT_RECEIVE_TIMEOUT,
     ) -> AsyncIterator[RimeWsClient]:
-        """Open a connection (defaults from settings, like the HTTP client) and close it after.
+        """Open a connection to `url` (a host, or a full /ws3 URL) and close it after.
+
+        No `api_key` (or an empty one) sends no Authorization header, as for a local engine.
 
         `segment` defaults to `never`: audio only on flush or eos, which is what `synthesize`
         relies on. None leaves Rime's default (`bySentence`).
         """
-        if url is None or api_key is None:
-            settings = get_settings()
-            url = settings.rime_ws_url if url is None else url
-            api_key = settings.rime_api_key if api_key is None else api_key
         secret = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         target = ws3_url(url, params, audio_format, segment)
         headers = {"Authorization": f"Bearer {secret}"} if secret else {}
@@ -342,7 +339,7 @@ class RimeWsClient:
 
     async def synthesize(self, text: str, context_id: str | None = None) -> Synthesis:
         """Send `text`, flush, and gather its audio and word timings up to its done event."""
-        if self.segment is not Segment.NEVER:
+        if self.segment is not Segmenting.NEVER:
             # Under the other settings the server may cut the text into several batches on
             # its own, so one done would not mean the whole text.
             raise ValueError("synthesize() needs a connection opened with segment=never")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import InputError
@@ -16,7 +17,9 @@ from pipeline.storage.files import atomic_write, sha256_file
 from pipeline.storage.keys import cache_key_path, validate_key
 from pipeline.storage.local import LocalStore
 from pipeline.storage.outputs import CONTENT_TYPES, content_type_for, output_metadata
-from pipeline.storage.s3 import S3Store, client_from_environment
+
+if TYPE_CHECKING:
+    from pipeline.storage.s3 import S3Store
 
 __all__ = [
     "CONTENT_TYPES",
@@ -74,6 +77,8 @@ def open_store(destination: str) -> ObjectStore:
     scheme = urlsplit(destination).scheme
     if scheme == "s3":
         bucket, prefix = parse_s3_uri(destination)
+        from pipeline.storage.s3 import S3Store, client_from_environment
+
         return S3Store(bucket, prefix, client_from_environment())
     if scheme == "file":
         return LocalStore(Path(unquote(urlsplit(destination).path)))
@@ -83,3 +88,12 @@ def open_store(destination: str) -> ObjectStore:
             uri=destination,
         )
     return LocalStore(Path(destination).expanduser())
+
+
+def __getattr__(name: str) -> Any:
+    # boto3 takes a good part of a second to import: only S3 destinations pay for it.
+    if name == "S3Store":
+        from pipeline.storage.s3 import S3Store
+
+        return S3Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

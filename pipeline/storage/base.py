@@ -81,6 +81,11 @@ class ObjectStore(Protocol):
         """Write the object to `local_path` atomically and return that path."""
         ...
 
+    def local_file(self, key: str, scratch: Path) -> Path:
+        """A local file holding the object: the stored file itself when the store is a folder,
+        else a download under the `scratch` folder. `ObjectNotFound` when there is none."""
+        ...
+
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys that start with `prefix`, in lexical order."""
         ...

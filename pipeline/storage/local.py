@@ -101,6 +101,13 @@ class LocalStore:
         except OSError as exc:
             raise _os_error("cannot copy", str(target), exc) from exc
 
+    def local_file(self, key: str, scratch: Path) -> Path:
+        """The file itself: no copy is needed to read it."""
+        target = self.path_for(key)
+        if not target.is_file():
+            raise ObjectNotFound(f"no object at {target}", uri=str(target))
+        return target
+
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys under the root that start with `prefix`, in lexical order."""
         validate_prefix(prefix)

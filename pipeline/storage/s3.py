@@ -135,6 +135,10 @@ class S3Store:
                     Path(local_path), lambda fh: shutil.copyfileobj(body, fh, _COPY_BUFFER)
                 )
 
+    def local_file(self, key: str, scratch: Path) -> Path:
+        """A download of the object under `scratch`, at the key's own relative path."""
+        return self.get_to_file(key, Path(scratch).joinpath(*validate_key(key).split("/")))
+
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys under the store's prefix that start with `prefix`, in lexical order."""
         validate_prefix(prefix)

@@ -1,101 +1,49 @@
-"""The job table: jobs, scripts and segments, one state machine, Alembic migrations.
+"""The job table: jobs, scripts and segments in SQL, one state machine, Alembic migrations.
 
-engine = create_engine_for(url); migrate(url)
-sessions = session_factory(engine)
-with sessions.begin() as session:
-    job_id = record_plan(session, plan)
+    database     engines and sessions on SQLite or PostgreSQL, and migrations
+    schema       the row classes JobRow, ScriptRow, SegmentRow, and OutputFile
+    states       the one state machine of all three: State and its transitions
+    plans        a JobPlan into rows and back, and the work one stage loads by row id
+    transitions  compare-and-set state changes, each saying what it made due (`Next`)
+    views        read-only: job lists, status summaries, what is left to do
+    errors       StoreError, IllegalTransition, JobNotFound
+
+Every process starts with `open_sessions(url)`; the modules take a Session and never commit:
+
+    sessions = open_sessions(url)
+    with sessions.begin() as session:
+        job_id = record_plan(session, plan)
 """
 
-from pipeline.store.db import (
-    DEFAULT_DATABASE_URL,
+from pipeline.store.database import (
+    close_sessions,
     create_engine_for,
+    downgrade,
+    migrate,
     normalize_url,
+    open_sessions,
     session_factory,
 )
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
-from pipeline.store.handoff import finish_script_and_settle_job, finish_segment_and_claim_stitch
-from pipeline.store.migrate import downgrade, migrate
-from pipeline.store.models import OutputFile
-from pipeline.store.plans import (
-    ScriptWork,
-    SegmentWork,
-    load_plan,
-    load_script,
-    load_segment,
-    record_plan,
-)
-from pipeline.store.queries import (
-    JobRow,
-    JobSummary,
-    ScriptRow,
-    SegmentRef,
-    job_summary,
-    list_jobs,
-    list_segments,
-    resolve_job_id,
-    stitchable_scripts,
-)
-from pipeline.store.repo import (
-    cancel_job,
-    claim_segment,
-    claim_stitch,
-    fail_script,
-    fail_segment,
-    finish_script,
-    finish_segment,
-    record_attempt,
-    release_script,
-    release_segment,
-    requeue_stale,
-    reset_for_resume,
-    settle_job,
-    start_job,
-)
-from pipeline.store.states import TRANSITIONS, State, can_transition
+from pipeline.store.plans import load_plan, record_plan
+from pipeline.store.schema import OutputFile
+from pipeline.store.states import State
+from pipeline.store.transitions import Next
 
 __all__ = [
-    "DEFAULT_DATABASE_URL",
-    "TRANSITIONS",
     "IllegalTransition",
     "JobNotFound",
-    "JobRow",
-    "JobSummary",
+    "Next",
     "OutputFile",
-    "ScriptRow",
-    "ScriptWork",
-    "SegmentRef",
-    "SegmentWork",
     "State",
     "StoreError",
-    "can_transition",
-    "cancel_job",
-    "claim_segment",
-    "claim_stitch",
+    "close_sessions",
     "create_engine_for",
     "downgrade",
-    "fail_script",
-    "fail_segment",
-    "finish_script",
-    "finish_script_and_settle_job",
-    "finish_segment",
-    "finish_segment_and_claim_stitch",
-    "job_summary",
-    "list_jobs",
-    "list_segments",
     "load_plan",
-    "load_script",
-    "load_segment",
     "migrate",
     "normalize_url",
-    "record_attempt",
+    "open_sessions",
     "record_plan",
-    "release_script",
-    "release_segment",
-    "requeue_stale",
-    "reset_for_resume",
-    "resolve_job_id",
     "session_factory",
-    "settle_job",
-    "start_job",
-    "stitchable_scripts",
 ]

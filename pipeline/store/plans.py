@@ -11,9 +11,10 @@ from typing import Any, TypeVar, get_origin, get_type_hints
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan, SynthParams
+from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.rime.params import VoiceParams
 from pipeline.store.errors import JobNotFound, StoreError
-from pipeline.store.models import Job, Script, Segment, utcnow
+from pipeline.store.schema import JobRow, ScriptRow, SegmentRow, utcnow
 from pipeline.store.states import State
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ def _from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
 def record_plan(session: Session, plan: JobPlan) -> str:
     """Write a job with its scripts and segments, all pending; returns the new job id."""
     job_id = new_job_id()
-    job = Job(
+    job = JobRow(
         id=job_id,
         name=plan.name,
         manifest=plan.manifest,
@@ -52,7 +53,7 @@ def record_plan(session: Session, plan: JobPlan) -> str:
     )
     session.add(job)
     scripts = [
-        Script(
+        ScriptRow(
             job=job,
             position=position,
             script_id=script.script_id,
@@ -87,11 +88,11 @@ def record_plan(session: Session, plan: JobPlan) -> str:
         for segment in script.segments
     ]
     if rows:
-        session.execute(insert(Segment), rows)
+        session.execute(insert(SegmentRow), rows)
     return job_id
 
 
-def _planned_segment(row: Segment) -> PlannedSegment:
+def _planned_segment(row: SegmentRow) -> PlannedSegment:
     return PlannedSegment(
         index=row.index,
         source=row.source,
@@ -102,18 +103,18 @@ def _planned_segment(row: Segment) -> PlannedSegment:
     )
 
 
-def _script_plan(row: Script, segments: list[Segment]) -> ScriptPlan:
+def _script_plan(row: ScriptRow, segments: list[SegmentRow]) -> ScriptPlan:
     return ScriptPlan(
         script_id=row.script_id,
-        params=_from_dict(SynthParams, row.params),
+        params=_from_dict(VoiceParams, row.params),
         output=_from_dict(OutputSpec, row.output),
         segments=tuple(_planned_segment(s) for s in segments),
         lead_pause_ms=row.lead_pause_ms,
     )
 
 
-def _get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def _get_job(session: Session, job_id: str) -> JobRow:
+    job = session.get(JobRow, job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
     return job
@@ -123,11 +124,13 @@ def load_plan(session: Session, job_id: str) -> JobPlan:
     """Rebuild the job's plan from its rows, equal to the one recorded."""
     job = _get_job(session, job_id)
     scripts = session.scalars(
-        select(Script).where(Script.job_id == job_id).order_by(Script.position)
+        select(ScriptRow).where(ScriptRow.job_id == job_id).order_by(ScriptRow.position)
     ).all()
-    by_script: dict[int, list[Segment]] = defaultdict(list)
+    by_script: dict[int, list[SegmentRow]] = defaultdict(list)
     for segment in session.scalars(
-        select(Segment).where(Segment.job_id == job_id).order_by(Segment.script_pk, Segment.index)
+        select(SegmentRow)
+        .where(SegmentRow.job_id == job_id)
+        .order_by(SegmentRow.script_pk, SegmentRow.index)
     ):
         by_script[segment.script_pk].append(segment)
     return JobPlan(
@@ -142,13 +145,14 @@ def load_plan(session: Session, job_id: str) -> JobPlan:
 class SegmentWork:
     """What a worker needs to synthesize one segment, loaded by the segment's row id."""
 
-    segment_id: int
+    segment_pk: int
     job_id: str
+    destination: str  # the job's: where the segment cache is
     script_pk: int
     script_id: str
     state: State
     attempts: int
-    params: SynthParams
+    params: VoiceParams
     segment: PlannedSegment
 
 
@@ -163,24 +167,26 @@ class ScriptWork:
     plan: ScriptPlan
 
 
-def load_segment(session: Session, segment_id: int) -> SegmentWork:
-    """The segment with its script's synthesis parameters."""
+def load_segment(session: Session, segment_pk: int) -> SegmentWork:
+    """The segment with its script's synthesis parameters and its job's destination."""
     found = session.execute(
-        select(Segment, Script)
-        .join(Script, Segment.script_pk == Script.id)
-        .where(Segment.id == segment_id)
+        select(SegmentRow, ScriptRow, JobRow.destination)
+        .join(ScriptRow, SegmentRow.script_pk == ScriptRow.id)
+        .join(JobRow, SegmentRow.job_id == JobRow.id)
+        .where(SegmentRow.id == segment_pk)
     ).one_or_none()
     if found is None:
-        raise StoreError(f"no segment {segment_id}")
-    segment, script = found
+        raise StoreError(f"no segment {segment_pk}")
+    segment, script, destination = found
     return SegmentWork(
-        segment_id=segment.id,
+        segment_pk=segment.id,
         job_id=segment.job_id,
+        destination=destination,
         script_pk=script.id,
         script_id=script.script_id,
         state=segment.state,
         attempts=segment.attempts,
-        params=_from_dict(SynthParams, script.params),
+        params=_from_dict(VoiceParams, script.params),
         segment=_planned_segment(segment),
     )
 
@@ -188,13 +194,15 @@ def load_segment(session: Session, segment_id: int) -> SegmentWork:
 def load_script(session: Session, script_pk: int) -> ScriptWork:
     """The script's plan and its job's destination."""
     found = session.execute(
-        select(Script, Job).join(Job, Script.job_id == Job.id).where(Script.id == script_pk)
+        select(ScriptRow, JobRow)
+        .join(JobRow, ScriptRow.job_id == JobRow.id)
+        .where(ScriptRow.id == script_pk)
     ).one_or_none()
     if found is None:
         raise StoreError(f"no script row {script_pk}")
     script, job = found
     segments = session.scalars(
-        select(Segment).where(Segment.script_pk == script_pk).order_by(Segment.index)
+        select(SegmentRow).where(SegmentRow.script_pk == script_pk).order_by(SegmentRow.index)
     ).all()
     return ScriptWork(
         script_pk=script.id,

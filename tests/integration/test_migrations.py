@@ -14,9 +14,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from pipeline.store import create_engine_for, downgrade, migrate
-from pipeline.store.migrate import MIGRATIONS_DIR, alembic_config
-from pipeline.store.models import Base
+from pipeline.store import create_engine_for, downgrade, migrate, open_sessions
+from pipeline.store.database import HEAD_REVISION, MIGRATIONS_DIR, alembic_config
+from pipeline.store.schema import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"jobs", "scripts", "segments"}
@@ -103,6 +103,25 @@ def test_threads_migrating_at_once_all_succeed(database_url: str) -> None:
     with ThreadPoolExecutor(max_workers=3) as pool:
         for future in [pool.submit(migrate, database_url) for _ in range(3)]:
             future.result()
+    assert tables(database_url) >= TABLES
+
+
+def test_the_code_knows_the_newest_revision() -> None:
+    # open_sessions skips Alembic for a database at HEAD_REVISION: it must be Alembic's head.
+    assert head() == HEAD_REVISION
+
+
+def test_open_sessions_migrates_a_new_or_old_database_and_leaves_a_current_one(
+    database_url: str,
+) -> None:
+    sessions = open_sessions(database_url)
+    with sessions.begin() as session:
+        assert session.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
+            (HEAD_REVISION,)
+        ]
+    downgrade(database_url)
+    assert tables(database_url) & TABLES == set()
+    open_sessions(database_url)  # behind: migrated again
     assert tables(database_url) >= TABLES
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.rime.audio import check_audio, duration, mp3_frames, parse_wav
+from pipeline.rime.checks import check_audio, duration, mp3_frames, parse_wav
 from pipeline.rime.errors import (
     AuthError,
     BadRequest,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.rime.audio import duration
+from pipeline.rime.checks import duration
 from pipeline.rime.errors import (
     AuthError,
     BadRequest,
@@ -18,7 +18,7 @@ from pipeline.rime.errors import (
     ServerError,
     StreamCut,
 )
-from pipeline.rime.params import AudioFormat, Segment, VoiceParams
+from pipeline.rime.params import AudioFormat, Segmenting, VoiceParams
 from pipeline.rime.ws import Chunk, Done, ErrorEvent, Event, RimeWsClient, Timestamps
 
 RATE = 22050
@@ -130,7 +130,7 @@ async def test_an_error_event_leaves_the_connection_usable(engine: Any) -> None:
 
 
 async def test_segment_by_sentence_synthesizes_without_a_flush(engine: Any) -> None:
-    async with RimeWsClient.connect(engine.ws_url, COVE, "", segment=Segment.BY_SENTENCE) as ws:
+    async with RimeWsClient.connect(engine.ws_url, COVE, "", segment=Segmenting.BY_SENTENCE) as ws:
         await ws.send_text("No flush is needed here. ", "auto")
         events = await _until_done(ws)
         with pytest.raises(ValueError, match="segment=never"):

@@ -14,49 +14,55 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan, SynthParams
+from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.rime.models import MODELS
+from pipeline.rime.params import VoiceParams
 from pipeline.store import (
     IllegalTransition,
     JobNotFound,
     OutputFile,
     State,
-    can_transition,
+    create_engine_for,
+    load_plan,
+    migrate,
+    normalize_url,
+    record_plan,
+    session_factory,
+)
+from pipeline.store.plans import load_script, load_segment
+from pipeline.store.schema import Base, JobRow, ScriptRow, SegmentRow
+from pipeline.store.states import TRANSITIONS, can_transition, check_transition
+from pipeline.store.transitions import (
+    NOTHING,
+    Next,
+    abandon_job,
     cancel_job,
     claim_segment,
     claim_stitch,
-    create_engine_for,
     fail_script,
     fail_segment,
     finish_script,
-    finish_script_and_settle_job,
     finish_segment,
-    finish_segment_and_claim_stitch,
-    job_summary,
-    list_jobs,
-    list_segments,
-    load_plan,
-    load_script,
-    load_segment,
-    migrate,
-    normalize_url,
     record_attempt,
-    record_plan,
     release_script,
     release_segment,
     requeue_stale,
     reset_for_resume,
-    resolve_job_id,
-    session_factory,
     settle_job,
     start_job,
+)
+from pipeline.store.views import (
+    job_summary,
+    list_jobs,
+    list_segments,
+    outstanding,
+    resolve_job_id,
     stitchable_scripts,
 )
-from pipeline.store.models import Base, Job, Script, Segment
-from pipeline.store.states import TRANSITIONS, check_transition
 
 T = TypeVar("T")
 
-PARAMS = SynthParams(
+PARAMS = VoiceParams(
     speaker="cove",
     model_id="mistv2",
     lang="eng",
@@ -118,9 +124,9 @@ def record(sessions: sessionmaker[Session], plan: JobPlan) -> str:
         return record_plan(session, plan)
 
 
-def segment_ids(sessions: sessionmaker[Session], job_id: str) -> list[int]:
+def segment_pks(sessions: sessionmaker[Session], job_id: str) -> list[int]:
     with sessions.begin() as session:
-        return [ref.segment_id for ref in list_segments(session, job_id)]
+        return [ref.segment_pk for ref in list_segments(session, job_id)]
 
 
 def script_pks(sessions: sessionmaker[Session], job_id: str) -> list[int]:
@@ -129,7 +135,9 @@ def script_pks(sessions: sessionmaker[Session], job_id: str) -> list[int]:
 
 
 def state_of(
-    sessions: sessionmaker[Session], model: type[Job] | type[Script] | type[Segment], pk: object
+    sessions: sessionmaker[Session],
+    model: type[JobRow] | type[ScriptRow] | type[SegmentRow],
+    pk: object,
 ) -> State:
     with sessions.begin() as session:
         state = session.scalar(sa.select(model.state).where(model.id == pk))
@@ -178,15 +186,17 @@ def test_recorded_plan_loads_back_equal_and_all_pending(sessions: sessionmaker[S
 
     with sessions.begin() as session:
         assert load_plan(session, job_id) == plan
-        job = session.get_one(Job, job_id)
+        job = session.get_one(JobRow, job_id)
         assert (job.name, job.manifest, job.destination) == (
             plan.name,
             plan.manifest,
             plan.destination,
         )
-        states = session.scalars(sa.select(Segment.state).where(Segment.job_id == job_id)).all()
+        states = session.scalars(
+            sa.select(SegmentRow.state).where(SegmentRow.job_id == job_id)
+        ).all()
         assert states == [State.PENDING] * 6
-        scripts = session.scalars(sa.select(Script).order_by(Script.position)).all()
+        scripts = session.scalars(sa.select(ScriptRow).order_by(ScriptRow.position)).all()
         assert [s.state for s in scripts] == [State.PENDING, State.PENDING]
         assert [s.chars for s in scripts] == [s.chars for s in plan.scripts]
         assert scripts[0].params["speed_alpha"] == 0.9
@@ -213,7 +223,7 @@ def test_segment_and_script_work_load_by_row_id(sessions: sessionmaker[Session])
     job_id = record(sessions, plan)
     with sessions.begin() as session:
         ref = list_segments(session, job_id)[4]
-        work = load_segment(session, ref.segment_id)
+        work = load_segment(session, ref.segment_pk)
         assert (work.job_id, work.script_id, work.state) == (job_id, "script-1", State.PENDING)
         assert work.params == PARAMS
         assert work.segment == plan.scripts[1].segments[1]
@@ -224,6 +234,7 @@ def test_segment_and_script_work_load_by_row_id(sessions: sessionmaker[Session])
 
 _text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=30)
 _maybe_float = st.none() | st.floats(allow_nan=False, allow_infinity=False)
+_maybe_positive = st.none() | st.floats(min_value=0, exclude_min=True, allow_infinity=False)
 
 
 @st.composite
@@ -231,18 +242,26 @@ def plans(draw: st.DrawFn) -> JobPlan:
     ids = draw(st.lists(_text.filter(bool), min_size=1, max_size=3, unique=True))
     scripts = []
     for script_id in ids:
-        params = SynthParams(
-            speaker=draw(_text),
-            model_id=draw(st.sampled_from(["mist", "mistv2", "arcana"])),
+        model = draw(st.sampled_from(["mist", "mistv2", "arcana"]))
+        facts = MODELS[model]
+        # Any parameters a plan can hold: VoiceParams refuses values Rime would refuse.
+        rates = (
+            st.sampled_from(sorted(facts.rate_set))
+            if facts.rate_set is not None
+            else st.integers(*(facts.rate_range or (8000, 8000)))
+        )
+        params = VoiceParams(
+            speaker=draw(_text.filter(str.strip)),
+            model_id=model,
             lang=draw(st.sampled_from(["eng", "spa"])),
-            sampling_rate=draw(st.integers(4000, 96000)),
-            speed_alpha=draw(_maybe_float),
+            sampling_rate=draw(rates),
+            speed_alpha=draw(_maybe_positive),
             pause_between_brackets=draw(st.booleans()),
             phonemize_between_brackets=draw(st.booleans()),
             no_text_normalization=draw(st.booleans()),
-            temperature=draw(_maybe_float),
-            top_p=draw(_maybe_float),
-            repetition_penalty=draw(_maybe_float),
+            temperature=draw(st.none() | st.floats(0, 1e300)),
+            top_p=draw(st.none() | st.floats(0, 1, exclude_min=True)),
+            repetition_penalty=draw(_maybe_positive),
         )
         output = OutputSpec(
             formats=tuple(draw(st.lists(st.sampled_from(["wav", "mp3", "ogg"]), max_size=3))),
@@ -302,22 +321,22 @@ def test_state_values_are_the_stored_strings(sessions: sessionmaker[Session]) ->
 
 def test_claim_finish_and_timestamps(sessions: sessionmaker[Session]) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=2))
-    first, second = segment_ids(sessions, job_id)
+    first, second = segment_pks(sessions, job_id)
     before = datetime.now(UTC)
 
     assert in_tx(sessions, lambda s: claim_segment(s, first)) is True
     assert in_tx(sessions, lambda s: claim_segment(s, first)) is False
-    assert state_of(sessions, Job, job_id) == State.RUNNING
-    assert in_tx(sessions, lambda s: finish_segment(s, first, audio_seconds=1.25)) is True
-    assert in_tx(sessions, lambda s: finish_segment(s, first, audio_seconds=9.0)) is False
-    assert in_tx(sessions, lambda s: finish_segment(s, second, audio_seconds=1.0)) is False
+    assert state_of(sessions, JobRow, job_id) == State.RUNNING
+    assert in_tx(sessions, lambda s: finish_segment(s, first, audio_seconds=1.25)) is not None
+    assert in_tx(sessions, lambda s: finish_segment(s, first, audio_seconds=9.0)) is None
+    assert in_tx(sessions, lambda s: finish_segment(s, second, audio_seconds=1.0)) is None
 
     with sessions.begin() as session:
-        segment = session.get_one(Segment, first)
-        job = session.get_one(Job, job_id)
-        script = session.get_one(Script, segment.script_pk)
+        segment = session.get_one(SegmentRow, first)
+        job = session.get_one(JobRow, job_id)
+        script = session.get_one(ScriptRow, segment.script_pk)
         assert (segment.state, segment.audio_seconds) == (State.DONE, 1.25)
-        assert session.get_one(Segment, second).state == State.PENDING
+        assert session.get_one(SegmentRow, second).state == State.PENDING
         for stamp in (segment.started_at, segment.finished_at, job.started_at, script.started_at):
             assert stamp is not None and stamp.tzinfo is not None
             assert stamp.utcoffset() == timedelta(0)
@@ -336,7 +355,7 @@ def test_attempts_bill_every_request_that_reached_the_server(
     sessions: sessionmaker[Session],
 ) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=2))
-    seg, other = segment_ids(sessions, job_id)
+    seg, other = segment_pks(sessions, job_id)
     assert in_tx(sessions, lambda s: claim_segment(s, seg))
     in_tx(sessions, lambda s: record_attempt(s, seg, billed_chars=26, error="HTTP 503"))
     in_tx(sessions, lambda s: record_attempt(s, seg, billed_chars=0, error="connect refused"))
@@ -344,7 +363,7 @@ def test_attempts_bill_every_request_that_reached_the_server(
     in_tx(sessions, lambda s: record_attempt(s, other, billed_chars=26))
 
     with sessions.begin() as session:
-        row = session.get_one(Segment, seg)
+        row = session.get_one(SegmentRow, seg)
         assert (row.attempts, row.billed_chars, row.last_error) == (3, 52, "connect refused")
         summary = job_summary(session, job_id)
         assert summary.scripts[0].billed_chars == 78
@@ -357,10 +376,10 @@ def test_attempts_bill_every_request_that_reached_the_server(
 
 def test_long_errors_are_clipped(sessions: sessionmaker[Session]) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=1))
-    (seg,) = segment_ids(sessions, job_id)
+    (seg,) = segment_pks(sessions, job_id)
     in_tx(sessions, lambda s: record_attempt(s, seg, billed_chars=0, error="x" * 10_000))
     with sessions.begin() as session:
-        error = session.get_one(Segment, seg).last_error
+        error = session.get_one(SegmentRow, seg).last_error
     assert error is not None and len(error) == 2000 and error.endswith("…")
 
 
@@ -368,10 +387,10 @@ def test_a_failed_segment_fails_its_script_and_stops_its_claims(
     sessions: sessionmaker[Session],
 ) -> None:
     job_id = record(sessions, make_plan(scripts=2, segments=2))
-    a0, a1, b0, _ = segment_ids(sessions, job_id)
-    assert in_tx(sessions, lambda s: fail_segment(s, a0, "nope")) is False  # not claimed
+    a0, a1, b0, _ = segment_pks(sessions, job_id)
+    assert in_tx(sessions, lambda s: fail_segment(s, a0, "nope")) is None  # not claimed
     assert in_tx(sessions, lambda s: claim_segment(s, a0))
-    assert in_tx(sessions, lambda s: fail_segment(s, a0, "HTTP 400: bad speaker")) is True
+    assert in_tx(sessions, lambda s: fail_segment(s, a0, "HTTP 400: bad speaker")) is not None
 
     with sessions.begin() as session:
         summary = job_summary(session, job_id)
@@ -384,27 +403,27 @@ def test_a_failed_segment_fails_its_script_and_stops_its_claims(
 
 def test_a_released_segment_can_be_claimed_again(sessions: sessionmaker[Session]) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=1))
-    (seg,) = segment_ids(sessions, job_id)
+    (seg,) = segment_pks(sessions, job_id)
     assert in_tx(sessions, lambda s: claim_segment(s, seg))
     assert in_tx(sessions, lambda s: release_segment(s, seg, "HTTP 429"))
     assert in_tx(sessions, lambda s: release_segment(s, seg)) is False
     with sessions.begin() as session:
-        row = session.get_one(Segment, seg)
+        row = session.get_one(SegmentRow, seg)
         assert (row.state, row.last_error, row.started_at) == (State.PENDING, "HTTP 429", None)
     assert in_tx(sessions, lambda s: claim_segment(s, seg))
 
 
 def test_stale_claims_are_requeued(sessions: sessionmaker[Session]) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=2))
-    old, fresh = segment_ids(sessions, job_id)
+    old, fresh = segment_pks(sessions, job_id)
     for seg in (old, fresh):
         assert in_tx(sessions, lambda s, seg=seg: claim_segment(s, seg))
     with sessions.begin() as session:
-        session.get_one(Segment, old).started_at = datetime.now(UTC) - timedelta(hours=1)
+        session.get_one(SegmentRow, old).started_at = datetime.now(UTC) - timedelta(hours=1)
 
     assert in_tx(sessions, lambda s: requeue_stale(s, older_than=timedelta(minutes=10))) == 1
-    assert state_of(sessions, Segment, old) == State.PENDING
-    assert state_of(sessions, Segment, fresh) == State.RUNNING
+    assert state_of(sessions, SegmentRow, old) == State.PENDING
+    assert state_of(sessions, SegmentRow, fresh) == State.RUNNING
 
 
 # Scripts and jobs roll up
@@ -420,7 +439,7 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
     sessions: sessionmaker[Session],
 ) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=3))
-    ids = segment_ids(sessions, job_id)
+    ids = segment_pks(sessions, job_id)
     (script,) = script_pks(sessions, job_id)
     finish_all(sessions, ids[:2])
     assert in_tx(sessions, lambda s: claim_stitch(s, script)) is False
@@ -441,7 +460,7 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
         sessions,
         lambda s: finish_script(s, script, audio_seconds=1.5, outputs=outputs),
     )
-    assert done is True
+    assert done == Next(settle=job_id)  # the job's only script: nothing else left to run
     assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.DONE
     with sessions.begin() as session:
         summary = job_summary(session, job_id)
@@ -456,11 +475,74 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
     assert summary.job.finished_at is not None
 
 
+def test_only_the_last_segment_to_finish_makes_its_stitch_due(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = record(sessions, make_plan(scripts=2, segments=3))
+    a0, a1, a2, b0, _, _ = segment_pks(sessions, job_id)
+    script_a, _ = script_pks(sessions, job_id)
+    for seg in (a0, a1, a2, b0):
+        assert in_tx(sessions, lambda s, seg=seg: claim_segment(s, seg))
+    # From the cache (no request), then two synthesized: only requests count as attempts.
+    assert in_tx(sessions, lambda s: finish_segment(s, a0, audio_seconds=1.0)) == NOTHING
+    assert (
+        in_tx(sessions, lambda s: finish_segment(s, a1, audio_seconds=1.0, billed_chars=20))
+        == NOTHING
+    )
+    assert in_tx(sessions, lambda s: finish_segment(s, b0, audio_seconds=1.0)) == NOTHING
+    last = in_tx(sessions, lambda s: finish_segment(s, a2, audio_seconds=1.0, billed_chars=21))
+    assert last == Next(stitch=script_a)
+    with sessions.begin() as session:
+        summary = job_summary(session, job_id)
+        assert [session.get_one(SegmentRow, seg).attempts for seg in (a0, a1, a2)] == [0, 1, 1]
+    assert (summary.scripts[0].attempts, summary.scripts[0].billed_chars) == (2, 41)
+    assert in_tx(sessions, lambda s: outstanding(s, job_id)).stitches == (script_a,)
+
+
+def test_outstanding_work_is_pending_segments_in_plan_order_and_due_stitches(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = record(sessions, make_plan(scripts=3, segments=2))
+    ids = segment_pks(sessions, job_id)
+    scripts = script_pks(sessions, job_id)
+    finish_all(sessions, ids[2:4])  # the second script is complete
+    assert in_tx(sessions, lambda s: claim_segment(s, ids[4]))  # one running
+    todo = in_tx(sessions, lambda s: outstanding(s, job_id))
+    assert todo.segments == (ids[0], ids[1], ids[5])
+    assert todo.stitches == (scripts[1],)
+
+
+def test_a_refused_key_abandons_what_waits_and_keeps_it_resumable(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = record(sessions, make_plan(scripts=3, segments=2))
+    a0, a1, b0, b1, c0, c1 = segment_pks(sessions, job_id)
+    _, script_b, script_c = script_pks(sessions, job_id)
+    finish_all(sessions, [b0, b1])
+    assert in_tx(sessions, lambda s: claim_stitch(s, script_b))  # being stitched
+    assert in_tx(sessions, lambda s: claim_segment(s, a0))
+    assert in_tx(sessions, lambda s: fail_segment(s, a0, "HTTP 401")) == NOTHING  # b runs
+    assert in_tx(sessions, lambda s: abandon_job(s, job_id, "not sent")) == NOTHING
+    with sessions.begin() as session:
+        summary = job_summary(session, job_id)
+        assert session.get_one(SegmentRow, c0).state == State.PENDING
+    assert [s.state for s in summary.scripts] == [State.FAILED, State.RUNNING, State.FAILED]
+    assert summary.scripts[2].error == "not sent"
+    assert in_tx(sessions, lambda s: claim_segment(s, c1)) is False
+    # The stitch under way ends the job.
+    done = in_tx(sessions, lambda s: finish_script(s, script_b, audio_seconds=1, outputs=[]))
+    assert done == Next(settle=job_id)
+    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
+    assert in_tx(sessions, lambda s: reset_for_resume(s, job_id)) == 1  # a0; c0, c1 were pending
+    assert in_tx(sessions, lambda s: outstanding(s, job_id)).segments == (a0, a1, c0, c1)
+    assert script_c in script_pks(sessions, job_id)
+
+
 def test_job_settles_failed_only_when_nothing_is_left_to_run(
     sessions: sessionmaker[Session],
 ) -> None:
     job_id = record(sessions, make_plan(scripts=2, segments=1))
-    a, b = segment_ids(sessions, job_id)
+    a, b = segment_pks(sessions, job_id)
     script_a, script_b = script_pks(sessions, job_id)
     assert in_tx(sessions, lambda s: claim_segment(s, a))
     assert in_tx(sessions, lambda s: fail_segment(s, a, "HTTP 401"))
@@ -474,18 +556,18 @@ def test_job_settles_failed_only_when_nothing_is_left_to_run(
     )
     assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
     with sessions.begin() as session:
-        job = session.get_one(Job, job_id)
+        job = session.get_one(JobRow, job_id)
         assert job.error == "1 script(s) failed"
-        assert session.get_one(Script, script_a).state == State.FAILED
+        assert session.get_one(ScriptRow, script_a).state == State.FAILED
 
 
 def test_a_stitch_failure_fails_the_script(sessions: sessionmaker[Session]) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=1))
     (script,) = script_pks(sessions, job_id)
-    finish_all(sessions, segment_ids(sessions, job_id))
+    finish_all(sessions, segment_pks(sessions, job_id))
     assert in_tx(sessions, lambda s: claim_stitch(s, script))
     assert in_tx(sessions, lambda s: fail_script(s, script, "ffmpeg exited 1"))
-    assert in_tx(sessions, lambda s: fail_script(s, script, "again")) is False
+    assert in_tx(sessions, lambda s: fail_script(s, script, "again")) is None
     assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
 
 
@@ -493,18 +575,18 @@ def test_resume_resets_unfinished_work_and_keeps_done_work(
     sessions: sessionmaker[Session],
 ) -> None:
     job_id = record(sessions, make_plan(scripts=2, segments=2))
-    a0, a1, b0, b1 = segment_ids(sessions, job_id)
+    a0, a1, b0, b1 = segment_pks(sessions, job_id)
     script_a, _ = script_pks(sessions, job_id)
     finish_all(sessions, [a0, a1, b0])
     assert in_tx(sessions, lambda s: claim_stitch(s, script_a))  # the stitcher then died
     assert in_tx(sessions, lambda s: claim_segment(s, b1))
     assert in_tx(sessions, lambda s: fail_segment(s, b1, "HTTP 500 five times"))
-    assert in_tx(sessions, lambda s: fail_script(s, script_a, "crashed")) is True
+    assert in_tx(sessions, lambda s: fail_script(s, script_a, "crashed")) is not None
     assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
 
     assert in_tx(sessions, lambda s: reset_for_resume(s, job_id)) == 1
     with sessions.begin() as session:
-        states = {ref.segment_id: ref.state for ref in list_segments(session, job_id)}
+        states = {ref.segment_pk: ref.state for ref in list_segments(session, job_id)}
         summary = job_summary(session, job_id)
     assert states == {a0: State.DONE, a1: State.DONE, b0: State.DONE, b1: State.PENDING}
     assert [s.state for s in summary.scripts] == [State.PENDING, State.PENDING]
@@ -530,16 +612,16 @@ def test_a_finished_or_cancelled_job_cannot_be_resumed(sessions: sessionmaker[Se
 
 def test_cancel_stops_unfinished_work(sessions: sessionmaker[Session]) -> None:
     job_id = record(sessions, make_plan(scripts=1, segments=3))
-    done, running, pending = segment_ids(sessions, job_id)
+    done, running, pending = segment_pks(sessions, job_id)
     finish_all(sessions, [done])
     assert in_tx(sessions, lambda s: claim_segment(s, running))
 
     assert in_tx(sessions, lambda s: cancel_job(s, job_id)) == 2
-    assert state_of(sessions, Job, job_id) == State.CANCELLED
-    assert state_of(sessions, Segment, done) == State.DONE
-    assert state_of(sessions, Segment, running) == State.CANCELLED
+    assert state_of(sessions, JobRow, job_id) == State.CANCELLED
+    assert state_of(sessions, SegmentRow, done) == State.DONE
+    assert state_of(sessions, SegmentRow, running) == State.CANCELLED
     # The worker still on it loses its finish, and nothing can be claimed any more.
-    assert in_tx(sessions, lambda s: finish_segment(s, running, audio_seconds=1)) is False
+    assert in_tx(sessions, lambda s: finish_segment(s, running, audio_seconds=1)) is None
     assert in_tx(sessions, lambda s: claim_segment(s, pending)) is False
     with pytest.raises(IllegalTransition, match="is cancelled; it cannot become cancelled"):
         in_tx(sessions, lambda s: cancel_job(s, job_id))
@@ -551,7 +633,7 @@ def test_cancel_stops_unfinished_work(sessions: sessionmaker[Session]) -> None:
 def test_list_jobs_newest_first_with_totals(sessions: sessionmaker[Session]) -> None:
     older = record(sessions, make_plan(scripts=1, segments=2, name="older"))
     newer = record(sessions, make_plan(scripts=3, segments=1, name="newer"))
-    finish_all(sessions, segment_ids(sessions, older)[:1])
+    finish_all(sessions, segment_pks(sessions, older)[:1])
     in_tx(sessions, lambda s: cancel_job(s, newer))
     with sessions.begin() as session:
         rows = list_jobs(session)
@@ -569,7 +651,7 @@ def test_list_jobs_newest_first_with_totals(sessions: sessionmaker[Session]) -> 
 
 def test_job_summary_counts_segments_per_script(sessions: sessionmaker[Session]) -> None:
     job_id = record(sessions, make_plan(scripts=2, segments=3))
-    ids = segment_ids(sessions, job_id)
+    ids = segment_pks(sessions, job_id)
     finish_all(sessions, ids[:2] + ids[3:4])
     with sessions.begin() as session:
         summary = job_summary(session, job_id)
@@ -594,7 +676,7 @@ def test_job_ids_resolve_from_a_unique_prefix(sessions: sessionmaker[Session]) -
         # Two jobs sharing a prefix: the prefix alone is ambiguous.
         twin = job_id[:6] + ("000000" if job_id[6:] != "000000" else "111111")
         session.add(
-            Job(id=twin, name="x", manifest="m", destination="d", created_at=datetime.now(UTC))
+            JobRow(id=twin, name="x", manifest="m", destination="d", created_at=datetime.now(UTC))
         )
         session.flush()
         with pytest.raises(JobNotFound, match="several"):
@@ -635,10 +717,10 @@ def test_sqlite_connections_are_set_up(sqlite_url: str) -> None:
 def test_concurrent_claims_of_a_segment_have_exactly_one_winner(engine: sa.Engine) -> None:
     sessions = session_factory(engine)
     job_id = record(sessions, make_plan(scripts=1, segments=12))
-    for seg in segment_ids(sessions, job_id):
+    for seg in segment_pks(sessions, job_id):
         results = race(engine, [one_tx(lambda s, seg=seg: claim_segment(s, seg))] * 8)
         assert sorted(results) == [False] * 7 + [True]
-        assert state_of(sessions, Segment, seg) == State.RUNNING
+        assert state_of(sessions, SegmentRow, seg) == State.RUNNING
 
 
 def test_the_last_segments_finishing_together_give_exactly_one_stitcher(
@@ -648,22 +730,24 @@ def test_the_last_segments_finishing_together_give_exactly_one_stitcher(
     job_id = record(sessions, make_plan(scripts=8, segments=4))
     refs = in_tx(sessions, lambda s: list_segments(s, job_id))
     for ref in refs:
-        assert in_tx(sessions, lambda s, ref=ref: claim_segment(s, ref.segment_id))
+        assert in_tx(sessions, lambda s, ref=ref: claim_segment(s, ref.segment_pk))
 
-    def finisher(segment_id: int) -> Worker[int | None]:
-        return lambda sm: finish_segment_and_claim_stitch(sm, segment_id, audio_seconds=1.0)
+    def finisher(segment_pk: int) -> Worker[Next | None]:
+        return one_tx(lambda s: finish_segment(s, segment_pk, audio_seconds=1.0))
 
     for script_pk in script_pks(sessions, job_id):
         mine = [r for r in refs if r.script_pk == script_pk]
-        results = race(engine, [finisher(r.segment_id) for r in mine])
-        assert results.count(script_pk) == 1 and results.count(None) == 3
-        assert state_of(sessions, Script, script_pk) == State.RUNNING
+        results = race(engine, [finisher(r.segment_pk) for r in mine])
+        assert results.count(Next(stitch=script_pk)) == 1 and results.count(NOTHING) == 3
+        # Told once, and the stitch is then claimed once.
+        assert in_tx(sessions, lambda s, pk=script_pk: claim_stitch(s, pk)) is True
+        assert state_of(sessions, ScriptRow, script_pk) == State.RUNNING
 
 
 def test_concurrent_stitch_claims_have_exactly_one_winner(engine: sa.Engine) -> None:
     sessions = session_factory(engine)
     job_id = record(sessions, make_plan(scripts=4, segments=2))
-    finish_all(sessions, segment_ids(sessions, job_id))
+    finish_all(sessions, segment_pks(sessions, job_id))
     for script_pk in script_pks(sessions, job_id):
         results = race(engine, [one_tx(lambda s, pk=script_pk: claim_stitch(s, pk))] * 6)
         assert results.count(True) == 1
@@ -672,18 +756,44 @@ def test_concurrent_stitch_claims_have_exactly_one_winner(engine: sa.Engine) -> 
 def test_the_last_scripts_finishing_together_settle_the_job(engine: sa.Engine) -> None:
     sessions = session_factory(engine)
     job_id = record(sessions, make_plan(scripts=4, segments=1))
-    finish_all(sessions, segment_ids(sessions, job_id))
+    finish_all(sessions, segment_pks(sessions, job_id))
     pks = script_pks(sessions, job_id)
     for pk in pks:
         assert in_tx(sessions, lambda s, pk=pk: claim_stitch(s, pk))
 
-    def stitched(pk: int) -> Worker[State | None]:
-        return lambda sm: finish_script_and_settle_job(
-            sm, pk, audio_seconds=2.0, outputs=[OutputFile("wav", f"out/{pk}.wav", "f" * 64, 44)]
+    def stitched(pk: int) -> Worker[Next | None]:
+        return one_tx(
+            lambda s: finish_script(
+                s, pk, audio_seconds=2.0, outputs=[OutputFile("wav", f"out/{pk}.wav", "f" * 64, 44)]
+            )
         )
 
     results = race(engine, [stitched(pk) for pk in pks])
-    assert State.DONE in results and set(results) <= {State.RUNNING, State.DONE}
-    assert state_of(sessions, Job, job_id) == State.DONE
+    assert results.count(Next(settle=job_id)) == 1 and results.count(NOTHING) == 3
+    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.DONE
+    assert state_of(sessions, JobRow, job_id) == State.DONE
     # A stitch reported twice (a redelivered task) changes nothing.
-    assert finish_script_and_settle_job(sessions, pks[0], audio_seconds=9.0, outputs=[]) is None
+    assert (
+        in_tx(sessions, lambda s: finish_script(s, pks[0], audio_seconds=9.0, outputs=[])) is None
+    )
+
+
+def test_scripts_failing_together_settle_the_job_once(engine: sa.Engine) -> None:
+    sessions = session_factory(engine)
+    job_id = record(sessions, make_plan(scripts=4, segments=2))
+    firsts = [ids[0] for ids in _by_script(sessions, job_id)]
+    for seg in firsts:
+        assert in_tx(sessions, lambda s, seg=seg: claim_segment(s, seg))
+    results = race(
+        engine, [one_tx(lambda s, seg=seg: fail_segment(s, seg, "HTTP 400")) for seg in firsts]
+    )
+    assert results.count(Next(settle=job_id)) == 1 and results.count(NOTHING) == 3
+    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
+
+
+def _by_script(sessions: sessionmaker[Session], job_id: str) -> list[list[int]]:
+    refs = in_tx(sessions, lambda s: list_segments(s, job_id))
+    grouped: dict[int, list[int]] = {}
+    for ref in refs:
+        grouped.setdefault(ref.script_pk, []).append(ref.segment_pk)
+    return list(grouped.values())

@@ -11,19 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
-from pipeline.store import (
+from pipeline.store import State, create_engine_for, migrate, record_plan, session_factory
+from pipeline.store.schema import ScriptRow, utcnow
+from pipeline.store.transitions import (
     claim_segment,
     claim_stitch,
-    create_engine_for,
     finish_segment,
-    list_segments,
-    migrate,
-    record_plan,
-    session_factory,
+    requeue_stale_stitches,
 )
-from pipeline.store.models import Script, utcnow
-from pipeline.store.recovery import last_activity, requeue_stale_stitches
-from pipeline.store.states import State
+from pipeline.store.views import last_activity, list_segments
 from tests.fixtures.celery_workers import write_manifest
 
 
@@ -45,8 +41,8 @@ def _stitching(sessions: sessionmaker[Session], job_id: str) -> list[int]:
         refs = list_segments(session, job_id)
     for ref in refs:
         with sessions.begin() as session:
-            assert claim_segment(session, ref.segment_id)
-            assert finish_segment(session, ref.segment_id, audio_seconds=1.0)
+            assert claim_segment(session, ref.segment_pk)
+            assert finish_segment(session, ref.segment_pk, audio_seconds=1.0) is not None
     scripts = sorted({ref.script_pk for ref in refs})
     for script_pk in scripts:
         with sessions.begin() as session:
@@ -56,7 +52,7 @@ def _stitching(sessions: sessionmaker[Session], job_id: str) -> list[int]:
 
 def _state(sessions: sessionmaker[Session], script_pk: int) -> State:
     with sessions.begin() as session:
-        script = session.get(Script, script_pk)
+        script = session.get(ScriptRow, script_pk)
         assert script is not None
         return script.state
 
@@ -68,8 +64,8 @@ def test_stale_stitches_go_back_to_pending_and_fresh_ones_stay(
     old, fresh = _stitching(sessions, job_id)
     with sessions.begin() as session:
         session.execute(
-            update(Script)
-            .where(Script.id == old)
+            update(ScriptRow)
+            .where(ScriptRow.id == old)
             .values(stitch_started_at=utcnow() - timedelta(minutes=30))
         )
 
@@ -91,7 +87,7 @@ def test_last_activity_is_the_latest_claim_or_finish(
     job_id = _job(sessions, tmp_path)
     with sessions.begin() as session:
         assert last_activity(session, job_id) is None
-        first = list_segments(session, job_id)[0].segment_id
+        first = list_segments(session, job_id)[0].segment_pk
 
     before = utcnow()
     with sessions.begin() as session:

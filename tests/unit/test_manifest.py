@@ -900,7 +900,10 @@ def test_csv_texts_survive_the_round_trip(tmp_path: Path, texts: list[str]) -> N
 def test_yaml_texts_survive_the_round_trip(tmp_path: Path, texts: list[str]) -> None:
     path = tmp_path / "round.yaml"
     scripts = [{"id": f"s{i}", "text": text} for i, text in enumerate(texts)]
-    path.write_text(yaml.safe_dump({"scripts": scripts}, allow_unicode=True), encoding="utf-8")
+    # Double-quoted: PyYAML writes a NEL (U+0085) raw into a plain or single-quoted scalar,
+    # where YAML's own line folding reads it back as a space, so only escapes round-trip.
+    dumped = yaml.safe_dump({"scripts": scripts}, allow_unicode=True, default_style='"')
+    path.write_text(dumped, encoding="utf-8")
 
     job: JobSpec = load_manifest(path)
 

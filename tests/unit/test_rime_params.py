@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.plan import SynthParams
 from pipeline.rime.errors import BadRequest, InvalidRequest, PermanentError
 from pipeline.rime.models import MODELS
-from pipeline.rime.params import AudioFormat, Segment, TtsRequest, VoiceParams
+from pipeline.rime.params import AudioFormat, Segmenting, TtsRequest, VoiceParams
 from pipeline.rime.ws import ws3_url
 
 COVE = VoiceParams("cove", "mistv2")
@@ -69,8 +68,8 @@ def test_inline_speed_alpha_text_reads_back_to_the_same_numbers(speeds: list[flo
     assert [float(part) for part in written.split(", ")] == speeds
 
 
-def test_from_plan_carries_every_synthesis_parameter() -> None:
-    params = SynthParams(
+def test_the_request_body_carries_every_synthesis_parameter() -> None:
+    params = VoiceParams(
         speaker="astra",
         model_id="arcana",
         lang="spa",
@@ -83,18 +82,20 @@ def test_from_plan_carries_every_synthesis_parameter() -> None:
         top_p=0.95,
         repetition_penalty=1.5,
     )
-    req = TtsRequest.from_plan(params, "Hola [lento].", (2.0,))
-    assert req.voice == VoiceParams(
-        "astra",
-        "arcana",
-        lang="spa",
-        sampling_rate=24000,
-        speed_alpha=0.8,
-        phonemize_between_brackets=True,
-        temperature=0.3,
-        top_p=0.95,
-        repetition_penalty=1.5,
-    )
+    req = TtsRequest("Hola [lento].", params, (2.0,))
+    assert req.to_json() == {
+        "text": "Hola [lento].",
+        "speaker": "astra",
+        "modelId": "arcana",
+        "lang": "spa",
+        "samplingRate": 24000,
+        "speedAlpha": 0.8,
+        "phonemizeBetweenBrackets": True,
+        "temperature": 0.3,
+        "top_p": 0.95,
+        "repetition_penalty": 1.5,
+        "inlineSpeedAlpha": "2",
+    }
     assert req.text == "Hola [lento]."
     assert req.inline_speed_alpha == (2.0,)
     assert "pauseBetweenBrackets" not in req.to_json()
@@ -204,7 +205,7 @@ def test_audio_formats_map_to_accept_headers_and_ws_names() -> None:
 
 def test_ws_query_is_strings_with_format_and_segment() -> None:
     voice = VoiceParams("cove", "mistv2", sampling_rate=8000, speed_alpha=1.0, lang="eng")
-    assert voice.to_query(AudioFormat.MULAW, Segment.NEVER) == {
+    assert voice.to_query(AudioFormat.MULAW, Segmenting.NEVER) == {
         "speaker": "cove",
         "modelId": "mistv2",
         "lang": "eng",
@@ -224,7 +225,7 @@ def test_ws_query_is_strings_with_format_and_segment() -> None:
 )
 def test_ws3_url_adds_the_path_once_and_the_query(base: str) -> None:
     voice = VoiceParams("cove", "mistv2", pause_between_brackets=True)
-    url = urlsplit(ws3_url(base, voice, AudioFormat.PCM, Segment.NEVER))
+    url = urlsplit(ws3_url(base, voice, AudioFormat.PCM, Segmenting.NEVER))
     assert (url.scheme, url.netloc, url.path) == ("ws", "127.0.0.1:8123", "/ws3")
     assert parse_qs(url.query) == {
         "speaker": ["cove"],

@@ -8,18 +8,18 @@ from collections.abc import Sequence
 import pytest
 
 from pipeline.errors import MarkupError, SegmentationError
-from pipeline.segment import Boundary, Segment, lead_pause_ms, segment_text
+from pipeline.segment import Boundary, TextSegment, lead_pause_ms, segment_text
 
 
-def texts(segments: Sequence[Segment]) -> list[str]:
+def texts(segments: Sequence[TextSegment]) -> list[str]:
     return [s.text for s in segments]
 
 
-def cut_positions(segments: Sequence[Segment]) -> list[int]:
+def cut_positions(segments: Sequence[TextSegment]) -> list[int]:
     return [s.start for s in segments[1:]]
 
 
-def check_lossless(text: str, segments: Sequence[Segment], limit: int) -> None:
+def check_lossless(text: str, segments: Sequence[TextSegment], limit: int) -> None:
     assert "".join(s.source for s in segments) == text
     for s in segments:
         assert text[s.start : s.end] == s.source
@@ -32,7 +32,7 @@ def check_lossless(text: str, segments: Sequence[Segment], limit: int) -> None:
 
 def test_short_text_is_one_segment() -> None:
     segments = segment_text("Hello there.")
-    assert segments == (Segment("Hello there.", 0, "Hello there.", None, Boundary.END, ()),)
+    assert segments == (TextSegment("Hello there.", 0, "Hello there.", None, Boundary.END, ()),)
 
 
 def test_whitespace_at_a_cut_goes_with_the_earlier_source() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.markup import parse
-from pipeline.segment import Boundary, Segment, lead_pause_ms, segment_text
+from pipeline.segment import Boundary, TextSegment, lead_pause_ms, segment_text
 
 PAUSE = re.compile(r"<(\d+)>")
 LEAD = re.compile(r"(?:\s|<\d+>)*")
@@ -133,7 +133,7 @@ def scripts(draw: st.DrawFn) -> Script:
     return Script(text, tuple(protected), tuple(alpha), total)
 
 
-def first_content(segment: Segment) -> int:
+def first_content(segment: TextSegment) -> int:
     lead = LEAD.match(segment.source)
     assert lead is not None
     return segment.start + lead.end()

@@ -27,7 +27,8 @@ from pipeline.audio import (
     ffmpeg_exe,
     parse_ebur128_summary,
 )
-from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan, SynthParams
+from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.rime.params import VoiceParams
 from pipeline.stitch import (
     Part,
     StitchSpec,
@@ -411,7 +412,7 @@ def test_render_reads_segments_one_at_a_time(tmp_path: Path) -> None:
 
 
 def test_plan_helpers_carry_pauses_rate_and_lead(tmp_path: Path) -> None:
-    params = SynthParams("cove", "mistv2", "eng", 22050, None, False, False, False)
+    params = VoiceParams("cove", "mistv2", "eng", 22050, None, False, False, False)
     segs = tuple(
         PlannedSegment(i, f"s{i}", f"s{i}", pause, (), f"key{i}")
         for i, pause in enumerate([250, 0])

@@ -7,18 +7,19 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select, union_all
 from sqlalchemy.orm import Session
 
 from pipeline.store.errors import JobNotFound
-from pipeline.store.models import Job, OutputFile, Script, Segment
+from pipeline.store.schema import JobRow, OutputFile, ScriptRow, SegmentRow
 from pipeline.store.states import State
+from pipeline.store.transitions import all_segments_done
 
 _HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
-class ScriptRow:
+class ScriptStatus:
     """One script's line in a status table."""
 
     script_pk: int
@@ -43,7 +44,7 @@ class ScriptRow:
 
 
 @dataclass(frozen=True)
-class JobRow:
+class JobStatus:
     """One job's line in a job list, with totals over its scripts."""
 
     job_id: str
@@ -66,15 +67,15 @@ class JobRow:
 class JobSummary:
     """A job and each of its scripts, for `status`."""
 
-    job: JobRow
-    scripts: tuple[ScriptRow, ...]
+    job: JobStatus
+    scripts: tuple[ScriptStatus, ...]
 
 
 @dataclass(frozen=True)
 class SegmentRef:
     """A segment's row id and where it belongs, for an executor to schedule."""
 
-    segment_id: int
+    segment_pk: int
     script_pk: int
     script_id: str
     index: int
@@ -86,10 +87,10 @@ def resolve_job_id(session: Session, text: str) -> str:
     wanted = text.strip().lower()
     if not wanted or not _HEX.fullmatch(wanted):
         raise JobNotFound(f"{text!r} is not a job id")
-    if session.get(Job, wanted) is not None:
+    if session.get(JobRow, wanted) is not None:
         return wanted
     matches = session.scalars(
-        select(Job.id).where(Job.id.startswith(wanted, autoescape=True)).limit(2)
+        select(JobRow.id).where(JobRow.id.startswith(wanted, autoescape=True)).limit(2)
     ).all()
     if not matches:
         raise JobNotFound(f"no job {text!r}")
@@ -100,30 +101,30 @@ def resolve_job_id(session: Session, text: str) -> str:
 
 def _job_rows(
     session: Session, *criteria: ColumnElement[bool], limit: int | None = None
-) -> list[JobRow]:
+) -> list[JobStatus]:
     totals = (
         select(
-            Script.job_id,
+            ScriptRow.job_id,
             func.count().label("scripts"),
-            func.coalesce(func.sum(case((Script.state == State.DONE, 1), else_=0)), 0).label(
+            func.coalesce(func.sum(case((ScriptRow.state == State.DONE, 1), else_=0)), 0).label(
                 "done"
             ),
-            func.coalesce(func.sum(Script.chars), 0).label("chars"),
-            func.coalesce(func.sum(Script.billed_chars), 0).label("billed"),
-            func.coalesce(func.sum(Script.audio_seconds), 0.0).label("seconds"),
+            func.coalesce(func.sum(ScriptRow.chars), 0).label("chars"),
+            func.coalesce(func.sum(ScriptRow.billed_chars), 0).label("billed"),
+            func.coalesce(func.sum(ScriptRow.audio_seconds), 0.0).label("seconds"),
         )
-        .group_by(Script.job_id)
+        .group_by(ScriptRow.job_id)
         .subquery()
     )
     query = (
-        select(Job, totals)
-        .outerjoin(totals, totals.c.job_id == Job.id)
+        select(JobRow, totals)
+        .outerjoin(totals, totals.c.job_id == JobRow.id)
         .where(*criteria)
-        .order_by(Job.created_at.desc(), Job.id)
+        .order_by(JobRow.created_at.desc(), JobRow.id)
         .limit(limit)
     )
     return [
-        JobRow(
+        JobStatus(
             job_id=job.id,
             name=job.name,
             manifest=job.manifest,
@@ -140,41 +141,41 @@ def _job_rows(
             audio_seconds=float(row.seconds or 0.0),
         )
         for row in session.execute(query)
-        for job in [row.Job]
+        for job in [row.JobRow]
     ]
 
 
-def list_jobs(session: Session, *, limit: int = 20, state: State | None = None) -> list[JobRow]:
+def list_jobs(session: Session, *, limit: int = 20, state: State | None = None) -> list[JobStatus]:
     """The newest jobs first, optionally only those in `state`."""
-    criteria: list[ColumnElement[bool]] = [] if state is None else [Job.state == state]
+    criteria: list[ColumnElement[bool]] = [] if state is None else [JobRow.state == state]
     return _job_rows(session, *criteria, limit=limit)
 
 
 def job_summary(session: Session, job_id: str) -> JobSummary:
     """The job's totals and a line per script, in plan order."""
-    rows = _job_rows(session, Job.id == job_id)
+    rows = _job_rows(session, JobRow.id == job_id)
     if not rows:
         raise JobNotFound(f"no job {job_id!r}")
     counts = (
         select(
-            Segment.script_pk,
+            SegmentRow.script_pk,
             func.count().label("segments"),
-            func.sum(case((Segment.state == State.DONE, 1), else_=0)).label("done"),
-            func.sum(case((Segment.state == State.FAILED, 1), else_=0)).label("failed"),
-            func.sum(Segment.attempts).label("attempts"),
+            func.sum(case((SegmentRow.state == State.DONE, 1), else_=0)).label("done"),
+            func.sum(case((SegmentRow.state == State.FAILED, 1), else_=0)).label("failed"),
+            func.sum(SegmentRow.attempts).label("attempts"),
         )
-        .where(Segment.job_id == job_id)
-        .group_by(Segment.script_pk)
+        .where(SegmentRow.job_id == job_id)
+        .group_by(SegmentRow.script_pk)
         .subquery()
     )
     query = (
-        select(Script, counts)
-        .outerjoin(counts, counts.c.script_pk == Script.id)
-        .where(Script.job_id == job_id)
-        .order_by(Script.position)
+        select(ScriptRow, counts)
+        .outerjoin(counts, counts.c.script_pk == ScriptRow.id)
+        .where(ScriptRow.job_id == job_id)
+        .order_by(ScriptRow.position)
     )
     scripts = tuple(
-        ScriptRow(
+        ScriptStatus(
             script_pk=script.id,
             script_id=script.script_id,
             state=script.state,
@@ -191,7 +192,7 @@ def job_summary(session: Session, job_id: str) -> JobSummary:
             finished_at=script.finished_at,
         )
         for row in session.execute(query)
-        for script in [row.Script]
+        for script in [row.ScriptRow]
     )
     return JobSummary(job=rows[0], scripts=scripts)
 
@@ -201,22 +202,66 @@ def list_segments(
 ) -> list[SegmentRef]:
     """The job's segments in plan order, optionally only those in `states`."""
     query = (
-        select(Segment.id, Segment.script_pk, Script.script_id, Segment.index, Segment.state)
-        .join(Script, Segment.script_pk == Script.id)
-        .where(Segment.job_id == job_id)
-        .order_by(Script.position, Segment.index)
+        select(
+            SegmentRow.id,
+            SegmentRow.script_pk,
+            ScriptRow.script_id,
+            SegmentRow.index,
+            SegmentRow.state,
+        )
+        .join(ScriptRow, SegmentRow.script_pk == ScriptRow.id)
+        .where(SegmentRow.job_id == job_id)
+        .order_by(ScriptRow.position, SegmentRow.index)
     )
     if states is not None:
-        query = query.where(Segment.state.in_(list(states)))
+        query = query.where(SegmentRow.state.in_(list(states)))
     return [SegmentRef(*row) for row in session.execute(query)]
 
 
 def stitchable_scripts(session: Session, job_id: str) -> list[int]:
     """Row ids of pending scripts whose segments are all done (a stitch claim is due)."""
-    undone = exists().where(Segment.script_pk == Script.id, Segment.state != State.DONE)
     query = (
-        select(Script.id)
-        .where(and_(Script.job_id == job_id, Script.state == State.PENDING), ~undone)
-        .order_by(Script.position)
+        select(ScriptRow.id)
+        .where(
+            and_(ScriptRow.job_id == job_id, ScriptRow.state == State.PENDING), all_segments_done()
+        )
+        .order_by(ScriptRow.position)
     )
     return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class Outstanding:
+    """What a job still needs: its pending segments in plan order, and its due stitches."""
+
+    segments: tuple[int, ...]
+    stitches: tuple[int, ...]
+
+
+def outstanding(session: Session, job_id: str) -> Outstanding:
+    """The work an executor starting (or resuming, or sweeping) the job has to schedule."""
+    pending = session.scalars(
+        select(SegmentRow.id)
+        .join(ScriptRow, SegmentRow.script_pk == ScriptRow.id)
+        .where(SegmentRow.job_id == job_id, SegmentRow.state == State.PENDING)
+        .order_by(ScriptRow.position, SegmentRow.index)
+    )
+    return Outstanding(tuple(pending), tuple(stitchable_scripts(session, job_id)))
+
+
+def last_activity(session: Session, job_id: str) -> datetime | None:
+    """When the job's work last moved: its latest claim or finish of a segment or a script.
+
+    A distributed executor cannot tell a dead worker from a slow one by asking it; it can only
+    see how long ago the job table last changed.
+    """
+    moments = union_all(
+        select(func.max(JobRow.started_at).label("at")).where(JobRow.id == job_id),
+        select(func.max(SegmentRow.started_at)).where(SegmentRow.job_id == job_id),
+        select(func.max(SegmentRow.finished_at)).where(SegmentRow.job_id == job_id),
+        select(func.max(ScriptRow.stitch_started_at)).where(ScriptRow.job_id == job_id),
+        select(func.max(ScriptRow.finished_at)).where(ScriptRow.job_id == job_id),
+    ).subquery()
+    # max() keeps the column's type, so the value comes back timezone-aware on SQLite too.
+    latest: datetime | None = session.scalar(select(func.max(moments.c.at)))
+    return latest

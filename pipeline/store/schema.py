@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the job table: jobs, scripts, segments.
+"""The job table's schema: jobs, scripts and segments as SQLAlchemy models, one row class each.
 
 Each row carries one `State` of the shared state machine. Scripts keep their synthesis
 parameters and output settings as JSON, so a resume rebuilds the plan without the manifest.
@@ -110,7 +110,7 @@ class Base(DeclarativeBase):
     }
 
 
-class Job(Base):
+class JobRow(Base):
     """One run of a manifest."""
 
     __tablename__ = "jobs"
@@ -126,14 +126,14 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None]
 
-    scripts: Mapped[list[Script]] = relationship(
-        back_populates="job", order_by="Script.position", passive_deletes=True
+    scripts: Mapped[list[ScriptRow]] = relationship(
+        back_populates="job", order_by="ScriptRow.position", passive_deletes=True
     )
 
     __table_args__ = (Index(None, "created_at"),)
 
 
-class Script(Base):
+class ScriptRow(Base):
     """One script of a job: its parameters, its rollups, and its stitched outputs."""
 
     __tablename__ = "scripts"
@@ -143,7 +143,7 @@ class Script(Base):
     position: Mapped[int]  # order of the script in the plan
     script_id: Mapped[str]  # the manifest's id
     state: Mapped[State] = _state_column()
-    params: Mapped[dict[str, Any]]  # dataclasses.asdict(SynthParams)
+    params: Mapped[dict[str, Any]]  # dataclasses.asdict(VoiceParams)
     output: Mapped[dict[str, Any]]  # dataclasses.asdict(OutputSpec)
     lead_pause_ms: Mapped[int]
     chars: Mapped[int]  # characters when every segment is synthesized once
@@ -156,9 +156,9 @@ class Script(Base):
     stitch_started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
-    job: Mapped[Job] = relationship(back_populates="scripts")
-    segments: Mapped[list[Segment]] = relationship(
-        back_populates="script", order_by="Segment.index", passive_deletes=True
+    job: Mapped[JobRow] = relationship(back_populates="scripts")
+    segments: Mapped[list[SegmentRow]] = relationship(
+        back_populates="script", order_by="SegmentRow.index", passive_deletes=True
     )
 
     __table_args__ = (
@@ -167,7 +167,7 @@ class Script(Base):
     )
 
 
-class Segment(Base):
+class SegmentRow(Base):
     """One request to Rime and its attempts."""
 
     __tablename__ = "segments"
@@ -190,7 +190,7 @@ class Segment(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
-    script: Mapped[Script] = relationship(back_populates="segments")
+    script: Mapped[ScriptRow] = relationship(back_populates="segments")
 
     __table_args__ = (
         UniqueConstraint("script_pk", "index"),

@@ -7,70 +7,19 @@ structure, without decoding, and raise StreamCut when the bytes cannot be a whol
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
-
+from pipeline import wav
 from pipeline.rime.errors import StreamCut
 from pipeline.rime.params import AudioFormat
 
 PCM_SAMPLE_WIDTH = 2  # Rime's PCM is 16-bit little-endian mono
-# Streaming WAV writers cannot know the length up front and put a placeholder in the header.
-_WAV_UNKNOWN_SIZES = frozenset({0, 0xFFFFFFFF, 0x7FFFFFFF})
 
 
-@dataclass(frozen=True)
-class WavInfo:
-    """The parts of a WAV header we check against."""
-
-    sampling_rate: int
-    channels: int
-    sample_width: int
-    data_offset: int
-    data_bytes: int  # bytes of sample data actually present
-
-    @property
-    def frames(self) -> int:
-        """Sample frames present."""
-        return self.data_bytes // (self.channels * self.sample_width)
-
-    @property
-    def duration(self) -> float:
-        """Seconds of audio present."""
-        return self.frames / self.sampling_rate
-
-
-def parse_wav(data: bytes) -> WavInfo:
+def parse_wav(data: bytes) -> wav.WavInfo:
     """The WAV header of `data`; StreamCut if it is malformed or the samples are cut short."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise StreamCut("WAV audio does not start with a RIFF/WAVE header")
-    pos = 12
-    fmt: tuple[int, int, int, int] | None = None
-    while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
-        (size,) = struct.unpack_from("<I", data, pos + 4)
-        body = pos + 8
-        if chunk_id == b"fmt ":
-            if size < 16 or body + 16 > len(data):
-                raise StreamCut("WAV fmt chunk is cut short")
-            _tag, channels, rate, _byte_rate, _align, bits = struct.unpack_from(
-                "<HHIIHH", data, body
-            )
-            fmt = (channels, rate, bits, size)
-        elif chunk_id == b"data":
-            if fmt is None:
-                raise StreamCut("WAV data chunk comes before its fmt chunk")
-            channels, rate, bits, _ = fmt
-            width = max(1, bits // 8)
-            present = len(data) - body
-            if size not in _WAV_UNKNOWN_SIZES:
-                if present < size:
-                    raise StreamCut(f"WAV data is cut short: {present} of {size} bytes")
-                present = size
-            if channels < 1 or rate < 1 or present % (channels * width):
-                raise StreamCut("WAV data ends inside a sample frame")
-            return WavInfo(rate, channels, width, body, present)
-        pos = body + size + (size & 1)  # chunks are padded to an even size
-    raise StreamCut("WAV audio has no data chunk")
+    try:
+        return wav.parse(data)
+    except wav.WavError as exc:
+        raise StreamCut(str(exc)) from exc
 
 
 # MPEG audio frame header tables, for Layer III (what every MP3 encoder writes).

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.rime.audio import check_audio, check_ogg, duration, mp3_frames, parse_wav
+from pipeline.rime.checks import check_audio, check_ogg, duration, mp3_frames, parse_wav
 from pipeline.rime.errors import StreamCut
 from pipeline.rime.params import AudioFormat
 

@@ -1,0 +1,144 @@
+"""The job table's database: engines and sessions on SQLite or PostgreSQL, and migrations.
+
+`open_sessions(url)` is what every process calls: it brings the schema up to date (Alembic, only
+imported when the database is behind) and returns a session factory.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest migration: a database there needs no Alembic at all (importing it costs more than
+# a `status` should). tests/integration/test_migrations.py checks it is Alembic's head.
+HEAD_REVISION = "e26e799e09b7"
+# The migrations live at the top of the source tree, next to alembic.ini.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Any constant works; it only has to be the same in every process that migrates.
+_PG_MIGRATION_LOCK = 0x72696D65
+# Alembic's `op` and `context` are module-level proxies: one command at a time per process.
+_ALEMBIC_LOCK = threading.Lock()
+
+# How long a SQLite writer waits for another one before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The URL with PostgreSQL pointed at psycopg 3 (`postgresql://` means psycopg2 otherwise)."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take BEGIN away from the sqlite3 driver (it skips it before SELECTs); `_sqlite_begin`
+    # emits our own.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers (a status table) run while a worker writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, waiting out the busy timeout. A deferred
+    # transaction that reads and then writes fails at once with SQLITE_BUSY when another
+    # writer committed in between, and waiting would not help it.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and IMMEDIATE begins."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(parsed, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to `engine`; use `with factory.begin() as session:` per unit of work."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def open_sessions(url: str | URL, **engine_options: Any) -> sessionmaker[Session]:
+    """Sessions on the job table at `url`, its schema migrated to the newest revision first."""
+    engine = create_engine_for(url, **engine_options)
+    if not _at_head(engine):
+        migrate(url)
+    return session_factory(engine)
+
+
+def close_sessions(sessions: sessionmaker[Session]) -> None:
+    """Close every pooled connection of a factory made by `open_sessions`."""
+    bind = sessions.kw.get("bind")
+    if isinstance(bind, Engine):
+        bind.dispose()
+
+
+def _at_head(engine: Engine) -> bool:
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    except DBAPIError:
+        return False  # no version table yet: a new database
+    return [row[0] for row in stored] == [HEAD_REVISION]
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config whose env.py runs on `connection` (no alembic.ini needed)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def migrate(url: str | URL, revision: str = "head") -> None:
+    """Upgrade the database at `url` to `revision` (the newest by default)."""
+    from alembic import command
+
+    engine = create_engine_for(url)
+    try:
+        with _ALEMBIC_LOCK, engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Workers starting together must not race to create the same tables.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            command.upgrade(alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str | URL, revision: str = "base") -> None:
+    """Downgrade the database at `url` to `revision` (an empty schema by default)."""
+    from alembic import command
+
+    engine = create_engine_for(url)
+    try:
+        with _ALEMBIC_LOCK, engine.begin() as connection:
+            command.downgrade(alembic_config(connection), revision)
+    finally:
+        engine.dispose()

@@ -1,0 +1,520 @@
+"""State changes of jobs, scripts and segments, and what each change makes due next.
+
+Every change is one UPDATE with the expected current state in its WHERE clause
+(compare-and-set): of two workers racing for the same row, exactly one sees a row updated.
+Functions take a Session and never commit; the caller owns the transaction, one per change:
+
+    with sessions.begin() as session:
+        if not claim_segment(session, segment_pk):
+            return  # someone else has it
+
+Rows are always locked in the order segments, scripts, jobs, so two transactions cannot wait
+on each other in a cycle.
+
+What comes next is decided here, once, in the transaction of the change that makes it due:
+finishing a segment locks its script's row before asking whether every segment is done, and
+finishing or failing a script locks its job's row before asking whether any script is still to
+run. Of two workers finishing a script's last two segments at once, the second waits for the
+first to commit and then sees both done, so exactly one of them is told to stitch (and exactly
+one finisher of a job's last scripts is told to settle it). The answer is a `Next`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, CursorResult, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
+from pipeline.store.schema import JobRow, OutputFile, ScriptRow, SegmentRow, utcnow
+from pipeline.store.states import State, check_transition
+
+# Errors are kept for people to read; a whole traceback does not belong in a status table.
+MAX_ERROR_CHARS = 2000
+
+_ACTIVE = (State.PENDING, State.RUNNING)
+
+
+@dataclass(frozen=True)
+class Next:
+    """What a change made due: a script to stitch, a job to settle, or (both None) nothing."""
+
+    stitch: int | None = None  # row id of a script whose segments are now all done
+    settle: str | None = None  # id of a job with no script left to run
+
+
+NOTHING = Next()
+
+
+def all_segments_done() -> ColumnElement[bool]:
+    """Whether every segment of the script in the enclosing query is done (a stitch is due)."""
+    return ~exists().where(SegmentRow.script_pk == ScriptRow.id, SegmentRow.state != State.DONE)
+
+
+def _stitch_due(session: Session, script_pk: int) -> Next:
+    due = session.scalar(
+        select(ScriptRow.id).where(
+            ScriptRow.id == script_pk, ScriptRow.state == State.PENDING, all_segments_done()
+        )
+    )
+    return Next(stitch=script_pk) if due is not None else NOTHING
+
+
+def _settle_due(session: Session, job_id: str) -> Next:
+    # Taking the job's row first makes finishers of its last scripts answer one after another.
+    session.execute(select(JobRow.id).where(JobRow.id == job_id).with_for_update())
+    active = session.scalar(
+        select(exists().where(ScriptRow.job_id == job_id, ScriptRow.state.in_(_ACTIVE)))
+    )
+    return NOTHING if active else Next(settle=job_id)
+
+
+def _clip(error: str) -> str:
+    return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _cas(
+    session: Session,
+    model: type[JobRow] | type[ScriptRow] | type[SegmentRow],
+    row: ColumnElement[bool],
+    *,
+    expected: Collection[State],
+    target: State,
+    **values: Any,
+) -> int:
+    """Set `target` on the rows matching `row` whose state is one of `expected`; the count."""
+    check_transition(model.__tablename__, expected, target)
+    statement = (
+        update(model)
+        .where(row, model.state.in_(list(expected)))
+        .values(state=target, **values)
+        .execution_options(synchronize_session=False)
+    )
+    result = session.execute(statement)
+    # A bulk UPDATE always yields a CursorResult; the Session's signature does not say so.
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
+def _cas_one(
+    session: Session,
+    model: type[JobRow] | type[ScriptRow] | type[SegmentRow],
+    row: ColumnElement[bool],
+    *,
+    expected: Collection[State],
+    target: State,
+    **values: Any,
+) -> bool:
+    """`_cas` on a single row: whether we won it."""
+    return _cas(session, model, row, expected=expected, target=target, **values) == 1
+
+
+# Segments
+
+
+def claim_segment(session: Session, segment_pk: int) -> bool:
+    """pending -> running, unless its script has failed or was cancelled; True if we won."""
+    check_transition("segment", [State.PENDING], State.RUNNING)
+    now = utcnow()
+    script_open = exists().where(
+        ScriptRow.id == SegmentRow.script_pk, ScriptRow.state == State.PENDING
+    )
+    claimed = session.execute(
+        update(SegmentRow)
+        .where(SegmentRow.id == segment_pk, SegmentRow.state == State.PENDING, script_open)
+        .values(state=State.RUNNING, started_at=now, finished_at=None)
+        .returning(SegmentRow.script_pk, SegmentRow.job_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if claimed is None:
+        return False
+    script_pk, job_id = claimed
+    # Both only match (and lock) the first time: the first claim starts the script and the job.
+    session.execute(
+        update(ScriptRow)
+        .where(ScriptRow.id == script_pk, ScriptRow.started_at.is_(None))
+        .values(started_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    _cas(
+        session,
+        JobRow,
+        JobRow.id == job_id,
+        expected=[State.PENDING],
+        target=State.RUNNING,
+        started_at=func.coalesce(JobRow.started_at, now),
+    )
+    return True
+
+
+def record_attempt(
+    session: Session, segment_pk: int, *, billed_chars: int, error: str | None = None
+) -> None:
+    """Count one request: attempts += 1, billed characters += billed_chars (0 if unsent)."""
+    if billed_chars < 0:
+        raise ValueError("billed_chars must be >= 0")
+    values: dict[str, Any] = {
+        "attempts": SegmentRow.attempts + 1,
+        "billed_chars": SegmentRow.billed_chars + billed_chars,
+    }
+    if error is not None:
+        values["last_error"] = _clip(error)
+    # Deliberately no state condition: a request that reached the server is billed even when
+    # the segment was cancelled or reclaimed meanwhile.
+    script_pk = session.execute(
+        update(SegmentRow)
+        .where(SegmentRow.id == segment_pk)
+        .values(**values)
+        .returning(SegmentRow.script_pk)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if script_pk is None:
+        raise StoreError(f"no segment {segment_pk}")
+    if billed_chars:
+        session.execute(
+            update(ScriptRow)
+            .where(ScriptRow.id == script_pk)
+            .values(billed_chars=ScriptRow.billed_chars + billed_chars)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def finish_segment(
+    session: Session, segment_pk: int, *, audio_seconds: float, billed_chars: int | None = None
+) -> Next | None:
+    """running -> done; None if the claim was lost meanwhile.
+
+    `billed_chars` counts the request that produced the audio (None: it came from the cache,
+    no request was made). Returns the script's stitch when this was its last segment.
+    """
+    billed = billed_chars or 0
+    finished = session.execute(
+        update(SegmentRow)
+        .where(SegmentRow.id == segment_pk, SegmentRow.state == State.RUNNING)
+        .values(
+            state=State.DONE,
+            audio_seconds=audio_seconds,
+            finished_at=utcnow(),
+            attempts=SegmentRow.attempts + (0 if billed_chars is None else 1),
+            billed_chars=SegmentRow.billed_chars + billed,
+        )
+        .returning(SegmentRow.script_pk)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if finished is None:
+        return None
+    # Always written, even with nothing billed: the update takes the script's row lock, which
+    # makes the last finishers of one script ask `_stitch_due` one after the other.
+    session.execute(
+        update(ScriptRow)
+        .where(ScriptRow.id == finished)
+        .values(billed_chars=ScriptRow.billed_chars + billed)
+        .execution_options(synchronize_session=False)
+    )
+    return _stitch_due(session, finished)
+
+
+def fail_segment(session: Session, segment_pk: int, error: str) -> Next | None:
+    """running -> failed for good, and its script with it; None if the claim was lost.
+
+    Returns the job's settle when its script was the last one still to run.
+    """
+    check_transition("segment", [State.RUNNING], State.FAILED)
+    check_transition("script", [State.PENDING], State.FAILED)
+    now = utcnow()
+    failed = session.execute(
+        update(SegmentRow)
+        .where(SegmentRow.id == segment_pk, SegmentRow.state == State.RUNNING)
+        .values(state=State.FAILED, last_error=_clip(error), finished_at=now)
+        .returning(SegmentRow.script_pk, SegmentRow.index, SegmentRow.job_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if failed is None:
+        return None
+    script_pk, index, job_id = failed
+    failed_script = _cas(
+        session,
+        ScriptRow,
+        ScriptRow.id == script_pk,
+        expected=[State.PENDING],
+        target=State.FAILED,
+        error=_clip(f"segment {index}: {error}"),
+        finished_at=now,
+    )
+    # A script that had failed already was counted when it did.
+    return _settle_due(session, job_id) if failed_script else NOTHING
+
+
+def release_segment(session: Session, segment_pk: int, error: str | None = None) -> bool:
+    """running -> pending, to be claimed again (a retry later, a worker shutting down)."""
+    values: dict[str, Any] = {"started_at": None, "finished_at": None}
+    if error is not None:
+        values["last_error"] = _clip(error)
+    return _cas_one(
+        session,
+        SegmentRow,
+        SegmentRow.id == segment_pk,
+        expected=[State.RUNNING],
+        target=State.PENDING,
+        **values,
+    )
+
+
+def requeue_stale(session: Session, *, older_than: timedelta, job_id: str | None = None) -> int:
+    """Segments claimed longer ago than `older_than` (their worker died) -> pending; the count."""
+    cutoff: datetime = utcnow() - older_than
+    row = SegmentRow.started_at < cutoff
+    if job_id is not None:
+        row = row & (SegmentRow.job_id == job_id)
+    return _cas(
+        session,
+        SegmentRow,
+        row,
+        expected=[State.RUNNING],
+        target=State.PENDING,
+        started_at=None,
+        last_error="requeued: claimed too long ago",
+    )
+
+
+def requeue_stale_stitches(
+    session: Session, *, older_than: timedelta, job_id: str | None = None
+) -> int:
+    """Scripts whose stitching was claimed longer ago than `older_than` -> pending; the count."""
+    cutoff: datetime = utcnow() - older_than
+    row = ScriptRow.stitch_started_at < cutoff
+    if job_id is not None:
+        row = row & (ScriptRow.job_id == job_id)
+    return _cas(
+        session,
+        ScriptRow,
+        row,
+        expected=[State.RUNNING],
+        target=State.PENDING,
+        stitch_started_at=None,
+    )
+
+
+# Scripts
+
+
+def claim_stitch(session: Session, script_pk: int) -> bool:
+    """pending -> running once every segment is done: True for exactly one caller."""
+    return _cas_one(
+        session,
+        ScriptRow,
+        (ScriptRow.id == script_pk) & all_segments_done(),
+        expected=[State.PENDING],
+        target=State.RUNNING,
+        stitch_started_at=utcnow(),
+    )
+
+
+def finish_script(
+    session: Session,
+    script_pk: int,
+    *,
+    audio_seconds: float,
+    outputs: Sequence[OutputFile],
+) -> Next | None:
+    """running -> done with the stitched outputs (one entry per encoded file); None if lost.
+
+    Returns the job's settle when this was the last of its scripts still to run.
+    """
+    job_id = session.scalar(
+        update(ScriptRow)
+        .where(ScriptRow.id == script_pk, ScriptRow.state == State.RUNNING)
+        .values(
+            state=State.DONE,
+            audio_seconds=audio_seconds,
+            outputs=[asdict(o) for o in outputs],
+            error=None,
+            finished_at=utcnow(),
+        )
+        .returning(ScriptRow.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    return None if job_id is None else _settle_due(session, job_id)
+
+
+def fail_script(session: Session, script_pk: int, error: str) -> Next | None:
+    """pending|running -> failed (e.g. stitching failed for good); None if it was not active.
+
+    Returns the job's settle when this was the last of its scripts still to run.
+    """
+    check_transition("script", _ACTIVE, State.FAILED)
+    job_id = session.scalar(
+        update(ScriptRow)
+        .where(ScriptRow.id == script_pk, ScriptRow.state.in_(_ACTIVE))
+        .values(state=State.FAILED, error=_clip(error), finished_at=utcnow())
+        .returning(ScriptRow.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    return None if job_id is None else _settle_due(session, job_id)
+
+
+def abandon_job(session: Session, job_id: str, reason: str) -> Next:
+    """Fail every script of the job still waiting for its segments, sending nothing more.
+
+    Their pending segments stay pending: never tried, so a resume picks them up. Scripts being
+    stitched finish as usual. Returns the job's settle when nothing is left to run.
+    """
+    check_transition("script", [State.PENDING], State.FAILED)
+    session.execute(
+        update(ScriptRow)
+        .where(ScriptRow.job_id == job_id, ScriptRow.state == State.PENDING)
+        .values(state=State.FAILED, error=_clip(reason), finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return _settle_due(session, job_id)
+
+
+def release_script(session: Session, script_pk: int) -> bool:
+    """running -> pending, so stitching can be claimed again."""
+    return _cas_one(
+        session,
+        ScriptRow,
+        ScriptRow.id == script_pk,
+        expected=[State.RUNNING],
+        target=State.PENDING,
+        stitch_started_at=None,
+    )
+
+
+# Jobs
+
+
+def start_job(session: Session, job_id: str) -> bool:
+    """pending -> running (claiming a segment does this too)."""
+    return _cas_one(
+        session,
+        JobRow,
+        JobRow.id == job_id,
+        expected=[State.PENDING],
+        target=State.RUNNING,
+        started_at=func.coalesce(JobRow.started_at, utcnow()),
+    )
+
+
+def _job_state(session: Session, job_id: str) -> State:
+    state = session.scalar(select(JobRow.state).where(JobRow.id == job_id))
+    if state is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    return state
+
+
+def settle_job(session: Session, job_id: str) -> State:
+    """Roll a running job up to done (every script done) or failed (none left to run).
+
+    Returns the job's state afterwards; safe to call at any time (it changes nothing while
+    work is left).
+    """
+    now = utcnow()
+    of_job = ScriptRow.job_id == JobRow.id
+    not_done = exists().where(of_job, ScriptRow.state != State.DONE)
+    if _cas(
+        session,
+        JobRow,
+        (JobRow.id == job_id) & ~not_done,
+        expected=[State.RUNNING],
+        target=State.DONE,
+        finished_at=now,
+        error=None,
+    ):
+        return State.DONE
+    active = exists().where(of_job, ScriptRow.state.in_(_ACTIVE))
+    failed = exists().where(of_job, ScriptRow.state == State.FAILED)
+    count = session.scalar(
+        select(func.count()).where(ScriptRow.job_id == job_id, ScriptRow.state == State.FAILED)
+    )
+    _cas(
+        session,
+        JobRow,
+        (JobRow.id == job_id) & ~active & failed,
+        expected=[State.RUNNING],
+        target=State.FAILED,
+        finished_at=now,
+        error=f"{count} script(s) failed",
+    )
+    return _job_state(session, job_id)
+
+
+def reset_for_resume(session: Session, job_id: str) -> int:
+    """Put a job's running and failed work back to pending (done stays done); segments reset.
+
+    Only for a job no live worker is on: a crashed run, or a failed one.
+    """
+    current = _job_state(session, job_id)
+    if current in {State.DONE, State.CANCELLED}:
+        raise IllegalTransition(f"job {job_id}", current.value, State.PENDING.value)
+    stuck = (State.RUNNING, State.FAILED)
+    reset = _cas(
+        session,
+        SegmentRow,
+        SegmentRow.job_id == job_id,
+        expected=stuck,
+        target=State.PENDING,
+        started_at=None,
+        finished_at=None,
+    )
+    _cas(
+        session,
+        ScriptRow,
+        ScriptRow.job_id == job_id,
+        expected=stuck,
+        target=State.PENDING,
+        error=None,
+        stitch_started_at=None,
+        finished_at=None,
+    )
+    _cas(
+        session,
+        JobRow,
+        JobRow.id == job_id,
+        expected=stuck,
+        target=State.PENDING,
+        error=None,
+        finished_at=None,
+    )
+    return reset
+
+
+def cancel_job(session: Session, job_id: str) -> int:
+    """pending|running -> cancelled for the job and its unfinished work; segments cancelled."""
+    current = _job_state(session, job_id)
+    if current not in _ACTIVE:
+        raise IllegalTransition(f"job {job_id}", current.value, State.CANCELLED.value)
+    now = utcnow()
+    cancelled = _cas(
+        session,
+        SegmentRow,
+        SegmentRow.job_id == job_id,
+        expected=_ACTIVE,
+        target=State.CANCELLED,
+        finished_at=now,
+    )
+    _cas(
+        session,
+        ScriptRow,
+        ScriptRow.job_id == job_id,
+        expected=_ACTIVE,
+        target=State.CANCELLED,
+        finished_at=now,
+    )
+    if not _cas(
+        session,
+        JobRow,
+        JobRow.id == job_id,
+        expected=_ACTIVE,
+        target=State.CANCELLED,
+        finished_at=now,
+    ):
+        # It finished between our read and now; the caller's rollback undoes the above.
+        raise IllegalTransition(
+            f"job {job_id}", _job_state(session, job_id).value, State.CANCELLED.value
+        )
+    return cancelled
