@@ -7,11 +7,11 @@ import asyncio
 import httpx
 import pytest
 
-from pipeline.engine.catalogue import find_speaker
-from pipeline.engine.script import MarkupOptions
-from pipeline.engine.server import RunningEngine
-from pipeline.engine.synthesis import Audio, Synthesis, Voicing, Words
-from pipeline.engine.voice import DEFAULT_RATE_WPM, get_espeak
+from rime_local.catalogue import find_speaker
+from rime_local.script import MarkupOptions
+from rime_local.server import RunningEngine
+from rime_local.synthesis import Audio, Synthesis, Voicing, Words
+from rime_local.voice import DEFAULT_RATE_WPM, get_espeak
 
 
 def seconds(engine: RunningEngine, text: str, rate: int = 16000, **body: object) -> float:

@@ -32,12 +32,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Send
 
-from pipeline.engine.codecs import AudioFormat
-from pipeline.engine.delivery import Delivered, Encoded, deliver
-from pipeline.engine.faults import FaultPlan
-from pipeline.engine.params import ParamError, parse_params, parse_ws_format, validate_text
-from pipeline.engine.state import EngineState
-from pipeline.engine.synthesis import Synthesis
+from rime_local.codecs import AudioFormat
+from rime_local.delivery import Delivered, Encoded, deliver
+from rime_local.faults import FaultPlan
+from rime_local.params import ParamError, parse_params, parse_ws_format, validate_text
+from rime_local.state import EngineState
+from rime_local.synthesis import Synthesis
 
 log = logging.getLogger(__name__)
 

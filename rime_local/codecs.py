@@ -22,7 +22,7 @@ from typing import Protocol
 
 import imageio_ffmpeg
 
-from pipeline.engine.synthesis import SAMPLE_WIDTH
+from rime_local.synthesis import SAMPLE_WIDTH
 
 
 class AudioFormat(StrEnum):

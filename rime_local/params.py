@@ -17,12 +17,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.engine.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
-from pipeline.engine.codecs import AudioFormat
-from pipeline.engine.script import MarkupOptions
-from pipeline.engine.synthesis import Voicing
-from pipeline.engine.voice import DEFAULT_RATE_WPM
 from pipeline.rime.models import MODELS, ModelInfo
+from rime_local.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
+from rime_local.codecs import AudioFormat
+from rime_local.script import MarkupOptions
+from rime_local.synthesis import Voicing
+from rime_local.voice import DEFAULT_RATE_WPM
 
 DEFAULT_MODEL = "mistv3"
 

@@ -12,8 +12,8 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from pipeline.engine.script import MarkupOptions, Sentence, Silence, plan
-from pipeline.engine.voice import Chunk, Espeak, EspeakVoice
+from rime_local.script import MarkupOptions, Sentence, Silence, plan
+from rime_local.voice import Chunk, Espeak, EspeakVoice
 
 SAMPLE_WIDTH = 2  # 16-bit signed little-endian, mono, everywhere inside the engine
 

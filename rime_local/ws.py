@@ -50,18 +50,18 @@ from typing import Any
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketState
 
-from pipeline.engine.codecs import AudioFormat
-from pipeline.engine.delivery import Delivered, Encoded, deliver
-from pipeline.engine.faults import FaultPlan
-from pipeline.engine.params import (
+from rime_local.codecs import AudioFormat
+from rime_local.delivery import Delivered, Encoded, deliver
+from rime_local.faults import FaultPlan
+from rime_local.params import (
     ParamError,
     SynthParams,
     parse_params,
     parse_ws_format,
 )
-from pipeline.engine.sentences import PHRASE_MARKS, SENTENCE_MARKS, last_boundary
-from pipeline.engine.state import EngineState
-from pipeline.engine.synthesis import Synthesis, Words
+from rime_local.sentences import PHRASE_MARKS, SENTENCE_MARKS, last_boundary
+from rime_local.state import EngineState
+from rime_local.synthesis import Synthesis, Words
 
 log = logging.getLogger(__name__)
 

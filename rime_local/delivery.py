@@ -7,9 +7,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from pipeline.engine.codecs import AudioFormat, make_encoder
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.synthesis import SAMPLE_WIDTH, Audio, Synthesis, Words
+from rime_local.codecs import AudioFormat, make_encoder
+from rime_local.config import EngineConfig
+from rime_local.synthesis import SAMPLE_WIDTH, Audio, Synthesis, Words
 
 
 @dataclass(frozen=True)
