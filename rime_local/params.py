@@ -1,6 +1,8 @@
 """Synthesis parameters, validated the way Rime does: a plain-text 400 naming the problem.
 
-The HTTP body (JSON values) and WebSocket query strings (all strings) share these rules.
+The HTTP body (JSON values) and WebSocket query strings (all strings) share these rules. What
+each model accepts (sampling rates and their default, speed convention, pause markup, SSE, text
+length) comes from the engine's own `models`.
 Interpretations where Rime's documents are silent:
 - `modelId` defaults to `mistv3` (seed 002), except on `/ws2`, the Mist v2 endpoint, where it
   defaults to `mistv2` and other model families are refused.
@@ -17,9 +19,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.rime.models import MODELS, ModelInfo
 from rime_local.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
 from rime_local.codecs import AudioFormat
+from rime_local.models import MODELS, ModelFacts
 from rime_local.script import MarkupOptions
 from rime_local.synthesis import Voicing
 from rime_local.voice import DEFAULT_RATE_WPM
@@ -35,7 +37,7 @@ class ParamError(ValueError):
 class SynthParams:
     """A validated synthesis request (everything but the text)."""
 
-    model: ModelInfo
+    model: ModelFacts
     speaker: Speaker
     lang: str
     sampling_rate: int
@@ -91,13 +93,13 @@ def parse_inline_speeds(value: object) -> tuple[float, ...]:
     return speeds
 
 
-def rate_wpm(model: ModelInfo, speed_alpha: float) -> int:
+def rate_wpm(model: ModelFacts, speed_alpha: float) -> int:
     """espeak's speaking rate for a `speedAlpha` under the model's convention."""
     factor = 1 / speed_alpha if model.speed_lower_is_faster else speed_alpha
     return round(DEFAULT_RATE_WPM * factor)
 
 
-def validate_text(text: object, model: ModelInfo) -> str:
+def validate_text(text: object, model: ModelFacts) -> str:
     """The request text, or a ParamError for a missing, empty or too long one."""
     if text is None:
         raise ParamError("text is required")
