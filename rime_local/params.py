@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rime_local.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
-from rime_local.codecs import AudioFormat
+from rime_local.codecs import Encoding
 from rime_local.models import MODELS, ModelFacts
 from rime_local.script import MarkupOptions
 from rime_local.synthesis import Voicing
@@ -34,7 +34,7 @@ class ParamError(ValueError):
 
 
 @dataclass(frozen=True)
-class SynthParams:
+class RequestParams:
     """A validated synthesis request (everything but the text)."""
 
     model: ModelFacts
@@ -119,7 +119,7 @@ def parse_params(
     *,
     default_model: str = DEFAULT_MODEL,
     allowed_models: frozenset[str] | None = None,
-) -> SynthParams:
+) -> RequestParams:
     """Validate synthesis parameters (HTTP body or WebSocket query)."""
     model_id = raw.get("modelId") or default_model
     if not isinstance(model_id, str) or model_id not in MODELS:
@@ -169,16 +169,16 @@ def parse_params(
         inline_speeds=parse_inline_speeds(raw.get("inlineSpeedAlpha")),
     )
     voicing = Voicing(speaker.espeak_voice(), rate_wpm(model, speed_alpha), rate, markup)
-    return SynthParams(model, speaker, str(lang), rate, speed_alpha, voicing)
+    return RequestParams(model, speaker, str(lang), rate, speed_alpha, voicing)
 
 
-WS_AUDIO_FORMATS = {"mp3": AudioFormat.MP3, "mulaw": AudioFormat.MULAW, "pcm": AudioFormat.PCM}
+WS_AUDIO_FORMATS = {"mp3": Encoding.MP3, "mulaw": Encoding.MULAW, "pcm": Encoding.PCM}
 
 
-def parse_ws_format(value: object) -> AudioFormat:
+def parse_ws_format(value: object) -> Encoding:
     """`audioFormat` of a WebSocket query: mp3, mulaw or pcm; pcm when absent."""
     if value in (None, ""):
-        return AudioFormat.PCM
+        return Encoding.PCM
     try:
         return WS_AUDIO_FORMATS[str(value)]
     except KeyError:
