@@ -148,7 +148,7 @@ class SocketSession:
         self._pump()
 
     def on_flush(self) -> None:
-        """Queue the whole buffer for utterance."""
+        """Queue the whole buffer for synthesis."""
         if self.buffer.strip():
             self.pending.append(SynthesisBatch(self.buffer, self.context_id))
         self.buffer = ""
