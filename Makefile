@@ -27,7 +27,7 @@ demo: install
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy pipeline workers
+	$(BIN)/mypy pipeline workers rime_local
 
 test: lint
 	$(BIN)/pytest

@@ -131,8 +131,8 @@ class Engine:
 
 @contextmanager
 def engine_process(concurrency: int, ttfb_ms: int, pacing: float) -> Iterator[Engine]:
-    """Start `python -m pipeline.engine` on a free port; stop it afterwards."""
-    args = [sys.executable, "-m", "pipeline.engine", "--port", "0", "--api-keys", KEY]
+    """Start `python -m rime_local` on a free port; stop it afterwards."""
+    args = [sys.executable, "-m", "rime_local", "--port", "0", "--api-keys", KEY]
     args += ["--concurrency-per-key", str(concurrency), "--ttfb-ms", str(ttfb_ms)]
     args += ["--pacing", str(pacing)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -184,7 +184,7 @@ class Engine:
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "pipeline.engine", "--port", str(self.port)),
+                    *(sys.executable, "-m", "rime_local", "--port", str(self.port)),
                     *("--concurrency-per-key", str(limit), "--ttfb-ms", str(ttfb_ms)),
                 ],
                 cwd=ROOT,

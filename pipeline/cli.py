@@ -93,8 +93,8 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
     if settings.rime_api_key is not None:
         yield settings.rime_api_url, settings.rime_api_key, ""
         return
-    from pipeline.engine.config import EngineConfig
-    from pipeline.engine.server import start_in_thread
+    from rime_local.config import EngineConfig
+    from rime_local.server import start_in_thread
 
     engine = start_in_thread(EngineConfig())
     _err().print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
@@ -385,7 +385,7 @@ def cancel(job: Annotated[str, typer.Argument(help="A job id or prefix.")]) -> N
 )
 def engine(ctx: typer.Context) -> None:
     """Run the local Rime-compatible engine in the foreground (`engine --help` lists its knobs)."""
-    from pipeline.engine.server import main as engine_main
+    from rime_local.server import main as engine_main
 
     engine_main(ctx.args)
 

@@ -1,7 +1,7 @@
 """What we know about each Rime model: limits, sampling rates, speed convention.
 
-One home for facts that the manifest validator, the segmenter, the client and the local engine
-all need.
+One home for facts that the manifest validator, the segmenter and the client need. The local
+engine (`rime_local`) keeps its own, so tests against it can catch a wrong fact here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.server import RunningEngine
+from rime_local.server import RunningEngine
 from tests.fixtures.cli import Cli, CliResult
 
 EngineFactory = Callable[..., RunningEngine]

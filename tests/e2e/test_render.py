@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pipeline.engine.server import RunningEngine
 from pipeline.store import create_engine_for
+from rime_local.server import RunningEngine
 from tests.fixtures.cli import Cli, CliResult, probe
 
 KEY = "rk-e2e-3f9c1d7a5b2e4c60"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.engine.server import RunningEngine
+from rime_local.server import RunningEngine
 from tests.e2e.test_render import KEY, results_of, write
 from tests.fixtures.cli import Cli, probe
 from tests.fixtures.s3 import S3Env

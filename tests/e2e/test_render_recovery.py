@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.engine.server import RunningEngine
+from rime_local.server import RunningEngine
 from tests.fixtures.cli import Cli
 
 KEY = "rk-e2e-recovery-5d1e9a"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline.engine.server import RunningEngine
 from pipeline.storage import cache_key_path
 from pipeline.store import create_engine_for
+from rime_local.server import RunningEngine
 from tests.e2e.test_render import IVR_AND_NARRATION, KEY, by_id, prompts, results_of, write
 from tests.fixtures.cli import Cli, Running
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.server import RunningEngine
+from rime_local.server import RunningEngine
 from tests.fixtures.engine import decoded_seconds
 
 PROGRAMS = Path(__file__).parent / "seed_programs"

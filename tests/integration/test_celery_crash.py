@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.server import RunningEngine
 from pipeline.store.states import State
+from rime_local.server import RunningEngine
 from tests.fixtures.celery_workers import (
     CeleryEnv,
     PrivateRedis,

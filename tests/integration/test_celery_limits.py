@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engine.server import RunningEngine
+from rime_local.server import RunningEngine
 from tests.fixtures.celery_workers import (
     CeleryEnv,
     WorkerPool,

@@ -8,13 +8,13 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.engine.codecs import (
+from rime_local.codecs import (
     MulawEncoder,
     WavEncoder,
     nearest_mp3_rate,
     streaming_wav_header,
 )
-from pipeline.engine.synthesis import Resampler
+from rime_local.synthesis import Resampler
 
 pcm_chunks = st.lists(
     st.lists(st.integers(-32768, 32767), max_size=300).map(

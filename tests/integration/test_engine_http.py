@@ -9,7 +9,7 @@ import wave
 import httpx
 import pytest
 
-from pipeline.engine.server import RunningEngine
+from rime_local.server import RunningEngine
 from tests.fixtures.engine import decoded_seconds
 
 SHORT = "Hello there. This is the local engine."

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from pipeline.engine.server import RunningEngine
+from rime_local.server import RunningEngine
 
 Factory = Callable[..., RunningEngine]
 BODY = {"text": "Limits apply here.", "speaker": "cove"}
@@ -242,7 +242,7 @@ def test_websocket_faults_fail_the_upgrade_or_close_with_1011(engine_factory: Fa
 
 
 def test_the_engine_refuses_to_listen_beyond_loopback() -> None:
-    from pipeline.engine.config import EngineConfig
+    from rime_local.config import EngineConfig
 
     with pytest.raises(ValueError, match="loopback"):
         EngineConfig(host="0.0.0.0")

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.engine.script import MarkupOptions, Sentence, Silence, plan
-from pipeline.engine.sentences import PHRASE_MARKS, last_boundary, split_sentences
+from rime_local.script import MarkupOptions, Sentence, Silence, plan
+from rime_local.sentences import PHRASE_MARKS, last_boundary, split_sentences
 
 
 @pytest.mark.parametrize(

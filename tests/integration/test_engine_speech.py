@@ -7,11 +7,11 @@ import asyncio
 import httpx
 import pytest
 
-from pipeline.engine.catalogue import find_speaker
-from pipeline.engine.script import MarkupOptions
-from pipeline.engine.server import RunningEngine
-from pipeline.engine.synthesis import Audio, Synthesis, Voicing, Words
-from pipeline.engine.voice import DEFAULT_RATE_WPM, get_espeak
+from rime_local.catalogue import find_speaker
+from rime_local.script import MarkupOptions
+from rime_local.server import RunningEngine
+from rime_local.synthesis import Audio, Utterance, Voicing, Words
+from rime_local.voice import DEFAULT_RATE_WPM, get_espeak
 
 
 def seconds(engine: RunningEngine, text: str, rate: int = 16000, **body: object) -> float:
@@ -73,7 +73,7 @@ def _voicing(rate: int = 22050) -> Voicing:
     return Voicing(speaker.espeak_voice(), DEFAULT_RATE_WPM, rate, MarkupOptions(pauses=True))
 
 
-async def _collect(synthesis: Synthesis) -> tuple[bytes, list[Words], list[int]]:
+async def _collect(synthesis: Utterance) -> tuple[bytes, list[Words], list[int]]:
     pcm = b""
     words: list[Words] = []
     done_at_first_audio: list[int] = []
@@ -89,7 +89,7 @@ async def _collect(synthesis: Synthesis) -> tuple[bytes, list[Words], list[int]]
 
 def test_first_audio_comes_before_later_sentences_are_synthesized() -> None:
     text = "First sentence here. Second one follows. Third comes next. And a fourth."
-    synthesis = Synthesis(text, _voicing(), get_espeak())
+    synthesis = Utterance(text, _voicing(), get_espeak())
     assert synthesis.sentences_total == 4
     _, _, done_at_first_audio = asyncio.run(_collect(synthesis))
     assert done_at_first_audio == [0]
@@ -99,7 +99,7 @@ def test_first_audio_comes_before_later_sentences_are_synthesized() -> None:
 def test_timestamps_are_monotonic_inside_the_audio_and_name_the_words() -> None:
     text = "Good morning, everyone. <400> Take 2.5ml of the solution twice a day."
     rate = 16000
-    pcm, batches, _ = asyncio.run(_collect(Synthesis(text, _voicing(rate), get_espeak())))
+    pcm, batches, _ = asyncio.run(_collect(Utterance(text, _voicing(rate), get_espeak())))
     duration = len(pcm) / 2 / rate
     words = [w for batch in batches for w in batch.words]
     starts = [s for batch in batches for s in batch.start]

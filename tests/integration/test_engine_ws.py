@@ -12,8 +12,8 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.server import RunningEngine, start_in_thread
+from rime_local.config import EngineConfig
+from rime_local.server import RunningEngine, start_in_thread
 from tests.fixtures.engine import decoded_seconds
 
 Event = dict[str, Any]

@@ -12,8 +12,8 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from pipeline.engine.script import MarkupOptions, Sentence, Silence, plan
-from pipeline.engine.voice import Chunk, Espeak, EspeakVoice
+from rime_local.script import MarkupOptions, Sentence, Silence, plan
+from rime_local.voice import Espeak, EspeakChunk, EspeakVoice
 
 SAMPLE_WIDTH = 2  # 16-bit signed little-endian, mono, everywhere inside the engine
 
@@ -63,7 +63,7 @@ class Resampler:
 
 
 def word_times(
-    sentence: Sentence, chunks: list[Chunk], total_samples: int
+    sentence: Sentence, chunks: list[EspeakChunk], total_samples: int
 ) -> list[tuple[str, int, int]]:
     """(word, start sample, end sample) for every word of `sentence`, from espeak's marks.
 
@@ -109,7 +109,7 @@ def _word_at(sentence: Sentence, position: int) -> int | None:
     return found
 
 
-class Synthesis:
+class Utterance:
     """An utterance in progress; iterate `events()` once."""
 
     def __init__(self, text: str, voicing: Voicing, espeak: Espeak) -> None:
@@ -130,7 +130,7 @@ class Synthesis:
                 yield Audio(resampler.convert(b"\0\0" * samples))
                 offset += samples
                 continue
-            chunks: list[Chunk] = []
+            chunks: list[EspeakChunk] = []
             produced = 0
             async for chunk in self._espeak.stream(
                 item.ssml, self.voicing.voice, self.voicing.rate_wpm

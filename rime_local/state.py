@@ -5,11 +5,11 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.faults import FaultDice, FaultPlan
-from pipeline.engine.limits import Gate, Rejection
-from pipeline.engine.metrics import Metrics
-from pipeline.engine.voice import Espeak, get_espeak
+from rime_local.admission import Gate, Rejection
+from rime_local.config import EngineConfig
+from rime_local.faults import FaultDice, FaultPlan
+from rime_local.metrics import EngineMetrics
+from rime_local.voice import Espeak, get_espeak
 
 # The limit bucket of clients that send no key to an engine without keys.
 ANONYMOUS = "anonymous"
@@ -20,7 +20,7 @@ class EngineState:
 
     def __init__(self, config: EngineConfig, espeak: Espeak | None = None) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = EngineMetrics()
         self.gate = Gate()
         self.gate.arm_burst_count(config)
         self.gate.arm_burst_window(config)

@@ -8,7 +8,7 @@ from typing import Any
 
 
 @dataclass
-class Metrics:
+class EngineMetrics:
     """Engine-wide counts since start or the last reset."""
 
     requests: int = 0
@@ -41,7 +41,7 @@ class Metrics:
 
     def reset(self) -> None:
         """Zero every count except what is in flight right now."""
-        fresh = Metrics(in_flight=self.in_flight, peak_in_flight=self.in_flight)
+        fresh = EngineMetrics(in_flight=self.in_flight, peak_in_flight=self.in_flight)
         self.__dict__.update(fresh.__dict__)
 
     def snapshot(self) -> dict[str, Any]:

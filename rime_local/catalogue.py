@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from pipeline.engine.voice import EspeakVoice
+from rime_local.voice import EspeakVoice
 
 # Rime language codes the engine knows, and the espeak voice that reads each.
 LANGUAGES: dict[str, str] = {"eng": "en-us", "spa": "es", "fra": "fr", "ger": "de"}

@@ -22,10 +22,10 @@ from typing import Protocol
 
 import imageio_ffmpeg
 
-from pipeline.engine.synthesis import SAMPLE_WIDTH
+from rime_local.synthesis import SAMPLE_WIDTH
 
 
-class AudioFormat(StrEnum):
+class Encoding(StrEnum):
     """An output encoding the engine can stream."""
 
     MP3 = "mp3"
@@ -42,12 +42,12 @@ class AudioFormat(StrEnum):
 
 
 _MEDIA_TYPES = {
-    AudioFormat.MP3: "audio/mpeg",
-    AudioFormat.WAV: "audio/wav",
-    AudioFormat.PCM: "audio/pcm",
-    AudioFormat.MULAW: "audio/x-mulaw",
-    AudioFormat.OGG_OPUS: "audio/ogg; codecs=opus",
-    AudioFormat.WEBM_OPUS: "audio/webm; codecs=opus",
+    Encoding.MP3: "audio/mpeg",
+    Encoding.WAV: "audio/wav",
+    Encoding.PCM: "audio/pcm",
+    Encoding.MULAW: "audio/x-mulaw",
+    Encoding.OGG_OPUS: "audio/ogg; codecs=opus",
+    Encoding.WEBM_OPUS: "audio/webm; codecs=opus",
 }
 
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -124,21 +124,21 @@ def nearest_mp3_rate(rate: int) -> int:
     return min(MP3_RATES, key=lambda r: abs(r - rate))
 
 
-def ffmpeg_output_args(fmt: AudioFormat, rate: int) -> list[str]:
+def ffmpeg_output_args(fmt: Encoding, rate: int) -> list[str]:
     """ffmpeg arguments after the input for an encoded format."""
-    if fmt is AudioFormat.MP3:
+    if fmt is Encoding.MP3:
         out_rate = nearest_mp3_rate(rate)
         bitrate = "48k" if out_rate <= 16000 else "96k" if out_rate <= 24000 else "128k"
         return [
             *("-ar", str(out_rate), "-c:a", "libmp3lame", "-b:a", bitrate),
             *("-write_xing", "0", "-id3v2_version", "0", "-f", "mp3"),
         ]
-    if fmt is AudioFormat.OGG_OPUS:
+    if fmt is Encoding.OGG_OPUS:
         return [
             *("-ar", "48000", "-c:a", "libopus", "-b:a", "48k"),
             *("-page_duration", "20000", "-f", "ogg"),
         ]
-    if fmt is AudioFormat.WEBM_OPUS:
+    if fmt is Encoding.WEBM_OPUS:
         return [
             *("-ar", "48000", "-c:a", "libopus", "-b:a", "48k"),
             *("-live", "1", "-cluster_time_limit", "100", "-f", "webm"),
@@ -149,7 +149,7 @@ def ffmpeg_output_args(fmt: AudioFormat, rate: int) -> list[str]:
 class FfmpegEncoder:
     """An ffmpeg child process fed PCM on stdin; its stdout is collected as it arrives."""
 
-    def __init__(self, fmt: AudioFormat, sample_rate: int) -> None:
+    def __init__(self, fmt: Encoding, sample_rate: int) -> None:
         self._fmt = fmt
         self._rate = sample_rate
         self._proc: asyncio.subprocess.Process | None = None
@@ -215,12 +215,12 @@ class FfmpegEncoder:
         await proc.wait()
 
 
-def make_encoder(fmt: AudioFormat, sample_rate: int) -> Encoder:
+def make_encoder(fmt: Encoding, sample_rate: int) -> Encoder:
     """A fresh encoder for one stream of `fmt` at `sample_rate`."""
-    if fmt is AudioFormat.PCM:
+    if fmt is Encoding.PCM:
         return PcmEncoder()
-    if fmt is AudioFormat.MULAW:
+    if fmt is Encoding.MULAW:
         return MulawEncoder()
-    if fmt is AudioFormat.WAV:
+    if fmt is Encoding.WAV:
         return WavEncoder(sample_rate)
     return FfmpegEncoder(fmt, sample_rate)

@@ -1,6 +1,6 @@
 """Rime's WebSocket endpoints: `/ws` (bare text in, raw audio out), `/ws2` and `/ws3` (JSON).
 
-One `Session` per connection holds the text buffer, the most recent context id, a queue of
+One `SocketSession` per connection holds the text buffer, the most recent context id, a queue of
 flushed buffers and at most one synthesis in flight. The `segment` modes follow seed 004:
 - `never`: only `flush` and `eos` synthesize; a flush while busy queues that buffer, which is
   synthesized as soon as the current synthesis finishes. Text sent afterwards needs its own flush.
@@ -50,24 +50,24 @@ from typing import Any
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketState
 
-from pipeline.engine.codecs import AudioFormat
-from pipeline.engine.delivery import Delivered, Encoded, deliver
-from pipeline.engine.faults import FaultPlan
-from pipeline.engine.params import (
+from rime_local.codecs import Encoding
+from rime_local.delivery import Delivered, Encoded, deliver
+from rime_local.faults import FaultPlan
+from rime_local.params import (
     ParamError,
-    SynthParams,
+    RequestParams,
     parse_params,
     parse_ws_format,
 )
-from pipeline.engine.sentences import PHRASE_MARKS, SENTENCE_MARKS, last_boundary
-from pipeline.engine.state import EngineState
-from pipeline.engine.synthesis import Synthesis, Words
+from rime_local.sentences import PHRASE_MARKS, SENTENCE_MARKS, last_boundary
+from rime_local.state import EngineState
+from rime_local.synthesis import Utterance, Words
 
 log = logging.getLogger(__name__)
 
 
-class Segment(StrEnum):
-    """When buffered text is synthesized."""
+class SegmentMode(StrEnum):
+    """A session's `segment` mode: when buffered text is synthesized."""
 
     NEVER = "never"  # only on flush / eos
     BY_SENTENCE = "bySentence"  # at sentence ends, when idle
@@ -75,51 +75,51 @@ class Segment(StrEnum):
     BY_PHRASE = "byPhrase"  # /ws: at . , ? ! when idle
 
 
-class Dialect(StrEnum):
-    """Which endpoint's wire format a session speaks."""
+class WsEndpoint(StrEnum):
+    """Which WebSocket endpoint a session serves, and so its wire format."""
 
     BINARY = "ws"
     JSON_V2 = "ws2"
     JSON_V3 = "ws3"
 
 
-def parse_segment(query: dict[str, str]) -> Segment:
+def parse_segment(query: dict[str, str]) -> SegmentMode:
     """`segment` (with `immediate=true` as an alias); null or empty means bySentence."""
     if query.get("immediate", "").strip().lower() in {"true", "1"}:
-        return Segment.IMMEDIATE
+        return SegmentMode.IMMEDIATE
     value = query.get("segment", "")
     if value in ("", "null", "None", "bySentence"):
-        return Segment.BY_SENTENCE
+        return SegmentMode.BY_SENTENCE
     if value == "never":
-        return Segment.NEVER
+        return SegmentMode.NEVER
     if value == "immediate":
-        return Segment.IMMEDIATE
+        return SegmentMode.IMMEDIATE
     raise ParamError("segment must be one of never, bySentence, immediate")
 
 
 @dataclass(frozen=True)
-class Job:
-    """Text to synthesize as one utterance, and the context id its events carry."""
+class SynthesisBatch:
+    """Text to speak as one utterance (a batch that ends in `done`) and its context id."""
 
     text: str
     context_id: str | None
 
 
-class Closed(Exception):
+class SessionClosed(Exception):
     """The session ended (eos done, injected cut, or the client left)."""
 
 
-class Session:
+class SocketSession:
     """The buffer, queue and synthesis of one WebSocket connection."""
 
     def __init__(
         self,
         websocket: WebSocket,
         state: EngineState,
-        params: SynthParams,
-        fmt: AudioFormat,
-        segment: Segment,
-        dialect: Dialect,
+        params: RequestParams,
+        fmt: Encoding,
+        segment: SegmentMode,
+        endpoint: WsEndpoint,
         fault: FaultPlan,
     ) -> None:
         self.ws = websocket
@@ -127,11 +127,11 @@ class Session:
         self.params = params
         self.fmt = fmt
         self.segment = segment
-        self.dialect = dialect
+        self.endpoint = endpoint
         self.fault = fault
         self.buffer = ""
         self.context_id: str | None = None
-        self.pending: deque[Job] = deque()
+        self.pending: deque[SynthesisBatch] = deque()
         self.current: asyncio.Task[None] | None = None
         self.eos = False
         self.done_since_eos = False
@@ -150,7 +150,7 @@ class Session:
     def on_flush(self) -> None:
         """Queue the whole buffer for synthesis."""
         if self.buffer.strip():
-            self.pending.append(Job(self.buffer, self.context_id))
+            self.pending.append(SynthesisBatch(self.buffer, self.context_id))
         self.buffer = ""
         self._pump()
 
@@ -174,47 +174,47 @@ class Session:
         """Start the next synthesis if idle and something is due."""
         if self.current is not None or self.finished.is_set():
             return
-        job = self._next_job()
-        if job is not None:
-            self.current = asyncio.create_task(self._run(job))
+        batch = self._next_batch()
+        if batch is not None:
+            self.current = asyncio.create_task(self._run(batch))
         elif self.eos:
             self.current = asyncio.create_task(self._close_after_eos())
 
-    def _next_job(self) -> Job | None:
+    def _next_batch(self) -> SynthesisBatch | None:
         if self.pending:
             return self.pending.popleft()
         if self.eos or not self.buffer.strip():
             return None
         cut: int | None = None
-        if self.segment is Segment.BY_SENTENCE:
+        if self.segment is SegmentMode.BY_SENTENCE:
             cut = last_boundary(self.buffer, SENTENCE_MARKS)
-        elif self.segment is Segment.BY_PHRASE:
+        elif self.segment is SegmentMode.BY_PHRASE:
             cut = last_boundary(self.buffer, PHRASE_MARKS)
-        elif self.segment is Segment.IMMEDIATE:
+        elif self.segment is SegmentMode.IMMEDIATE:
             cut = len(self.buffer)
         if cut is None:
             return None
         text, self.buffer = self.buffer[:cut], self.buffer[cut:]
-        return Job(text, self.context_id)
+        return SynthesisBatch(text, self.context_id)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, batch: SynthesisBatch) -> None:
         try:
-            await self._synthesize(job)
-        except Closed:
+            await self._synthesize(batch)
+        except SessionClosed:
             return
         except Exception:
-            log.exception("synthesis failed on %s", self.dialect.value)
+            log.exception("synthesis failed on %s", self.endpoint.value)
             await self.send_error("synthesis failed")
         self.current = None
         self._pump()
 
-    async def _synthesize(self, job: Job) -> None:
-        synthesis = Synthesis(job.text, self.params.voicing, self.state.espeak)
+    async def _synthesize(self, batch: SynthesisBatch) -> None:
+        utterance = Utterance(batch.text, self.params.voicing, self.state.espeak)
         started = time.monotonic()
-        async for event in deliver(synthesis, self.fmt, lambda: self.state.config):
+        async for event in deliver(utterance, self.fmt, lambda: self.state.config):
             if isinstance(event, Encoded):
-                await self._send_audio(event.data, job.context_id)
-            elif isinstance(event, Words) and self.dialect is not Dialect.BINARY:
+                await self._send_audio(event.data, batch.context_id)
+            elif isinstance(event, Words) and self.endpoint is not WsEndpoint.BINARY:
                 await self._send_json(
                     {
                         "type": "timestamps",
@@ -223,13 +223,13 @@ class Session:
                             "start": list(event.start),
                             "end": list(event.end),
                         },
-                        "contextId": job.context_id,
+                        "contextId": batch.context_id,
                     }
                 )
             elif isinstance(event, Delivered):
                 seconds = time.monotonic() - started
-                self.state.metrics.finished(len(job.text), event.audio_seconds, seconds)
-        await self._send_done(job.context_id)
+                self.state.metrics.finished(len(batch.text), event.audio_seconds, seconds)
+        await self._send_done(batch.context_id)
 
     async def _close_after_eos(self) -> None:
         if not self.done_since_eos:
@@ -242,14 +242,14 @@ class Session:
         fault = self.fault
         if fault.cut_after is not None and self._audio_bytes_sent + len(data) >= fault.cut_after:
             await self.close(1011, "injected fault")
-            raise Closed
+            raise SessionClosed
         if (
             fault.stall_after is not None
             and self._audio_bytes_sent <= fault.stall_after < self._audio_bytes_sent + len(data)
         ):
             await asyncio.sleep(fault.stall_seconds)
         self._audio_bytes_sent += len(data)
-        if self.dialect is Dialect.BINARY:
+        if self.endpoint is WsEndpoint.BINARY:
             await self._send(self.ws.send_bytes(data))
         else:
             encoded = base64.b64encode(data).decode()
@@ -258,16 +258,16 @@ class Session:
     async def _send_done(self, context_id: str | None) -> None:
         if self.eos:
             self.done_since_eos = True
-        if self.dialect is Dialect.BINARY:
+        if self.endpoint is WsEndpoint.BINARY:
             return
         event: dict[str, Any] = {"type": "done", "contextId": context_id}
-        if self.dialect is Dialect.JSON_V2:
+        if self.endpoint is WsEndpoint.JSON_V2:
             event = {"type": "done", "done": True, "contextId": context_id}
         await self._send_json(event)
 
     async def send_error(self, message: str) -> None:
         """An error event; the connection stays open."""
-        if self.dialect is not Dialect.BINARY:
+        if self.endpoint is not WsEndpoint.BINARY:
             await self._send_json({"type": "error", "message": message})
 
     async def _send_json(self, event: dict[str, Any]) -> None:
@@ -278,12 +278,12 @@ class Session:
             if self.finished.is_set():
                 if asyncio.iscoroutine(sending):
                     sending.close()  # never awaited: the connection is closing
-                raise Closed
+                raise SessionClosed
             try:
                 await sending
             except Exception as exc:  # the client went away mid-send
                 self.finished.set()
-                raise Closed from exc
+                raise SessionClosed from exc
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the connection once."""
@@ -306,7 +306,7 @@ class Session:
 # Reading messages.
 
 
-def _json_message(session: Session, raw: str) -> str | None:
+def _json_message(session: SocketSession, raw: str) -> str | None:
     """Apply one /ws2 or /ws3 message; returns an error message for malformed input."""
     try:
         message = json.loads(raw)
@@ -337,7 +337,7 @@ def _json_message(session: Session, raw: str) -> str | None:
     return None
 
 
-def _binary_message(session: Session, raw: str) -> None:
+def _binary_message(session: SocketSession, raw: str) -> None:
     command = raw.strip()
     if command == "<CLEAR>":
         session.on_clear()
@@ -349,7 +349,7 @@ def _binary_message(session: Session, raw: str) -> None:
         session.on_text(raw, None)
 
 
-async def _read(session: Session) -> None:
+async def _read(session: SocketSession) -> None:
     ws = session.ws
     while True:
         message = await ws.receive()
@@ -359,7 +359,7 @@ async def _read(session: Session) -> None:
             continue
         text = message.get("text")
         data = message.get("bytes")
-        if session.dialect is Dialect.BINARY:
+        if session.endpoint is WsEndpoint.BINARY:
             if text is None and data is not None:
                 text = data.decode("utf-8", errors="replace")
             if text is not None:
@@ -372,7 +372,7 @@ async def _read(session: Session) -> None:
         if error is not None:
             try:
                 await session.send_error(error)
-            except Closed:
+            except SessionClosed:
                 return
 
 
@@ -385,7 +385,7 @@ async def _deny(websocket: WebSocket, status: int, message: str, **headers: str)
     )
 
 
-async def _serve(websocket: WebSocket, dialect: Dialect) -> None:
+async def _serve(websocket: WebSocket, endpoint: WsEndpoint) -> None:
     state: EngineState = websocket.app.state.engine
     state.metrics.requests += 1
     key = state.authorize(websocket.headers.get("authorization"))
@@ -395,14 +395,14 @@ async def _serve(websocket: WebSocket, dialect: Dialect) -> None:
         return
     query = dict(websocket.query_params)
     try:
-        if dialect is Dialect.JSON_V2:
+        if endpoint is WsEndpoint.JSON_V2:
             params = parse_params(
                 query, default_model="mistv2", allowed_models=frozenset({"mist", "mistv2"})
             )
         else:
             params = parse_params(query)
         fmt = parse_ws_format(query.get("audioFormat"))
-        segment = Segment.BY_PHRASE if dialect is Dialect.BINARY else parse_segment(query)
+        segment = SegmentMode.BY_PHRASE if endpoint is WsEndpoint.BINARY else parse_segment(query)
     except ParamError as exc:
         state.metrics.rejected_400 += 1
         await _deny(websocket, 400, str(exc))
@@ -420,7 +420,7 @@ async def _serve(websocket: WebSocket, dialect: Dialect) -> None:
             )
             return
         await websocket.accept()
-        session = Session(websocket, state, params, fmt, segment, dialect, fault)
+        session = SocketSession(websocket, state, params, fmt, segment, endpoint, fault)
         reader = asyncio.create_task(_read(session))
         finished = asyncio.create_task(session.finished.wait())
         try:
@@ -443,14 +443,14 @@ async def _serve(websocket: WebSocket, dialect: Dialect) -> None:
 
 async def ws_binary(websocket: WebSocket) -> None:
     """`/ws`: bare text and commands in, raw audio bytes out."""
-    await _serve(websocket, Dialect.BINARY)
+    await _serve(websocket, WsEndpoint.BINARY)
 
 
 async def ws_json_v2(websocket: WebSocket) -> None:
     """`/ws2`: Mist v2 JSON events (done carries `done: true`)."""
-    await _serve(websocket, Dialect.JSON_V2)
+    await _serve(websocket, WsEndpoint.JSON_V2)
 
 
 async def ws_json_v3(websocket: WebSocket) -> None:
     """`/ws3`: JSON events for every model."""
-    await _serve(websocket, Dialect.JSON_V3)
+    await _serve(websocket, WsEndpoint.JSON_V3)

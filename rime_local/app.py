@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.http import rime_tts
-from pipeline.engine.state import EngineState
-from pipeline.engine.ws import ws_binary, ws_json_v2, ws_json_v3
+from rime_local.config import EngineConfig
+from rime_local.http import rime_tts
+from rime_local.state import EngineState
+from rime_local.ws import ws_binary, ws_json_v2, ws_json_v3
 
 
 async def health(request: Request) -> Response:

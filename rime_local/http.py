@@ -32,36 +32,36 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Send
 
-from pipeline.engine.codecs import AudioFormat
-from pipeline.engine.delivery import Delivered, Encoded, deliver
-from pipeline.engine.faults import FaultPlan
-from pipeline.engine.params import ParamError, parse_params, parse_ws_format, validate_text
-from pipeline.engine.state import EngineState
-from pipeline.engine.synthesis import Synthesis
+from rime_local.codecs import Encoding
+from rime_local.delivery import Delivered, Encoded, deliver
+from rime_local.faults import FaultPlan
+from rime_local.params import ParamError, parse_params, parse_ws_format, validate_text
+from rime_local.state import EngineState
+from rime_local.synthesis import Utterance
 
 log = logging.getLogger(__name__)
 
 SSE = "text/event-stream"
 
-ACCEPTED_TYPES: dict[str, AudioFormat] = {
-    "audio/mp3": AudioFormat.MP3,
-    "audio/mpeg": AudioFormat.MP3,
-    "audio/wav": AudioFormat.WAV,
-    "audio/x-wav": AudioFormat.WAV,
-    "audio/wave": AudioFormat.WAV,
-    "audio/pcm": AudioFormat.PCM,
-    "audio/l16": AudioFormat.PCM,
-    "audio/x-mulaw": AudioFormat.MULAW,
-    "audio/mulaw": AudioFormat.MULAW,
-    "audio/pcmu": AudioFormat.MULAW,
-    "audio/basic": AudioFormat.MULAW,
-    "audio/ogg": AudioFormat.OGG_OPUS,
-    "audio/webm": AudioFormat.WEBM_OPUS,
+ACCEPTED_TYPES: dict[str, Encoding] = {
+    "audio/mp3": Encoding.MP3,
+    "audio/mpeg": Encoding.MP3,
+    "audio/wav": Encoding.WAV,
+    "audio/x-wav": Encoding.WAV,
+    "audio/wave": Encoding.WAV,
+    "audio/pcm": Encoding.PCM,
+    "audio/l16": Encoding.PCM,
+    "audio/x-mulaw": Encoding.MULAW,
+    "audio/mulaw": Encoding.MULAW,
+    "audio/pcmu": Encoding.MULAW,
+    "audio/basic": Encoding.MULAW,
+    "audio/ogg": Encoding.OGG_OPUS,
+    "audio/webm": Encoding.WEBM_OPUS,
 }
 _DEFAULT_TYPES = {"", "*/*", "audio/*"}
 
 
-def negotiate(accept: str | None) -> AudioFormat | str:
+def negotiate(accept: str | None) -> Encoding | str:
     """The output format for an Accept header, `SSE` for event streams; ParamError otherwise."""
     ranges = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
     for media in ranges:
@@ -70,7 +70,7 @@ def negotiate(accept: str | None) -> AudioFormat | str:
         if media in ACCEPTED_TYPES:
             return ACCEPTED_TYPES[media]
     if any(media in _DEFAULT_TYPES for media in ranges):
-        return AudioFormat.MP3
+        return Encoding.MP3
     known = "audio/mp3, audio/wav, audio/pcm, audio/x-mulaw, audio/ogg;codecs=opus, "
     raise ParamError(
         f"unsupported Accept {accept!r}; use one of {known}" + "audio/webm;codecs=opus"
@@ -129,10 +129,10 @@ class AudioStreamResponse(StreamingResponse):
 
 
 async def _audio_bytes(
-    state: EngineState, synthesis: Synthesis, fmt: AudioFormat, text: str
+    state: EngineState, utterance: Utterance, fmt: Encoding, text: str
 ) -> AsyncGenerator[bytes, None]:
     started = time.monotonic()
-    async for event in deliver(synthesis, fmt, lambda: state.config):
+    async for event in deliver(utterance, fmt, lambda: state.config):
         if isinstance(event, Encoded):
             yield event.data
         elif isinstance(event, Delivered):
@@ -140,9 +140,9 @@ async def _audio_bytes(
 
 
 async def _sse_bytes(
-    state: EngineState, synthesis: Synthesis, fmt: AudioFormat, text: str
+    state: EngineState, utterance: Utterance, fmt: Encoding, text: str
 ) -> AsyncGenerator[bytes, None]:
-    async for data in _audio_bytes(state, synthesis, fmt, text):
+    async for data in _audio_bytes(state, utterance, fmt, text):
         event = {"type": "chunk", "data": base64.b64encode(data).decode(), "contextId": None}
         yield f"event: chunk\ndata: {json.dumps(event)}\n\n".encode()
     done = {"type": "done", "contextId": None}
@@ -174,7 +174,7 @@ async def rime_tts(request: Request) -> Response:
                 )
             fmt = parse_ws_format(body.get("audioFormat"))
         else:
-            assert isinstance(target, AudioFormat)
+            assert isinstance(target, Encoding)
             fmt = target
     except ParamError as exc:
         state.metrics.rejected_400 += 1
@@ -198,11 +198,11 @@ async def rime_tts(request: Request) -> Response:
         release()
         reason = "Service unavailable" if fault.error_status == 503 else "Internal server error"
         return plain(fault.error_status, f"{reason} (injected by the local engine)")
-    synthesis = Synthesis(text, params.voicing, state.espeak)
+    utterance = Utterance(text, params.voicing, state.espeak)
     if target == SSE:
-        chunks = _sse_bytes(state, synthesis, fmt, text)
+        chunks = _sse_bytes(state, utterance, fmt, text)
         media_type = SSE
     else:
-        chunks = _audio_bytes(state, synthesis, fmt, text)
+        chunks = _audio_bytes(state, utterance, fmt, text)
         media_type = fmt.media_type
     return AudioStreamResponse(chunks, media_type, fault, release)

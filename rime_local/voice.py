@@ -80,7 +80,7 @@ class WordMark:
 
 
 @dataclass(frozen=True)
-class Chunk:
+class EspeakChunk:
     """Audio (16-bit LE mono at `Espeak.sample_rate`) plus the marks that fell inside it."""
 
     pcm: bytes
@@ -100,7 +100,7 @@ class Espeak:
         self._lock = threading.Lock()
         self._lib: ctypes.CDLL | None = None
         self._callback_ref: object = None
-        self._sink: Callable[[Chunk], bool] | None = None
+        self._sink: Callable[[EspeakChunk], bool] | None = None
         self._voice: EspeakVoice | None = None
         self.sample_rate = 22050
 
@@ -152,10 +152,10 @@ class Espeak:
             i += 1
         if not pcm and not words and not ends:
             return 0
-        return 0 if sink(Chunk(pcm, tuple(words), tuple(ends))) else 1
+        return 0 if sink(EspeakChunk(pcm, tuple(words), tuple(ends))) else 1
 
     def synth_blocking(
-        self, ssml: str, voice: EspeakVoice, rate_wpm: int, sink: Callable[[Chunk], bool]
+        self, ssml: str, voice: EspeakVoice, rate_wpm: int, sink: Callable[[EspeakChunk], bool]
     ) -> None:
         """Synthesize one SSML utterance on this thread; `sink` returns False to stop."""
         with self._lock:
@@ -177,13 +177,15 @@ class Espeak:
             finally:
                 self._sink = None
 
-    async def stream(self, ssml: str, voice: EspeakVoice, rate_wpm: int) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, ssml: str, voice: EspeakVoice, rate_wpm: int
+    ) -> AsyncIterator[EspeakChunk]:
         """Chunks of one utterance, handed over while espeak is still synthesizing it."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
+        queue: asyncio.Queue[EspeakChunk | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
 
-        def sink(chunk: Chunk) -> bool:
+        def sink(chunk: EspeakChunk) -> bool:
             loop.call_soon_threadsafe(queue.put_nowait, chunk)
             return not stop.is_set()
 

@@ -7,9 +7,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from pipeline.engine.codecs import AudioFormat, make_encoder
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.synthesis import SAMPLE_WIDTH, Audio, Synthesis, Words
+from rime_local.codecs import Encoding, make_encoder
+from rime_local.config import EngineConfig
+from rime_local.synthesis import SAMPLE_WIDTH, Audio, Utterance, Words
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,10 @@ class Delivered:
 
 
 async def deliver(
-    synthesis: Synthesis, fmt: AudioFormat, config: Callable[[], EngineConfig]
+    utterance: Utterance, fmt: Encoding, config: Callable[[], EngineConfig]
 ) -> AsyncIterator[Encoded | Words | Delivered]:
-    """Encoded audio and word timings of one synthesis, with the configured TTFB and pacing."""
-    rate = synthesis.voicing.sampling_rate
+    """Encoded audio and word timings of one utterance, with the configured TTFB and pacing."""
+    rate = utterance.voicing.sampling_rate
     encoder = make_encoder(fmt, rate)
     started = time.monotonic()
     ttfb = config().ttfb_ms / 1000
@@ -38,7 +38,7 @@ async def deliver(
     sent_seconds = 0.0
     finished = False
     try:
-        async for event in synthesis.events():
+        async for event in utterance.events():
             if isinstance(event, Words):
                 yield event
                 continue

@@ -11,7 +11,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from pipeline.engine.config import EngineConfig
+from rime_local.config import EngineConfig
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Serving the engine with uvicorn: in a background thread (tests, demo, benchmarks) or in the
-foreground (`python -m pipeline.engine`)."""
+foreground (`python -m rime_local`)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from pipeline.engine.app import build_app
-from pipeline.engine.config import EngineConfig, EngineSettings
-from pipeline.engine.state import EngineState
+from rime_local.app import build_app
+from rime_local.config import EngineConfig, EngineSettings
+from rime_local.state import EngineState
 
 T = TypeVar("T")
 
@@ -182,7 +182,7 @@ def run(config: EngineConfig, log_level: str = "info") -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> EngineConfig:
     """Flags (one per knob, e.g. --concurrency-per-key 5) over `RIME_ENGINE_*` over defaults."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.engine", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rime_local", description=__doc__)
     defaults = EngineConfig()
     for f in fields(EngineConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from pipeline.engine.config import EngineConfig
+from rime_local.config import EngineConfig
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """Synthesis parameters, validated the way Rime does: a plain-text 400 naming the problem.
 
-The HTTP body (JSON values) and WebSocket query strings (all strings) share these rules.
+The HTTP body (JSON values) and WebSocket query strings (all strings) share these rules. What
+each model accepts (sampling rates and their default, speed convention, pause markup, SSE, text
+length) comes from the engine's own `models`.
 Interpretations where Rime's documents are silent:
 - `modelId` defaults to `mistv3` (seed 002), except on `/ws2`, the Mist v2 endpoint, where it
   defaults to `mistv2` and other model families are refused.
@@ -17,12 +19,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.engine.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
-from pipeline.engine.codecs import AudioFormat
-from pipeline.engine.script import MarkupOptions
-from pipeline.engine.synthesis import Voicing
-from pipeline.engine.voice import DEFAULT_RATE_WPM
-from pipeline.rime.models import MODELS, ModelInfo
+from rime_local.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
+from rime_local.codecs import Encoding
+from rime_local.models import MODELS, ModelFacts
+from rime_local.script import MarkupOptions
+from rime_local.synthesis import Voicing
+from rime_local.voice import DEFAULT_RATE_WPM
 
 DEFAULT_MODEL = "mistv3"
 
@@ -32,10 +34,10 @@ class ParamError(ValueError):
 
 
 @dataclass(frozen=True)
-class SynthParams:
+class RequestParams:
     """A validated synthesis request (everything but the text)."""
 
-    model: ModelInfo
+    model: ModelFacts
     speaker: Speaker
     lang: str
     sampling_rate: int
@@ -91,13 +93,13 @@ def parse_inline_speeds(value: object) -> tuple[float, ...]:
     return speeds
 
 
-def rate_wpm(model: ModelInfo, speed_alpha: float) -> int:
+def rate_wpm(model: ModelFacts, speed_alpha: float) -> int:
     """espeak's speaking rate for a `speedAlpha` under the model's convention."""
     factor = 1 / speed_alpha if model.speed_lower_is_faster else speed_alpha
     return round(DEFAULT_RATE_WPM * factor)
 
 
-def validate_text(text: object, model: ModelInfo) -> str:
+def validate_text(text: object, model: ModelFacts) -> str:
     """The request text, or a ParamError for a missing, empty or too long one."""
     if text is None:
         raise ParamError("text is required")
@@ -117,7 +119,7 @@ def parse_params(
     *,
     default_model: str = DEFAULT_MODEL,
     allowed_models: frozenset[str] | None = None,
-) -> SynthParams:
+) -> RequestParams:
     """Validate synthesis parameters (HTTP body or WebSocket query)."""
     model_id = raw.get("modelId") or default_model
     if not isinstance(model_id, str) or model_id not in MODELS:
@@ -167,16 +169,16 @@ def parse_params(
         inline_speeds=parse_inline_speeds(raw.get("inlineSpeedAlpha")),
     )
     voicing = Voicing(speaker.espeak_voice(), rate_wpm(model, speed_alpha), rate, markup)
-    return SynthParams(model, speaker, str(lang), rate, speed_alpha, voicing)
+    return RequestParams(model, speaker, str(lang), rate, speed_alpha, voicing)
 
 
-WS_AUDIO_FORMATS = {"mp3": AudioFormat.MP3, "mulaw": AudioFormat.MULAW, "pcm": AudioFormat.PCM}
+WS_AUDIO_FORMATS = {"mp3": Encoding.MP3, "mulaw": Encoding.MULAW, "pcm": Encoding.PCM}
 
 
-def parse_ws_format(value: object) -> AudioFormat:
+def parse_ws_format(value: object) -> Encoding:
     """`audioFormat` of a WebSocket query: mp3, mulaw or pcm; pcm when absent."""
     if value in (None, ""):
-        return AudioFormat.PCM
+        return Encoding.PCM
     try:
         return WS_AUDIO_FORMATS[str(value)]
     except KeyError:

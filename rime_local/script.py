@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from pipeline.engine.sentences import last_boundary, split_sentences
+from rime_local.sentences import last_boundary, split_sentences
 
 _MARKUP = re.compile(r"<(\d+)>|\{([^{}]*)\}|\[([^\[\]]*)\]")
 _WORD = re.compile(r"\S+")
