@@ -57,7 +57,8 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("mist", _MIST_RATES, None, 22050, True, True, False),
         ModelInfo("mistv2", _MIST_RATES, None, 22050, True, True, True),
         ModelInfo("mistv3", _MIST_RATES, None, 22050, False, True, False),
-        ModelInfo("arcana", None, _ARCANA_RATES, 24000, False, False, False),
+        # Rime's Arcana page gives 22050 as the samplingRate default.
+        ModelInfo("arcana", None, _ARCANA_RATES, 22050, False, False, False),
         ModelInfo("coda", _MIST_RATES, None, 24000, False, False, False),
     )
 }

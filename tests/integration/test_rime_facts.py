@@ -25,12 +25,7 @@ from rime_local.server import RunningEngine
 TEXT = "The quick brown fox jumps over the lazy dog, twice before breakfast."
 
 # (check, model id) -> why the client's fact is wrong, from Rime's documents.
-CLIENT_ERRORS: dict[tuple[str, str], str] = {
-    ("default_rate", "arcana"): (
-        "the client assumes 24000 for arcana; the only default Rime's Arcana page gives "
-        "(seed 003, samplingRate) is 22050"
-    ),
-}
+CLIENT_ERRORS: dict[tuple[str, str], str] = {}
 
 
 def models(check: str) -> list[Any]:

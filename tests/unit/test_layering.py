@@ -10,6 +10,75 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The library's layers, lowest first. A module may import its own package, and anything in a
+# lower layer; never a layer above it, nor another package of its own layer. Imports under
+# TYPE_CHECKING count too: they are a dependency all the same.
+LAYERS: list[set[str]] = [
+    {"pipeline", "pipeline.errors", "pipeline.wav"},
+    {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio"},
+    {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest"},
+    {"pipeline.plan", "pipeline.synth", "pipeline.settings", "pipeline.redis_limits"},
+    {"pipeline.stitch", "pipeline.store"},
+    {"pipeline.results"},
+    {"pipeline.stages"},
+    {"pipeline.run", "pipeline.display", "pipeline.progress"},
+    {"pipeline.cli"},
+]
+# Only the command line's entry point may reach the workers (`submit`, `worker`, `cancel`).
+CELERY_SIDE = {"celery", "kombu", "workers"}
+
+
+def _unit(module: str) -> str:
+    """The layered unit a module belongs to: its subpackage of pipeline, or itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def _layer(unit: str) -> int:
+    for level, units in enumerate(LAYERS):
+        if unit in units:
+            return level
+    raise AssertionError(f"{unit} is in no layer of tests/unit/test_layering.py")
+
+
+def _pipeline_modules() -> list[tuple[Path, str]]:
+    found = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found.append((path, ".".join(parts)))
+    return found
+
+
+def test_no_upward_import_anywhere_in_the_library() -> None:
+    """Lower layers never import higher ones, read from the import statements themselves."""
+    offenders = []
+    for path, module in _pipeline_modules():
+        here = _unit(module)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for imported, line in _imported_modules(tree):
+            if imported.split(".")[0] != "pipeline":
+                continue
+            there = _unit(imported)
+            if there != here and _layer(there) >= _layer(here):
+                offenders.append(f"{path.relative_to(ROOT)}:{line} ({here}) imports {imported}")
+    assert offenders == []
+
+
+def test_only_the_command_line_reaches_celery() -> None:
+    """pipeline/ runs without a broker: no celery, kombu or workers import but in the CLI."""
+    offenders = []
+    for path, module in _pipeline_modules():
+        if module == "pipeline.cli":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for imported, line in _imported_modules(tree):
+            if imported.split(".")[0] in CELERY_SIDE:
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
+    assert offenders == []
+
+
 def test_pipeline_never_imports_celery() -> None:
     """The library runs without a broker; only workers/ knows Celery."""
     code = (
@@ -43,7 +112,13 @@ def _imported_modules(tree: ast.AST) -> list[tuple[str, int]]:
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.module, node.lineno))
+            # `from pipeline import wav` imports the module pipeline.wav, not just the package.
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                is_module = (ROOT / (name.replace(".", "/") + ".py")).exists() or (
+                    ROOT / name.replace(".", "/")
+                ).is_dir()
+                found.append((name if is_module else node.module, node.lineno))
     return found
 
 
