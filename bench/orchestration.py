@@ -146,7 +146,7 @@ def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Fig
     limits = LimitConfig(concurrency=concurrency)
 
     async def go() -> State:
-        async with AsyncRimeHttpClient(api_key=KEY, url=url) as client:
+        async with AsyncRimeHttpClient(api_key=KEY, url=url, max_connections=concurrency) as client:
             ctx = Context(sessions, client, LocalLimiter(limits))
             return await run_job(
                 ctx, job_id, workers=2 * concurrency, stitchers=Settings().stitch_parallelism

@@ -1,19 +1,19 @@
-"""PCM in and out through ffmpeg: decode a segment file, measure loudness, encode outputs.
+"""PCM in and out: decode a segment file, measure loudness, encode outputs.
 
-Audio inside the pipeline is mono float32 in [-1, 1) at the script's sampling rate. ffmpeg
-comes from the imageio-ffmpeg wheel; there is no ffprobe, so every decode asks ffmpeg for raw
-s16le at a known rate and channel count instead of probing.
+Audio inside the pipeline is mono float32 in [-1, 1) at the script's sampling rate. What Python
+does as well as ffmpeg, and byte for byte the same, is done here without a process: reading the
+segment cache's PCM WAV, writing PCM WAV and 8 kHz mu-law. The rest (MP3, Opus, resampling,
+loudness) goes through ffmpeg, from the imageio-ffmpeg wheel; there is no ffprobe, so every
+decode asks ffmpeg for raw s16le at a known rate and channel count instead of probing.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import struct
 import subprocess
 import tempfile
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +23,10 @@ from typing import IO
 import numpy as np
 import numpy.typing as npt
 
+from pipeline import wav
 from pipeline.errors import RimeBatchError
+from pipeline.files import create_temp, fsync_dir, temp_path_for
+from pipeline.g711 import encode_mulaw
 
 Samples = npt.NDArray[np.float32]
 Pcm16 = npt.NDArray[np.int16]
@@ -45,10 +48,6 @@ EXTENSIONS: Mapping[str, str] = {
     "ogg": ".ogg",
 }
 
-# Streaming WAV writers cannot know the length up front and leave a placeholder size.
-_WAV_UNKNOWN_SIZES = frozenset({0, 0xFFFFFFFF, 0x7FFFFFFF})
-_WAVE_FORMAT_PCM = 1
-_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _STDERR_TAIL = 2000
 
 
@@ -90,38 +89,19 @@ def to_pcm16(samples: Samples, gain: float = 1.0) -> bytes:
 def _read_plain_wav(path: Path, sample_rate: int) -> Pcm16 | None:
     """Samples of a 16-bit mono PCM WAV at `sample_rate`, without ffmpeg; None for anything else.
 
-    This is what the segment cache holds, so the common case skips a process start. The
-    standard library's `wave` would return no frames for a streamed header's placeholder size.
+    This is what the segment cache holds, so the common case skips a process start.
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DecodeError(f"cannot read segment audio {path.name}: {exc.strerror}") from exc
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    try:
+        info = wav.parse(data)
+    except wav.WavError:
+        return None  # ffmpeg makes what it can of it, or says why not
+    if not info.is_pcm16_mono(sample_rate):
         return None
-    pos = 12
-    fmt_ok = False
-    while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
-        (size,) = struct.unpack_from("<I", data, pos + 4)
-        body = pos + 8
-        if chunk_id == b"fmt ":
-            if size < 16 or body + 16 > len(data):
-                return None
-            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", data, body)
-            if tag == _WAVE_FORMAT_EXTENSIBLE and size >= 40:
-                (tag,) = struct.unpack_from("<H", data, body + 24)  # the sub-format GUID
-            fmt_ok = (tag, channels, rate, bits) == (_WAVE_FORMAT_PCM, 1, sample_rate, 16)
-            if not fmt_ok:
-                return None
-        elif chunk_id == b"data":
-            if not fmt_ok:
-                return None
-            end = len(data) if size in _WAV_UNKNOWN_SIZES else min(len(data), body + size)
-            end -= (end - body) % SAMPLE_WIDTH
-            return np.frombuffer(data, dtype="<i2", count=(end - body) // 2, offset=body)
-        pos = body + size + (size & 1)
-    return None
+    return np.frombuffer(data, dtype="<i2", count=info.data_bytes // 2, offset=info.data_offset)
 
 
 def _ffmpeg_decode(path: Path, sample_rate: int) -> Pcm16:
@@ -220,6 +200,47 @@ def encoder_args(fmt: str, *, sample_rate: int, mp3_bitrate: str) -> list[str]:
     raise AudioError(f"unknown output format {fmt!r}; expected one of {', '.join(EXTENSIONS)}")
 
 
+class _NativeFile:
+    """An output this process writes itself: its header (sized at the end), then its samples.
+
+    Byte for byte what ffmpeg writes for the same samples (see `pipeline.wav`, `pipeline.g711`).
+    """
+
+    def __init__(self, fmt: str, path: Path, sample_rate: int) -> None:
+        self.fmt = fmt
+        self.sample_rate = sample_rate
+        self.samples = 0
+        self.handle = os.fdopen(create_temp(path), "wb")
+        self.handle.write(self._header())  # the same length once the size is known
+
+    def _header(self) -> bytes:
+        if self.fmt == "wav":
+            return wav.pcm16_header(self.sample_rate, self.samples * SAMPLE_WIDTH)
+        if self.fmt == "wav-mulaw":
+            return wav.mulaw_header(self.sample_rate, self.samples)
+        return b""
+
+    def write(self, pcm: bytes) -> None:
+        """Append 16-bit PCM samples, encoded as this format stores them."""
+        self.handle.write(pcm if self.fmt == "wav" else encode_mulaw(pcm))
+        self.samples += len(pcm) // SAMPLE_WIDTH
+
+    def finish(self) -> None:
+        """Write the real header and make the file durable."""
+        if self.fmt == "wav-mulaw":
+            self.handle.write(wav.pad_bytes(self.samples))
+        self.handle.seek(0)
+        self.handle.write(self._header())
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+
+def written_here(fmt: str, sample_rate: int) -> bool:
+    """Whether `fmt` is encoded in Python at this rate (no resampling needed, so no ffmpeg)."""
+    return fmt == "wav" or (fmt in ("wav-mulaw", "mulaw") and sample_rate == TELEPHONY_RATE)
+
+
 def encode(
     chunks: Iterable[bytes],
     *,
@@ -227,31 +248,51 @@ def encode(
     outputs: Mapping[str, Path],
     mp3_bitrate: str = "128k",
 ) -> None:
-    """Encode 16-bit PCM `chunks` into every format of `outputs` with one ffmpeg process.
+    """Encode 16-bit PCM `chunks` into every format of `outputs`, in one pass over them.
 
-    Each file is written under a temporary name beside its target and renamed into place
-    only when ffmpeg has finished cleanly, so a reader never sees a partial file.
+    PCM WAV, and mu-law at 8 kHz, are written here; everything else by one ffmpeg process fed
+    the same chunks. Each file is written under a temporary name beside its target and renamed
+    into place only when every encoder has finished cleanly, so a reader never sees a partial
+    file.
     """
-    args = {
-        fmt: encoder_args(fmt, sample_rate=sample_rate, mp3_bitrate=mp3_bitrate) for fmt in outputs
-    }
-    temps = {
-        fmt: path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-        for fmt, path in outputs.items()
-    }
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "error"]
-    cmd += _raw_input("s16le", sample_rate)
-    for fmt, temp in temps.items():
-        # bitexact keeps encoder version strings and random Ogg serials out of the files, so
-        # the same input gives the same bytes.
-        cmd += ["-map", "0:a", "-map_metadata", "-1", "-fflags", "+bitexact"]
-        cmd += ["-flags:a", "+bitexact", *args[fmt], "-y", str(temp)]
+    temps = {fmt: temp_path_for(path) for fmt, path in outputs.items()}
+    piped = {fmt: temp for fmt, temp in temps.items() if not written_here(fmt, sample_rate)}
+    native: list[_NativeFile] = []
     try:
-        _run_ffmpeg(cmd, chunks)
+        native = [
+            _NativeFile(fmt, temp, sample_rate) for fmt, temp in temps.items() if fmt not in piped
+        ]
+
+        def tee() -> Iterator[bytes]:
+            for chunk in chunks:
+                for out in native:
+                    out.write(chunk)
+                yield chunk
+
+        if piped:
+            cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "error"]
+            cmd += _raw_input("s16le", sample_rate)
+            for fmt, temp in piped.items():
+                args = encoder_args(fmt, sample_rate=sample_rate, mp3_bitrate=mp3_bitrate)
+                # bitexact keeps encoder version strings and random Ogg serials out of the
+                # files, so the same input gives the same bytes.
+                cmd += ["-map", "0:a", "-map_metadata", "-1", "-fflags", "+bitexact"]
+                cmd += ["-flags:a", "+bitexact", *args, "-y", str(temp)]
+            _run_ffmpeg(cmd, tee())
+            for temp in piped.values():
+                _fsync(temp)
+        else:
+            for _ in tee():
+                pass
+        for out in native:
+            out.finish()
         for fmt, temp in temps.items():
-            _fsync(temp)
             os.replace(temp, outputs[fmt])
+        for folder in {path.parent for path in outputs.values()}:
+            fsync_dir(folder)
     finally:
+        for out in native:
+            out.handle.close()
         for temp in temps.values():
             temp.unlink(missing_ok=True)
 

@@ -126,7 +126,9 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
     async def go(
         http_url: str, key: SecretStr | None, namespace: str, reporter: ProgressReporter
     ) -> State:
-        async with AsyncRimeHttpClient(api_key=key, url=http_url) as client:
+        # No more connections than requests the limiter lets through: idle ones cost CPU.
+        pool = limits.concurrency
+        async with AsyncRimeHttpClient(api_key=key, url=http_url, max_connections=pool) as client:
             ctx = Context(
                 sessions,
                 client,

@@ -14,6 +14,7 @@ pending for a resume with a good key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import wav
+from pipeline.audio import EXTENSIONS
 from pipeline.errors import RimeBatchError
 from pipeline.limits import Limiter
 from pipeline.plan import PlannedSegment
@@ -32,7 +34,7 @@ from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.checks import parse_wav
 from pipeline.rime.errors import AuthError, RimeError, StreamCut
 from pipeline.rime.params import TtsRequest
-from pipeline.stitch import parts_for, spec_for, stitch
+from pipeline.stitch import StitchResult, parts_for, spec_for, stitch
 from pipeline.storage import (
     ObjectNotFound,
     ObjectStore,
@@ -207,29 +209,8 @@ def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
             return StageResult(Outcome.SKIPPED)
         work = plans.load_script(session, script_pk)
     plan = work.plan
-    store = ctx.store(work.destination)
     try:
-        with tempfile.TemporaryDirectory(prefix="rime-batch-") as tmp:
-            folder = Path(tmp)
-
-            def fetch(segment: PlannedSegment) -> Path:
-                return store.local_file(ctx.cache_path(segment.cache_key), folder / "segments")
-
-            result = stitch(parts_for(plan, fetch), spec_for(plan, folder / "out", stem="output"))
-            outputs = []
-            for fmt, stitched in result.files.items():
-                key = plan.script_id + stitched.path.name.removeprefix("output")
-                metadata = make_metadata(
-                    work.job_id,
-                    plan.params.speaker,
-                    plan.params.model_id,
-                    stitched.duration_seconds,
-                    stitched.sha256,
-                )
-                uri = store.put_file(
-                    key, stitched.path, content_type=content_type_for(fmt), metadata=metadata
-                )
-                outputs.append(OutputFile(fmt, uri, stitched.sha256, stitched.size_bytes))
+        result, outputs = _stitch_into(ctx, work, ctx.store(work.destination))
     except Exception as exc:
         with ctx.sessions.begin() as session:
             after = transitions.fail_script(session, script_pk, f"stitching failed: {exc}")
@@ -254,6 +235,60 @@ def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
         )
     )
     return StageResult(Outcome.STITCHED, after or NOTHING)
+
+
+def _stitch_into(
+    ctx: Context, work: plans.ScriptWork, store: ObjectStore
+) -> tuple[StitchResult, list[OutputFile]]:
+    """Stitch the script's outputs into the store; each output file's record.
+
+    In a local folder the segments are read where they are cached and the outputs are encoded
+    in place (the encoder's rename is the atomic write); anything else goes through a scratch
+    folder, downloads in and uploads out.
+    """
+    plan = work.plan
+    in_place = store.local_path(plan.script_id)
+    with contextlib.ExitStack() as stack:
+        scratch = None if in_place else Path(stack.enter_context(_scratch_folder()))
+
+        def fetch(segment: PlannedSegment) -> Path:
+            key = ctx.cache_path(segment.cache_key)
+            path = store.local_path(key)
+            if path is None:
+                assert scratch is not None
+                return store.get_to_file(key, scratch.joinpath(*key.split("/")))
+            if not path.is_file():
+                raise ObjectNotFound(f"no object at {path}", uri=str(path))
+            return path
+
+        if in_place is not None:
+            spec = spec_for(plan, in_place.parent, stem=in_place.name)
+        else:
+            assert scratch is not None
+            spec = spec_for(plan, scratch / "out", stem="output")
+        result = stitch(parts_for(plan, fetch), spec)
+        outputs = []
+        for fmt, stitched in result.files.items():
+            key = plan.script_id + EXTENSIONS[fmt]
+            if in_place is not None:
+                uri = store.uri_for(key)
+            else:
+                metadata = make_metadata(
+                    work.job_id,
+                    plan.params.speaker,
+                    plan.params.model_id,
+                    stitched.duration_seconds,
+                    stitched.sha256,
+                )
+                uri = store.put_file(
+                    key, stitched.path, content_type=content_type_for(fmt), metadata=metadata
+                )
+            outputs.append(OutputFile(fmt, uri, stitched.sha256, stitched.size_bytes))
+    return result, outputs
+
+
+def _scratch_folder() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="rime-batch-")
 
 
 def settle_stage(ctx: Context, job_id: str) -> State:

@@ -34,8 +34,8 @@ from pipeline.audio import (
     measure_loudness,
     to_pcm16,
 )
+from pipeline.files import sha256_file
 from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
-from pipeline.storage.files import sha256_file
 
 SILENCE_THRESHOLD_DBFS = -50.0  # below any speech, above a clean TTS noise floor
 KEEP_MS = 10  # kept either side of the speech so soft consonants are not clipped
@@ -216,7 +216,8 @@ def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
             written += len(chunk)
             yield to_pcm16(chunk, gain)
 
-    spec.directory.mkdir(parents=True, exist_ok=True)
+    if not spec.directory.is_dir():
+        spec.directory.mkdir(parents=True, exist_ok=True)
     encode(pcm(), sample_rate=rate, outputs=outputs, mp3_bitrate=spec.output.mp3_bitrate)
     duration = written / rate
     files = {

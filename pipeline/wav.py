@@ -25,6 +25,11 @@ _U32_MAX = 0xFFFFFFFF
 _JUNK_BYTES = 28  # exactly the size of a ds64 chunk's body
 
 
+def pad_bytes(data_bytes: int) -> bytes:
+    """What follows a data chunk of `data_bytes`: RIFF chunks end on an even offset."""
+    return b"\0" if data_bytes & 1 else b""
+
+
 class WavError(ValueError):
     """Bytes that cannot be a whole WAV file; the message says what is wrong."""
 
@@ -148,10 +153,15 @@ def pcm16_header(sampling_rate: int, data_bytes: int) -> bytes:
 
 
 def mulaw_header(sampling_rate: int, samples: int) -> bytes:
-    """The header of a G.711 mu-law output (one byte a sample), as ffmpeg lays it out."""
+    """The header of a G.711 mu-law output (one byte a sample), as ffmpeg lays it out.
+
+    The writer adds the pad byte after an odd number of samples (see `pad_bytes`).
+    """
     fmt = _fmt_chunk(FORMAT_MULAW, sampling_rate, 8, extra=struct.pack("<H", 0))
-    fact = b"fact" + struct.pack("<II", 4, samples)
-    riff_size = 4 + len(fmt) + len(fact) + 8 + samples
+    # ffmpeg counts one sample in the fact chunk of an empty file; so do we, to match it.
+    fact = b"fact" + struct.pack("<II", 4, max(samples, 1))
+    # An odd data chunk is followed by a pad byte, which the RIFF size counts.
+    riff_size = 4 + len(fmt) + len(fact) + 8 + samples + (samples & 1)
     if riff_size > _U32_MAX:
         raise WavError(f"{samples} mu-law samples do not fit in a WAV file")
     return (

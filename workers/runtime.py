@@ -94,7 +94,8 @@ class Runtime:
         client = AsyncRimeHttpClient(
             api_key=settings.rime_api_key,
             url=settings.rime_api_url,
-            max_connections=max(100, settings.threads),
+            # The shared cap bounds this process's requests in flight, and so its connections.
+            max_connections=settings.limits.concurrency,
         )
         limiter = RedisLimiter(
             settings.redis_url,

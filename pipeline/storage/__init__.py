@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import InputError
+from pipeline.files import atomic_write, sha256_file
 from pipeline.storage.base import InvalidKey, ObjectNotFound, ObjectStore, StorageError
-from pipeline.storage.files import atomic_write, sha256_file
 from pipeline.storage.keys import cache_key_path, validate_key
 from pipeline.storage.local import LocalStore
 from pipeline.storage.outputs import CONTENT_TYPES, content_type_for, output_metadata

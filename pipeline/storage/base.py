@@ -81,9 +81,12 @@ class ObjectStore(Protocol):
         """Write the object to `local_path` atomically and return that path."""
         ...
 
-    def local_file(self, key: str, scratch: Path) -> Path:
-        """A local file holding the object: the stored file itself when the store is a folder,
-        else a download under the `scratch` folder. `ObjectNotFound` when there is none."""
+    def local_path(self, key: str) -> Path | None:
+        """The file that holds `key` when the store is a folder on this machine, else None.
+
+        Read it in place, or write it yourself (atomically, through `pipeline.files`) instead
+        of copying a finished file in.
+        """
         ...
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:

@@ -7,8 +7,8 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from pipeline.files import atomic_write, is_temp_name
 from pipeline.storage.base import ObjectNotFound, StorageError
-from pipeline.storage.files import atomic_write, is_temp_name
 from pipeline.storage.keys import validate_key, validate_prefix
 
 _COPY_BUFFER = 1024 * 1024
@@ -101,12 +101,9 @@ class LocalStore:
         except OSError as exc:
             raise _os_error("cannot copy", str(target), exc) from exc
 
-    def local_file(self, key: str, scratch: Path) -> Path:
-        """The file itself: no copy is needed to read it."""
-        target = self.path_for(key)
-        if not target.is_file():
-            raise ObjectNotFound(f"no object at {target}", uri=str(target))
-        return target
+    def local_path(self, key: str) -> Path:
+        """The file that holds `key` (it may not exist yet)."""
+        return self.path_for(key)
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys under the root that start with `prefix`, in lexical order."""

@@ -13,8 +13,8 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipeline.files import atomic_write
 from pipeline.storage.base import ObjectNotFound, StorageError
-from pipeline.storage.files import atomic_write
 from pipeline.storage.keys import join_key, validate_key, validate_prefix
 
 if TYPE_CHECKING:
@@ -135,9 +135,10 @@ class S3Store:
                     Path(local_path), lambda fh: shutil.copyfileobj(body, fh, _COPY_BUFFER)
                 )
 
-    def local_file(self, key: str, scratch: Path) -> Path:
-        """A download of the object under `scratch`, at the key's own relative path."""
-        return self.get_to_file(key, Path(scratch).joinpath(*validate_key(key).split("/")))
+    def local_path(self, key: str) -> None:
+        """None: objects in a bucket are reached through downloads and uploads."""
+        validate_key(key)
+        return None
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         """Keys under the store's prefix that start with `prefix`, in lexical order."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar, get_origin, get_type_hints
+from typing import Any, TypeVar, cast, get_origin, get_type_hints
 
-from sqlalchemy import insert, select
+from sqlalchemy import RowMapping, Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
@@ -25,18 +25,26 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+_FIELDS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
+
+
+def _fields_of(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
+    """Each field's name, and whether it is a tuple (read once: type hints are slow to get)."""
+    if cls not in _FIELDS:
+        hints = get_type_hints(cls)
+        _FIELDS[cls] = tuple((f.name, get_origin(hints[f.name]) is tuple) for f in fields(cls))
+    return _FIELDS[cls]
+
+
 def _from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     # JSON has no tuples; fields typed as tuples come back as lists. Keys a later version of the
     # dataclass no longer has are dropped, and fields it added keep their defaults.
-    hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
-    for field in fields(cls):  # type: ignore[arg-type]
-        if field.name not in data:
+    for name, is_tuple in _fields_of(cls):
+        if name not in data:
             continue
-        value = data[field.name]
-        if value is not None and get_origin(hints[field.name]) is tuple:
-            value = tuple(value)
-        kwargs[field.name] = value
+        value = data[name]
+        kwargs[name] = tuple(value) if is_tuple and value is not None else value
     return cls(**kwargs)
 
 
@@ -92,24 +100,38 @@ def record_plan(session: Session, plan: JobPlan) -> str:
     return job_id
 
 
-def _planned_segment(row: SegmentRow) -> PlannedSegment:
+_PLANNED_COLUMNS = (
+    "index",
+    "source",
+    "text",
+    "pause_after_ms",
+    "inline_speed_alpha",
+    "cache_key",
+)
+
+
+def _planned_segment(row: SegmentRow | RowMapping) -> PlannedSegment:
+    get = row.__getitem__ if isinstance(row, RowMapping) else row.__getattribute__
     return PlannedSegment(
-        index=row.index,
-        source=row.source,
-        text=row.text,
-        pause_after_ms=row.pause_after_ms,
-        inline_speed_alpha=tuple(row.inline_speed_alpha),
-        cache_key=row.cache_key,
+        index=get("index"),
+        source=get("source"),
+        text=get("text"),
+        pause_after_ms=get("pause_after_ms"),
+        inline_speed_alpha=tuple(get("inline_speed_alpha")),
+        cache_key=get("cache_key"),
     )
 
 
-def _script_plan(row: ScriptRow, segments: list[SegmentRow]) -> ScriptPlan:
+def _script_plan(
+    row: ScriptRow | RowMapping, segments: Sequence[SegmentRow | RowMapping]
+) -> ScriptPlan:
+    get = row.__getitem__ if isinstance(row, RowMapping) else row.__getattribute__
     return ScriptPlan(
-        script_id=row.script_id,
-        params=_from_dict(VoiceParams, row.params),
-        output=_from_dict(OutputSpec, row.output),
+        script_id=get("script_id"),
+        params=_from_dict(VoiceParams, get("params")),
+        output=_from_dict(OutputSpec, get("output")),
         segments=tuple(_planned_segment(s) for s in segments),
-        lead_pause_ms=row.lead_pause_ms,
+        lead_pause_ms=get("lead_pause_ms"),
     )
 
 
@@ -167,47 +189,69 @@ class ScriptWork:
     plan: ScriptPlan
 
 
+# What a stage loads for every segment and script, built once (see pipeline.store.transitions).
+_JOBS = cast(Table, JobRow.__table__)
+_SCRIPTS = cast(Table, ScriptRow.__table__)
+_SEGMENTS = cast(Table, SegmentRow.__table__)
+_SEGMENT_COLUMNS = [_SEGMENTS.c[name] for name in _PLANNED_COLUMNS]
+_SEGMENT_WORK = (
+    select(
+        _SEGMENTS.c.job_id,
+        _JOBS.c.destination,
+        _SEGMENTS.c.script_pk,
+        _SCRIPTS.c.script_id,
+        _SEGMENTS.c.state,
+        _SEGMENTS.c.attempts,
+        _SCRIPTS.c.params,
+        *_SEGMENT_COLUMNS,
+    )
+    .select_from(
+        _SEGMENTS.join(_SCRIPTS, _SEGMENTS.c.script_pk == _SCRIPTS.c.id).join(
+            _JOBS, _SEGMENTS.c.job_id == _JOBS.c.id
+        )
+    )
+    .where(_SEGMENTS.c.id == bindparam("pk_"))
+)
+_SCRIPT_WORK = (
+    select(_SCRIPTS, _JOBS.c.destination)
+    .select_from(_SCRIPTS.join(_JOBS, _SCRIPTS.c.job_id == _JOBS.c.id))
+    .where(_SCRIPTS.c.id == bindparam("pk_"))
+)
+_SCRIPT_SEGMENTS = (
+    select(*_SEGMENT_COLUMNS)
+    .where(_SEGMENTS.c.script_pk == bindparam("pk_"))
+    .order_by(_SEGMENTS.c.index)
+)
+
+
 def load_segment(session: Session, segment_pk: int) -> SegmentWork:
     """The segment with its script's synthesis parameters and its job's destination."""
-    found = session.execute(
-        select(SegmentRow, ScriptRow, JobRow.destination)
-        .join(ScriptRow, SegmentRow.script_pk == ScriptRow.id)
-        .join(JobRow, SegmentRow.job_id == JobRow.id)
-        .where(SegmentRow.id == segment_pk)
-    ).one_or_none()
+    found = session.execute(_SEGMENT_WORK, {"pk_": segment_pk}).mappings().one_or_none()
     if found is None:
         raise StoreError(f"no segment {segment_pk}")
-    segment, script, destination = found
     return SegmentWork(
-        segment_pk=segment.id,
-        job_id=segment.job_id,
-        destination=destination,
-        script_pk=script.id,
-        script_id=script.script_id,
-        state=segment.state,
-        attempts=segment.attempts,
-        params=_from_dict(VoiceParams, script.params),
-        segment=_planned_segment(segment),
+        segment_pk=segment_pk,
+        job_id=found["job_id"],
+        destination=found["destination"],
+        script_pk=found["script_pk"],
+        script_id=found["script_id"],
+        state=found["state"],
+        attempts=found["attempts"],
+        params=_from_dict(VoiceParams, found["params"]),
+        segment=_planned_segment(found),
     )
 
 
 def load_script(session: Session, script_pk: int) -> ScriptWork:
     """The script's plan and its job's destination."""
-    found = session.execute(
-        select(ScriptRow, JobRow)
-        .join(JobRow, ScriptRow.job_id == JobRow.id)
-        .where(ScriptRow.id == script_pk)
-    ).one_or_none()
+    found = session.execute(_SCRIPT_WORK, {"pk_": script_pk}).mappings().one_or_none()
     if found is None:
         raise StoreError(f"no script row {script_pk}")
-    script, job = found
-    segments = session.scalars(
-        select(SegmentRow).where(SegmentRow.script_pk == script_pk).order_by(SegmentRow.index)
-    ).all()
+    segments = session.execute(_SCRIPT_SEGMENTS, {"pk_": script_pk}).mappings().all()
     return ScriptWork(
-        script_pk=script.id,
-        job_id=job.id,
-        destination=job.destination,
-        state=script.state,
-        plan=_script_plan(script, list(segments)),
+        script_pk=script_pk,
+        job_id=found["job_id"],
+        destination=found["destination"],
+        state=found["state"],
+        plan=_script_plan(found, segments),
     )

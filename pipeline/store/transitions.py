@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, exists, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Table, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
@@ -55,21 +55,104 @@ def all_segments_done() -> ColumnElement[bool]:
     return ~exists().where(SegmentRow.script_pk == ScriptRow.id, SegmentRow.state != State.DONE)
 
 
-def _stitch_due(session: Session, script_pk: int) -> Next:
-    due = session.scalar(
-        select(ScriptRow.id).where(
-            ScriptRow.id == script_pk, ScriptRow.state == State.PENDING, all_segments_done()
-        )
+# The statements every segment and script runs, built once: constructing a statement costs
+# more than executing it on SQLite. Plain tables, not the ORM classes, so no ORM bulk-update
+# machinery runs either. Parameters end in an underscore (a bind may not share a column's name).
+_JOBS = cast(Table, JobRow.__table__)
+_SCRIPTS = cast(Table, ScriptRow.__table__)
+_SEGMENTS = cast(Table, SegmentRow.__table__)
+
+_CLAIM_SEGMENT = (
+    update(_SEGMENTS)
+    .where(
+        _SEGMENTS.c.id == bindparam("pk_"),
+        _SEGMENTS.c.state == State.PENDING,
+        exists().where(_SCRIPTS.c.id == _SEGMENTS.c.script_pk, _SCRIPTS.c.state == State.PENDING),
     )
+    .values(state=State.RUNNING, started_at=bindparam("now_"), finished_at=None)
+    .returning(_SEGMENTS.c.script_pk, _SEGMENTS.c.job_id)
+)
+# Both only match (and lock) the first time: the first claim starts the script and the job.
+_START_SCRIPT = (
+    update(_SCRIPTS)
+    .where(_SCRIPTS.c.id == bindparam("pk_"), _SCRIPTS.c.started_at.is_(None))
+    .values(started_at=bindparam("now_"))
+)
+_START_JOB = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("pk_"), _JOBS.c.state == State.PENDING)
+    .values(state=State.RUNNING, started_at=func.coalesce(_JOBS.c.started_at, bindparam("now_")))
+)
+_FINISH_SEGMENT = (
+    update(_SEGMENTS)
+    .where(_SEGMENTS.c.id == bindparam("pk_"), _SEGMENTS.c.state == State.RUNNING)
+    .values(
+        state=State.DONE,
+        audio_seconds=bindparam("seconds_"),
+        finished_at=bindparam("now_"),
+        attempts=_SEGMENTS.c.attempts + bindparam("attempts_"),
+        billed_chars=_SEGMENTS.c.billed_chars + bindparam("billed_"),
+    )
+    .returning(_SEGMENTS.c.script_pk)
+)
+_COUNT_ATTEMPT = (
+    update(_SEGMENTS)
+    .where(_SEGMENTS.c.id == bindparam("pk_"))
+    .values(
+        attempts=_SEGMENTS.c.attempts + 1,
+        billed_chars=_SEGMENTS.c.billed_chars + bindparam("billed_"),
+        last_error=func.coalesce(bindparam("error_"), _SEGMENTS.c.last_error),
+    )
+    .returning(_SEGMENTS.c.script_pk)
+)
+_BILL_SCRIPT = (
+    update(_SCRIPTS)
+    .where(_SCRIPTS.c.id == bindparam("pk_"))
+    .values(billed_chars=_SCRIPTS.c.billed_chars + bindparam("billed_"))
+)
+_STITCH_DUE = select(_SCRIPTS.c.id).where(
+    _SCRIPTS.c.id == bindparam("pk_"),
+    _SCRIPTS.c.state == State.PENDING,
+    ~exists().where(_SEGMENTS.c.script_pk == _SCRIPTS.c.id, _SEGMENTS.c.state != State.DONE),
+)
+_LOCK_JOB = select(_JOBS.c.id).where(_JOBS.c.id == bindparam("pk_")).with_for_update()
+_SCRIPTS_ACTIVE = select(
+    exists().where(
+        _SCRIPTS.c.job_id == bindparam("pk_"), _SCRIPTS.c.state.in_([State.PENDING, State.RUNNING])
+    )
+)
+_CLAIM_STITCH = (
+    update(_SCRIPTS)
+    .where(
+        _SCRIPTS.c.id == bindparam("pk_"),
+        _SCRIPTS.c.state == State.PENDING,
+        ~exists().where(_SEGMENTS.c.script_pk == _SCRIPTS.c.id, _SEGMENTS.c.state != State.DONE),
+    )
+    .values(state=State.RUNNING, stitch_started_at=bindparam("now_"))
+)
+_FINISH_SCRIPT = (
+    update(_SCRIPTS)
+    .where(_SCRIPTS.c.id == bindparam("pk_"), _SCRIPTS.c.state == State.RUNNING)
+    .values(
+        state=State.DONE,
+        audio_seconds=bindparam("seconds_"),
+        outputs=bindparam("outputs_"),
+        error=None,
+        finished_at=bindparam("now_"),
+    )
+    .returning(_SCRIPTS.c.job_id)
+)
+
+
+def _stitch_due(session: Session, script_pk: int) -> Next:
+    due = session.execute(_STITCH_DUE, {"pk_": script_pk}).scalar_one_or_none()
     return Next(stitch=script_pk) if due is not None else NOTHING
 
 
 def _settle_due(session: Session, job_id: str) -> Next:
     # Taking the job's row first makes finishers of its last scripts answer one after another.
-    session.execute(select(JobRow.id).where(JobRow.id == job_id).with_for_update())
-    active = session.scalar(
-        select(exists().where(ScriptRow.job_id == job_id, ScriptRow.state.in_(_ACTIVE)))
-    )
+    session.execute(_LOCK_JOB, {"pk_": job_id})
+    active = session.execute(_SCRIPTS_ACTIVE, {"pk_": job_id}).scalar()
     return NOTHING if active else Next(settle=job_id)
 
 
@@ -120,34 +203,12 @@ def claim_segment(session: Session, segment_pk: int) -> bool:
     """pending -> running, unless its script has failed or was cancelled; True if we won."""
     check_transition("segment", [State.PENDING], State.RUNNING)
     now = utcnow()
-    script_open = exists().where(
-        ScriptRow.id == SegmentRow.script_pk, ScriptRow.state == State.PENDING
-    )
-    claimed = session.execute(
-        update(SegmentRow)
-        .where(SegmentRow.id == segment_pk, SegmentRow.state == State.PENDING, script_open)
-        .values(state=State.RUNNING, started_at=now, finished_at=None)
-        .returning(SegmentRow.script_pk, SegmentRow.job_id)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    claimed = session.execute(_CLAIM_SEGMENT, {"pk_": segment_pk, "now_": now}).one_or_none()
     if claimed is None:
         return False
     script_pk, job_id = claimed
-    # Both only match (and lock) the first time: the first claim starts the script and the job.
-    session.execute(
-        update(ScriptRow)
-        .where(ScriptRow.id == script_pk, ScriptRow.started_at.is_(None))
-        .values(started_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    _cas(
-        session,
-        JobRow,
-        JobRow.id == job_id,
-        expected=[State.PENDING],
-        target=State.RUNNING,
-        started_at=func.coalesce(JobRow.started_at, now),
-    )
+    session.execute(_START_SCRIPT, {"pk_": script_pk, "now_": now})
+    session.execute(_START_JOB, {"pk_": job_id, "now_": now})
     return True
 
 
@@ -157,30 +218,20 @@ def record_attempt(
     """Count one request: attempts += 1, billed characters += billed_chars (0 if unsent)."""
     if billed_chars < 0:
         raise ValueError("billed_chars must be >= 0")
-    values: dict[str, Any] = {
-        "attempts": SegmentRow.attempts + 1,
-        "billed_chars": SegmentRow.billed_chars + billed_chars,
-    }
-    if error is not None:
-        values["last_error"] = _clip(error)
     # Deliberately no state condition: a request that reached the server is billed even when
     # the segment was cancelled or reclaimed meanwhile.
     script_pk = session.execute(
-        update(SegmentRow)
-        .where(SegmentRow.id == segment_pk)
-        .values(**values)
-        .returning(SegmentRow.script_pk)
-        .execution_options(synchronize_session=False)
+        _COUNT_ATTEMPT,
+        {
+            "pk_": segment_pk,
+            "billed_": billed_chars,
+            "error_": None if error is None else _clip(error),
+        },
     ).scalar_one_or_none()
     if script_pk is None:
         raise StoreError(f"no segment {segment_pk}")
     if billed_chars:
-        session.execute(
-            update(ScriptRow)
-            .where(ScriptRow.id == script_pk)
-            .values(billed_chars=ScriptRow.billed_chars + billed_chars)
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(_BILL_SCRIPT, {"pk_": script_pk, "billed_": billed_chars})
 
 
 def finish_segment(
@@ -193,28 +244,20 @@ def finish_segment(
     """
     billed = billed_chars or 0
     finished = session.execute(
-        update(SegmentRow)
-        .where(SegmentRow.id == segment_pk, SegmentRow.state == State.RUNNING)
-        .values(
-            state=State.DONE,
-            audio_seconds=audio_seconds,
-            finished_at=utcnow(),
-            attempts=SegmentRow.attempts + (0 if billed_chars is None else 1),
-            billed_chars=SegmentRow.billed_chars + billed,
-        )
-        .returning(SegmentRow.script_pk)
-        .execution_options(synchronize_session=False)
+        _FINISH_SEGMENT,
+        {
+            "pk_": segment_pk,
+            "seconds_": audio_seconds,
+            "now_": utcnow(),
+            "attempts_": 0 if billed_chars is None else 1,
+            "billed_": billed,
+        },
     ).scalar_one_or_none()
     if finished is None:
         return None
     # Always written, even with nothing billed: the update takes the script's row lock, which
     # makes the last finishers of one script ask `_stitch_due` one after the other.
-    session.execute(
-        update(ScriptRow)
-        .where(ScriptRow.id == finished)
-        .values(billed_chars=ScriptRow.billed_chars + billed)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_BILL_SCRIPT, {"pk_": finished, "billed_": billed})
     return _stitch_due(session, finished)
 
 
@@ -304,14 +347,10 @@ def requeue_stale_stitches(
 
 def claim_stitch(session: Session, script_pk: int) -> bool:
     """pending -> running once every segment is done: True for exactly one caller."""
-    return _cas_one(
-        session,
-        ScriptRow,
-        (ScriptRow.id == script_pk) & all_segments_done(),
-        expected=[State.PENDING],
-        target=State.RUNNING,
-        stitch_started_at=utcnow(),
-    )
+    check_transition("script", [State.PENDING], State.RUNNING)
+    result = session.execute(_CLAIM_STITCH, {"pk_": script_pk, "now_": utcnow()})
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
 
 
 def finish_script(
@@ -325,19 +364,16 @@ def finish_script(
 
     Returns the job's settle when this was the last of its scripts still to run.
     """
-    job_id = session.scalar(
-        update(ScriptRow)
-        .where(ScriptRow.id == script_pk, ScriptRow.state == State.RUNNING)
-        .values(
-            state=State.DONE,
-            audio_seconds=audio_seconds,
-            outputs=[asdict(o) for o in outputs],
-            error=None,
-            finished_at=utcnow(),
-        )
-        .returning(ScriptRow.job_id)
-        .execution_options(synchronize_session=False)
-    )
+    check_transition("script", [State.RUNNING], State.DONE)
+    job_id = session.execute(
+        _FINISH_SCRIPT,
+        {
+            "pk_": script_pk,
+            "seconds_": audio_seconds,
+            "outputs_": [asdict(o) for o in outputs],
+            "now_": utcnow(),
+        },
+    ).scalar_one_or_none()
     return None if job_id is None else _settle_due(session, job_id)
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # lower layer; never a layer above it, nor another package of its own layer. Imports under
 # TYPE_CHECKING count too: they are a dependency all the same.
 LAYERS: list[set[str]] = [
-    {"pipeline", "pipeline.errors", "pipeline.wav"},
+    {"pipeline", "pipeline.errors", "pipeline.files", "pipeline.wav", "pipeline.g711"},
     {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio"},
     {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest"},
     {"pipeline.plan", "pipeline.synth", "pipeline.settings", "pipeline.redis_limits"},

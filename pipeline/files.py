@@ -1,4 +1,6 @@
-"""Local file helpers: atomic replacement and streaming checksums."""
+"""Local files written so a reader never sees half of one: temp names, atomic replacement,
+durable renames, and streaming checksums. Every writer of the project names its temp files here,
+so a listing can always tell them apart."""
 
 from __future__ import annotations
 
@@ -22,13 +24,23 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
-def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Call `write` on a temp file next to `target`, then rename it over `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_path_for(target)
+def create_temp(temp: Path) -> int:
+    """Open a new temp file for writing, creating its folder if needed; the descriptor."""
     # os.open with 0o666 lets the umask decide the final mode, as a plain open() would;
     # mkstemp would leave every output readable only by its owner.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(temp, flags, 0o666)
+    except FileNotFoundError:
+        # Only now: a mkdir of a folder that exists costs as much as the write itself.
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(temp, flags, 0o666)
+
+
+def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call `write` on a temp file next to `target`, then rename it over `target`."""
+    temp = temp_path_for(target)
+    fd = create_temp(temp)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -39,11 +51,12 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> Path:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make the renames into `folder` durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
