@@ -105,6 +105,9 @@ class Settings(BaseModel):
     # None: computed from the retry policy (see `visibility`).
     visibility_timeout: float | None = None
     stitch_seconds: float = STITCH_SECONDS
+    # Celery task events from the start (Flower turns them on by itself when it runs); each
+    # task then publishes three more messages.
+    task_events: bool = False
     # How often one of the workers looks for dead workers' claims and stalled jobs.
     sweep_seconds: float = 30.0
     # A running job with no claim or finish for this long gets its work sent again;

@@ -62,8 +62,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Running tasks finish when the broker connection drops; their acknowledgement is lost
         # and the broker delivers them again, which the tasks skip.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_queues": [_queue(name) for name in QUEUES],
