@@ -22,15 +22,16 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from pipeline.limits import LimitConfig, bucket_capacity
-from pipeline.redis_limits import RedisLimiter
+from pipeline.limits import LimitConfig
+from pipeline.limits.bucket import bucket_capacity
+from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.errors import RateLimited
 
 pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = (
-    "import sys; from tests.integration.test_redis_limits import holder_main; "
+    "import sys; from tests.integration.test_limits_shared import holder_main; "
     "holder_main(sys.argv[1])"
 )
 
