@@ -253,6 +253,44 @@ def test_the_budget_admits_the_burst_then_the_rate(redis_url: str) -> None:
     assert rate * 1.5 - 3 <= steady <= rate * 1.5 + 2
 
 
+class Refused(Exception):
+    """A wait for a token, refused by the test's sleep instead of slept."""
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_takes_never_overspend_the_budget(redis_url: str) -> None:
+    # Three workers at one frozen instant: the burst of 10 is taken once between them, not more.
+    config = LimitConfig(concurrency=100, requests_per_minute=60)
+    namespace = _namespace()
+    waits: list[float] = []
+
+    async def refuse(seconds: float) -> None:
+        waits.append(seconds)
+        raise Refused
+
+    async def scenario() -> int:
+        limiters = [
+            RedisLimiter(redis_url, config, namespace, clock=lambda: 1000.0, sleep=refuse)
+            for _ in range(3)
+        ]
+        admitted = 0
+
+        async def one(limiter: RedisLimiter) -> None:
+            nonlocal admitted
+            with contextlib.suppress(Refused):
+                async with limiter.slot():
+                    admitted += 1
+
+        await asyncio.gather(*(one(lim) for lim in limiters for _ in range(10)))
+        assert await limiters[0].in_flight() == 0
+        for lim in limiters:
+            await lim.aclose()
+        return admitted
+
+    assert asyncio.run(scenario()) == 10
+    assert waits == [pytest.approx(1.0)] * 20  # one a second, and none had come yet
+
+
 # --- adaptive cap ----------------------------------------------------------------------------
 
 
@@ -423,6 +461,45 @@ def test_without_adaptive_mode_429s_leave_the_cap_alone(redis_url: str) -> None:
     assert asyncio.run(scenario()) == (3, 3)
 
 
+@pytest.mark.timeout(30)
+def test_concurrent_reports_from_many_workers_lose_no_update(redis_url: str) -> None:
+    # probe_after 1: every success raises the cap by one, so a lost update would show in it.
+    config = LimitConfig(concurrency=64, adaptive=True, probe_after=1)
+    namespace = _namespace()
+
+    async def scenario() -> int:
+        workers = [RedisLimiter(redis_url, config, namespace) for _ in range(4)]
+        await asyncio.gather(*(w.on_success() for w in workers for _ in range(5)))
+        cap = await workers[0].cap()
+        for w in workers:
+            await w.aclose()
+        return cap
+
+    assert asyncio.run(scenario()) == 32 + 4 * 5
+
+
+@pytest.mark.timeout(30)
+def test_the_adaptive_state_is_forgotten_only_after_an_idle_spell(redis_url: str) -> None:
+    # A state lifetime of 0.5 s stands for the hour. Busy at the ceiling, where a success
+    # changes nothing, the cap stays; after a spell with no outcome reported, it starts over.
+    config = LimitConfig(concurrency=4, adaptive=True, probe_after=1)
+
+    async def scenario() -> list[int]:
+        async with RedisLimiter(redis_url, config, _namespace(), state_ttl_seconds=0.5) as lim:
+            for _ in range(3):
+                await lim.on_success()  # 2 -> 3 -> 4, and 4 held
+            caps = [await lim.cap()]
+            for _ in range(6):
+                await asyncio.sleep(0.2)
+                await lim.on_success()
+                caps.append(await lim.cap())
+            await asyncio.sleep(0.8)
+            caps.append(await lim.cap())
+            return caps
+
+    assert asyncio.run(scenario()) == [4] * 7 + [2]
+
+
 # --- Redis going away ------------------------------------------------------------------------
 
 
@@ -508,3 +585,33 @@ def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_fixed_cap_costs_one_round_trip_to_acquire_and_one_to_release(redis_url: str) -> None:
+    sent = 0
+
+    class Counting(aioredis.Connection):
+        """A redis-py connection that counts what it sends: one count per round trip."""
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            nonlocal sent
+            sent += 1
+            await super().send_packed_command(command, check_health)
+
+    async def scenario() -> int:
+        client = aioredis.Redis.from_url(redis_url, connection_class=Counting)
+        async with RedisLimiter(client, LimitConfig(concurrency=2), _namespace()) as limiter:
+            async with limiter.slot():
+                pass  # connects and loads the scripts
+            before = sent
+            for _ in range(20):
+                async with limiter.slot():
+                    pass
+                await limiter.on_success()  # without adaptive mode, feedback is free
+                await limiter.on_rate_limited()
+            spent = sent - before
+        await client.aclose()
+        return spent
+
+    assert asyncio.run(scenario()) == 2 * 20
