@@ -7,9 +7,11 @@ nobody wrote it in between (its `version` field has not moved); otherwise the ch
 over from a fresh read. A transition that leaves the state as it was writes nothing.
 
 This is the transaction WATCH/MULTI/EXEC would make, in two round trips instead of four (WATCH,
-the read with TIME, EXEC), and it pins no connection between them. The script holds no rule:
-it compares a number, writes given fields and pushes a given wake-up. Changes made through one
-`RedisState` run one at a time, so only other processes can make a change start over.
+the read, TIME, MULTI...EXEC), and it pins no connection between them. The script holds no
+rule: it compares a number, writes given fields and pushes a given wake-up. Changes made
+through one `RedisState` run one at a time, so only other processes can make a change start
+over. A change retried because Redis went away after writing but before replying applies its
+transition twice (a success counted twice, a token taken twice), as a retried script would.
 
 An absent hash is the rule's start state: the hash expires `ttl_seconds` after its last write
 (or, with `touch`, its last read for a change), which is how the state is forgotten.
