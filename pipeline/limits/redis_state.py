@@ -1,16 +1,18 @@
 """A rule's state, kept in one Redis hash and changed by the rule's own Python transition.
 
-A change is an optimistic transaction of two round trips. One pipeline reads the state and the
-time (Redis `TIME`, so the hosts' clocks do not matter; tests pass a clock instead). The pure
-transition runs here. A compare-and-set script then writes the whole new state, but only if
-nobody wrote it in between (its `version` field has not moved); otherwise the change starts
-over from a fresh read. A transition that leaves the state as it was writes nothing.
+A change is an optimistic transaction. One script reads the state and the time (Redis `TIME`,
+so the hosts' clocks do not matter; tests pass a clock instead). The pure transition runs here.
+A compare-and-set script then writes the whole new state, but only if nobody wrote it in
+between (its `version` field has not moved); if somebody did, it answers with the state as it
+now is, and the time, and the transition is applied again to that. So a change costs two round
+trips, and one more per race lost to another process; one that leaves the state as it was
+writes nothing.
 
 This is the transaction WATCH/MULTI/EXEC would make, in two round trips instead of four (WATCH,
-the read, TIME, MULTI...EXEC), and it pins no connection between them. The script holds no
-rule: it compares a number, writes given fields and pushes a given wake-up. Changes made
-through one `RedisState` run one at a time, so only other processes can make a change start
-over. A change retried because Redis went away after writing but before replying applies its
+the read, TIME, MULTI...EXEC), and it pins no connection between them. The scripts hold no
+rule: they read, compare a number, write given fields and push a given wake-up. Changes made
+through one `RedisState` run one at a time, so only other processes can make one race. A
+change retried because Redis went away after writing but before replying applies its
 transition twice (a success counted twice, a token taken twice), as a retried script would.
 
 An absent hash is the rule's start state: the hash expires `ttl_seconds` after its last write
@@ -27,11 +29,23 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
+# KEYS: state. ARGV: ttl_ms to keep it alive for, or 0. Returns {seconds, microseconds,
+# {field, value, ...}}: the time now and the state.
+_READ = """
+if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local t = redis.call('TIME')
+return {t[1], t[2], redis.call('HGETALL', KEYS[1])}
+"""
+
 # KEYS: state, wake. ARGV: version read, ttl_ms, wake_keep (0: no wake-up), field, value, ...
-# Returns 1 when it wrote the state, 0 when someone else had written it since it was read.
+# Returns nil when it wrote the state; when someone else had written it since it was read,
+# what _READ returns.
 _SET_IF_UNCHANGED = """
 local version = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0
-if version ~= tonumber(ARGV[1]) then return 0 end
+if version ~= tonumber(ARGV[1]) then
+  local t = redis.call('TIME')
+  return {t[1], t[2], redis.call('HGETALL', KEYS[1])}
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'version', version + 1, unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -41,7 +55,7 @@ if keep > 0 then
   redis.call('LTRIM', KEYS[2], 0, keep - 1)
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-return 1
+return false
 """
 
 
@@ -105,11 +119,12 @@ class RedisState(Generic[S]):
         self._wake_keep = wake_keep
         self._clock = clock
         self._lock = asyncio.Lock()
+        self._read = client.register_script(_READ)
         self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
 
     async def read(self) -> S:
         """The state stored now (the start state when none is)."""
-        state, _, _ = await self._read(touch=False)
+        state, _, _ = self._parse(await self._read(keys=[self.key], args=[0]))
         return state
 
     async def change(
@@ -119,8 +134,10 @@ class RedisState(Generic[S]):
     ) -> Change[S, R]:
         """Apply `transition(state, now)` atomically; push a wake-up when `wake(before, after)`."""
         async with self._lock:
+            touch = self._ttl_ms if self._touch else 0
+            snapshot = await self._read(keys=[self.key], args=[touch])
             while True:
-                before, version, now = await self._read(self._touch)
+                before, version, now = self._parse(snapshot)
                 after, result = transition(before, now)
                 if after == before:
                     return Change(before, after, result)
@@ -128,25 +145,15 @@ class RedisState(Generic[S]):
                 args: list[EncodableT] = [version, self._ttl_ms, keep]
                 for field, value in after.to_fields().items():
                     args += [field, value]
-                written = await self._set_if_unchanged(keys=[self.key, self._wake_key], args=args)
-                if int(written):
+                snapshot = await self._set_if_unchanged(keys=[self.key, self._wake_key], args=args)
+                if snapshot is None:
                     return Change(before, after, result)
 
-    async def _read(self, touch: bool) -> tuple[S, int, float]:
-        """The state, its version, and the time now."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.key)
-            if self._clock is None:
-                pipe.time()
-            if touch:
-                pipe.pexpire(self.key, self._ttl_ms)
-            replies: list[Any] = await pipe.execute()
-        if self._clock is None:
-            seconds, micros = replies[1]
-            now = int(seconds) + int(micros) / 1_000_000
-        else:
-            now = self._clock()
-        fields = {_text(k): _text(v) for k, v in replies[0].items()}
+    def _parse(self, snapshot: list[Any]) -> tuple[S, int, float]:
+        """The state in a script's answer, its version, and the time now."""
+        seconds, micros, flat = snapshot
+        now = int(seconds) + int(micros) / 1_000_000 if self._clock is None else self._clock()
+        fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
         version = int(fields.pop("version", 0))
         state = self._kind.from_fields(fields) if fields else self._start(now)
         return state, version, now
