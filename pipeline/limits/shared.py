@@ -159,6 +159,14 @@ class RedisLimiter:
         self._release_script = self._redis.register_script(admission.RELEASE)
         self._in_flight_script = self._redis.register_script(admission.IN_FLIGHT)
         self._aimd = AimdRule(config.concurrency, config.probe_after, cooldown)
+        # Everything the admission script is told but the token: the same for every slot.
+        self._admission: list[EncodableT] = [
+            _ms(lease_seconds),
+            config.concurrency,
+            1 if config.adaptive else 0,
+            self._aimd.start().cap,
+            self._state_ttl_ms,
+        ]
         self._adaptive = RedisState(
             self._redis,
             self.keys.adaptive,
@@ -308,14 +316,7 @@ class RedisLimiter:
             await self._shielded(self._release_after(renewer, token))
 
     async def _acquire(self, token: str, abandoned: asyncio.Event) -> None:
-        args: list[EncodableT] = [
-            token,
-            _ms(self.lease_seconds),
-            self.config.concurrency,
-            1 if self.config.adaptive else 0,
-            self._aimd.start().cap,
-            self._state_ttl_ms,
-        ]
+        args = [token, *self._admission]
         keys = [self.keys.leases, self.keys.adaptive, self.keys.peak]
         async with self._gate:
             async for attempt in retrying(log):
