@@ -16,7 +16,7 @@ Keys, all under one hash tag so that a cluster keeps them in one slot (`{ns}` be
     {ns}:adaptive  adaptive mode, hash: the `AimdState` (its `cap` is what admission reads;
                    absent means half the configured ceiling) and a `version` for the
                    transaction; forgotten after an hour without an outcome reported
-    {ns}:bucket    hash: the `BucketState` of the per-minute budget, and its `version`;
+    {ns}:budget    hash: the `BucketState` of the per-minute budget, and its `version`;
                    gone once it would have refilled, the same as a full bucket
     {ns}:peak      the most slots ever held at once (for tests and benchmarks)
 
@@ -83,7 +83,7 @@ class RedisKeys:
     leases: str
     wake: str
     adaptive: str
-    bucket: str
+    budget: str
     peak: str
 
     @classmethod
@@ -94,7 +94,7 @@ class RedisKeys:
             leases=f"{tag}:leases",
             wake=f"{tag}:wake",
             adaptive=f"{tag}:adaptive",
-            bucket=f"{tag}:bucket",
+            budget=f"{tag}:budget",
             peak=f"{tag}:peak",
         )
 
@@ -184,7 +184,7 @@ class RedisLimiter:
             rule = BucketRule(config.requests_per_minute)
             bucket = RedisState(
                 self._redis,
-                self.keys.bucket,
+                self.keys.budget,
                 BucketState,
                 rule.start,
                 ttl_seconds=rule.refill_seconds + BUCKET_MARGIN_SECONDS,

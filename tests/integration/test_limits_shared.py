@@ -253,6 +253,25 @@ def test_the_budget_admits_the_burst_then_the_rate(redis_url: str) -> None:
     assert rate * 1.5 - 3 <= steady <= rate * 1.5 + 2
 
 
+@pytest.mark.timeout(30)
+def test_state_left_by_an_older_release_is_ignored(redis_url: str) -> None:
+    # Older releases kept the rules' state in other keys, or in other fields under the same
+    # name ({ns}:bucket); workers of both may share a namespace during a rolling upgrade.
+    namespace = _namespace()
+    client = redis.Redis.from_url(redis_url)
+    tag = "{" + namespace + "}"
+    client.hset(f"{tag}:bucket", mapping={"tokens": "0", "ts": "1"})
+    client.set(f"{tag}:cap", "1")
+    client.close()
+    config = LimitConfig(concurrency=4, requests_per_minute=60, adaptive=True)
+
+    async def scenario() -> tuple[int, int]:
+        async with RedisLimiter(redis_url, config, namespace) as lim, lim.slot(), lim.slot():
+            return await lim.cap(), await lim.in_flight()
+
+    assert asyncio.run(scenario()) == (2, 2)
+
+
 class Refused(Exception):
     """A wait for a token, refused by the test's sleep instead of slept."""
 
