@@ -138,6 +138,7 @@ class Settings(BaseModel):
             "concurrency": self.concurrency,
             "requests_per_minute": self.requests_per_minute,
             "probe_after": self.probe_after,
+            "cooldown_seconds": self.cooldown_seconds,
         }
         return replace(
             LimitConfig(adaptive=self.adaptive),

@@ -23,16 +23,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-import redis.exceptions
-from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential, wait_random
+
+from pipeline.limits.redis_retry import REDIS_DOWN, retrying_sync
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-)
 # How often a task that waits for a lease asks again.
 POLL_SECONDS = 0.2
 
@@ -137,11 +132,4 @@ class Leases:
                     log.warning("lease %s was taken by another worker", unit)
 
     def _patient(self, call: Any) -> Any:
-        retrying = Retrying(
-            retry=retry_if_exception_type(REDIS_DOWN),
-            wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.2),
-            stop=stop_never,
-            before_sleep=lambda state: log.warning("Redis is not answering; retrying"),
-            reraise=True,
-        )
-        return retrying(call)
+        return retrying_sync(log)(call)

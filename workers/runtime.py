@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery
 
-from pipeline.redis_limits import RedisLimiter
+from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.http import AsyncRimeHttpClient
 from pipeline.settings import Settings
 from pipeline.stages import Context, Event
@@ -102,11 +102,6 @@ class Runtime:
             settings.limits,
             namespace=settings.limit_namespace,
             lease_seconds=settings.lease_seconds,
-            **(
-                {}
-                if settings.cooldown_seconds is None
-                else {"cooldown_seconds": settings.cooldown_seconds}
-            ),
         )
         return client, limiter
 

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"pipeline", "pipeline.errors", "pipeline.files", "pipeline.wav", "pipeline.g711"},
     {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio"},
     {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest"},
-    {"pipeline.plan", "pipeline.synth", "pipeline.settings", "pipeline.redis_limits"},
+    {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
     {"pipeline.stitch", "pipeline.store"},
     {"pipeline.results"},
     {"pipeline.stages"},
@@ -84,6 +84,19 @@ def test_pipeline_never_imports_celery() -> None:
     code = (
         "import sys, pipeline.run, pipeline.stages, pipeline.cli, pipeline.synth, pipeline.stitch;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'celery', 'kombu', 'workers'});"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_the_limits_package_does_not_import_redis() -> None:
+    """`rime-batch render` never needs Redis: only the shared limiter's own modules import it."""
+    code = (
+        "import sys, pipeline.limits;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'redis');"
         "print(','.join(bad))"
     )
     result = subprocess.run(

@@ -22,15 +22,16 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from pipeline.limits import LimitConfig, bucket_capacity
-from pipeline.redis_limits import RedisLimiter
+from pipeline.limits import LimitConfig
+from pipeline.limits.bucket import bucket_capacity
+from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.errors import RateLimited
 
 pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = (
-    "import sys; from tests.integration.test_redis_limits import holder_main; "
+    "import sys; from tests.integration.test_limits_shared import holder_main; "
     "holder_main(sys.argv[1])"
 )
 
@@ -252,6 +253,63 @@ def test_the_budget_admits_the_burst_then_the_rate(redis_url: str) -> None:
     assert rate * 1.5 - 3 <= steady <= rate * 1.5 + 2
 
 
+@pytest.mark.timeout(30)
+def test_state_left_by_an_older_release_is_ignored(redis_url: str) -> None:
+    # Older releases kept the rules' state in other keys, or in other fields under the same
+    # name ({ns}:bucket); workers of both may share a namespace during a rolling upgrade.
+    namespace = _namespace()
+    client = redis.Redis.from_url(redis_url)
+    tag = "{" + namespace + "}"
+    client.hset(f"{tag}:bucket", mapping={"tokens": "0", "ts": "1"})
+    client.set(f"{tag}:cap", "1")
+    client.close()
+    config = LimitConfig(concurrency=4, requests_per_minute=60, adaptive=True)
+
+    async def scenario() -> tuple[int, int]:
+        async with RedisLimiter(redis_url, config, namespace) as lim, lim.slot(), lim.slot():
+            return await lim.cap(), await lim.in_flight()
+
+    assert asyncio.run(scenario()) == (2, 2)
+
+
+class Refused(Exception):
+    """A wait for a token, refused by the test's sleep instead of slept."""
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_takes_never_overspend_the_budget(redis_url: str) -> None:
+    # Three workers at one frozen instant: the burst of 10 is taken once between them, not more.
+    config = LimitConfig(concurrency=100, requests_per_minute=60)
+    namespace = _namespace()
+    waits: list[float] = []
+
+    async def refuse(seconds: float) -> None:
+        waits.append(seconds)
+        raise Refused
+
+    async def scenario() -> int:
+        limiters = [
+            RedisLimiter(redis_url, config, namespace, clock=lambda: 1000.0, sleep=refuse)
+            for _ in range(3)
+        ]
+        admitted = 0
+
+        async def one(limiter: RedisLimiter) -> None:
+            nonlocal admitted
+            with contextlib.suppress(Refused):
+                async with limiter.slot():
+                    admitted += 1
+
+        await asyncio.gather(*(one(lim) for lim in limiters for _ in range(10)))
+        assert await limiters[0].in_flight() == 0
+        for lim in limiters:
+            await lim.aclose()
+        return admitted
+
+    assert asyncio.run(scenario()) == 10
+    assert waits == [pytest.approx(1.0)] * 20  # one a second, and none had come yet
+
+
 # --- adaptive cap ----------------------------------------------------------------------------
 
 
@@ -422,6 +480,45 @@ def test_without_adaptive_mode_429s_leave_the_cap_alone(redis_url: str) -> None:
     assert asyncio.run(scenario()) == (3, 3)
 
 
+@pytest.mark.timeout(30)
+def test_concurrent_reports_from_many_workers_lose_no_update(redis_url: str) -> None:
+    # probe_after 1: every success raises the cap by one, so a lost update would show in it.
+    config = LimitConfig(concurrency=64, adaptive=True, probe_after=1)
+    namespace = _namespace()
+
+    async def scenario() -> int:
+        workers = [RedisLimiter(redis_url, config, namespace) for _ in range(4)]
+        await asyncio.gather(*(w.on_success() for w in workers for _ in range(5)))
+        cap = await workers[0].cap()
+        for w in workers:
+            await w.aclose()
+        return cap
+
+    assert asyncio.run(scenario()) == 32 + 4 * 5
+
+
+@pytest.mark.timeout(30)
+def test_the_adaptive_state_is_forgotten_only_after_an_idle_spell(redis_url: str) -> None:
+    # A state lifetime of 0.5 s stands for the hour. Busy at the ceiling, where a success
+    # changes nothing, the cap stays; after a spell with no outcome reported, it starts over.
+    config = LimitConfig(concurrency=4, adaptive=True, probe_after=1)
+
+    async def scenario() -> list[int]:
+        async with RedisLimiter(redis_url, config, _namespace(), state_ttl_seconds=0.5) as lim:
+            for _ in range(3):
+                await lim.on_success()  # 2 -> 3 -> 4, and 4 held
+            caps = [await lim.cap()]
+            for _ in range(6):
+                await asyncio.sleep(0.2)
+                await lim.on_success()
+                caps.append(await lim.cap())
+            await asyncio.sleep(0.8)
+            caps.append(await lim.cap())
+            return caps
+
+    assert asyncio.run(scenario()) == [4] * 7 + [2]
+
+
 # --- Redis going away ------------------------------------------------------------------------
 
 
@@ -507,3 +604,33 @@ def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(30)
+def test_a_fixed_cap_costs_one_round_trip_to_acquire_and_one_to_release(redis_url: str) -> None:
+    sent = 0
+
+    class Counting(aioredis.Connection):
+        """A redis-py connection that counts what it sends: one count per round trip."""
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            nonlocal sent
+            sent += 1
+            await super().send_packed_command(command, check_health)
+
+    async def scenario() -> int:
+        client = aioredis.Redis.from_url(redis_url, connection_class=Counting)
+        async with RedisLimiter(client, LimitConfig(concurrency=2), _namespace()) as limiter:
+            async with limiter.slot():
+                pass  # connects and loads the scripts
+            before = sent
+            for _ in range(20):
+                async with limiter.slot():
+                    pass
+                await limiter.on_success()  # without adaptive mode, feedback is free
+                await limiter.on_rate_limited()
+            spent = sent - before
+        await client.aclose()
+        return spent
+
+    assert asyncio.run(scenario()) == 2 * 20

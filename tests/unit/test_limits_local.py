@@ -1,11 +1,11 @@
-"""The in-process limiter: the cap holds under load, the budget paces, AIMD shrinks and grows."""
+"""The in-process limiter: the cap holds under load, the budget paces, feedback adapts the cap."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from pipeline.limits import Aimd, LimitConfig, LocalLimiter, TokenBucket
+from pipeline.limits import LimitConfig, LocalLimiter
 
 
 async def _hammer(limiter: LocalLimiter, tasks: int, hold: float) -> int:
@@ -37,31 +37,6 @@ async def test_requests_per_minute_budget_paces_after_the_burst() -> None:
     assert 0.8 < time.monotonic() - started < 2.5
 
 
-def test_token_bucket_refills_at_its_rate() -> None:
-    now = [0.0]
-    bucket = TokenBucket(60, clock=lambda: now[0])  # one a second, burst of 10
-    assert [bucket.take() for _ in range(10)] == [0.0] * 10
-    assert bucket.take() == 1.0
-    now[0] += 2.5
-    assert bucket.take() == 0.0
-    assert bucket.take() == 0.0
-    assert 0.0 < bucket.take() <= 1.0
-
-
-def test_aimd_halves_on_429_and_probes_back_up() -> None:
-    aimd = Aimd(ceiling=16, probe_after=3)
-    assert aimd.cap == 8  # half the ceiling
-    assert aimd.rate_limited() == 4
-    assert aimd.rate_limited() == 2
-    assert [aimd.success() for _ in range(6)] == [2, 2, 3, 3, 3, 4]
-    for _ in range(100):
-        aimd.success()
-    assert aimd.cap == 16
-    for _ in range(10):
-        aimd.rate_limited()
-    assert aimd.cap == 1
-
-
 async def test_adaptive_limiter_shrinks_its_cap() -> None:
     limiter = LocalLimiter(LimitConfig(concurrency=12, adaptive=True, probe_after=2))
     assert limiter.cap == 6
@@ -71,3 +46,28 @@ async def test_adaptive_limiter_shrinks_its_cap() -> None:
     for _ in range(4):
         await limiter.on_success()
     assert limiter.cap == 5
+
+
+def test_local_limiter_feedback_is_awaited_and_adapts_the_cap() -> None:
+    async def scenario() -> list[int]:
+        limiter = LocalLimiter(LimitConfig(concurrency=8, adaptive=True, probe_after=2))
+        caps = [limiter.cap]
+        await limiter.on_rate_limited()
+        caps.append(limiter.cap)
+        for _ in range(2):
+            await limiter.on_success()
+        caps.append(limiter.cap)
+        await limiter.on_rate_limited()  # the probe failed
+        caps.append(limiter.cap)
+        return caps
+
+    assert asyncio.run(scenario()) == [4, 2, 3, 2]
+
+
+def test_local_limiter_ignores_feedback_unless_adaptive() -> None:
+    async def scenario() -> int:
+        limiter = LocalLimiter(LimitConfig(concurrency=4))
+        await limiter.on_rate_limited()
+        return limiter.cap
+
+    assert asyncio.run(scenario()) == 4

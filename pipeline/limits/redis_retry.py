@@ -1,0 +1,62 @@
+"""Waiting out a Redis that is not answering: which errors mean that, and the backoff.
+
+One policy in two flavours built from the same tenacity parts: `retrying` for asyncio code
+(the shared limiter), `retrying_sync` for threads (the workers' leases).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.exceptions
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential,
+    wait_random,
+)
+from tenacity.stop import stop_base
+
+# Errors that mean "Redis is not reachable right now" (down, restarting, loading its data).
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
+def _log_retry(log: logging.Logger) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        # The error's type only: its text can carry the host, and a URL can carry a password.
+        log.warning("Redis is not answering (%s); retrying in %.2f s", type(exc).__name__, wait)
+
+    return before_sleep
+
+
+def _policy(log: logging.Logger, stop: stop_base) -> dict[str, Any]:
+    return {
+        "retry": retry_if_exception_type(REDIS_DOWN),
+        # wait_exponential_jitter's parameters differ across tenacity versions; these do not.
+        "wait": wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.2),
+        "stop": stop,
+        "before_sleep": _log_retry(log),
+        "reraise": True,
+    }
+
+
+def retrying(log: logging.Logger, stop: stop_base = stop_never) -> AsyncRetrying:
+    """Retry while Redis is down (forever unless `stop` says otherwise), logging to `log`."""
+    return AsyncRetrying(**_policy(log, stop))
+
+
+def retrying_sync(log: logging.Logger, stop: stop_base = stop_never) -> Retrying:
+    """The same policy for synchronous code."""
+    return Retrying(**_policy(log, stop))
