@@ -7,8 +7,10 @@
   RabbitMQ: when the connection drops; a pool child: at once). One message prefetched per
   thread, so a worker never sits on work another worker could be doing.
 - The Redis broker's visibility timeout is longer than any task can run (see
-  `workers.config`); a shorter one would hand running tasks to a second worker.
-- Task events are on, so Flower (`celery -A workers.app flower`) shows every task as is.
+  `pipeline.settings`); a shorter one would hand running tasks to a second worker.
+- Task events are off (each costs three more messages a task); Flower
+  (`celery -A workers.app flower`) turns them on when it starts, or set
+  RIME_BATCH_TASK_EVENTS=1.
 - No result backend: the job table holds every result.
 """
 
