@@ -20,7 +20,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +50,7 @@ from pipeline.store.transitions import NOTHING, Next
 from pipeline.synth import Attempt, Synthesizer, synthesize_segment
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Why the scripts left unsent after a 401 failed.
 KEY_REFUSED = "not sent: Rime refused the API key"
@@ -130,7 +133,7 @@ async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
     event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
     billed: int | None = None  # characters of the request that produced the audio, if any
     try:
-        cached_seconds = await asyncio.to_thread(_cached_seconds, store, key)
+        cached_seconds = await _off_loop(store, key, _cached_seconds, store, key)
         if cached_seconds is not None:
             seconds, outcome = cached_seconds, Outcome.CACHED
         else:
@@ -144,7 +147,9 @@ async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
             )
             billed = work.segment.chars
             cached = wav.cache_header(result.sampling_rate, len(result.pcm)) + result.pcm
-            await asyncio.to_thread(store.put_bytes, key, cached, content_type="audio/wav")
+            await _off_loop(
+                store, key, partial(store.put_bytes, content_type="audio/wav"), key, cached
+            )
             seconds, outcome = result.seconds, Outcome.SYNTHESIZED
     except (RimeBatchError, OSError) as exc:
         # Rime's refusals, but also a destination that cannot be written: the segment fails
@@ -172,6 +177,14 @@ async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
         )
     ctx.on_event(replace(event, outcome=outcome, seconds=seconds))
     return StageResult(outcome, finished or NOTHING)
+
+
+async def _off_loop(store: ObjectStore, key: str, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)`: in a thread for a remote store, on the loop for a local folder, where a
+    thread hop costs more than the file operation itself."""
+    if store.local_path(key) is not None:
+        return call(*args)
+    return await asyncio.to_thread(call, *args)
 
 
 def _record_failure(ctx: Context, work: plans.SegmentWork, event: Event, attempt: Attempt) -> None:

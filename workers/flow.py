@@ -1,5 +1,5 @@
 """What a task does around its stage: lease the unit, take over a dead worker's claim, run the
-stage, send what the stage says comes next.
+stage, then do or send what the stage says comes next (a stitch it can do at once, it does).
 
 Every step is safe to run twice. The broker delivers a message again when its worker died
 before acknowledging it, so a segment can arrive after it was synthesized (its claim fails, or
@@ -31,8 +31,16 @@ def _lease_wait(rt: Runtime, redelivered: bool) -> float:
 
 
 def _send_next(rt: Runtime, result: StageResult) -> None:
-    if result.next.stitch is not None:
-        rt.dispatch.stitch(result.next.stitch)
+    due = result.next.stitch
+    # A worker that serves the stitch queue and has a stitcher free stitches at once: the
+    # round trip of a task through the broker costs more than a short stitch itself.
+    if due is not None and rt.stitches_here and rt.stitching.acquire(blocking=False):
+        try:
+            _stitch(rt, due, redelivered=False)
+        finally:
+            rt.stitching.release()
+    elif due is not None:
+        rt.dispatch.stitch(due)
     if result.next.settle is not None:
         rt.dispatch.finish(result.next.settle)
 
@@ -53,6 +61,11 @@ def synthesize(rt: Runtime, segment_pk: int, *, redelivered: bool = False) -> St
 
 def stitch(rt: Runtime, script_pk: int, *, redelivered: bool = False) -> StageResult:
     """Stitch a script whose segments are all done; send its job's rollup when it is due."""
+    with rt.stitching:
+        return _stitch(rt, script_pk, redelivered=redelivered)
+
+
+def _stitch(rt: Runtime, script_pk: int, *, redelivered: bool) -> StageResult:
     with rt.leases.hold(f"script:{script_pk}", _lease_wait(rt, redelivered)) as held:
         if not held:
             log.info("skipped script_pk=%d: a live worker is stitching it", script_pk)
@@ -60,8 +73,7 @@ def stitch(rt: Runtime, script_pk: int, *, redelivered: bool = False) -> StageRe
         with rt.sessions.begin() as session:
             if transitions.release_script(session, script_pk):
                 log.warning("took over stitching script_pk=%d from a stopped worker", script_pk)
-        with rt.stitching:
-            result = stitch_stage(rt.ctx, script_pk)
+        result = stitch_stage(rt.ctx, script_pk)
     _send_next(rt, result)
     return result
 

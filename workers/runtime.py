@@ -30,7 +30,7 @@ from pipeline.rime.http import AsyncRimeHttpClient
 from pipeline.settings import Settings
 from pipeline.stages import Context, Event
 from pipeline.store import close_sessions, open_sessions
-from workers.dispatch import Dispatcher
+from workers.dispatch import STITCH_QUEUE, Dispatcher
 from workers.leases import Leases
 from workers.sweep import Sweeper
 
@@ -72,6 +72,9 @@ class Runtime:
         self.leases = Leases(redis.Redis.from_url(settings.redis_url), settings.lease_seconds)
         self.dispatch = Dispatcher(app)
         self.stitching = threading.BoundedSemaphore(settings.stitch_parallelism)
+        # None means every queue; a worker started with --queues consumes only those.
+        consumed = app.amqp.queues.consume_from
+        self.stitches_here = consumed is None or STITCH_QUEUE in consumed
         self.sweeper = Sweeper(
             self.sessions,
             self.dispatch,
