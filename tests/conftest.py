@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.cli",
     "tests.fixtures.celery_workers",
     "tests.fixtures.synthesizers",
+    "tests.fixtures.jobs",
 ]
