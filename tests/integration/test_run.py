@@ -474,13 +474,15 @@ async def test_no_stitchers_is_refused_rather_than_a_run_that_never_ends(
     sessions = open_sessions(sqlite_url)
     job = record(sessions, plan_of(str(tmp_path / "out"), texts_of(1, 1)))
     ctx = context(sessions, synthesizer)
-
-    # A one-segment job takes a few milliseconds.
-    async with asyncio.timeout(2):
-        try:
-            state = await run_job(ctx, job.job_id, workers=2, stitchers=0)
-        except ValueError:
-            # Refused up front: nothing may have been sent.
-            assert synthesizer.requests == []
-            return
-    assert state is State.DONE
+    try:
+        # A one-segment job takes a few milliseconds.
+        async with asyncio.timeout(2):
+            try:
+                state = await run_job(ctx, job.job_id, workers=2, stitchers=0)
+            except ValueError:
+                # Refused up front: nothing may have been sent.
+                assert synthesizer.requests == []
+                return
+        assert state is State.DONE
+    finally:
+        close_sessions(sessions)

@@ -396,7 +396,15 @@ async def test_the_last_script_failing_makes_the_job_due_to_settle(
 async def test_a_refused_key_abandons_the_waiting_scripts_and_a_resume_picks_them_up(
     ctx: Context, dest: Path, synthesizer: ToneSynthesizer
 ) -> None:
-    job = new_job(ctx, dest, [["Done before the refusal."], *texts_of(2, 2)[:1], ["Waiting."]])
+    job = new_job(
+        ctx,
+        dest,
+        [
+            ["This script was done before the refusal."],
+            ["The refused request.", "Its script's other segment."],
+            ["A script still waiting."],
+        ],
+    )
     await synth_stage(ctx, job.segments[0][0])
     stitch_stage(ctx, job.scripts[0])
     refusal = AuthError("invalid api key", status=401)
