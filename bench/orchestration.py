@@ -73,11 +73,12 @@ class Figures:
         return 1000 * self.cpu_seconds / self.prompts
 
     def line(self, bare: Figures | None) -> str:
-        """One printed line; the ratio against the bare loop when there is one."""
+        """One printed line; against the bare loop (rate ratio, CPU beyond it) if there is one."""
         ratio = f"ratio {self.rate / bare.rate:5.2f}" if bare is not None else " " * 10
+        beyond = f" ({self.cpu_ms - bare.cpu_ms:+.2f} beyond bare)" if bare is not None else ""
         return (
             f"{self.name:<9} {self.prompts:>4} prompts in {self.seconds:6.2f}s  "
-            f"{self.rate:6.1f}/s  {ratio}  cpu {self.cpu_ms:6.2f} ms/prompt"
+            f"{self.rate:6.1f}/s  {ratio}  cpu {self.cpu_ms:6.2f} ms/prompt{beyond}"
         )
 
 
