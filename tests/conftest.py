@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.cli",
     "tests.fixtures.celery_workers",
+    "tests.fixtures.worker_runtime",
 ]
