@@ -397,14 +397,6 @@ def test_close_stops_every_thread_the_runtime_started(
     assert broker.client.exists(rt.leases.key("segment:0")) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "workers/runtime.py Runtime.close stops the event loop without shutting down its "
-        "default executor: the thread that `asyncio.to_thread` started for a remote store "
-        "(S3) is left running after close"
-    ),
-)
 def test_close_leaves_no_thread_after_writing_to_a_remote_store(
     redis_url: str, sqlite_url: str, engine: RunningEngine, s3: S3Env, tmp_path: Path
 ) -> None:

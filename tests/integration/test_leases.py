@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tests.fixtures.celery_workers import PrivateRedis
+from tests.fixtures.services import PrivateRedis
 from tests.fixtures.worker_runtime import assert_no_thread_left, threads_of_ours
 from workers.leases import POLL_SECONDS, Leases
 
@@ -302,14 +302,6 @@ def test_redis_going_away_and_coming_back_is_waited_out(
         assert client.exists(holder.key("segment:1")) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "workers/leases.py Leases._keep catches only REDIS_DOWN: any other Redis error of a "
-        "renewal (OOM under maxmemory, READONLY after a failover, MISCONF) ends the keeper "
-        "thread for good, and every lease the process takes from then on expires while held"
-    ),
-)
 # The keeper's death is an unhandled thread exception: part of the bug, not a second failure.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_the_keeper_survives_a_redis_that_refuses_writes_for_a_while(

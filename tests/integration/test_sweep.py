@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.settings import Settings
 from pipeline.store import State, close_sessions, open_sessions, transitions
 from pipeline.store.schema import JobRow, ScriptRow, SegmentRow
-from tests.fixtures.celery_workers import PrivateRedis
+from tests.fixtures.services import PrivateRedis
 from tests.fixtures.worker_runtime import (
     Broker,
     assert_no_thread_left,
@@ -435,15 +435,6 @@ def test_database_errors_during_a_sweep_are_logged_and_skipped(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "workers/sweep.py Sweeper.run catches RedisError, OSError and DBAPIError, but a "
-        "broker that does not answer makes Dispatcher's send_task raise "
-        "kombu.exceptions.OperationalError (none of those): the sweeper thread dies, and "
-        "this worker never sweeps again"
-    ),
-)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_broker_outage_during_a_sweep_is_logged_and_skipped(
     sessions: sessionmaker[Session],
