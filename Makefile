@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench install install-test clean
+.PHONY: demo test lint bench install install-test install-bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-bench: $(VENV)/.installed-bench
 
 demo: install
 	$(BIN)/rime-batch plan jobs.example.yaml
@@ -32,7 +37,8 @@ lint: install-test
 test: lint
 	$(BIN)/pytest
 
-bench: install-test
+bench: install-bench
+	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/throughput.py --celery
 	$(BIN)/python bench/segment.py

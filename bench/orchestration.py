@@ -54,7 +54,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
-class Figures:
+class RunFigures:
     """One executor's run."""
 
     name: str
@@ -72,12 +72,13 @@ class Figures:
         """CPU milliseconds per prompt."""
         return 1000 * self.cpu_seconds / self.prompts
 
-    def line(self, bare: Figures | None) -> str:
-        """One printed line; the ratio against the bare loop when there is one."""
+    def line(self, bare: RunFigures | None) -> str:
+        """One printed line; against the bare loop (rate ratio, CPU beyond it) if there is one."""
         ratio = f"ratio {self.rate / bare.rate:5.2f}" if bare is not None else " " * 10
+        beyond = f" ({self.cpu_ms - bare.cpu_ms:+.2f} beyond bare)" if bare is not None else ""
         return (
             f"{self.name:<9} {self.prompts:>4} prompts in {self.seconds:6.2f}s  "
-            f"{self.rate:6.1f}/s  {ratio}  cpu {self.cpu_ms:6.2f} ms/prompt"
+            f"{self.rate:6.1f}/s  {ratio}  cpu {self.cpu_ms:6.2f} ms/prompt{beyond}"
         )
 
 
@@ -113,7 +114,7 @@ def requests_of(plan: JobPlan) -> list[TtsRequest]:
     ]
 
 
-def run_bare(plan: JobPlan, url: str, concurrency: int) -> Figures:
+def run_bare(plan: JobPlan, url: str, concurrency: int) -> RunFigures:
     """A hand-written async loop: the same requests, the same cap, audio read and dropped."""
     bodies = [req.to_json() for req in requests_of(plan)]
     headers = {"Authorization": f"Bearer {KEY}", "Accept": AudioFormat.PCM.accept}
@@ -132,10 +133,10 @@ def run_bare(plan: JobPlan, url: str, concurrency: int) -> Figures:
 
     with measured(own_cpu) as m:
         asyncio.run(go())
-    return Figures("bare", len(bodies), m[0], m[1])
+    return RunFigures("bare", len(bodies), m[0], m[1])
 
 
-def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Figures:
+def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> RunFigures:
     """The embedded executor on a fresh SQLite file and a fresh output folder."""
     database = f"sqlite:///{folder / 'embedded.db'}"
     migrate(database)
@@ -156,12 +157,12 @@ def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Fig
         state = asyncio.run(go())
     if state is not State.DONE:
         sys.exit(f"the embedded job ended {state.value}")
-    return Figures("embedded", len(requests_of(plan)), m[0], m[1])
+    return RunFigures("embedded", len(requests_of(plan)), m[0], m[1])
 
 
 def run_celery(
     plan: JobPlan, url: str, concurrency: int, folder: Path, workers: int = 2
-) -> Figures:
+) -> RunFigures:
     """Two worker processes (after a warm-up job), a private Redis and a SQLite job table."""
     redis_server, redis_url = start_redis(folder)
     database = f"sqlite:///{folder / 'celery.db'}"
@@ -202,7 +203,7 @@ def run_celery(
 
         with measured(workers_cpu) as m:
             render(replace(plan, destination=str(folder / "celery-out")))
-        return Figures("celery", len(requests_of(plan)), m[0], m[1])
+        return RunFigures("celery", len(requests_of(plan)), m[0], m[1])
     finally:
         for process in processes:
             process.kill()

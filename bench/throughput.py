@@ -105,7 +105,7 @@ def write_manifest(folder: Path, texts: list[str], per_script: int = 1) -> Path:
 
 
 @dataclass
-class Engine:
+class EngineProcess:
     """A local engine process and how to reach it."""
 
     proc: subprocess.Popen[str]
@@ -130,7 +130,7 @@ class Engine:
 
 
 @contextmanager
-def engine_process(concurrency: int, ttfb_ms: int, pacing: float) -> Iterator[Engine]:
+def engine_process(concurrency: int, ttfb_ms: int, pacing: float) -> Iterator[EngineProcess]:
     """Start `python -m rime_local` on a free port; stop it afterwards."""
     args = [sys.executable, "-m", "rime_local", "--port", "0", "--api-keys", KEY]
     args += ["--concurrency-per-key", str(concurrency), "--ttfb-ms", str(ttfb_ms)]
@@ -146,7 +146,7 @@ def engine_process(concurrency: int, ttfb_ms: int, pacing: float) -> Iterator[En
         if "http://" not in banner:
             raise RuntimeError(f"the engine did not start: {banner!r}")
         url = banner.split("http://", 1)[1].split("/", 1)[0]
-        yield Engine(proc, f"http://{url}")
+        yield EngineProcess(proc, f"http://{url}")
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -198,7 +198,7 @@ class Figures:
 class Bench:
     """What every mode gets: the engine, the plan, a fresh folder, the cap."""
 
-    engine: Engine
+    engine: EngineProcess
     plan: JobPlan
     folder: Path
     concurrency: int

@@ -58,7 +58,7 @@ class Mode:
 
 
 @dataclass(frozen=True)
-class Figures:
+class CeleryFigures:
     """What one run measured."""
 
     mode: Mode
@@ -174,7 +174,7 @@ def start_workers(
     return processes
 
 
-class Engine:
+class LimitedEngine:
     """The local engine in a process of its own, as Rime would be: on the other end of a socket."""
 
     def __init__(self, limit: int, ttfb_ms: int, log: Path) -> None:
@@ -294,11 +294,11 @@ def render_on_workers(
             server.wait()
 
 
-def run_mode(mode: Mode, args: argparse.Namespace, folder: Path) -> Figures:
+def run_mode(mode: Mode, args: argparse.Namespace, folder: Path) -> CeleryFigures:
     """Render one job with the workers configured as `mode`; its figures."""
     logs = args.logs / mode.name if args.logs else folder / mode.name
     logs.mkdir(parents=True, exist_ok=True)
-    engine = Engine(args.engine_limit, args.ttfb_ms, logs / "engine.log")
+    engine = LimitedEngine(args.engine_limit, args.ttfb_ms, logs / "engine.log")
     extra = {}
     if args.probe_after is not None:
         extra["RIME_BATCH_PROBE_AFTER"] = str(args.probe_after)
@@ -321,7 +321,7 @@ def run_mode(mode: Mode, args: argparse.Namespace, folder: Path) -> Figures:
         metrics = engine.metrics()
     finally:
         engine.stop()
-    return Figures(
+    return CeleryFigures(
         mode=mode,
         segments=run.segments,
         synth_seconds=run.synth_seconds,

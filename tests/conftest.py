@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.cli",
     "tests.fixtures.celery_workers",
+    "tests.fixtures.worker_runtime",
     "tests.fixtures.synthesizers",
     "tests.fixtures.jobs",
 ]

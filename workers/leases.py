@@ -125,7 +125,9 @@ class Leases:
             for unit, token in held:
                 try:
                     kept = self._renew(keys=[self.key(unit)], args=[token, self._ms])
-                except REDIS_DOWN as exc:
+                except Exception as exc:
+                    # Whatever Redis answered (down, out of memory, read-only after a
+                    # failover), keep renewing: a dead keeper silently frees live work.
                     log.warning("could not renew lease %s (%s)", unit, type(exc).__name__)
                     continue
                 if not int(kept):

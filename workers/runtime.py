@@ -59,6 +59,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, app: Celery) -> None:
         self.settings = settings
+        self._closed = False
         self.sessions = open_sessions(
             settings.database_url, pool_size=settings.threads + 2, max_overflow=settings.threads
         )
@@ -113,19 +114,27 @@ class Runtime:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
-        """Close the clients and stop the loop (at worker shutdown)."""
+        """Close the clients and stop the loop (at worker shutdown); a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.sweeper.stop()
         self.leases.close()
 
         async def shut() -> None:
             await self.client.aclose()
             await self.limiter.aclose()
+            # Remote stores are reached through `asyncio.to_thread`: stop those threads too.
+            await self.loop.shutdown_default_executor()
 
         try:
             self.run(shut())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
+            if not self.loop.is_running():
+                self.loop.close()
+            self.leases.redis.close()
             close_sessions(self.sessions)
 
 

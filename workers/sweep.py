@@ -25,7 +25,6 @@ from datetime import timedelta
 
 import redis
 import redis.exceptions
-import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.store import State, transitions, views
@@ -121,8 +120,11 @@ class Sweeper:
             try:
                 if self._turn():
                     self.sweep()
-            except (redis.exceptions.RedisError, OSError, sqlalchemy.exc.DBAPIError) as exc:
+            except Exception as exc:
+                # Redis, the database or the broker away: this sweep is skipped, the next
+                # one tries again. The thread must outlive any of them.
                 log.warning("sweep skipped: %s", type(exc).__name__)
+                log.debug("sweep failed", exc_info=True)
             if self._stop.wait(self.interval):
                 return
 

@@ -11,7 +11,7 @@ where they keep that state.
     local        `LocalLimiter`: the state in this process (the embedded executor)
     shared       `RedisLimiter`: the state in Redis, for every worker on every host (Celery)
     redis_state  a rule's state in one Redis hash, changed by an optimistic transaction
-    admission    the Lua of admission bookkeeping: leases, wake-ups, renewals, the peak
+    lua          the Lua of admission bookkeeping: leases, wake-ups, renewals, the peak
     redis_retry  which errors mean Redis is down, and the backoff that waits it out
 
 Adaptive mode is for accounts shared with live traffic, or whose limit is unknown: the cap

@@ -6,7 +6,7 @@ the sum over all workers obeys them. The adaptive cap and the budget are the ver
 local limiter (`pipeline.limits.aimd`, `pipeline.limits.bucket`), applied in Python to a state
 kept in Redis by an optimistic transaction (`pipeline.limits.redis_state`) on the clock of Redis
 `TIME`, so the hosts' clocks do not matter. Admission is Lua bookkeeping
-(`pipeline.limits.admission`). A 429 (`RateLimited`) raised inside a slot is reported before the
+(`pipeline.limits.lua`). A 429 (`RateLimited`) raised inside a slot is reported before the
 slot is released.
 
 Keys, all under one hash tag so that a cluster keeps them in one slot (`{ns}` below):
@@ -54,7 +54,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT
 from tenacity import stop_after_delay
 
-from pipeline.limits import admission
+from pipeline.limits import lua
 from pipeline.limits.aimd import AimdRule, AimdState
 from pipeline.limits.bucket import BucketRule, BucketState
 from pipeline.limits.config import LimitConfig
@@ -154,10 +154,10 @@ class RedisLimiter:
         self._gate = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._renewals: set[asyncio.Event] = set()
-        self._acquire_script = self._redis.register_script(admission.ACQUIRE)
-        self._renew_script = self._redis.register_script(admission.RENEW)
-        self._release_script = self._redis.register_script(admission.RELEASE)
-        self._in_flight_script = self._redis.register_script(admission.IN_FLIGHT)
+        self._acquire_script = self._redis.register_script(lua.ACQUIRE)
+        self._renew_script = self._redis.register_script(lua.RENEW)
+        self._release_script = self._redis.register_script(lua.RELEASE)
+        self._in_flight_script = self._redis.register_script(lua.IN_FLIGHT)
         self._aimd = AimdRule(config.concurrency, config.probe_after, cooldown)
         # Everything the admission script is told but the token: the same for every slot.
         self._admission: list[EncodableT] = [

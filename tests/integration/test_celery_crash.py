@@ -13,21 +13,20 @@ from pipeline.store.states import State
 from rime_local.server import RunningEngine
 from tests.fixtures.celery_workers import (
     CeleryEnv,
-    PrivateRedis,
     WorkerPool,
     celery_env,
     celery_workers,
     check_outputs,
     make_plan,
-    private_redis,
     segments_in,
     wait_for_job,
     wait_until,
 )
+from tests.fixtures.services import PrivateRedis
 from workers.commands import submit
 
 # The fixtures, imported by name so pytest finds them in this module.
-__all__ = ["celery_env", "celery_workers", "private_redis"]
+__all__ = ["celery_env", "celery_workers"]
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 

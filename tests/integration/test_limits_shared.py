@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pipeline.limits import LimitConfig
 from pipeline.limits.bucket import bucket_capacity
 from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.errors import RateLimited
+from tests.fixtures.services import PrivateRedis, poll_until
 
 pytestmark = pytest.mark.redis
 
@@ -90,14 +90,6 @@ def _spawn(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", HOLDER, json.dumps(spec)], cwd=ROOT, env=env)
 
 
-def _wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
     """The most intervals open at one instant (an exit at t counts before an entry at t)."""
     events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
@@ -125,7 +117,7 @@ def test_processes_never_hold_more_than_the_cap_together(redis_url: str, tmp_pat
     children = [_spawn({**spec, "tasks": 8, "rounds": 4, "out": str(out)}) for out in outs]
     client = redis.Redis.from_url(redis_url)
     try:
-        _wait_until(
+        poll_until(
             lambda: int(client.get(f"{namespace}:test:ready") or 0) == processes, 30, "ready"
         )
         client.set(f"{namespace}:test:go", "1")
@@ -174,7 +166,7 @@ def test_a_killed_holders_lease_expires_and_others_proceed(redis_url: str) -> No
             return acquired - killed
 
     try:
-        _wait_until(lambda: client.exists(f"{namespace}:test:held"), 30, "the holder's slot")
+        poll_until(lambda: client.exists(f"{namespace}:test:held"), 30, "the holder's slot")
         waited = asyncio.run(scenario())
     finally:
         if child.poll() is None:
@@ -522,45 +514,6 @@ def test_the_adaptive_state_is_forgotten_only_after_an_idle_spell(redis_url: str
 # --- Redis going away ------------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server of this test's own on a free loopback port, to stop and start at will."""
-
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.process = subprocess.Popen(
-            [
-                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        _wait_until(self._answers, 10, "the private redis-server")
-
-    def _answers(self) -> bool:
-        try:
-            with redis.Redis(port=self.port, socket_timeout=0.5) as client:
-                return bool(client.ping())
-        except redis.exceptions.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
 @pytest.mark.timeout(60)
 def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
@@ -586,7 +539,7 @@ def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -
         assert await limiter.in_flight() == 1
 
         # A restart loses every lease; the holder's renewal puts its own back.
-        server.stop()
+        server.kill()
         await asyncio.sleep(0.3)
         server.start()
         deadline = time.monotonic() + 5
@@ -603,7 +556,7 @@ def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -
     try:
         asyncio.run(scenario())
     finally:
-        server.stop()
+        server.kill()
 
 
 @pytest.mark.timeout(30)

@@ -1,0 +1,469 @@
+"""The sweeper (`workers.sweep`) on real sessions, a real Redis and a Dispatcher on the broker.
+
+Time is moved by moving the job table's timestamps back (a claim an hour old), never by a
+fake clock; sweep intervals and stall windows are tenths of a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.settings import Settings
+from pipeline.store import State, close_sessions, open_sessions, transitions
+from pipeline.store.schema import JobRow, ScriptRow, SegmentRow
+from tests.fixtures.services import PrivateRedis
+from tests.fixtures.worker_runtime import (
+    Broker,
+    assert_no_thread_left,
+    finish,
+    record_job,
+    segments_by_script,
+    stitch,
+    synthesize,
+    threads_of_ours,
+    worker_variables,
+)
+from workers.app import create_app
+from workers.dispatch import Dispatcher
+from workers.sweep import KICK_PREFIX, LOCK_KEY, Sweeper, Swept
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres]
+
+STALE = 60.0  # seconds: a claim older than this belongs to a dead worker
+HOUR = 3600.0
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the test's job table, migrated."""
+    factory = open_sessions(database_url)
+    try:
+        yield factory
+    finally:
+        close_sessions(factory)
+
+
+def app_for(redis_url: str, database_url: str, broker_url: str | None = None) -> Celery:
+    """A worker's Celery app, on the test's broker unless `broker_url` says otherwise."""
+    variables = worker_variables(redis_url, database_url, "http://127.0.0.1:9/v1/rime-tts")
+    if broker_url is not None:
+        variables["CELERY_BROKER_URL"] = broker_url
+    return create_app(Settings.from_environment(variables))
+
+
+@pytest.fixture
+def app(redis_url: str, database_url: str) -> Iterator[Celery]:
+    celery = app_for(redis_url, database_url)
+    try:
+        yield celery
+    finally:
+        celery.close()
+
+
+MakeSweeper = Callable[..., Sweeper]
+
+
+@pytest.fixture
+def make_sweeper(
+    sessions: sessionmaker[Session], app: Celery, redis_url: str
+) -> Iterator[MakeSweeper]:
+    """Sweepers on the test's sessions, broker and Redis, each with a connection of its own
+    (another worker's); all stopped at the end, their threads gone."""
+    before = threads_of_ours()
+    made: list[tuple[Sweeper, redis.Redis]] = []
+
+    def make(
+        *,
+        stale: float = STALE,
+        stall: float = HOUR,
+        interval: float = 0.2,
+        client: redis.Redis | None = None,
+        dispatch: Dispatcher | None = None,
+        on: sessionmaker[Session] | None = None,
+    ) -> Sweeper:
+        connection = client or redis.Redis.from_url(redis_url)
+        sweeper = Sweeper(
+            on or sessions,
+            dispatch or Dispatcher(app),
+            connection,
+            stale_seconds=stale,
+            stall_seconds=stall,
+            interval=interval,
+        )
+        made.append((sweeper, connection))
+        return sweeper
+
+    try:
+        yield make
+    finally:
+        for sweeper, connection in made:
+            sweeper.stop()
+            connection.close()
+    assert_no_thread_left(before)
+
+
+def move_back(sessions: sessionmaker[Session], job_id: str, seconds: float) -> None:
+    """Every timestamp of the job `seconds` earlier: as if it had all happened that long ago."""
+    delta = timedelta(seconds=seconds)
+    # In Python, not SQL: SQLite keeps timestamps as text, with no arithmetic on them.
+    with sessions.begin() as session:
+        job = session.get(JobRow, job_id)
+        assert job is not None
+        rows: list[Any] = [job]
+        rows += session.scalars(select(ScriptRow).where(ScriptRow.job_id == job_id)).all()
+        rows += session.scalars(select(SegmentRow).where(SegmentRow.job_id == job_id)).all()
+        for row in rows:
+            for name in ("started_at", "stitch_started_at", "finished_at"):
+                moment = getattr(row, name, None)
+                if moment is not None:
+                    setattr(row, name, moment - delta)
+
+
+def claim_back(sessions: sessionmaker[Session], segment_pk: int, seconds: float) -> None:
+    """Claim a segment as a worker did `seconds` ago (and then, say, died)."""
+    with sessions.begin() as session:
+        assert transitions.claim_segment(session, segment_pk)
+    with sessions.begin() as session:
+        row = session.get(SegmentRow, segment_pk)
+        assert row is not None and row.started_at is not None
+        row.started_at -= timedelta(seconds=seconds)
+
+
+def finish_segments(sessions: sessionmaker[Session], segment_pks: list[int]) -> None:
+    for segment_pk in segment_pks:
+        with sessions.begin() as session:
+            assert transitions.claim_segment(session, segment_pk)
+            assert transitions.finish_segment(session, segment_pk, audio_seconds=1.0)
+
+
+def row_of(sessions: sessionmaker[Session], model: Any, pk: int) -> Any:
+    with sessions.begin() as session:
+        row = session.get(model, pk)
+        assert row is not None
+        return row
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def sweeper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rime-batch-sweeper"]
+
+
+def test_a_stale_segment_claim_is_requeued_and_the_jobs_work_sent(
+    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=2, lines=2)
+    (a, b), (c, d) = segments_by_script(sessions, job_id)
+    claim_back(sessions, a.segment_pk, 2 * STALE)  # its worker died
+    with sessions.begin() as session:
+        assert transitions.claim_segment(session, b.segment_pk)  # its worker is on it now
+
+    swept = make_sweeper().sweep()
+
+    # Three pending segments and the rollup; the job is not stalled (b was just claimed).
+    assert swept == [Swept(job_id, 1, 0, False, 4)]
+    row = row_of(sessions, SegmentRow, a.segment_pk)
+    assert row.state is State.PENDING and row.started_at is None
+    assert row.last_error == "requeued: claimed too long ago"
+    assert row_of(sessions, SegmentRow, b.segment_pk).state is State.RUNNING
+    assert broker.synth() == [synthesize(ref.segment_pk) for ref in (a, c, d)]
+    assert broker.stitches() == [finish(job_id)]
+
+
+def test_a_stale_stitch_claim_is_requeued_and_the_jobs_work_sent(
+    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=2, lines=2)
+    first, second = segments_by_script(sessions, job_id)
+    script_pk = first[0].script_pk
+    finish_segments(sessions, [ref.segment_pk for ref in first])
+    with sessions.begin() as session:
+        assert transitions.claim_stitch(session, script_pk)
+    with sessions.begin() as session:
+        script = session.get(ScriptRow, script_pk)
+        assert script is not None and script.stitch_started_at is not None
+        script.stitch_started_at -= timedelta(seconds=2 * STALE)
+
+    swept = make_sweeper().sweep()
+
+    assert swept == [Swept(job_id, 0, 1, False, 4)]
+    row = row_of(sessions, ScriptRow, script_pk)
+    assert row.state is State.PENDING and row.stitch_started_at is None
+    assert broker.synth() == [synthesize(ref.segment_pk) for ref in second]
+    assert broker.stitches() == [stitch(script_pk), finish(job_id)]
+
+
+def test_fresh_claims_are_left_alone(
+    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=2, lines=2)
+    first, second = segments_by_script(sessions, job_id)
+    finish_segments(sessions, [ref.segment_pk for ref in first])
+    with sessions.begin() as session:
+        assert transitions.claim_stitch(session, first[0].script_pk)
+    # Claimed a while ago, but well within the visibility timeout.
+    claim_back(sessions, second[0].segment_pk, STALE / 2)
+    sweeper = make_sweeper()
+
+    assert sweeper.sweep() == []
+    assert sweeper.sweep_job(job_id) == Swept(job_id, 0, 0, False, 0)
+    assert row_of(sessions, ScriptRow, first[0].script_pk).state is State.RUNNING
+    assert row_of(sessions, SegmentRow, second[0].segment_pk).state is State.RUNNING
+    assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+
+
+def test_a_stalled_job_is_resent_once_per_stall_window(
+    sessions: sessionmaker[Session],
+    make_sweeper: MakeSweeper,
+    broker: Broker,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    stalled = record_job(sessions, tmp_path / "stalled", scripts=2, lines=2)
+    moving = record_job(sessions, tmp_path / "moving", scripts=1, lines=2)
+    move_back(sessions, stalled, 60)  # started a minute ago, nothing claimed since
+    move_back(sessions, moving, 60)
+    [busy, _] = segments_by_script(sessions, moving)[0]
+    with sessions.begin() as session:
+        assert transitions.claim_segment(session, busy.segment_pk)  # a worker is on it
+    work = [
+        synthesize(ref.segment_pk) for refs in segments_by_script(sessions, stalled) for ref in refs
+    ]
+    sweeper = make_sweeper(stall=0.8)
+    client = redis.Redis.from_url(redis_url)
+
+    try:
+        assert sweeper.sweep() == [Swept(stalled, 0, 0, True, 5)]
+        assert broker.synth() == work
+        assert broker.stitches() == [finish(stalled)]
+
+        # Within the window: swept again, nothing sent again.
+        assert sweeper.sweep() == []
+        assert sweeper.sweep_job(stalled) == Swept(stalled, 0, 0, True, 0)
+        ttl = client.pttl(f"{KICK_PREFIX}:{stalled}")
+        assert 0 < ttl <= 800
+        assert broker.synth() == work
+
+        # A stale claim is resent at once, stall window or not.
+        claim_back(sessions, work[0].args[0], 2 * STALE)
+        assert sweeper.sweep() == [Swept(stalled, 1, 0, True, 5)]
+        assert broker.synth() == work * 2
+
+        # The window over, the stalled job is sent once more; the other job is still moving.
+        time.sleep(ttl / 1000 + 0.05)
+        with sessions.begin() as session:
+            assert transitions.finish_segment(session, busy.segment_pk, audio_seconds=1.0)
+        assert sweeper.sweep() == [Swept(stalled, 0, 0, True, 5)]
+        assert broker.synth() == work * 3
+        assert broker.stitches() == [finish(stalled)] * 3
+    finally:
+        client.close()
+
+
+def test_only_running_jobs_are_swept(
+    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+) -> None:
+    cancelled = record_job(sessions, tmp_path / "cancelled", scripts=1, lines=2)
+    [[claimed, _]] = segments_by_script(sessions, cancelled)
+    claim_back(sessions, claimed.segment_pk, 2 * STALE)
+    with sessions.begin() as session:
+        transitions.cancel_job(session, cancelled)
+    failed = record_job(sessions, tmp_path / "failed", scripts=1, lines=1)
+    [[only]] = segments_by_script(sessions, failed)
+    with sessions.begin() as session:
+        transitions.fail_script(session, only.script_pk, "given up")
+        assert transitions.settle_job(session, failed) is State.FAILED
+    for job_id in (cancelled, failed):
+        move_back(sessions, job_id, HOUR)
+
+    assert make_sweeper(stall=1).sweep() == []
+    assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+
+
+def test_a_sweeper_waits_while_it_is_another_workers_turn(
+    sessions: sessionmaker[Session],
+    make_sweeper: MakeSweeper,
+    broker: Broker,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
+    move_back(sessions, job_id, 60)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # Another worker's turn, for the next two seconds.
+        client.set(LOCK_KEY, "another-worker", px=2000)
+        sweeper = make_sweeper(stall=0.05, interval=0.2)
+        sweeper.start()
+        time.sleep(0.7)  # three intervals
+        assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+
+        client.delete(LOCK_KEY)  # that worker's turn is over: this one's comes at its next try
+        wait_for(lambda: finish(job_id) in broker.stitches(), 1.0, "a sweep")
+    finally:
+        client.close()
+
+
+def test_a_sweeper_sweeps_at_once_when_it_starts(
+    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
+    [[ref]] = segments_by_script(sessions, job_id)
+    move_back(sessions, job_id, 60)
+    # A job whose workers all died: the first worker back sweeps it, not an interval later.
+    sweeper = make_sweeper(stall=30, interval=30)
+    started = time.monotonic()
+    sweeper.start()
+
+    wait_for(lambda: finish(job_id) in broker.stitches(), 2.0, "the first sweep")
+
+    assert time.monotonic() - started < 2.0
+    assert broker.synth() == [synthesize(ref.segment_pk)]
+
+
+def test_two_sweepers_on_one_redis_take_turns(
+    sessions: sessionmaker[Session],
+    make_sweeper: MakeSweeper,
+    broker: Broker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    interval = 0.4
+    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
+    move_back(sessions, job_id, 60)
+    # A stall window shorter than anything: every sweep of this job resends it.
+    sweepers = [make_sweeper(stall=0.001, interval=interval) for _ in range(2)]
+
+    with caplog.at_level(logging.WARNING, logger="workers.sweep"):
+        for sweeper in sweepers:
+            sweeper.start()
+        time.sleep(2.0)
+        for sweeper in sweepers:
+            sweeper.stop()
+
+    sweeps = [r for r in caplog.records if r.getMessage().startswith(f"resent job={job_id}")]
+    # Each sweep sent the job's one segment and its rollup.
+    assert broker.stitches() == [finish(job_id)] * len(sweeps)
+    assert len(broker.synth()) == len(sweeps)
+    # Alone, each would have swept about five times; together they share those turns.
+    assert 3 <= len(sweeps) <= 6
+    # A turn lasts nine tenths of the interval: no two sweeps run together. (Without the
+    # lock, the second sweeper would sweep within milliseconds of the first, every time.)
+    times = sorted(r.created for r in sweeps)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) > 0.5 * interval, gaps
+
+
+def test_redis_errors_during_a_sweep_are_logged_and_skipped(
+    sessions: sessionmaker[Session],
+    make_sweeper: MakeSweeper,
+    broker: Broker,
+    stoppable_redis: PrivateRedis,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
+    move_back(sessions, job_id, 60)
+    # The sweeper's Redis (its turns and kicks) is not running yet; the broker is.
+    client = redis.Redis.from_url(stoppable_redis.url)
+    sweeper = make_sweeper(stall=5, interval=0.2, client=client)
+
+    with caplog.at_level(logging.WARNING, logger="workers.sweep"):
+        sweeper.start()
+        wait_for(lambda: "sweep skipped: ConnectionError" in caplog.text, 5, "a skipped sweep")
+        time.sleep(0.5)
+        assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+        assert len(sweeper_threads()) == 1
+
+        stoppable_redis.start()
+        wait_for(lambda: finish(job_id) in broker.stitches(), 5, "a sweep once Redis is back")
+
+    assert len(broker.synth()) == 1
+    assert f"resent job={job_id}" in caplog.text
+
+
+def test_database_errors_during_a_sweep_are_logged_and_skipped(
+    sessions: sessionmaker[Session],
+    make_sweeper: MakeSweeper,
+    broker: Broker,
+    database_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
+    move_back(sessions, job_id, 60)
+    engine = sa.create_engine(database_url)
+    sweeper = make_sweeper(stall=0.001, interval=0.2)
+    try:
+        with engine.begin() as conn:  # the job table is away (a migration gone wrong, say)
+            conn.execute(sa.text("ALTER TABLE jobs RENAME TO jobs_away"))
+        with caplog.at_level(logging.WARNING, logger="workers.sweep"):
+            sweeper.start()
+            wait_for(lambda: "sweep skipped:" in caplog.text, 5, "a skipped sweep")
+            time.sleep(0.5)
+            assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+            assert len(sweeper_threads()) == 1
+
+            with engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE jobs_away RENAME TO jobs"))
+            wait_for(lambda: finish(job_id) in broker.stitches(), 5, "a sweep once it is back")
+    finally:
+        engine.dispose()
+
+    skipped = [r.getMessage() for r in caplog.records if "sweep skipped" in r.getMessage()]
+    assert skipped and all(
+        m in {"sweep skipped: OperationalError", "sweep skipped: ProgrammingError"} for m in skipped
+    )
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_broker_outage_during_a_sweep_is_logged_and_skipped(
+    sessions: sessionmaker[Session],
+    make_sweeper: MakeSweeper,
+    stoppable_redis: PrivateRedis,
+    redis_url: str,
+    database_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
+    move_back(sessions, job_id, 60)
+    # The broker is down; the sweeper's own Redis is up. A publish retries for about a minute
+    # by default; one quick retry here, to get to the same error in a test's time.
+    app = app_for(redis_url, database_url, broker_url=stoppable_redis.url)
+    app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0}
+    try:
+        sweeper = make_sweeper(stall=0.3, interval=0.2, dispatch=Dispatcher(app))
+        with caplog.at_level(logging.WARNING, logger="workers.sweep"):
+            sweeper.start()
+            time.sleep(0.6)
+            assert len(sweeper_threads()) == 1, "the sweeper thread died"
+            assert "sweep skipped: OperationalError" in caplog.text
+
+            stoppable_redis.start()
+            back = Broker(stoppable_redis.url)
+            try:
+                wait_for(lambda: finish(job_id) in back.stitches(), 5, "a sweep once it is back")
+            finally:
+                back.close()
+    finally:
+        app.close()
