@@ -26,6 +26,8 @@ from pipeline.store import State
 
 async def run_job(ctx: Context, job_id: str, *, workers: int, stitchers: int) -> State:
     """Run every pending segment and due stitch of a job to the end; returns the job's state."""
+    if workers < 1 or stitchers < 1:
+        raise ValueError(f"workers and stitchers must be at least 1, not {workers}, {stitchers}")
     todo = await asyncio.to_thread(start_stage, ctx, job_id)
     queue = deque(todo.segments)
     stitching = asyncio.Semaphore(stitchers)

@@ -23,7 +23,17 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+)
 
 from pipeline.errors import InputError
 
@@ -65,6 +75,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(
         frozen=True,
         extra="ignore",
+        allow_inf_nan=False,
         alias_generator=AliasGenerator(validation_alias=_variables),
         populate_by_name=True,
     )
@@ -79,40 +90,40 @@ class Settings(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     # The limits of the Rime account (None: pipeline.limits.LimitConfig's defaults).
-    concurrency: int | None = None
-    requests_per_minute: int | None = None
+    concurrency: PositiveInt | None = None
+    requests_per_minute: PositiveInt | None = None
     # Find the account's real limit (shared with live traffic): see pipeline.limits.
     adaptive: bool = False
-    probe_after: int | None = None
+    probe_after: PositiveInt | None = None
     # After a step back or a halving, further 429s for this long are the same overload.
-    cooldown_seconds: float | None = None
+    cooldown_seconds: PositiveFloat | None = None
     # Workers that share a namespace share one cap: one namespace per Rime account.
     limit_namespace: str = "rime-batch"
 
     # The retry policy of one segment (None: pipeline.retry.RetryPolicy's defaults).
-    retry_max_attempts: int | None = None
-    retry_max_seconds: float | None = None
-    retry_initial_wait: float | None = None
-    retry_max_wait: float | None = None
-    retry_jitter: float | None = None
+    retry_max_attempts: PositiveInt | None = None
+    retry_max_seconds: PositiveFloat | None = None
+    retry_initial_wait: NonNegativeFloat | None = None
+    retry_max_wait: NonNegativeFloat | None = None
+    retry_jitter: NonNegativeFloat | None = None
 
     # Stitches at once per process, embedded or worker: ffmpeg is CPU-bound.
-    stitch_parallelism: int = 2
+    stitch_parallelism: PositiveInt = 2
     # Task threads per worker process (requests it can keep in flight); None = twice the cap.
-    worker_threads: int | None = None
+    worker_threads: PositiveInt | None = None
     # A worker's claim on a segment or a stitch lives this long in Redis unless renewed.
-    lease_seconds: float = 30.0
+    lease_seconds: PositiveFloat = 30.0
     # None: computed from the retry policy (see `visibility`).
-    visibility_timeout: float | None = None
-    stitch_seconds: float = STITCH_SECONDS
+    visibility_timeout: PositiveFloat | None = None
+    stitch_seconds: PositiveFloat = STITCH_SECONDS
     # Celery task events from the start (Flower turns them on by itself when it runs); each
     # task then publishes three more messages.
     task_events: bool = False
     # How often one of the workers looks for dead workers' claims and stalled jobs.
-    sweep_seconds: float = 30.0
+    sweep_seconds: PositiveFloat = 30.0
     # A running job with no claim or finish for this long gets its work sent again;
     # None = the visibility timeout.
-    stall_seconds: float | None = None
+    stall_seconds: PositiveFloat | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
@@ -89,6 +89,14 @@ class Event:
 
 
 @dataclass
+class _Making:
+    """The segments of this process waiting for one cache entry."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
 class Context:
     """Everything the stages need, built once per executor."""
 
@@ -101,12 +109,26 @@ class Context:
     # engine must not be shipped later as if Rime had spoken it.
     cache_namespace: str = ""
     _stores: dict[str, ObjectStore] = field(default_factory=dict)
+    _making: dict[str, _Making] = field(default_factory=dict)
 
     def cache_path(self, cache_key: str) -> str:
         """Where a segment's audio is cached in the destination."""
         return cache_key_path(
             f"{self.cache_namespace}-{cache_key}" if self.cache_namespace else cache_key
         )
+
+    @contextlib.asynccontextmanager
+    async def one_making(self, cache_path: str) -> AsyncIterator[None]:
+        """Held while one cache entry is looked up and, on a miss, made."""
+        entry = self._making.setdefault(cache_path, _Making())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._making[cache_path]
 
     def store(self, destination: str) -> ObjectStore:
         """The object store of a destination, opened once."""
@@ -118,6 +140,7 @@ class Context:
 def start_stage(ctx: Context, job_id: str) -> views.Outstanding:
     """Mark the job running; the segments and stitches it still needs, for an executor."""
     with ctx.sessions.begin() as session:
+        transitions.job_state(session, job_id)  # JobNotFound for a job that does not exist
         transitions.start_job(session, job_id)
         return views.outstanding(session, job_id)
 
@@ -132,29 +155,34 @@ async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
     key = ctx.cache_path(work.segment.cache_key)
     event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
     billed: int | None = None  # characters of the request that produced the audio, if any
+    step = "reading the segment cache"
     try:
-        cached_seconds = await _off_loop(store, key, _cached_seconds, store, key)
-        if cached_seconds is not None:
-            seconds, outcome = cached_seconds, Outcome.CACHED
-        else:
-            req = TtsRequest(work.segment.text, work.params, work.segment.inline_speed_alpha)
-            result = await synthesize_segment(
-                ctx.client,
-                ctx.limiter,
-                req,
-                policy=ctx.policy,
-                on_attempt=lambda attempt: _record_failure(ctx, work, event, attempt),
-            )
-            billed = work.segment.chars
-            cached = wav.cache_header(result.sampling_rate, len(result.pcm)) + result.pcm
-            await _off_loop(
-                store, key, partial(store.put_bytes, content_type="audio/wav"), key, cached
-            )
-            seconds, outcome = result.seconds, Outcome.SYNTHESIZED
+        # One at a time per cache entry: a second segment of the same text waits for the first
+        # and finds its audio cached, rather than paying Rime for it twice.
+        async with ctx.one_making(key):
+            cached_seconds = await _off_loop(store, key, _cached_seconds, store, key)
+            if cached_seconds is not None:
+                seconds, outcome = cached_seconds, Outcome.CACHED
+            else:
+                req = TtsRequest(work.segment.text, work.params, work.segment.inline_speed_alpha)
+                result = await synthesize_segment(
+                    ctx.client,
+                    ctx.limiter,
+                    req,
+                    policy=ctx.policy,
+                    on_attempt=lambda attempt: _record_failure(ctx, work, event, attempt),
+                )
+                billed = work.segment.chars
+                step = "storing audio"
+                cached = wav.cache_header(result.sampling_rate, len(result.pcm)) + result.pcm
+                await _off_loop(
+                    store, key, partial(store.put_bytes, content_type="audio/wav"), key, cached
+                )
+                seconds, outcome = result.seconds, Outcome.SYNTHESIZED
     except (RimeBatchError, OSError) as exc:
         # Rime's refusals, but also a destination that cannot be written: the segment fails
         # with one clear message instead of taking the whole run down.
-        error = str(exc) if isinstance(exc, RimeError) else f"storing audio failed: {exc}"
+        error = str(exc) if isinstance(exc, RimeError) else f"{step} failed: {exc}"
         refused = isinstance(exc, AuthError)
         with ctx.sessions.begin() as session:
             if billed is not None:  # the audio was generated, and paid for, before the failure

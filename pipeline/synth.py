@@ -94,7 +94,7 @@ async def synthesize_segment(
             except RimeError as exc:
                 if isinstance(exc, RateLimited):
                     await limiter.on_rate_limited()
-                billed = len(req.text) if isinstance(exc, StreamCut) else 0
+                billed = len(req.text) if exc.billed else 0
                 on_attempt(Attempt(number, str(exc), billed, isinstance(exc, TransientError)))
                 raise
             await limiter.on_success()

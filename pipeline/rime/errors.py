@@ -14,7 +14,9 @@
         │   └── InvalidRequest  rejected here, before sending
         └── AuthError           401/403: bad key, or a billing problem (Rime uses 401 for both)
 
-No retries happen in the client: the pipeline decides what to do with each class.
+Every error says whether the failed request was billed: whether Rime had started to send its
+audio (a cut stream, a stall after the first bytes), which means it generated, and charged for,
+the text. No retries happen in the client: the pipeline decides what to do with each class.
 Messages never contain the API key: the clients pass it to `redact` before building an error.
 """
 
@@ -55,9 +57,13 @@ def clean_message(text: str, secret: str | None = None) -> str:
 class RimeError(RimeBatchError):
     """Base of every failure talking to Rime; `status` is the HTTP status when there was one."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    # Whether Rime had begun sending audio: generated, so charged for, whatever came after.
+    billed = False
+
+    def __init__(self, message: str, *, status: int | None = None, billed: bool = False) -> None:
         self.message = message
         self.status = status
+        self.billed = billed or self.billed
         super().__init__(message)
 
     def __str__(self) -> str:
@@ -100,6 +106,8 @@ class ServerError(TransientError):
 
 class StreamCut(TransientError):
     """The audio stream ended early or does not decode."""
+
+    billed = True
 
 
 class ProtocolError(TransientError):

@@ -77,7 +77,8 @@ class _Config:
         detail = errors.clean_message(str(exc) or type(exc).__name__, self.secret)
         if isinstance(exc, httpx.TimeoutException):
             what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting"
-            return errors.Timeout(f"timed out {what} ({self.url}): {detail}")
+            # A stall after the first bytes: the audio was generated, and billed.
+            return errors.Timeout(f"timed out {what} ({self.url}): {detail}", billed=body_started)
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
             return errors.ConnectError(f"cannot connect to {self.url}: {detail}")
         if isinstance(exc, httpx.UnsupportedProtocol):

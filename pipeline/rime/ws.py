@@ -320,7 +320,8 @@ class RimeWsClient:
                     raw = await self._connection.recv()
             except TimeoutError as exc:
                 raise errors.Timeout(
-                    f"no message from the server in {self._receive_timeout:g}s"
+                    f"no message from the server in {self._receive_timeout:g}s",
+                    billed=self._received_any,
                 ) from exc
             except ConnectionClosedOK:
                 return None

@@ -436,7 +436,8 @@ def start_job(session: Session, job_id: str) -> bool:
     )
 
 
-def _job_state(session: Session, job_id: str) -> State:
+def job_state(session: Session, job_id: str) -> State:
+    """The job's state; JobNotFound when there is no such job."""
     state = session.scalar(select(JobRow.state).where(JobRow.id == job_id))
     if state is None:
         raise JobNotFound(f"no job {job_id!r}")
@@ -476,7 +477,7 @@ def settle_job(session: Session, job_id: str) -> State:
         finished_at=now,
         error=f"{count} script(s) failed",
     )
-    return _job_state(session, job_id)
+    return job_state(session, job_id)
 
 
 def reset_for_resume(session: Session, job_id: str) -> int:
@@ -484,7 +485,7 @@ def reset_for_resume(session: Session, job_id: str) -> int:
 
     Only for a job no live worker is on: a crashed run, or a failed one.
     """
-    current = _job_state(session, job_id)
+    current = job_state(session, job_id)
     if current in {State.DONE, State.CANCELLED}:
         raise IllegalTransition(f"job {job_id}", current.value, State.PENDING.value)
     stuck = (State.RUNNING, State.FAILED)
@@ -521,7 +522,7 @@ def reset_for_resume(session: Session, job_id: str) -> int:
 
 def cancel_job(session: Session, job_id: str) -> int:
     """pending|running -> cancelled for the job and its unfinished work; segments cancelled."""
-    current = _job_state(session, job_id)
+    current = job_state(session, job_id)
     if current not in _ACTIVE:
         raise IllegalTransition(f"job {job_id}", current.value, State.CANCELLED.value)
     now = utcnow()
@@ -551,6 +552,6 @@ def cancel_job(session: Session, job_id: str) -> int:
     ):
         # It finished between our read and now; the caller's rollback undoes the above.
         raise IllegalTransition(
-            f"job {job_id}", _job_state(session, job_id).value, State.CANCELLED.value
+            f"job {job_id}", job_state(session, job_id).value, State.CANCELLED.value
         )
     return cancelled

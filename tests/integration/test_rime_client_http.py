@@ -237,9 +237,20 @@ def test_a_stalled_stream_is_a_timeout(engine_factory: Any, synthesize: Synthesi
         synthesize(stalling.http_url, TtsRequest(TEXT, COVE), timeout=0.5)
 
 
+def test_a_stream_that_stalls_after_its_first_bytes_was_billed(
+    engine_factory: Any, synthesize: Synthesize
+) -> None:
+    # Rime had started sending: it generated the text, and charged for it.
+    stalling = engine_factory(fault_stall_rate=1.0, stall_seconds=5.0)
+    with pytest.raises(Timeout) as info:
+        synthesize(stalling.http_url, TtsRequest(TEXT, COVE), timeout=0.5)
+    assert info.value.billed
+
+
 def test_a_closed_port_is_a_connect_error(synthesize: Synthesize) -> None:
     url = f"http://127.0.0.1:{_closed_port()}/v1/rime-tts"
     with pytest.raises(ConnectError) as info:
         synthesize(url, TtsRequest(TEXT, COVE), api_key=KEY)
     assert url in str(info.value)
+    assert not info.value.billed
     _assert_no_key(info.value)

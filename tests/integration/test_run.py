@@ -463,11 +463,6 @@ async def test_a_segment_held_by_the_other_run_still_gets_its_script_stitched(
     results_match_the_table(job_table, job)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_job(stitchers=0) waits forever on a Semaphore(0) once a script is due; "
-    "nothing rejects it (nor RIME_BATCH_STITCH_PARALLELISM=0 in the settings)",
-)
 async def test_no_stitchers_is_refused_rather_than_a_run_that_never_ends(
     sqlite_url: str, tmp_path: Path, synthesizer: ToneSynthesizer
 ) -> None:

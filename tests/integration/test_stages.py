@@ -785,3 +785,24 @@ def test_results_go_to_the_jobs_own_destination(
     stored = open_store(job.plan.destination).get_bytes(RESULTS_KEY)
     assert json.loads(stored)["state"] == "failed"
     assert s3.client.head_object(Bucket=s3_bucket, Key=f"jobs/a/{RESULTS_KEY}")
+
+
+async def test_segments_of_one_text_in_flight_together_pay_for_it_once(
+    ctx: Context, dest: Path, synthesizer: ToneSynthesizer
+) -> None:
+    # "Thank you for calling." in two scripts: one request, the other from the cache.
+    text = "Thank you for calling."
+    job = new_job(ctx, dest, [[text], [text]])
+    gate = Gate()
+    synthesizer.on_text(text, gate)
+    first, second = job.all_segments
+    running = [asyncio.create_task(synth_stage(ctx, pk)) for pk in (first, second)]
+    await gate.wait_arrived(1)
+    await asyncio.sleep(0.05)  # the other segment is waiting by now, not sending
+    assert gate.arrived == 1
+    gate.release()
+    results = await asyncio.gather(*running)
+    assert sorted(r.outcome for r in results) == [Outcome.CACHED, Outcome.SYNTHESIZED]
+    assert synthesizer.count(text) == 1
+    billed = [script_row(ctx.sessions, pk).billed_chars for pk in job.scripts]
+    assert sorted(billed) == [0, len(text)]
