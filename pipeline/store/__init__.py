@@ -15,6 +15,8 @@ Every process starts with `open_sessions(url)`; the modules take a Session and n
         job_id = record_plan(session, plan)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from pipeline.store.database import (
     close_sessions,
     create_engine_for,
@@ -25,10 +27,12 @@ from pipeline.store.database import (
     session_factory,
 )
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
-from pipeline.store.plans import load_plan, record_plan
 from pipeline.store.schema import OutputFile
 from pipeline.store.states import State
 from pipeline.store.transitions import Next
+
+if TYPE_CHECKING:
+    from pipeline.store.plans import load_plan, record_plan
 
 __all__ = [
     "IllegalTransition",
@@ -47,3 +51,12 @@ __all__ = [
     "record_plan",
     "session_factory",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Plans pull in the planner (segmenter, markup, Rime's parameters): a `status` needs none.
+    if name in ("load_plan", "record_plan"):
+        from pipeline.store import plans
+
+        return getattr(plans, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,15 +6,15 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, TypeVar, cast, get_origin, get_type_hints
+from typing import Any, TypeVar, get_origin, get_type_hints
 
-from sqlalchemy import RowMapping, Table, bindparam, insert, select
+from sqlalchemy import RowMapping, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.params import VoiceParams
 from pipeline.store.errors import JobNotFound, StoreError
-from pipeline.store.schema import JobRow, ScriptRow, SegmentRow, utcnow
+from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, JobRow, ScriptRow, SegmentRow, utcnow
 from pipeline.store.states import State
 
 T = TypeVar("T")
@@ -190,9 +190,7 @@ class ScriptWork:
 
 
 # What a stage loads for every segment and script, built once (see pipeline.store.transitions).
-_JOBS = cast(Table, JobRow.__table__)
-_SCRIPTS = cast(Table, ScriptRow.__table__)
-_SEGMENTS = cast(Table, SegmentRow.__table__)
+_JOBS, _SCRIPTS, _SEGMENTS = JOBS, SCRIPTS, SEGMENTS
 _SEGMENT_COLUMNS = [_SEGMENTS.c[name] for name in _PLANNED_COLUMNS]
 _SEGMENT_WORK = (
     select(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -196,3 +197,10 @@ class SegmentRow(Base):
         UniqueConstraint("script_pk", "index"),
         Index(None, "job_id", "state"),
     )
+
+
+# The same tables without the ORM, for the statements every segment and script runs: a plain
+# table's statement skips the ORM's bulk-update machinery.
+JOBS = cast(Table, JobRow.__table__)
+SCRIPTS = cast(Table, ScriptRow.__table__)
+SEGMENTS = cast(Table, SegmentRow.__table__)

@@ -24,14 +24,24 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Table, bindparam, exists, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
-from pipeline.store.schema import JobRow, OutputFile, ScriptRow, SegmentRow, utcnow
+from pipeline.store.schema import (
+    JOBS,
+    SCRIPTS,
+    SEGMENTS,
+    JobRow,
+    OutputFile,
+    ScriptRow,
+    SegmentRow,
+    utcnow,
+)
 from pipeline.store.states import State, check_transition
+from pipeline.store.views import all_segments_done
 
 # Errors are kept for people to read; a whole traceback does not belong in a status table.
 MAX_ERROR_CHARS = 2000
@@ -50,17 +60,10 @@ class Next:
 NOTHING = Next()
 
 
-def all_segments_done() -> ColumnElement[bool]:
-    """Whether every segment of the script in the enclosing query is done (a stitch is due)."""
-    return ~exists().where(SegmentRow.script_pk == ScriptRow.id, SegmentRow.state != State.DONE)
-
-
 # The statements every segment and script runs, built once: constructing a statement costs
 # more than executing it on SQLite. Plain tables, not the ORM classes, so no ORM bulk-update
 # machinery runs either. Parameters end in an underscore (a bind may not share a column's name).
-_JOBS = cast(Table, JobRow.__table__)
-_SCRIPTS = cast(Table, ScriptRow.__table__)
-_SEGMENTS = cast(Table, SegmentRow.__table__)
+_JOBS, _SCRIPTS, _SEGMENTS = JOBS, SCRIPTS, SEGMENTS
 
 _CLAIM_SEGMENT = (
     update(_SEGMENTS)
@@ -113,7 +116,7 @@ _BILL_SCRIPT = (
 _STITCH_DUE = select(_SCRIPTS.c.id).where(
     _SCRIPTS.c.id == bindparam("pk_"),
     _SCRIPTS.c.state == State.PENDING,
-    ~exists().where(_SEGMENTS.c.script_pk == _SCRIPTS.c.id, _SEGMENTS.c.state != State.DONE),
+    all_segments_done(),
 )
 _LOCK_JOB = select(_JOBS.c.id).where(_JOBS.c.id == bindparam("pk_")).with_for_update()
 _SCRIPTS_ACTIVE = select(
@@ -126,7 +129,7 @@ _CLAIM_STITCH = (
     .where(
         _SCRIPTS.c.id == bindparam("pk_"),
         _SCRIPTS.c.state == State.PENDING,
-        ~exists().where(_SEGMENTS.c.script_pk == _SCRIPTS.c.id, _SEGMENTS.c.state != State.DONE),
+        all_segments_done(),
     )
     .values(state=State.RUNNING, stitch_started_at=bindparam("now_"))
 )

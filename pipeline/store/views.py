@@ -7,13 +7,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, func, select, union_all
+from sqlalchemy import ColumnElement, and_, case, exists, func, select, union_all
 from sqlalchemy.orm import Session
 
 from pipeline.store.errors import JobNotFound
-from pipeline.store.schema import JobRow, OutputFile, ScriptRow, SegmentRow
+from pipeline.store.schema import SCRIPTS, SEGMENTS, JobRow, OutputFile, ScriptRow, SegmentRow
 from pipeline.store.states import State
-from pipeline.store.transitions import all_segments_done
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -216,6 +215,11 @@ def list_segments(
     if states is not None:
         query = query.where(SegmentRow.state.in_(list(states)))
     return [SegmentRef(*row) for row in session.execute(query)]
+
+
+def all_segments_done() -> ColumnElement[bool]:
+    """Whether every segment of the script in the enclosing query is done: a stitch is due."""
+    return ~exists().where(SEGMENTS.c.script_pk == SCRIPTS.c.id, SEGMENTS.c.state != State.DONE)
 
 
 def stitchable_scripts(session: Session, job_id: str) -> list[int]:
