@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from pipeline import wav
 from pipeline.errors import RimeBatchError
-from pipeline.files import create_temp, fsync_dir, temp_path_for
+from pipeline.files import create_temp, fsync_path, temp_path_for
 from pipeline.g711 import encode_mulaw
 
 Samples = npt.NDArray[np.float32]
@@ -280,7 +280,7 @@ def encode(
                 cmd += ["-flags:a", "+bitexact", *args, "-y", str(temp)]
             _run_ffmpeg(cmd, tee())
             for temp in piped.values():
-                _fsync(temp)
+                fsync_path(temp)
         else:
             for _ in tee():
                 pass
@@ -289,7 +289,7 @@ def encode(
         for fmt, temp in temps.items():
             os.replace(temp, outputs[fmt])
         for folder in {path.parent for path in outputs.values()}:
-            fsync_dir(folder)
+            fsync_path(folder)
     finally:
         for out in native:
             out.handle.close()
@@ -340,14 +340,6 @@ def _run_ffmpeg(cmd: list[str], chunks: Iterable[bytes]) -> str:
 def _read_log(log: IO[bytes]) -> str:
     log.seek(0)
     return log.read().decode(errors="replace")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _tail(text: str) -> str:

@@ -51,13 +51,13 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> Path:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent)
+    fsync_path(target.parent)
     return target
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make the renames into `folder` durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file (its bytes) or a folder (the renames into it) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

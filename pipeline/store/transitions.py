@@ -312,16 +312,12 @@ def release_segment(session: Session, segment_pk: int, error: str | None = None)
 
 def requeue_stale(session: Session, *, older_than: timedelta, job_id: str | None = None) -> int:
     """Segments claimed longer ago than `older_than` (their worker died) -> pending; the count."""
-    cutoff: datetime = utcnow() - older_than
-    row = SegmentRow.started_at < cutoff
-    if job_id is not None:
-        row = row & (SegmentRow.job_id == job_id)
-    return _cas(
+    return _requeue(
         session,
         SegmentRow,
-        row,
-        expected=[State.RUNNING],
-        target=State.PENDING,
+        SegmentRow.started_at,
+        older_than,
+        job_id,
         started_at=None,
         last_error="requeued: claimed too long ago",
     )
@@ -331,18 +327,24 @@ def requeue_stale_stitches(
     session: Session, *, older_than: timedelta, job_id: str | None = None
 ) -> int:
     """Scripts whose stitching was claimed longer ago than `older_than` -> pending; the count."""
-    cutoff: datetime = utcnow() - older_than
-    row = ScriptRow.stitch_started_at < cutoff
-    if job_id is not None:
-        row = row & (ScriptRow.job_id == job_id)
-    return _cas(
-        session,
-        ScriptRow,
-        row,
-        expected=[State.RUNNING],
-        target=State.PENDING,
-        stitch_started_at=None,
+    return _requeue(
+        session, ScriptRow, ScriptRow.stitch_started_at, older_than, job_id, stitch_started_at=None
     )
+
+
+def _requeue(
+    session: Session,
+    model: type[ScriptRow] | type[SegmentRow],
+    claimed_at: Any,
+    older_than: timedelta,
+    job_id: str | None,
+    **values: Any,
+) -> int:
+    cutoff: datetime = utcnow() - older_than
+    row = claimed_at < cutoff
+    if job_id is not None:
+        row = row & (model.job_id == job_id)
+    return _cas(session, model, row, expected=[State.RUNNING], target=State.PENDING, **values)
 
 
 # Scripts

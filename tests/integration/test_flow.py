@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.manifest import load_manifest
@@ -23,9 +22,9 @@ from pipeline.results import RESULTS_KEY
 from pipeline.settings import Settings
 from pipeline.stages import Outcome
 from pipeline.store import State, record_plan, transitions
-from pipeline.store.schema import JobRow, ScriptRow, SegmentRow
 from pipeline.store.transitions import Next
 from rime_local.server import RunningEngine
+from tests.fixtures.jobs import job_row, script_row, segment_row
 from tests.fixtures.s3 import S3Env
 from tests.fixtures.worker_runtime import (
     Broker,
@@ -54,30 +53,13 @@ def requests(engine: RunningEngine) -> int:
     return int(engine.metrics()["requests"])
 
 
-def segment(sessions: sessionmaker[Session], segment_pk: int) -> SegmentRow:
-    with sessions.begin() as session:
-        row = session.get(SegmentRow, segment_pk)
-        assert row is not None
-        return row
-
-
-def script(sessions: sessionmaker[Session], script_pk: int) -> ScriptRow:
-    with sessions.begin() as session:
-        row = session.get(ScriptRow, script_pk)
-        assert row is not None
-        return row
-
-
 def job_state(sessions: sessionmaker[Session], job_id: str) -> State:
-    with sessions.begin() as session:
-        state = session.scalar(select(JobRow.state).where(JobRow.id == job_id))
-        assert state is not None
-        return state
+    return job_row(sessions, job_id).state
 
 
 def output_of(sessions: sessionmaker[Session], script_pk: int) -> Path:
     """The stitched file of a done script; it exists."""
-    row = script(sessions, script_pk)
+    row = script_row(sessions, script_pk)
     assert row.state is State.DONE, (row.state, row.error)
     [output] = row.outputs
     path = Path(output["uri"])
@@ -108,7 +90,7 @@ def test_the_last_segment_of_a_script_is_stitched_at_once_and_the_last_script_se
     opening = flow.synthesize(rt, first[0].segment_pk)
     assert opening.outcome is Outcome.SYNTHESIZED
     assert opening.next == Next()
-    assert script(rt.sessions, first[0].script_pk).state is State.PENDING
+    assert script_row(rt.sessions, first[0].script_pk).state is State.PENDING
 
     closing = flow.synthesize(rt, first[1].segment_pk)
     # The stage said a stitch was due, and this worker did it there and then.
@@ -143,7 +125,7 @@ def test_a_worker_that_does_not_serve_the_stitch_queue_sends_a_stitch_task(
 
     assert broker.stitches() == [stitch(script_pk)]
     assert broker.synth() == []
-    row = script(rt.sessions, script_pk)
+    row = script_row(rt.sessions, script_pk)
     assert row.state is State.PENDING and row.outputs == []
     assert requests(engine) - before == 2
 
@@ -172,7 +154,7 @@ def test_a_worker_whose_stitchers_are_all_busy_sends_a_stitch_task(
         rt.stitching.release()
 
     assert broker.stitches() == [stitch(script_pk)]
-    assert script(rt.sessions, script_pk).state is State.PENDING
+    assert script_row(rt.sessions, script_pk).state is State.PENDING
 
 
 def test_a_redelivered_task_for_finished_work_sends_and_synthesizes_nothing(
@@ -188,7 +170,7 @@ def test_a_redelivered_task_for_finished_work_sends_and_synthesizes_nothing(
     assert broker.stitches() == [finish(job_id)]
     broker.clear()
     before = requests(engine)
-    attempts = [segment(rt.sessions, ref.segment_pk).attempts for ref in refs]
+    attempts = [segment_row(rt.sessions, ref.segment_pk).attempts for ref in refs]
 
     for ref in refs:
         again = flow.synthesize(rt, ref.segment_pk, redelivered=True)
@@ -199,8 +181,8 @@ def test_a_redelivered_task_for_finished_work_sends_and_synthesizes_nothing(
     assert restitched.outcome is Outcome.SKIPPED
     assert requests(engine) == before
     assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
-    assert [segment(rt.sessions, ref.segment_pk).attempts for ref in refs] == attempts
-    assert all(segment(rt.sessions, ref.segment_pk).state is State.DONE for ref in refs)
+    assert [segment_row(rt.sessions, ref.segment_pk).attempts for ref in refs] == attempts
+    assert all(segment_row(rt.sessions, ref.segment_pk).state is State.DONE for ref in refs)
     assert output.stat().st_mtime_ns == stitched
 
 
@@ -218,7 +200,7 @@ def test_a_segment_a_live_worker_holds_is_skipped_and_its_claim_left_alone(
         assert token is not None
         with rt.sessions.begin() as session:
             assert transitions.claim_segment(session, busy)
-        claimed_at = segment(rt.sessions, busy).started_at
+        claimed_at = segment_row(rt.sessions, busy).started_at
         before = requests(engine)
 
         fresh = flow.synthesize(rt, busy)
@@ -230,7 +212,7 @@ def test_a_segment_a_live_worker_holds_is_skipped_and_its_claim_left_alone(
         assert fresh.outcome is Outcome.SKIPPED
         assert redelivered.outcome is Outcome.SKIPPED
         assert 1.5 * LEASE <= waited < 1.5 * LEASE + 1.0
-        row = segment(rt.sessions, busy)
+        row = segment_row(rt.sessions, busy)
         assert row.state is State.RUNNING and row.started_at == claimed_at
         assert row.last_error is None
         assert requests(engine) == before
@@ -257,7 +239,7 @@ def test_a_stitch_a_live_worker_holds_is_skipped(
         skipped = flow.stitch(rt, ref.script_pk)
 
         assert skipped.outcome is Outcome.SKIPPED
-        row = script(rt.sessions, ref.script_pk)
+        row = script_row(rt.sessions, ref.script_pk)
         assert row.state is State.PENDING and row.outputs == []
         assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
         assert other.holder(f"script:{ref.script_pk}") == token
@@ -297,7 +279,7 @@ def test_a_segment_left_running_by_a_dead_worker_is_taken_over_and_finished(
     # It waited for the dead worker's lease to run out, no longer than its redelivery wait.
     assert waited < 1.5 * LEASE + 0.5
     for segment_pk in (orphan, stale_lease):
-        row = segment(rt.sessions, segment_pk)
+        row = segment_row(rt.sessions, segment_pk)
         assert row.state is State.DONE
         assert row.last_error == flow.TAKEN_OVER
         assert row.attempts == 1
