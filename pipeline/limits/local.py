@@ -41,7 +41,12 @@ class LocalLimiter:
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         async with self._changed:
-            await self._changed.wait_for(lambda: self._in_flight < self.cap)
+            try:
+                await self._changed.wait_for(lambda: self._in_flight < self.cap)
+            except asyncio.CancelledError:
+                # A release wakes one waiter only: if it was this one, pass the wake-up on.
+                self._changed.notify(1)
+                raise
             self._in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
         try:
@@ -51,7 +56,8 @@ class LocalLimiter:
         finally:
             async with self._changed:
                 self._in_flight -= 1
-                self._changed.notify_all()
+                # One slot freed, one waiter woken: waking all would wake the rest for nothing.
+                self._changed.notify(1)
 
     def slot(self) -> AbstractAsyncContextManager[None]:
         """Wait for a free slot (and a token when a budget is set); hold it for one request."""

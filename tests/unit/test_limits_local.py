@@ -71,3 +71,25 @@ def test_local_limiter_ignores_feedback_unless_adaptive() -> None:
         return limiter.cap
 
     assert asyncio.run(scenario()) == 4
+
+
+async def test_a_waiter_cancelled_as_it_is_woken_passes_the_free_slot_on() -> None:
+    # A release wakes one waiter only; cancelled before it runs, it must wake the next one.
+    limiter = LocalLimiter(LimitConfig(concurrency=1))
+
+    async def waiter(got: asyncio.Event) -> None:
+        async with limiter.slot():
+            got.set()
+
+    held = limiter.slot()
+    await held.__aenter__()
+    first_got, second_got = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(waiter(first_got))
+    second = asyncio.create_task(waiter(second_got))
+    await asyncio.sleep(0.01)  # both are waiting now
+    await held.__aexit__(None, None, None)  # wakes the first waiter, which has not run yet
+    first.cancel()
+    async with asyncio.timeout(2):
+        await second_got.wait()
+    await second
+    assert first.cancelled() and not first_got.is_set()
