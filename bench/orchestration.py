@@ -44,8 +44,8 @@ from pipeline.rime.params import AudioFormat, TtsRequest
 from pipeline.run import run_job
 from pipeline.settings import Settings
 from pipeline.stages import Context
-from pipeline.store import create_engine_for, migrate, record_plan, session_factory
-from pipeline.store.schema import JobRow
+from pipeline.store import create_engine_for, migrate, record_plan
+from pipeline.store.schema import JOBS
 from pipeline.store.states import State
 from workers.app import create_app
 from workers.commands import submit
@@ -140,15 +140,15 @@ def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Run
     """The embedded executor on a fresh SQLite file and a fresh output folder."""
     database = f"sqlite:///{folder / 'embedded.db'}"
     migrate(database)
-    sessions = session_factory(create_engine_for(database))
+    db = create_engine_for(database)
     plan = replace(plan, destination=str(folder / "embedded-out"))
-    with sessions.begin() as session:
-        job_id = record_plan(session, plan)
+    with db.begin() as conn:
+        job_id = record_plan(conn, plan)
     limits = LimitConfig(concurrency=concurrency)
 
     async def go() -> State:
         async with AsyncRimeHttpClient(api_key=KEY, url=url, max_connections=concurrency) as client:
-            ctx = Context(sessions, client, LocalLimiter(limits))
+            ctx = Context(db, client, LocalLimiter(limits))
             return await run_job(
                 ctx, job_id, workers=2 * concurrency, stitchers=Settings().stitch_parallelism
             )
@@ -180,13 +180,13 @@ def run_celery(
     try:
         processes = start_workers(workers, 2 * concurrency, variables, folder)
         app = create_app(Settings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database))
-        sessions = session_factory(create_engine_for(database))
+        db = create_engine_for(database)
 
         def render(job: JobPlan) -> str:
             job_id = submit(job, app=app, database_url=database)
             while True:
-                with sessions.begin() as session:
-                    state = session.scalar(select(JobRow.state).where(JobRow.id == job_id))
+                with db.begin() as conn:
+                    state = conn.scalar(select(JOBS.c.state).where(JOBS.c.id == job_id))
                 if state in (State.DONE, State.FAILED, State.CANCELLED):
                     if state is not State.DONE:
                         sys.exit(f"the celery job ended {state}")

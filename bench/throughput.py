@@ -48,8 +48,8 @@ from pipeline.rime.params import AudioFormat, TtsRequest
 from pipeline.run import run_job
 from pipeline.settings import Settings
 from pipeline.stages import Context
-from pipeline.store import create_engine_for, migrate, record_plan, session_factory
-from pipeline.store.schema import SegmentRow
+from pipeline.store import create_engine_for, migrate, record_plan
+from pipeline.store.schema import SEGMENTS
 
 KEY = "bench-key"
 DEPARTMENTS = [
@@ -225,14 +225,14 @@ def run_embedded(bench: Bench) -> Figures:
     """The embedded executor, as `rime-batch render` runs it, on a fresh SQLite file."""
     url = f"sqlite:///{bench.folder / 'embedded.db'}"
     migrate(url)
-    sessions = session_factory(create_engine_for(url))
-    with sessions.begin() as session:
-        job_id = record_plan(session, bench.plan)
+    db = create_engine_for(url)
+    with db.begin() as conn:
+        job_id = record_plan(conn, bench.plan)
     limits = LimitConfig(concurrency=bench.concurrency)
 
     async def go() -> None:
         async with AsyncRimeHttpClient(api_key=KEY, url=bench.engine.http_url) as client:
-            ctx = Context(sessions, client, LocalLimiter(limits))
+            ctx = Context(db, client, LocalLimiter(limits))
             await run_job(
                 ctx, job_id, workers=limits.concurrency * 2, stitchers=Settings().stitch_parallelism
             )
@@ -243,8 +243,8 @@ def run_embedded(bench: Bench) -> Figures:
     started = time.perf_counter()
     asyncio.run(go())
     total = time.perf_counter() - started
-    with sessions.begin() as session:
-        last = session.scalar(select(func.max(SegmentRow.finished_at)))
+    with db.begin() as conn:
+        last = conn.scalar(select(func.max(SEGMENTS.c.finished_at)))
     assert last is not None
     return bench.figures("embedded", segments, (last - started_at).total_seconds(), total)
 

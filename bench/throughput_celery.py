@@ -35,8 +35,8 @@ from sqlalchemy import func, select
 from pipeline.manifest import load_manifest
 from pipeline.plan import JobPlan, build_plan
 from pipeline.settings import Settings
-from pipeline.store import create_engine_for, migrate, session_factory
-from pipeline.store.schema import JobRow, SegmentRow
+from pipeline.store import create_engine_for, migrate
+from pipeline.store.schema import JOBS, SEGMENTS
 from pipeline.store.states import State
 from workers.app import create_app
 from workers.commands import submit
@@ -262,20 +262,20 @@ def render_on_workers(
     try:
         processes = start_workers(workers, threads, variables, folder)
         settings = Settings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database_url)
-        sessions = session_factory(create_engine_for(database_url))
+        db = create_engine_for(database_url)
         started = time.monotonic()
         job_id = submit(plan, app=create_app(settings), database_url=database_url)
         total = sum(len(s.segments) for s in plan.scripts)
         synth_seconds = 0.0
         while True:
-            with sessions.begin() as session:
-                done = session.scalar(
+            with db.begin() as conn:
+                done = conn.scalar(
                     select(func.count()).where(
-                        SegmentRow.job_id == job_id, SegmentRow.state == "done"
+                        SEGMENTS.c.job_id == job_id, SEGMENTS.c.state == "done"
                     )
                 )
-                job = session.get(JobRow, job_id)
-                over = job is not None and job.state in (State.DONE, State.FAILED)
+                state = conn.scalar(select(JOBS.c.state).where(JOBS.c.id == job_id))
+                over = state in (State.DONE, State.FAILED)
             if done == total and not synth_seconds:
                 synth_seconds = time.monotonic() - started
             if over:

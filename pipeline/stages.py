@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from pipeline import wav
 from pipeline.audio import EXTENSIONS
@@ -100,7 +100,7 @@ class _Making:
 class Context:
     """Everything the stages need, built once per executor."""
 
-    sessions: sessionmaker[Session]
+    db: Engine
     client: Synthesizer
     limiter: Limiter
     policy: RetryPolicy = DEFAULT_POLICY
@@ -139,18 +139,18 @@ class Context:
 
 def start_stage(ctx: Context, job_id: str) -> views.Outstanding:
     """Mark the job running; the segments and stitches it still needs, for an executor."""
-    with ctx.sessions.begin() as session:
-        transitions.job_state(session, job_id)  # JobNotFound for a job that does not exist
-        transitions.start_job(session, job_id)
-        return views.outstanding(session, job_id)
+    with ctx.db.begin() as conn:
+        transitions.job_state(conn, job_id)  # JobNotFound for a job that does not exist
+        transitions.start_job(conn, job_id)
+        return views.outstanding(conn, job_id)
 
 
 async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
     """Claim one pending segment, take its audio from the cache or from Rime, record it."""
-    with ctx.sessions.begin() as session:
-        if not transitions.claim_segment(session, segment_pk):
+    with ctx.db.begin() as conn:
+        if not transitions.claim_segment(conn, segment_pk):
             return StageResult(Outcome.SKIPPED)
-        work = plans.load_segment(session, segment_pk)
+        work = plans.load_segment(conn, segment_pk)
     store = ctx.store(work.destination)
     key = ctx.cache_path(work.segment.cache_key)
     event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
@@ -184,24 +184,24 @@ async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
         # with one clear message instead of taking the whole run down.
         error = str(exc) if isinstance(exc, RimeError) else f"{step} failed: {exc}"
         refused = isinstance(exc, AuthError)
-        with ctx.sessions.begin() as session:
+        with ctx.db.begin() as conn:
             if billed is not None:  # the audio was generated, and paid for, before the failure
-                transitions.record_attempt(session, segment_pk, billed_chars=billed)
-            after = transitions.fail_segment(session, segment_pk, error) or NOTHING
+                transitions.record_attempt(conn, segment_pk, billed_chars=billed)
+            after = transitions.fail_segment(conn, segment_pk, error) or NOTHING
             if refused:
-                after = transitions.abandon_job(session, work.job_id, KEY_REFUSED)
+                after = transitions.abandon_job(conn, work.job_id, KEY_REFUSED)
         ctx.on_event(replace(event, outcome=Outcome.FAILED, error=error))
         return StageResult(Outcome.REFUSED if refused else Outcome.FAILED, after)
     except BaseException:
         # Interrupted (Ctrl-C, a cancelled task): hand the segment back for a resume.
-        with ctx.sessions.begin() as session:
+        with ctx.db.begin() as conn:
             if billed is not None:
-                transitions.record_attempt(session, segment_pk, billed_chars=billed)
-            transitions.release_segment(session, segment_pk, "interrupted")
+                transitions.record_attempt(conn, segment_pk, billed_chars=billed)
+            transitions.release_segment(conn, segment_pk, "interrupted")
         raise
-    with ctx.sessions.begin() as session:
+    with ctx.db.begin() as conn:
         finished = transitions.finish_segment(
-            session, segment_pk, audio_seconds=seconds, billed_chars=billed
+            conn, segment_pk, audio_seconds=seconds, billed_chars=billed
         )
     ctx.on_event(replace(event, outcome=outcome, seconds=seconds))
     return StageResult(outcome, finished or NOTHING)
@@ -219,9 +219,9 @@ def _record_failure(ctx: Context, work: plans.SegmentWork, event: Event, attempt
     # A successful attempt is counted by the segment's finish, in the same transaction.
     if attempt.error is None:
         return
-    with ctx.sessions.begin() as session:
+    with ctx.db.begin() as conn:
         transitions.record_attempt(
-            session, work.segment_pk, billed_chars=attempt.billed_chars, error=attempt.error
+            conn, work.segment_pk, billed_chars=attempt.billed_chars, error=attempt.error
         )
     # A permanent error is reported once, by the segment's failure, not as a retry.
     if attempt.retryable:
@@ -245,25 +245,25 @@ def _cached_seconds(store: ObjectStore, key: str) -> float | None:
 
 def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
     """Stitch a script whose segments are all done: exactly one caller wins the claim."""
-    with ctx.sessions.begin() as session:
-        if not transitions.claim_stitch(session, script_pk):
+    with ctx.db.begin() as conn:
+        if not transitions.claim_stitch(conn, script_pk):
             return StageResult(Outcome.SKIPPED)
-        work = plans.load_script(session, script_pk)
+        work = plans.load_script(conn, script_pk)
     plan = work.plan
     try:
         result, outputs = _stitch_into(ctx, work, ctx.store(work.destination))
     except Exception as exc:
-        with ctx.sessions.begin() as session:
-            after = transitions.fail_script(session, script_pk, f"stitching failed: {exc}")
+        with ctx.db.begin() as conn:
+            after = transitions.fail_script(conn, script_pk, f"stitching failed: {exc}")
         ctx.on_event(Event("script", work.job_id, plan.script_id, Outcome.FAILED, error=str(exc)))
         return StageResult(Outcome.FAILED, after or NOTHING)
     except BaseException:
-        with ctx.sessions.begin() as session:
-            transitions.release_script(session, script_pk)
+        with ctx.db.begin() as conn:
+            transitions.release_script(conn, script_pk)
         raise
-    with ctx.sessions.begin() as session:
+    with ctx.db.begin() as conn:
         after = transitions.finish_script(
-            session, script_pk, audio_seconds=result.duration_seconds, outputs=outputs
+            conn, script_pk, audio_seconds=result.duration_seconds, outputs=outputs
         )
     ctx.on_event(
         Event(
@@ -334,9 +334,9 @@ def _scratch_folder() -> tempfile.TemporaryDirectory[str]:
 
 def settle_stage(ctx: Context, job_id: str) -> State:
     """Roll the job's state up and write its results file when it is over; the job's state."""
-    with ctx.sessions.begin() as session:
-        state = transitions.settle_job(session, job_id)
-        summary = views.job_summary(session, job_id)
+    with ctx.db.begin() as conn:
+        state = transitions.settle_job(conn, job_id)
+        summary = views.job_summary(conn, job_id)
     if state in (State.DONE, State.FAILED):
         store = ctx.store(summary.job.destination)
         store.put_bytes(RESULTS_KEY, results_bytes(summary), content_type="application/json")

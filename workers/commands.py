@@ -6,30 +6,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from celery import Celery
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from pipeline.plan import JobPlan
 from pipeline.settings import get_settings
 from pipeline.store import (
-    JobNotFound,
     State,
-    close_sessions,
-    open_sessions,
+    open_database,
     record_plan,
     transitions,
     views,
 )
-from pipeline.store.schema import JobRow
 from workers.dispatch import QUEUES, Dispatcher
 
 
 @contextmanager
-def _sessions(database_url: str | None) -> Iterator[sessionmaker[Session]]:
-    sessions = open_sessions(database_url or get_settings().database_url)
+def _database(database_url: str | None) -> Iterator[Engine]:
+    db = open_database(database_url or get_settings().database_url)
     try:
-        yield sessions
+        yield db
     finally:
-        close_sessions(sessions)
+        db.dispose()
 
 
 def _app(app: Celery | None) -> Celery:
@@ -48,27 +45,24 @@ def submit(
     A job that is running already only gets its outstanding work sent again: its workers may
     be alive, so nothing of theirs is reset.
     """
-    with _sessions(database_url) as sessions:
-        with sessions.begin() as session:
+    with _database(database_url) as db:
+        with db.begin() as conn:
             if isinstance(work, JobPlan):
-                job_id = record_plan(session, work)
+                job_id = record_plan(conn, work)
             else:
-                job_id = views.resolve_job_id(session, work)
-                job = session.get(JobRow, job_id)
-                if job is None:
-                    raise JobNotFound(f"no job {job_id!r}")
-                if job.state is not State.RUNNING:
-                    transitions.reset_for_resume(session, job_id)
-            transitions.start_job(session, job_id)
+                job_id = views.resolve_job_id(conn, work)
+                if transitions.job_state(conn, job_id) is not State.RUNNING:
+                    transitions.reset_for_resume(conn, job_id)
+            transitions.start_job(conn, job_id)
         # Only once the rows are committed: a worker may pick the first task up at once.
-        Dispatcher(_app(app)).outstanding(sessions, job_id)
+        Dispatcher(_app(app)).outstanding(db, job_id)
     return job_id
 
 
 def cancel(job: str, *, database_url: str | None = None) -> int:
     """Cancel a job; the number of its segments that will not run. Queued tasks then skip."""
-    with _sessions(database_url) as sessions, sessions.begin() as session:
-        return transitions.cancel_job(session, views.resolve_job_id(session, job))
+    with _database(database_url) as db, db.begin() as conn:
+        return transitions.cancel_job(conn, views.resolve_job_id(conn, job))
 
 
 def run_worker(

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 
 from celery import Celery
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from pipeline.store import views
 
@@ -56,12 +56,12 @@ class Dispatcher:
         """A task that rolls the job up and writes its results file when it is over."""
         self.app.send_task(FINISH, args=[job_id])
 
-    def outstanding(self, sessions: sessionmaker[Session], job_id: str) -> int:
+    def outstanding(self, db: Engine, job_id: str) -> int:
         """Send everything the job still needs: pending segments, due stitches, the rollup."""
         # Read, then send outside the transaction: on SQLite an open transaction holds the
         # write lock, and the workers would wait for the last message to claim the first.
-        with sessions.begin() as session:
-            todo = views.outstanding(session, job_id)
+        with db.begin() as conn:
+            todo = views.outstanding(conn, job_id)
         sent = self.segments(todo.segments)
         for script_pk in todo.stitches:
             self.stitch(script_pk)

@@ -51,8 +51,8 @@ def synthesize(rt: Runtime, segment_pk: int, *, redelivered: bool = False) -> St
         if not held:
             log.info("skipped segment=%d: a live worker holds it", segment_pk)
             return StageResult(Outcome.SKIPPED)
-        with rt.sessions.begin() as session:
-            if transitions.release_segment(session, segment_pk, TAKEN_OVER):
+        with rt.db.begin() as conn:
+            if transitions.release_segment(conn, segment_pk, TAKEN_OVER):
                 log.warning("took over segment=%d from a stopped worker", segment_pk)
         result = rt.run(synth_stage(rt.ctx, segment_pk))
     _send_next(rt, result)
@@ -70,8 +70,8 @@ def _stitch(rt: Runtime, script_pk: int, *, redelivered: bool) -> StageResult:
         if not held:
             log.info("skipped script_pk=%d: a live worker is stitching it", script_pk)
             return StageResult(Outcome.SKIPPED)
-        with rt.sessions.begin() as session:
-            if transitions.release_script(session, script_pk):
+        with rt.db.begin() as conn:
+            if transitions.release_script(conn, script_pk):
                 log.warning("took over stitching script_pk=%d from a stopped worker", script_pk)
         result = stitch_stage(rt.ctx, script_pk)
     _send_next(rt, result)

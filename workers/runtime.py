@@ -29,7 +29,7 @@ from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.http import AsyncRimeHttpClient
 from pipeline.settings import Settings
 from pipeline.stages import Context, Event
-from pipeline.store import close_sessions, open_sessions
+from pipeline.store import open_database
 from workers.dispatch import STITCH_QUEUE, Dispatcher
 from workers.leases import Leases
 from workers.sweep import Sweeper
@@ -55,12 +55,12 @@ def log_event(event: Event) -> None:
 
 
 class Runtime:
-    """One per worker process: the event loop thread, the clients, the sessions, the leases."""
+    """One per worker process: the event loop thread, the clients, the job table, the leases."""
 
     def __init__(self, settings: Settings, app: Celery) -> None:
         self.settings = settings
         self._closed = False
-        self.sessions = open_sessions(
+        self.db = open_database(
             settings.database_url, pool_size=settings.threads + 2, max_overflow=settings.threads
         )
         self.loop = asyncio.new_event_loop()
@@ -68,7 +68,7 @@ class Runtime:
         self._thread.start()
         self.client, self.limiter = self.run(self._open())
         self.ctx = Context(
-            self.sessions, self.client, self.limiter, policy=settings.policy, on_event=log_event
+            self.db, self.client, self.limiter, policy=settings.policy, on_event=log_event
         )
         self.leases = Leases(redis.Redis.from_url(settings.redis_url), settings.lease_seconds)
         self.dispatch = Dispatcher(app)
@@ -77,7 +77,7 @@ class Runtime:
         consumed = app.amqp.queues.consume_from
         self.stitches_here = consumed is None or STITCH_QUEUE in consumed
         self.sweeper = Sweeper(
-            self.sessions,
+            self.db,
             self.dispatch,
             self.leases.redis,
             stale_seconds=settings.visibility,
@@ -135,7 +135,7 @@ class Runtime:
             if not self.loop.is_running():
                 self.loop.close()
             self.leases.redis.close()
-            close_sessions(self.sessions)
+            self.db.dispose()
 
 
 _runtime: Runtime | None = None

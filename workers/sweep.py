@@ -25,7 +25,7 @@ from datetime import timedelta
 
 import redis
 import redis.exceptions
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from pipeline.store import State, transitions, views
 from pipeline.store.schema import utcnow
@@ -55,7 +55,7 @@ class Sweeper:
 
     def __init__(
         self,
-        sessions: sessionmaker[Session],
+        db: Engine,
         dispatch: Dispatcher,
         client: redis.Redis,
         *,
@@ -63,7 +63,7 @@ class Sweeper:
         stall_seconds: float,
         interval: float,
     ) -> None:
-        self.sessions = sessions
+        self.db = db
         self.dispatch = dispatch
         self.redis = client
         self.stale = timedelta(seconds=stale_seconds)
@@ -74,26 +74,26 @@ class Sweeper:
 
     def sweep(self) -> list[Swept]:
         """Sweep every running job once; what was done for each job that needed it."""
-        with self.sessions.begin() as session:
+        with self.db.begin() as conn:
             jobs = [
-                row.job_id for row in views.list_jobs(session, limit=MAX_JOBS, state=State.RUNNING)
+                row.job_id for row in views.list_jobs(conn, limit=MAX_JOBS, state=State.RUNNING)
             ]
         done = [self.sweep_job(job_id) for job_id in jobs]
         return [s for s in done if s.sent]
 
     def sweep_job(self, job_id: str) -> Swept:
         """Requeue the job's stale claims; resend its work if any were stale or it stalled."""
-        with self.sessions.begin() as session:
-            segments = transitions.requeue_stale(session, older_than=self.stale, job_id=job_id)
+        with self.db.begin() as conn:
+            segments = transitions.requeue_stale(conn, older_than=self.stale, job_id=job_id)
             stitches = transitions.requeue_stale_stitches(
-                session, older_than=self.stale, job_id=job_id
+                conn, older_than=self.stale, job_id=job_id
             )
-        with self.sessions.begin() as session:
-            last = views.last_activity(session, job_id)
+        with self.db.begin() as conn:
+            last = views.last_activity(conn, job_id)
         stalled = last is None or utcnow() - last > self.stall
         sent = 0
         if segments or stitches or (stalled and self._first_kick(job_id)):
-            sent = self.dispatch.outstanding(self.sessions, job_id)
+            sent = self.dispatch.outstanding(self.db, job_id)
             log.warning(
                 "resent job=%s stale_segments=%d stale_stitches=%d stalled=%s tasks=%d",
                 job_id,

@@ -1,30 +1,29 @@
 """The job table: jobs, scripts and segments in SQL, one state machine, Alembic migrations.
 
-    database     engines and sessions on SQLite or PostgreSQL, and migrations
-    schema       the row classes JobRow, ScriptRow, SegmentRow, and OutputFile
+    database     engines on SQLite or PostgreSQL, and migrations
+    schema       the tables JOBS, SCRIPTS, SEGMENTS (SQLAlchemy Core), and OutputFile
     states       the one state machine of all three: State and its transitions
     plans        a JobPlan into rows and back, and the work one stage loads by row id
     transitions  compare-and-set state changes, each saying what it made due (`Next`)
     views        read-only: job lists, status summaries, what is left to do
     errors       StoreError, IllegalTransition, JobNotFound
 
-Every process starts with `open_sessions(url)`; the modules take a Session and never commit:
+Every process starts with `open_database(url)`; the modules take a Connection and never
+commit, the caller owns the transaction:
 
-    sessions = open_sessions(url)
-    with sessions.begin() as session:
-        job_id = record_plan(session, plan)
+    db = open_database(url)
+    with db.begin() as conn:
+        job_id = record_plan(conn, plan)
 """
 
 from typing import TYPE_CHECKING, Any
 
 from pipeline.store.database import (
-    close_sessions,
     create_engine_for,
     downgrade,
     migrate,
     normalize_url,
-    open_sessions,
-    session_factory,
+    open_database,
 )
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
 from pipeline.store.schema import OutputFile
@@ -41,15 +40,13 @@ __all__ = [
     "OutputFile",
     "State",
     "StoreError",
-    "close_sessions",
     "create_engine_for",
     "downgrade",
     "load_plan",
     "migrate",
     "normalize_url",
-    "open_sessions",
+    "open_database",
     "record_plan",
-    "session_factory",
 ]
 
 

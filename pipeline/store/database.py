@@ -1,7 +1,7 @@
-"""The job table's database: engines and sessions on SQLite or PostgreSQL, and migrations.
+"""The job table's database: engines on SQLite or PostgreSQL, and migrations.
 
-`open_sessions(url)` is what every process calls: it brings the schema up to date (Alembic, only
-imported when the database is behind) and returns a session factory.
+`open_database(url)` is what every process calls: it brings the schema up to date (Alembic, only
+imported when the database is behind) and returns the engine.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -74,24 +73,15 @@ def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
     return engine
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions bound to `engine`; use `with factory.begin() as session:` per unit of work."""
-    return sessionmaker(engine, expire_on_commit=False)
+def open_database(url: str | URL, **engine_options: Any) -> Engine:
+    """The job table at `url`, its schema migrated to the newest revision first.
 
-
-def open_sessions(url: str | URL, **engine_options: Any) -> sessionmaker[Session]:
-    """Sessions on the job table at `url`, its schema migrated to the newest revision first."""
+    Use `with db.begin() as conn:` for each unit of work; `db.dispose()` closes it.
+    """
     engine = create_engine_for(url, **engine_options)
     if not _at_head(engine):
         migrate(url)
-    return session_factory(engine)
-
-
-def close_sessions(sessions: sessionmaker[Session]) -> None:
-    """Close every pooled connection of a factory made by `open_sessions`."""
-    bind = sessions.kw.get("bind")
-    if isinstance(bind, Engine):
-        bind.dispose()
+    return engine
 
 
 def _at_head(engine: Engine) -> bool:

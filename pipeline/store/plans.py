@@ -8,13 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, get_origin, get_type_hints
 
-from sqlalchemy import RowMapping, bindparam, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, RowMapping, bindparam, insert, select
 
 from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.params import VoiceParams
 from pipeline.store.errors import JobNotFound, StoreError
-from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, JobRow, ScriptRow, SegmentRow, utcnow
+from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, utcnow
 from pipeline.store.states import State
 
 T = TypeVar("T")
@@ -48,39 +47,43 @@ def _from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def record_plan(session: Session, plan: JobPlan) -> str:
+def record_plan(conn: Connection, plan: JobPlan) -> str:
     """Write a job with its scripts and segments, all pending; returns the new job id."""
     job_id = new_job_id()
-    job = JobRow(
-        id=job_id,
-        name=plan.name,
-        manifest=plan.manifest,
-        destination=plan.destination,
-        state=State.PENDING,
-        created_at=utcnow(),
-    )
-    session.add(job)
-    scripts = [
-        ScriptRow(
-            job=job,
-            position=position,
-            script_id=script.script_id,
+    conn.execute(
+        insert(JOBS).values(
+            id=job_id,
+            name=plan.name,
+            manifest=plan.manifest,
+            destination=plan.destination,
             state=State.PENDING,
-            params=asdict(script.params),
-            output=asdict(script.output),
-            lead_pause_ms=script.lead_pause_ms,
-            chars=script.chars,
-            billed_chars=0,
-            outputs=[],
+            created_at=utcnow(),
         )
+    )
+    if not plan.scripts:
+        return job_id
+    script_rows = [
+        {
+            "job_id": job_id,
+            "position": position,
+            "script_id": script.script_id,
+            "state": State.PENDING,
+            "params": asdict(script.params),
+            "output": asdict(script.output),
+            "lead_pause_ms": script.lead_pause_ms,
+            "chars": script.chars,
+            "billed_chars": 0,
+            "outputs": [],
+        }
         for position, script in enumerate(plan.scripts)
     ]
-    session.add_all(scripts)
-    session.flush()
+    script_pks = conn.execute(
+        insert(SCRIPTS).returning(SCRIPTS.c.id, sort_by_parameter_order=True), script_rows
+    ).scalars()
     rows = [
         {
             "job_id": job_id,
-            "script_pk": row.id,
+            "script_pk": script_pk,
             "index": segment.index,
             "source": segment.source,
             "text": segment.text,
@@ -92,11 +95,11 @@ def record_plan(session: Session, plan: JobPlan) -> str:
             "attempts": 0,
             "billed_chars": 0,
         }
-        for row, script in zip(scripts, plan.scripts, strict=True)
+        for script_pk, script in zip(list(script_pks), plan.scripts, strict=True)
         for segment in script.segments
     ]
     if rows:
-        session.execute(insert(SegmentRow), rows)
+        conn.execute(insert(SEGMENTS), rows)
     return job_id
 
 
@@ -110,56 +113,47 @@ _PLANNED_COLUMNS = (
 )
 
 
-def _planned_segment(row: SegmentRow | RowMapping) -> PlannedSegment:
-    get = row.__getitem__ if isinstance(row, RowMapping) else row.__getattribute__
+def _planned_segment(row: RowMapping) -> PlannedSegment:
     return PlannedSegment(
-        index=get("index"),
-        source=get("source"),
-        text=get("text"),
-        pause_after_ms=get("pause_after_ms"),
-        inline_speed_alpha=tuple(get("inline_speed_alpha")),
-        cache_key=get("cache_key"),
+        index=row["index"],
+        source=row["source"],
+        text=row["text"],
+        pause_after_ms=row["pause_after_ms"],
+        inline_speed_alpha=tuple(row["inline_speed_alpha"]),
+        cache_key=row["cache_key"],
     )
 
 
-def _script_plan(
-    row: ScriptRow | RowMapping, segments: Sequence[SegmentRow | RowMapping]
-) -> ScriptPlan:
-    get = row.__getitem__ if isinstance(row, RowMapping) else row.__getattribute__
+def _script_plan(row: RowMapping, segments: Sequence[RowMapping]) -> ScriptPlan:
     return ScriptPlan(
-        script_id=get("script_id"),
-        params=_from_dict(VoiceParams, get("params")),
-        output=_from_dict(OutputSpec, get("output")),
+        script_id=row["script_id"],
+        params=_from_dict(VoiceParams, row["params"]),
+        output=_from_dict(OutputSpec, row["output"]),
         segments=tuple(_planned_segment(s) for s in segments),
-        lead_pause_ms=get("lead_pause_ms"),
+        lead_pause_ms=row["lead_pause_ms"],
     )
 
 
-def _get_job(session: Session, job_id: str) -> JobRow:
-    job = session.get(JobRow, job_id)
+def load_plan(conn: Connection, job_id: str) -> JobPlan:
+    """Rebuild the job's plan from its rows, equal to the one recorded."""
+    job = conn.execute(select(JOBS).where(JOBS.c.id == job_id)).mappings().one_or_none()
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
-    return job
-
-
-def load_plan(session: Session, job_id: str) -> JobPlan:
-    """Rebuild the job's plan from its rows, equal to the one recorded."""
-    job = _get_job(session, job_id)
-    scripts = session.scalars(
-        select(ScriptRow).where(ScriptRow.job_id == job_id).order_by(ScriptRow.position)
-    ).all()
-    by_script: dict[int, list[SegmentRow]] = defaultdict(list)
-    for segment in session.scalars(
-        select(SegmentRow)
-        .where(SegmentRow.job_id == job_id)
-        .order_by(SegmentRow.script_pk, SegmentRow.index)
-    ):
-        by_script[segment.script_pk].append(segment)
+    scripts = conn.execute(
+        select(SCRIPTS).where(SCRIPTS.c.job_id == job_id).order_by(SCRIPTS.c.position)
+    ).mappings()
+    by_script: dict[int, list[RowMapping]] = defaultdict(list)
+    for segment in conn.execute(
+        select(SEGMENTS)
+        .where(SEGMENTS.c.job_id == job_id)
+        .order_by(SEGMENTS.c.script_pk, SEGMENTS.c.index)
+    ).mappings():
+        by_script[segment["script_pk"]].append(segment)
     return JobPlan(
-        name=job.name,
-        manifest=job.manifest,
-        destination=job.destination,
-        scripts=tuple(_script_plan(s, by_script[s.id]) for s in scripts),
+        name=job["name"],
+        manifest=job["manifest"],
+        destination=job["destination"],
+        scripts=tuple(_script_plan(s, by_script[s["id"]]) for s in scripts),
     )
 
 
@@ -190,41 +184,41 @@ class ScriptWork:
 
 
 # What a stage loads for every segment and script, built once (see pipeline.store.transitions).
-_JOBS, _SCRIPTS, _SEGMENTS = JOBS, SCRIPTS, SEGMENTS
-_SEGMENT_COLUMNS = [_SEGMENTS.c[name] for name in _PLANNED_COLUMNS]
+JOBS, SCRIPTS, SEGMENTS = JOBS, SCRIPTS, SEGMENTS
+_SEGMENT_COLUMNS = [SEGMENTS.c[name] for name in _PLANNED_COLUMNS]
 _SEGMENT_WORK = (
     select(
-        _SEGMENTS.c.job_id,
-        _JOBS.c.destination,
-        _SEGMENTS.c.script_pk,
-        _SCRIPTS.c.script_id,
-        _SEGMENTS.c.state,
-        _SEGMENTS.c.attempts,
-        _SCRIPTS.c.params,
+        SEGMENTS.c.job_id,
+        JOBS.c.destination,
+        SEGMENTS.c.script_pk,
+        SCRIPTS.c.script_id,
+        SEGMENTS.c.state,
+        SEGMENTS.c.attempts,
+        SCRIPTS.c.params,
         *_SEGMENT_COLUMNS,
     )
     .select_from(
-        _SEGMENTS.join(_SCRIPTS, _SEGMENTS.c.script_pk == _SCRIPTS.c.id).join(
-            _JOBS, _SEGMENTS.c.job_id == _JOBS.c.id
+        SEGMENTS.join(SCRIPTS, SEGMENTS.c.script_pk == SCRIPTS.c.id).join(
+            JOBS, SEGMENTS.c.job_id == JOBS.c.id
         )
     )
-    .where(_SEGMENTS.c.id == bindparam("pk_"))
+    .where(SEGMENTS.c.id == bindparam("pk_"))
 )
 _SCRIPT_WORK = (
-    select(_SCRIPTS, _JOBS.c.destination)
-    .select_from(_SCRIPTS.join(_JOBS, _SCRIPTS.c.job_id == _JOBS.c.id))
-    .where(_SCRIPTS.c.id == bindparam("pk_"))
+    select(SCRIPTS, JOBS.c.destination)
+    .select_from(SCRIPTS.join(JOBS, SCRIPTS.c.job_id == JOBS.c.id))
+    .where(SCRIPTS.c.id == bindparam("pk_"))
 )
 _SCRIPT_SEGMENTS = (
     select(*_SEGMENT_COLUMNS)
-    .where(_SEGMENTS.c.script_pk == bindparam("pk_"))
-    .order_by(_SEGMENTS.c.index)
+    .where(SEGMENTS.c.script_pk == bindparam("pk_"))
+    .order_by(SEGMENTS.c.index)
 )
 
 
-def load_segment(session: Session, segment_pk: int) -> SegmentWork:
+def load_segment(conn: Connection, segment_pk: int) -> SegmentWork:
     """The segment with its script's synthesis parameters and its job's destination."""
-    found = session.execute(_SEGMENT_WORK, {"pk_": segment_pk}).mappings().one_or_none()
+    found = conn.execute(_SEGMENT_WORK, {"pk_": segment_pk}).mappings().one_or_none()
     if found is None:
         raise StoreError(f"no segment {segment_pk}")
     return SegmentWork(
@@ -240,12 +234,12 @@ def load_segment(session: Session, segment_pk: int) -> SegmentWork:
     )
 
 
-def load_script(session: Session, script_pk: int) -> ScriptWork:
+def load_script(conn: Connection, script_pk: int) -> ScriptWork:
     """The script's plan and its job's destination."""
-    found = session.execute(_SCRIPT_WORK, {"pk_": script_pk}).mappings().one_or_none()
+    found = conn.execute(_SCRIPT_WORK, {"pk_": script_pk}).mappings().one_or_none()
     if found is None:
         raise StoreError(f"no script row {script_pk}")
-    segments = session.execute(_SCRIPT_SEGMENTS, {"pk_": script_pk}).mappings().all()
+    segments = conn.execute(_SCRIPT_SEGMENTS, {"pk_": script_pk}).mappings().all()
     return ScriptWork(
         script_pk=script_pk,
         job_id=found["job_id"],

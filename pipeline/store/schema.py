@@ -1,4 +1,7 @@
-"""The job table's schema: jobs, scripts and segments as SQLAlchemy models, one row class each.
+"""The job table's schema: jobs, scripts and segments, as SQLAlchemy Core tables.
+
+Core rather than the ORM: every statement of the store is a plain insert, update or select,
+the hot ones built once, and a command that only reads (`status`) need not import the ORM.
 
 Each row carries one `State` of the shared state machine. Scripts keep their synthesis
 parameters and output settings as JSON, so a resume rebuilds the plan without the manifest.
@@ -9,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, cast
+from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Column,
     DateTime,
     Double,
     Enum,
@@ -27,7 +31,6 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
 from pipeline.store.states import State
@@ -80,10 +83,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-def _state_column() -> Mapped[State]:
+def _state() -> Column[State]:
     # A VARCHAR with a CHECK constraint rather than a native PostgreSQL enum: no type object to
     # create, alter or drop in migrations, and the same DDL on SQLite.
-    return mapped_column(
+    return Column(
+        "state",
         Enum(
             State,
             name="state",
@@ -93,114 +97,84 @@ def _state_column() -> Mapped[State]:
             values_callable=lambda states: [s.value for s in states],
             validate_strings=True,
         ),
+        nullable=False,
         default=State.PENDING,
     )
 
 
-class Base(DeclarativeBase):
-    """Declarative base with the project's naming convention and column types."""
-
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map: ClassVar[dict[Any, TypeEngine[Any]]] = {
-        datetime: UTCDateTime(),
-        dict[str, Any]: JSON(),
-        list[float]: JSON(),
-        list[dict[str, Any]]: JSON(),
-        float: Double(),
-        str: Text(),
-    }
+def _required(name: str, kind: TypeEngine[Any], *extra: Any) -> Column[Any]:
+    return Column(name, kind, *extra, nullable=False)
 
 
-class JobRow(Base):
-    """One run of a manifest."""
+def _optional(name: str, kind: TypeEngine[Any]) -> Column[Any]:
+    return Column(name, kind, nullable=True)
 
-    __tablename__ = "jobs"
 
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# One run of a manifest.
+JOBS = Table(
+    "jobs",
+    metadata,
     # 12 hex characters: short enough to type on the command line, 48 random bits.
-    id: Mapped[str] = mapped_column(String(12), primary_key=True)
-    name: Mapped[str]
-    manifest: Mapped[str]
-    destination: Mapped[str]
-    state: Mapped[State] = _state_column()
-    created_at: Mapped[datetime]
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-    error: Mapped[str | None]
+    Column("id", String(12), primary_key=True),
+    _required("name", Text()),
+    _required("manifest", Text()),
+    _required("destination", Text()),
+    _state(),
+    _required("created_at", UTCDateTime()),
+    _optional("started_at", UTCDateTime()),
+    _optional("finished_at", UTCDateTime()),
+    _optional("error", Text()),
+    Index(None, "created_at"),
+)
 
-    scripts: Mapped[list[ScriptRow]] = relationship(
-        back_populates="job", order_by="ScriptRow.position", passive_deletes=True
-    )
+# One script of a job: its parameters, its rollups, and its stitched outputs.
+SCRIPTS = Table(
+    "scripts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _required("job_id", String(12), ForeignKey("jobs.id", ondelete="CASCADE")),
+    _required("position", Integer()),  # order of the script in the plan
+    _required("script_id", Text()),  # the manifest's id
+    _state(),
+    _required("params", JSON()),  # dataclasses.asdict(VoiceParams)
+    _required("output", JSON()),  # dataclasses.asdict(OutputSpec)
+    _required("lead_pause_ms", Integer()),
+    _required("chars", Integer()),  # characters when every segment is synthesized once
+    _required("billed_chars", Integer()),  # characters of every attempt that reached the server
+    _optional("audio_seconds", Double()),
+    # One entry per encoded file: {format, uri, sha256, bytes} (see OutputFile).
+    _required("outputs", JSON()),
+    _optional("error", Text()),
+    _optional("started_at", UTCDateTime()),  # first segment claimed
+    _optional("stitch_started_at", UTCDateTime()),
+    _optional("finished_at", UTCDateTime()),
+    UniqueConstraint("job_id", "script_id"),
+    UniqueConstraint("job_id", "position"),
+)
 
-    __table_args__ = (Index(None, "created_at"),)
-
-
-class ScriptRow(Base):
-    """One script of a job: its parameters, its rollups, and its stitched outputs."""
-
-    __tablename__ = "scripts"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    position: Mapped[int]  # order of the script in the plan
-    script_id: Mapped[str]  # the manifest's id
-    state: Mapped[State] = _state_column()
-    params: Mapped[dict[str, Any]]  # dataclasses.asdict(VoiceParams)
-    output: Mapped[dict[str, Any]]  # dataclasses.asdict(OutputSpec)
-    lead_pause_ms: Mapped[int]
-    chars: Mapped[int]  # characters when every segment is synthesized once
-    billed_chars: Mapped[int]  # characters of every attempt that reached the server
-    audio_seconds: Mapped[float | None]
-    # One entry per encoded file: {format, uri, sha256, bytes} (see pipeline.store.OutputFile).
-    outputs: Mapped[list[dict[str, Any]]]
-    error: Mapped[str | None]
-    started_at: Mapped[datetime | None]  # first segment claimed
-    stitch_started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-
-    job: Mapped[JobRow] = relationship(back_populates="scripts")
-    segments: Mapped[list[SegmentRow]] = relationship(
-        back_populates="script", order_by="SegmentRow.index", passive_deletes=True
-    )
-
-    __table_args__ = (
-        UniqueConstraint("job_id", "script_id"),
-        UniqueConstraint("job_id", "position"),
-    )
-
-
-class SegmentRow(Base):
-    """One request to Rime and its attempts."""
-
-    __tablename__ = "segments"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    script_pk: Mapped[int] = mapped_column(ForeignKey("scripts.id", ondelete="CASCADE"))
-    index: Mapped[int] = mapped_column("index", Integer)
-    source: Mapped[str]  # exact slice of the script
-    text: Mapped[str]  # the request text
-    pause_after_ms: Mapped[int]
-    inline_speed_alpha: Mapped[list[float]]
-    cache_key: Mapped[str]
-    chars: Mapped[int]
-    state: Mapped[State] = _state_column()
-    attempts: Mapped[int]
-    billed_chars: Mapped[int]
-    last_error: Mapped[str | None]
-    audio_seconds: Mapped[float | None]
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
-
-    script: Mapped[ScriptRow] = relationship(back_populates="segments")
-
-    __table_args__ = (
-        UniqueConstraint("script_pk", "index"),
-        Index(None, "job_id", "state"),
-    )
-
-
-# The same tables without the ORM, for the statements every segment and script runs: a plain
-# table's statement skips the ORM's bulk-update machinery.
-JOBS = cast(Table, JobRow.__table__)
-SCRIPTS = cast(Table, ScriptRow.__table__)
-SEGMENTS = cast(Table, SegmentRow.__table__)
+# One request to Rime and its attempts.
+SEGMENTS = Table(
+    "segments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _required("job_id", String(12), ForeignKey("jobs.id", ondelete="CASCADE")),
+    _required("script_pk", Integer(), ForeignKey("scripts.id", ondelete="CASCADE")),
+    _required("index", Integer()),
+    _required("source", Text()),  # exact slice of the script
+    _required("text", Text()),  # the request text
+    _required("pause_after_ms", Integer()),
+    _required("inline_speed_alpha", JSON()),
+    _required("cache_key", Text()),
+    _required("chars", Integer()),
+    _state(),
+    _required("attempts", Integer()),
+    _required("billed_chars", Integer()),
+    _optional("last_error", Text()),
+    _optional("audio_seconds", Double()),
+    _optional("started_at", UTCDateTime()),
+    _optional("finished_at", UTCDateTime()),
+    UniqueConstraint("script_pk", "index"),
+    Index(None, "job_id", "state"),
+)

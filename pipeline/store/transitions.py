@@ -2,10 +2,10 @@
 
 Every change is one UPDATE with the expected current state in its WHERE clause
 (compare-and-set): of two workers racing for the same row, exactly one sees a row updated.
-Functions take a Session and never commit; the caller owns the transaction, one per change:
+Functions take a Connection and never commit; the caller owns the transaction, one per change:
 
-    with sessions.begin() as session:
-        if not claim_segment(session, segment_pk):
+    with db.begin() as conn:
+        if not claim_segment(conn, segment_pk):
             return  # someone else has it
 
 Rows are always locked in the order segments, scripts, jobs, so two transactions cannot wait
@@ -26,20 +26,20 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, bindparam, exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    CursorResult,
+    Table,
+    bindparam,
+    exists,
+    func,
+    select,
+    update,
+)
 
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
-from pipeline.store.schema import (
-    JOBS,
-    SCRIPTS,
-    SEGMENTS,
-    JobRow,
-    OutputFile,
-    ScriptRow,
-    SegmentRow,
-    utcnow,
-)
+from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile, utcnow
 from pipeline.store.states import State, check_transition
 from pipeline.store.views import all_segments_done
 
@@ -63,79 +63,78 @@ NOTHING = Next()
 # The statements every segment and script runs, built once: constructing a statement costs
 # more than executing it on SQLite. Plain tables, not the ORM classes, so no ORM bulk-update
 # machinery runs either. Parameters end in an underscore (a bind may not share a column's name).
-_JOBS, _SCRIPTS, _SEGMENTS = JOBS, SCRIPTS, SEGMENTS
 
 _CLAIM_SEGMENT = (
-    update(_SEGMENTS)
+    update(SEGMENTS)
     .where(
-        _SEGMENTS.c.id == bindparam("pk_"),
-        _SEGMENTS.c.state == State.PENDING,
-        exists().where(_SCRIPTS.c.id == _SEGMENTS.c.script_pk, _SCRIPTS.c.state == State.PENDING),
+        SEGMENTS.c.id == bindparam("pk_"),
+        SEGMENTS.c.state == State.PENDING,
+        exists().where(SCRIPTS.c.id == SEGMENTS.c.script_pk, SCRIPTS.c.state == State.PENDING),
     )
     .values(state=State.RUNNING, started_at=bindparam("now_"), finished_at=None)
-    .returning(_SEGMENTS.c.script_pk, _SEGMENTS.c.job_id)
+    .returning(SEGMENTS.c.script_pk, SEGMENTS.c.job_id)
 )
 # Both only match (and lock) the first time: the first claim starts the script and the job.
 _START_SCRIPT = (
-    update(_SCRIPTS)
-    .where(_SCRIPTS.c.id == bindparam("pk_"), _SCRIPTS.c.started_at.is_(None))
+    update(SCRIPTS)
+    .where(SCRIPTS.c.id == bindparam("pk_"), SCRIPTS.c.started_at.is_(None))
     .values(started_at=bindparam("now_"))
 )
 _START_JOB = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("pk_"), _JOBS.c.state == State.PENDING)
-    .values(state=State.RUNNING, started_at=func.coalesce(_JOBS.c.started_at, bindparam("now_")))
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("pk_"), JOBS.c.state == State.PENDING)
+    .values(state=State.RUNNING, started_at=func.coalesce(JOBS.c.started_at, bindparam("now_")))
 )
 _FINISH_SEGMENT = (
-    update(_SEGMENTS)
-    .where(_SEGMENTS.c.id == bindparam("pk_"), _SEGMENTS.c.state == State.RUNNING)
+    update(SEGMENTS)
+    .where(SEGMENTS.c.id == bindparam("pk_"), SEGMENTS.c.state == State.RUNNING)
     .values(
         state=State.DONE,
         audio_seconds=bindparam("seconds_"),
         finished_at=bindparam("now_"),
-        attempts=_SEGMENTS.c.attempts + bindparam("attempts_"),
-        billed_chars=_SEGMENTS.c.billed_chars + bindparam("billed_"),
+        attempts=SEGMENTS.c.attempts + bindparam("attempts_"),
+        billed_chars=SEGMENTS.c.billed_chars + bindparam("billed_"),
     )
-    .returning(_SEGMENTS.c.script_pk)
+    .returning(SEGMENTS.c.script_pk)
 )
 _COUNT_ATTEMPT = (
-    update(_SEGMENTS)
-    .where(_SEGMENTS.c.id == bindparam("pk_"))
+    update(SEGMENTS)
+    .where(SEGMENTS.c.id == bindparam("pk_"))
     .values(
-        attempts=_SEGMENTS.c.attempts + 1,
-        billed_chars=_SEGMENTS.c.billed_chars + bindparam("billed_"),
-        last_error=func.coalesce(bindparam("error_"), _SEGMENTS.c.last_error),
+        attempts=SEGMENTS.c.attempts + 1,
+        billed_chars=SEGMENTS.c.billed_chars + bindparam("billed_"),
+        last_error=func.coalesce(bindparam("error_"), SEGMENTS.c.last_error),
     )
-    .returning(_SEGMENTS.c.script_pk)
+    .returning(SEGMENTS.c.script_pk)
 )
 _BILL_SCRIPT = (
-    update(_SCRIPTS)
-    .where(_SCRIPTS.c.id == bindparam("pk_"))
-    .values(billed_chars=_SCRIPTS.c.billed_chars + bindparam("billed_"))
+    update(SCRIPTS)
+    .where(SCRIPTS.c.id == bindparam("pk_"))
+    .values(billed_chars=SCRIPTS.c.billed_chars + bindparam("billed_"))
 )
-_STITCH_DUE = select(_SCRIPTS.c.id).where(
-    _SCRIPTS.c.id == bindparam("pk_"),
-    _SCRIPTS.c.state == State.PENDING,
+_STITCH_DUE = select(SCRIPTS.c.id).where(
+    SCRIPTS.c.id == bindparam("pk_"),
+    SCRIPTS.c.state == State.PENDING,
     all_segments_done(),
 )
-_LOCK_JOB = select(_JOBS.c.id).where(_JOBS.c.id == bindparam("pk_")).with_for_update()
+_LOCK_JOB = select(JOBS.c.id).where(JOBS.c.id == bindparam("pk_")).with_for_update()
 _SCRIPTS_ACTIVE = select(
     exists().where(
-        _SCRIPTS.c.job_id == bindparam("pk_"), _SCRIPTS.c.state.in_([State.PENDING, State.RUNNING])
+        SCRIPTS.c.job_id == bindparam("pk_"), SCRIPTS.c.state.in_([State.PENDING, State.RUNNING])
     )
 )
 _CLAIM_STITCH = (
-    update(_SCRIPTS)
+    update(SCRIPTS)
     .where(
-        _SCRIPTS.c.id == bindparam("pk_"),
-        _SCRIPTS.c.state == State.PENDING,
+        SCRIPTS.c.id == bindparam("pk_"),
+        SCRIPTS.c.state == State.PENDING,
         all_segments_done(),
     )
     .values(state=State.RUNNING, stitch_started_at=bindparam("now_"))
 )
 _FINISH_SCRIPT = (
-    update(_SCRIPTS)
-    .where(_SCRIPTS.c.id == bindparam("pk_"), _SCRIPTS.c.state == State.RUNNING)
+    update(SCRIPTS)
+    .where(SCRIPTS.c.id == bindparam("pk_"), SCRIPTS.c.state == State.RUNNING)
     .values(
         state=State.DONE,
         audio_seconds=bindparam("seconds_"),
@@ -143,19 +142,19 @@ _FINISH_SCRIPT = (
         error=None,
         finished_at=bindparam("now_"),
     )
-    .returning(_SCRIPTS.c.job_id)
+    .returning(SCRIPTS.c.job_id)
 )
 
 
-def _stitch_due(session: Session, script_pk: int) -> Next:
-    due = session.execute(_STITCH_DUE, {"pk_": script_pk}).scalar_one_or_none()
+def _stitch_due(conn: Connection, script_pk: int) -> Next:
+    due = conn.execute(_STITCH_DUE, {"pk_": script_pk}).scalar_one_or_none()
     return Next(stitch=script_pk) if due is not None else NOTHING
 
 
-def _settle_due(session: Session, job_id: str) -> Next:
+def _settle_due(conn: Connection, job_id: str) -> Next:
     # Taking the job's row first makes finishers of its last scripts answer one after another.
-    session.execute(_LOCK_JOB, {"pk_": job_id})
-    active = session.execute(_SCRIPTS_ACTIVE, {"pk_": job_id}).scalar()
+    conn.execute(_LOCK_JOB, {"pk_": job_id})
+    active = conn.execute(_SCRIPTS_ACTIVE, {"pk_": job_id}).scalar()
     return NOTHING if active else Next(settle=job_id)
 
 
@@ -164,8 +163,8 @@ def _clip(error: str) -> str:
 
 
 def _cas(
-    session: Session,
-    model: type[JobRow] | type[ScriptRow] | type[SegmentRow],
+    conn: Connection,
+    model: Table,
     row: ColumnElement[bool],
     *,
     expected: Collection[State],
@@ -173,22 +172,19 @@ def _cas(
     **values: Any,
 ) -> int:
     """Set `target` on the rows matching `row` whose state is one of `expected`; the count."""
-    check_transition(model.__tablename__, expected, target)
+    check_transition(model.name, expected, target)
     statement = (
-        update(model)
-        .where(row, model.state.in_(list(expected)))
-        .values(state=target, **values)
-        .execution_options(synchronize_session=False)
+        update(model).where(row, model.c.state.in_(list(expected))).values(state=target, **values)
     )
-    result = session.execute(statement)
-    # A bulk UPDATE always yields a CursorResult; the Session's signature does not say so.
+    result = conn.execute(statement)
+    # A bulk UPDATE always yields a CursorResult; the Connection's signature does not say so.
     assert isinstance(result, CursorResult)
     return result.rowcount
 
 
 def _cas_one(
-    session: Session,
-    model: type[JobRow] | type[ScriptRow] | type[SegmentRow],
+    conn: Connection,
+    model: Table,
     row: ColumnElement[bool],
     *,
     expected: Collection[State],
@@ -196,34 +192,34 @@ def _cas_one(
     **values: Any,
 ) -> bool:
     """`_cas` on a single row: whether we won it."""
-    return _cas(session, model, row, expected=expected, target=target, **values) == 1
+    return _cas(conn, model, row, expected=expected, target=target, **values) == 1
 
 
 # Segments
 
 
-def claim_segment(session: Session, segment_pk: int) -> bool:
+def claim_segment(conn: Connection, segment_pk: int) -> bool:
     """pending -> running, unless its script has failed or was cancelled; True if we won."""
     check_transition("segment", [State.PENDING], State.RUNNING)
     now = utcnow()
-    claimed = session.execute(_CLAIM_SEGMENT, {"pk_": segment_pk, "now_": now}).one_or_none()
+    claimed = conn.execute(_CLAIM_SEGMENT, {"pk_": segment_pk, "now_": now}).one_or_none()
     if claimed is None:
         return False
     script_pk, job_id = claimed
-    session.execute(_START_SCRIPT, {"pk_": script_pk, "now_": now})
-    session.execute(_START_JOB, {"pk_": job_id, "now_": now})
+    conn.execute(_START_SCRIPT, {"pk_": script_pk, "now_": now})
+    conn.execute(_START_JOB, {"pk_": job_id, "now_": now})
     return True
 
 
 def record_attempt(
-    session: Session, segment_pk: int, *, billed_chars: int, error: str | None = None
+    conn: Connection, segment_pk: int, *, billed_chars: int, error: str | None = None
 ) -> None:
     """Count one request: attempts += 1, billed characters += billed_chars (0 if unsent)."""
     if billed_chars < 0:
         raise ValueError("billed_chars must be >= 0")
     # Deliberately no state condition: a request that reached the server is billed even when
     # the segment was cancelled or reclaimed meanwhile.
-    script_pk = session.execute(
+    script_pk = conn.execute(
         _COUNT_ATTEMPT,
         {
             "pk_": segment_pk,
@@ -234,11 +230,11 @@ def record_attempt(
     if script_pk is None:
         raise StoreError(f"no segment {segment_pk}")
     if billed_chars:
-        session.execute(_BILL_SCRIPT, {"pk_": script_pk, "billed_": billed_chars})
+        conn.execute(_BILL_SCRIPT, {"pk_": script_pk, "billed_": billed_chars})
 
 
 def finish_segment(
-    session: Session, segment_pk: int, *, audio_seconds: float, billed_chars: int | None = None
+    conn: Connection, segment_pk: int, *, audio_seconds: float, billed_chars: int | None = None
 ) -> Next | None:
     """running -> done; None if the claim was lost meanwhile.
 
@@ -246,7 +242,7 @@ def finish_segment(
     no request was made). Returns the script's stitch when this was its last segment.
     """
     billed = billed_chars or 0
-    finished = session.execute(
+    finished = conn.execute(
         _FINISH_SEGMENT,
         {
             "pk_": segment_pk,
@@ -260,11 +256,11 @@ def finish_segment(
         return None
     # Always written, even with nothing billed: the update takes the script's row lock, which
     # makes the last finishers of one script ask `_stitch_due` one after the other.
-    session.execute(_BILL_SCRIPT, {"pk_": finished, "billed_": billed})
-    return _stitch_due(session, finished)
+    conn.execute(_BILL_SCRIPT, {"pk_": finished, "billed_": billed})
+    return _stitch_due(conn, finished)
 
 
-def fail_segment(session: Session, segment_pk: int, error: str) -> Next | None:
+def fail_segment(conn: Connection, segment_pk: int, error: str) -> Next | None:
     """running -> failed for good, and its script with it; None if the claim was lost.
 
     Returns the job's settle when its script was the last one still to run.
@@ -272,50 +268,49 @@ def fail_segment(session: Session, segment_pk: int, error: str) -> Next | None:
     check_transition("segment", [State.RUNNING], State.FAILED)
     check_transition("script", [State.PENDING], State.FAILED)
     now = utcnow()
-    failed = session.execute(
-        update(SegmentRow)
-        .where(SegmentRow.id == segment_pk, SegmentRow.state == State.RUNNING)
+    failed = conn.execute(
+        update(SEGMENTS)
+        .where(SEGMENTS.c.id == segment_pk, SEGMENTS.c.state == State.RUNNING)
         .values(state=State.FAILED, last_error=_clip(error), finished_at=now)
-        .returning(SegmentRow.script_pk, SegmentRow.index, SegmentRow.job_id)
-        .execution_options(synchronize_session=False)
+        .returning(SEGMENTS.c.script_pk, SEGMENTS.c.index, SEGMENTS.c.job_id)
     ).one_or_none()
     if failed is None:
         return None
     script_pk, index, job_id = failed
     failed_script = _cas(
-        session,
-        ScriptRow,
-        ScriptRow.id == script_pk,
+        conn,
+        SCRIPTS,
+        SCRIPTS.c.id == script_pk,
         expected=[State.PENDING],
         target=State.FAILED,
         error=_clip(f"segment {index}: {error}"),
         finished_at=now,
     )
     # A script that had failed already was counted when it did.
-    return _settle_due(session, job_id) if failed_script else NOTHING
+    return _settle_due(conn, job_id) if failed_script else NOTHING
 
 
-def release_segment(session: Session, segment_pk: int, error: str | None = None) -> bool:
+def release_segment(conn: Connection, segment_pk: int, error: str | None = None) -> bool:
     """running -> pending, to be claimed again (a retry later, a worker shutting down)."""
     values: dict[str, Any] = {"started_at": None, "finished_at": None}
     if error is not None:
         values["last_error"] = _clip(error)
     return _cas_one(
-        session,
-        SegmentRow,
-        SegmentRow.id == segment_pk,
+        conn,
+        SEGMENTS,
+        SEGMENTS.c.id == segment_pk,
         expected=[State.RUNNING],
         target=State.PENDING,
         **values,
     )
 
 
-def requeue_stale(session: Session, *, older_than: timedelta, job_id: str | None = None) -> int:
+def requeue_stale(conn: Connection, *, older_than: timedelta, job_id: str | None = None) -> int:
     """Segments claimed longer ago than `older_than` (their worker died) -> pending; the count."""
     return _requeue(
-        session,
-        SegmentRow,
-        SegmentRow.started_at,
+        conn,
+        SEGMENTS,
+        SEGMENTS.c.started_at,
         older_than,
         job_id,
         started_at=None,
@@ -324,17 +319,17 @@ def requeue_stale(session: Session, *, older_than: timedelta, job_id: str | None
 
 
 def requeue_stale_stitches(
-    session: Session, *, older_than: timedelta, job_id: str | None = None
+    conn: Connection, *, older_than: timedelta, job_id: str | None = None
 ) -> int:
     """Scripts whose stitching was claimed longer ago than `older_than` -> pending; the count."""
     return _requeue(
-        session, ScriptRow, ScriptRow.stitch_started_at, older_than, job_id, stitch_started_at=None
+        conn, SCRIPTS, SCRIPTS.c.stitch_started_at, older_than, job_id, stitch_started_at=None
     )
 
 
 def _requeue(
-    session: Session,
-    model: type[ScriptRow] | type[SegmentRow],
+    conn: Connection,
+    model: Table,
     claimed_at: Any,
     older_than: timedelta,
     job_id: str | None,
@@ -343,23 +338,23 @@ def _requeue(
     cutoff: datetime = utcnow() - older_than
     row = claimed_at < cutoff
     if job_id is not None:
-        row = row & (model.job_id == job_id)
-    return _cas(session, model, row, expected=[State.RUNNING], target=State.PENDING, **values)
+        row = row & (model.c.job_id == job_id)
+    return _cas(conn, model, row, expected=[State.RUNNING], target=State.PENDING, **values)
 
 
 # Scripts
 
 
-def claim_stitch(session: Session, script_pk: int) -> bool:
+def claim_stitch(conn: Connection, script_pk: int) -> bool:
     """pending -> running once every segment is done: True for exactly one caller."""
     check_transition("script", [State.PENDING], State.RUNNING)
-    result = session.execute(_CLAIM_STITCH, {"pk_": script_pk, "now_": utcnow()})
+    result = conn.execute(_CLAIM_STITCH, {"pk_": script_pk, "now_": utcnow()})
     assert isinstance(result, CursorResult)
     return result.rowcount == 1
 
 
 def finish_script(
-    session: Session,
+    conn: Connection,
     script_pk: int,
     *,
     audio_seconds: float,
@@ -370,7 +365,7 @@ def finish_script(
     Returns the job's settle when this was the last of its scripts still to run.
     """
     check_transition("script", [State.RUNNING], State.DONE)
-    job_id = session.execute(
+    job_id = conn.execute(
         _FINISH_SCRIPT,
         {
             "pk_": script_pk,
@@ -379,47 +374,45 @@ def finish_script(
             "now_": utcnow(),
         },
     ).scalar_one_or_none()
-    return None if job_id is None else _settle_due(session, job_id)
+    return None if job_id is None else _settle_due(conn, job_id)
 
 
-def fail_script(session: Session, script_pk: int, error: str) -> Next | None:
+def fail_script(conn: Connection, script_pk: int, error: str) -> Next | None:
     """pending|running -> failed (e.g. stitching failed for good); None if it was not active.
 
     Returns the job's settle when this was the last of its scripts still to run.
     """
     check_transition("script", _ACTIVE, State.FAILED)
-    job_id = session.scalar(
-        update(ScriptRow)
-        .where(ScriptRow.id == script_pk, ScriptRow.state.in_(_ACTIVE))
+    job_id = conn.scalar(
+        update(SCRIPTS)
+        .where(SCRIPTS.c.id == script_pk, SCRIPTS.c.state.in_(_ACTIVE))
         .values(state=State.FAILED, error=_clip(error), finished_at=utcnow())
-        .returning(ScriptRow.job_id)
-        .execution_options(synchronize_session=False)
+        .returning(SCRIPTS.c.job_id)
     )
-    return None if job_id is None else _settle_due(session, job_id)
+    return None if job_id is None else _settle_due(conn, job_id)
 
 
-def abandon_job(session: Session, job_id: str, reason: str) -> Next:
+def abandon_job(conn: Connection, job_id: str, reason: str) -> Next:
     """Fail every script of the job still waiting for its segments, sending nothing more.
 
     Their pending segments stay pending: never tried, so a resume picks them up. Scripts being
     stitched finish as usual. Returns the job's settle when nothing is left to run.
     """
     check_transition("script", [State.PENDING], State.FAILED)
-    session.execute(
-        update(ScriptRow)
-        .where(ScriptRow.job_id == job_id, ScriptRow.state == State.PENDING)
+    conn.execute(
+        update(SCRIPTS)
+        .where(SCRIPTS.c.job_id == job_id, SCRIPTS.c.state == State.PENDING)
         .values(state=State.FAILED, error=_clip(reason), finished_at=utcnow())
-        .execution_options(synchronize_session=False)
     )
-    return _settle_due(session, job_id)
+    return _settle_due(conn, job_id)
 
 
-def release_script(session: Session, script_pk: int) -> bool:
+def release_script(conn: Connection, script_pk: int) -> bool:
     """running -> pending, so stitching can be claimed again."""
     return _cas_one(
-        session,
-        ScriptRow,
-        ScriptRow.id == script_pk,
+        conn,
+        SCRIPTS,
+        SCRIPTS.c.id == script_pk,
         expected=[State.RUNNING],
         target=State.PENDING,
         stitch_started_at=None,
@@ -429,84 +422,84 @@ def release_script(session: Session, script_pk: int) -> bool:
 # Jobs
 
 
-def start_job(session: Session, job_id: str) -> bool:
+def start_job(conn: Connection, job_id: str) -> bool:
     """pending -> running (claiming a segment does this too)."""
     return _cas_one(
-        session,
-        JobRow,
-        JobRow.id == job_id,
+        conn,
+        JOBS,
+        JOBS.c.id == job_id,
         expected=[State.PENDING],
         target=State.RUNNING,
-        started_at=func.coalesce(JobRow.started_at, utcnow()),
+        started_at=func.coalesce(JOBS.c.started_at, utcnow()),
     )
 
 
-def job_state(session: Session, job_id: str) -> State:
+def job_state(conn: Connection, job_id: str) -> State:
     """The job's state; JobNotFound when there is no such job."""
-    state = session.scalar(select(JobRow.state).where(JobRow.id == job_id))
+    state = conn.scalar(select(JOBS.c.state).where(JOBS.c.id == job_id))
     if state is None:
         raise JobNotFound(f"no job {job_id!r}")
-    return state
+    return State(state)
 
 
-def settle_job(session: Session, job_id: str) -> State:
+def settle_job(conn: Connection, job_id: str) -> State:
     """Roll a running job up to done (every script done) or failed (none left to run).
 
     Returns the job's state afterwards; safe to call at any time (it changes nothing while
     work is left).
     """
     now = utcnow()
-    of_job = ScriptRow.job_id == JobRow.id
-    not_done = exists().where(of_job, ScriptRow.state != State.DONE)
+    of_job = SCRIPTS.c.job_id == JOBS.c.id
+    not_done = exists().where(of_job, SCRIPTS.c.state != State.DONE)
     if _cas(
-        session,
-        JobRow,
-        (JobRow.id == job_id) & ~not_done,
+        conn,
+        JOBS,
+        (JOBS.c.id == job_id) & ~not_done,
         expected=[State.RUNNING],
         target=State.DONE,
         finished_at=now,
         error=None,
     ):
         return State.DONE
-    active = exists().where(of_job, ScriptRow.state.in_(_ACTIVE))
-    failed = exists().where(of_job, ScriptRow.state == State.FAILED)
-    count = session.scalar(
-        select(func.count()).where(ScriptRow.job_id == job_id, ScriptRow.state == State.FAILED)
+    active = exists().where(of_job, SCRIPTS.c.state.in_(_ACTIVE))
+    failed = exists().where(of_job, SCRIPTS.c.state == State.FAILED)
+    count = conn.scalar(
+        select(func.count()).where(SCRIPTS.c.job_id == job_id, SCRIPTS.c.state == State.FAILED)
     )
     _cas(
-        session,
-        JobRow,
-        (JobRow.id == job_id) & ~active & failed,
+        conn,
+        JOBS,
+        (JOBS.c.id == job_id) & ~active & failed,
         expected=[State.RUNNING],
         target=State.FAILED,
         finished_at=now,
         error=f"{count} script(s) failed",
     )
-    return job_state(session, job_id)
+    return job_state(conn, job_id)
 
 
-def reset_for_resume(session: Session, job_id: str) -> int:
+def reset_for_resume(conn: Connection, job_id: str) -> int:
     """Put a job's running and failed work back to pending (done stays done); segments reset.
 
     Only for a job no live worker is on: a crashed run, or a failed one.
     """
-    current = job_state(session, job_id)
+    current = job_state(conn, job_id)
     if current in {State.DONE, State.CANCELLED}:
         raise IllegalTransition(f"job {job_id}", current.value, State.PENDING.value)
     stuck = (State.RUNNING, State.FAILED)
     reset = _cas(
-        session,
-        SegmentRow,
-        SegmentRow.job_id == job_id,
+        conn,
+        SEGMENTS,
+        SEGMENTS.c.job_id == job_id,
         expected=stuck,
         target=State.PENDING,
         started_at=None,
         finished_at=None,
     )
     _cas(
-        session,
-        ScriptRow,
-        ScriptRow.job_id == job_id,
+        conn,
+        SCRIPTS,
+        SCRIPTS.c.job_id == job_id,
         expected=stuck,
         target=State.PENDING,
         error=None,
@@ -514,9 +507,9 @@ def reset_for_resume(session: Session, job_id: str) -> int:
         finished_at=None,
     )
     _cas(
-        session,
-        JobRow,
-        JobRow.id == job_id,
+        conn,
+        JOBS,
+        JOBS.c.id == job_id,
         expected=stuck,
         target=State.PENDING,
         error=None,
@@ -525,38 +518,38 @@ def reset_for_resume(session: Session, job_id: str) -> int:
     return reset
 
 
-def cancel_job(session: Session, job_id: str) -> int:
+def cancel_job(conn: Connection, job_id: str) -> int:
     """pending|running -> cancelled for the job and its unfinished work; segments cancelled."""
-    current = job_state(session, job_id)
+    current = job_state(conn, job_id)
     if current not in _ACTIVE:
         raise IllegalTransition(f"job {job_id}", current.value, State.CANCELLED.value)
     now = utcnow()
     cancelled = _cas(
-        session,
-        SegmentRow,
-        SegmentRow.job_id == job_id,
+        conn,
+        SEGMENTS,
+        SEGMENTS.c.job_id == job_id,
         expected=_ACTIVE,
         target=State.CANCELLED,
         finished_at=now,
     )
     _cas(
-        session,
-        ScriptRow,
-        ScriptRow.job_id == job_id,
+        conn,
+        SCRIPTS,
+        SCRIPTS.c.job_id == job_id,
         expected=_ACTIVE,
         target=State.CANCELLED,
         finished_at=now,
     )
     if not _cas(
-        session,
-        JobRow,
-        JobRow.id == job_id,
+        conn,
+        JOBS,
+        JOBS.c.id == job_id,
         expected=_ACTIVE,
         target=State.CANCELLED,
         finished_at=now,
     ):
         # It finished between our read and now; the caller's rollback undoes the above.
         raise IllegalTransition(
-            f"job {job_id}", job_state(session, job_id).value, State.CANCELLED.value
+            f"job {job_id}", job_state(conn, job_id).value, State.CANCELLED.value
         )
     return cancelled

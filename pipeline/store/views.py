@@ -7,11 +7,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, exists, func, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select, union_all
 
 from pipeline.store.errors import JobNotFound
-from pipeline.store.schema import SCRIPTS, SEGMENTS, JobRow, OutputFile, ScriptRow, SegmentRow
+from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile
 from pipeline.store.states import State
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -81,16 +80,18 @@ class SegmentRef:
     state: State
 
 
-def resolve_job_id(session: Session, text: str) -> str:
+def resolve_job_id(conn: Connection, text: str) -> str:
     """The job id the user meant: an exact id or a unique prefix of one."""
     wanted = text.strip().lower()
     if not wanted or not _HEX.fullmatch(wanted):
         raise JobNotFound(f"{text!r} is not a job id")
-    if session.get(JobRow, wanted) is not None:
+    if conn.scalar(select(JOBS.c.id).where(JOBS.c.id == wanted)) is not None:
         return wanted
-    matches = session.scalars(
-        select(JobRow.id).where(JobRow.id.startswith(wanted, autoescape=True)).limit(2)
-    ).all()
+    matches: list[str] = list(
+        conn.scalars(
+            select(JOBS.c.id).where(JOBS.c.id.startswith(wanted, autoescape=True)).limit(2)
+        )
+    )
     if not matches:
         raise JobNotFound(f"no job {text!r}")
     if len(matches) > 1:
@@ -99,122 +100,120 @@ def resolve_job_id(session: Session, text: str) -> str:
 
 
 def _job_rows(
-    session: Session, *criteria: ColumnElement[bool], limit: int | None = None
+    conn: Connection, *criteria: ColumnElement[bool], limit: int | None = None
 ) -> list[JobStatus]:
     totals = (
         select(
-            ScriptRow.job_id,
+            SCRIPTS.c.job_id,
             func.count().label("scripts"),
-            func.coalesce(func.sum(case((ScriptRow.state == State.DONE, 1), else_=0)), 0).label(
+            func.coalesce(func.sum(case((SCRIPTS.c.state == State.DONE, 1), else_=0)), 0).label(
                 "done"
             ),
-            func.coalesce(func.sum(ScriptRow.chars), 0).label("chars"),
-            func.coalesce(func.sum(ScriptRow.billed_chars), 0).label("billed"),
-            func.coalesce(func.sum(ScriptRow.audio_seconds), 0.0).label("seconds"),
+            func.coalesce(func.sum(SCRIPTS.c.chars), 0).label("chars"),
+            func.coalesce(func.sum(SCRIPTS.c.billed_chars), 0).label("billed"),
+            func.coalesce(func.sum(SCRIPTS.c.audio_seconds), 0.0).label("seconds"),
         )
-        .group_by(ScriptRow.job_id)
+        .group_by(SCRIPTS.c.job_id)
         .subquery()
     )
     query = (
-        select(JobRow, totals)
-        .outerjoin(totals, totals.c.job_id == JobRow.id)
+        select(JOBS, totals)
+        .outerjoin(totals, totals.c.job_id == JOBS.c.id)
         .where(*criteria)
-        .order_by(JobRow.created_at.desc(), JobRow.id)
+        .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
         .limit(limit)
     )
     return [
         JobStatus(
-            job_id=job.id,
-            name=job.name,
-            manifest=job.manifest,
-            destination=job.destination,
-            state=job.state,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            error=job.error,
-            scripts=int(row.scripts or 0),
-            scripts_done=int(row.done or 0),
-            chars=int(row.chars or 0),
-            billed_chars=int(row.billed or 0),
-            audio_seconds=float(row.seconds or 0.0),
+            job_id=row["id"],
+            name=row["name"],
+            manifest=row["manifest"],
+            destination=row["destination"],
+            state=row["state"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            error=row["error"],
+            scripts=int(row["scripts"] or 0),
+            scripts_done=int(row["done"] or 0),
+            chars=int(row["chars"] or 0),
+            billed_chars=int(row["billed"] or 0),
+            audio_seconds=float(row["seconds"] or 0.0),
         )
-        for row in session.execute(query)
-        for job in [row.JobRow]
+        for row in conn.execute(query).mappings()
     ]
 
 
-def list_jobs(session: Session, *, limit: int = 20, state: State | None = None) -> list[JobStatus]:
+def list_jobs(conn: Connection, *, limit: int = 20, state: State | None = None) -> list[JobStatus]:
     """The newest jobs first, optionally only those in `state`."""
-    criteria: list[ColumnElement[bool]] = [] if state is None else [JobRow.state == state]
-    return _job_rows(session, *criteria, limit=limit)
+    criteria: list[ColumnElement[bool]] = [] if state is None else [JOBS.c.state == state]
+    return _job_rows(conn, *criteria, limit=limit)
 
 
-def job_summary(session: Session, job_id: str) -> JobSummary:
+def job_summary(conn: Connection, job_id: str) -> JobSummary:
     """The job's totals and a line per script, in plan order."""
-    rows = _job_rows(session, JobRow.id == job_id)
+    rows = _job_rows(conn, JOBS.c.id == job_id)
     if not rows:
         raise JobNotFound(f"no job {job_id!r}")
     counts = (
         select(
-            SegmentRow.script_pk,
+            SEGMENTS.c.script_pk,
             func.count().label("segments"),
-            func.sum(case((SegmentRow.state == State.DONE, 1), else_=0)).label("done"),
-            func.sum(case((SegmentRow.state == State.FAILED, 1), else_=0)).label("failed"),
-            func.sum(SegmentRow.attempts).label("attempts"),
+            func.sum(case((SEGMENTS.c.state == State.DONE, 1), else_=0)).label("done"),
+            func.sum(case((SEGMENTS.c.state == State.FAILED, 1), else_=0)).label("failed"),
+            func.sum(SEGMENTS.c.attempts).label("attempts"),
         )
-        .where(SegmentRow.job_id == job_id)
-        .group_by(SegmentRow.script_pk)
+        .where(SEGMENTS.c.job_id == job_id)
+        .group_by(SEGMENTS.c.script_pk)
         .subquery()
     )
     query = (
-        select(ScriptRow, counts)
-        .outerjoin(counts, counts.c.script_pk == ScriptRow.id)
-        .where(ScriptRow.job_id == job_id)
-        .order_by(ScriptRow.position)
+        select(SCRIPTS, counts)
+        .outerjoin(counts, counts.c.script_pk == SCRIPTS.c.id)
+        .where(SCRIPTS.c.job_id == job_id)
+        .order_by(SCRIPTS.c.position)
     )
     scripts = tuple(
         ScriptStatus(
-            script_pk=script.id,
-            script_id=script.script_id,
-            state=script.state,
-            segments=int(row.segments or 0),
-            segments_done=int(row.done or 0),
-            segments_failed=int(row.failed or 0),
-            attempts=int(row.attempts or 0),
-            chars=script.chars,
-            billed_chars=script.billed_chars,
-            audio_seconds=script.audio_seconds,
-            outputs=tuple(OutputFile(**o) for o in script.outputs),
-            error=script.error,
-            started_at=script.started_at,
-            finished_at=script.finished_at,
+            script_pk=row["id"],
+            script_id=row["script_id"],
+            state=row["state"],
+            segments=int(row["segments"] or 0),
+            segments_done=int(row["done"] or 0),
+            segments_failed=int(row["failed"] or 0),
+            attempts=int(row["attempts"] or 0),
+            chars=row["chars"],
+            billed_chars=row["billed_chars"],
+            audio_seconds=row["audio_seconds"],
+            outputs=tuple(OutputFile(**o) for o in row["outputs"]),
+            error=row["error"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
         )
-        for row in session.execute(query)
-        for script in [row.ScriptRow]
+        for row in conn.execute(query).mappings()
     )
     return JobSummary(job=rows[0], scripts=scripts)
 
 
 def list_segments(
-    session: Session, job_id: str, states: Collection[State] | None = None
+    conn: Connection, job_id: str, states: Collection[State] | None = None
 ) -> list[SegmentRef]:
     """The job's segments in plan order, optionally only those in `states`."""
     query = (
         select(
-            SegmentRow.id,
-            SegmentRow.script_pk,
-            ScriptRow.script_id,
-            SegmentRow.index,
-            SegmentRow.state,
+            SEGMENTS.c.id,
+            SEGMENTS.c.script_pk,
+            SCRIPTS.c.script_id,
+            SEGMENTS.c.index,
+            SEGMENTS.c.state,
         )
-        .join(ScriptRow, SegmentRow.script_pk == ScriptRow.id)
-        .where(SegmentRow.job_id == job_id)
-        .order_by(ScriptRow.position, SegmentRow.index)
+        .join(SCRIPTS, SEGMENTS.c.script_pk == SCRIPTS.c.id)
+        .where(SEGMENTS.c.job_id == job_id)
+        .order_by(SCRIPTS.c.position, SEGMENTS.c.index)
     )
     if states is not None:
-        query = query.where(SegmentRow.state.in_(list(states)))
-    return [SegmentRef(*row) for row in session.execute(query)]
+        query = query.where(SEGMENTS.c.state.in_(list(states)))
+    return [SegmentRef(*row) for row in conn.execute(query)]
 
 
 def all_segments_done() -> ColumnElement[bool]:
@@ -222,16 +221,16 @@ def all_segments_done() -> ColumnElement[bool]:
     return ~exists().where(SEGMENTS.c.script_pk == SCRIPTS.c.id, SEGMENTS.c.state != State.DONE)
 
 
-def stitchable_scripts(session: Session, job_id: str) -> list[int]:
+def stitchable_scripts(conn: Connection, job_id: str) -> list[int]:
     """Row ids of pending scripts whose segments are all done (a stitch claim is due)."""
     query = (
-        select(ScriptRow.id)
+        select(SCRIPTS.c.id)
         .where(
-            and_(ScriptRow.job_id == job_id, ScriptRow.state == State.PENDING), all_segments_done()
+            and_(SCRIPTS.c.job_id == job_id, SCRIPTS.c.state == State.PENDING), all_segments_done()
         )
-        .order_by(ScriptRow.position)
+        .order_by(SCRIPTS.c.position)
     )
-    return list(session.scalars(query))
+    return list(conn.scalars(query))
 
 
 @dataclass(frozen=True)
@@ -242,30 +241,30 @@ class Outstanding:
     stitches: tuple[int, ...]
 
 
-def outstanding(session: Session, job_id: str) -> Outstanding:
+def outstanding(conn: Connection, job_id: str) -> Outstanding:
     """The work an executor starting (or resuming, or sweeping) the job has to schedule."""
-    pending = session.scalars(
-        select(SegmentRow.id)
-        .join(ScriptRow, SegmentRow.script_pk == ScriptRow.id)
-        .where(SegmentRow.job_id == job_id, SegmentRow.state == State.PENDING)
-        .order_by(ScriptRow.position, SegmentRow.index)
+    pending = conn.scalars(
+        select(SEGMENTS.c.id)
+        .join(SCRIPTS, SEGMENTS.c.script_pk == SCRIPTS.c.id)
+        .where(SEGMENTS.c.job_id == job_id, SEGMENTS.c.state == State.PENDING)
+        .order_by(SCRIPTS.c.position, SEGMENTS.c.index)
     )
-    return Outstanding(tuple(pending), tuple(stitchable_scripts(session, job_id)))
+    return Outstanding(tuple(pending), tuple(stitchable_scripts(conn, job_id)))
 
 
-def last_activity(session: Session, job_id: str) -> datetime | None:
+def last_activity(conn: Connection, job_id: str) -> datetime | None:
     """When the job's work last moved: its latest claim or finish of a segment or a script.
 
     A distributed executor cannot tell a dead worker from a slow one by asking it; it can only
     see how long ago the job table last changed.
     """
     moments = union_all(
-        select(func.max(JobRow.started_at).label("at")).where(JobRow.id == job_id),
-        select(func.max(SegmentRow.started_at)).where(SegmentRow.job_id == job_id),
-        select(func.max(SegmentRow.finished_at)).where(SegmentRow.job_id == job_id),
-        select(func.max(ScriptRow.stitch_started_at)).where(ScriptRow.job_id == job_id),
-        select(func.max(ScriptRow.finished_at)).where(ScriptRow.job_id == job_id),
+        select(func.max(JOBS.c.started_at).label("at")).where(JOBS.c.id == job_id),
+        select(func.max(SEGMENTS.c.started_at)).where(SEGMENTS.c.job_id == job_id),
+        select(func.max(SEGMENTS.c.finished_at)).where(SEGMENTS.c.job_id == job_id),
+        select(func.max(SCRIPTS.c.stitch_started_at)).where(SCRIPTS.c.job_id == job_id),
+        select(func.max(SCRIPTS.c.finished_at)).where(SCRIPTS.c.job_id == job_id),
     ).subquery()
     # max() keeps the column's type, so the value comes back timezone-aware on SQLite too.
-    latest: datetime | None = session.scalar(select(func.max(moments.c.at)))
+    latest: datetime | None = conn.scalar(select(func.max(moments.c.at)))
     return latest

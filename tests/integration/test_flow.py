@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
@@ -53,13 +53,13 @@ def requests(engine: RunningEngine) -> int:
     return int(engine.metrics()["requests"])
 
 
-def job_state(sessions: sessionmaker[Session], job_id: str) -> State:
-    return job_row(sessions, job_id).state
+def job_state(db: Engine, job_id: str) -> State:
+    return job_row(db, job_id).state
 
 
-def output_of(sessions: sessionmaker[Session], script_pk: int) -> Path:
+def output_of(db: Engine, script_pk: int) -> Path:
     """The stitched file of a done script; it exists."""
-    row = script_row(sessions, script_pk)
+    row = script_row(db, script_pk)
     assert row.state is State.DONE, (row.state, row.error)
     [output] = row.outputs
     path = Path(output["uri"])
@@ -68,7 +68,7 @@ def output_of(sessions: sessionmaker[Session], script_pk: int) -> Path:
 
 
 def destination(tmp_path: Path) -> Path:
-    """Where `record_job(sessions, tmp_path / "job", ...)` puts its outputs."""
+    """Where `record_job(db, tmp_path / "job", ...)` puts its outputs."""
     return tmp_path / "job" / "out"
 
 
@@ -83,31 +83,31 @@ def test_the_last_segment_of_a_script_is_stitched_at_once_and_the_last_script_se
 ) -> None:
     rt = runtimes()
     assert rt.stitches_here
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=2, lines=2)
-    first, second = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=2, lines=2)
+    first, second = segments_by_script(rt.db, job_id)
     before = requests(engine)
 
     opening = flow.synthesize(rt, first[0].segment_pk)
     assert opening.outcome is Outcome.SYNTHESIZED
     assert opening.next == Next()
-    assert script_row(rt.sessions, first[0].script_pk).state is State.PENDING
+    assert script_row(rt.db, first[0].script_pk).state is State.PENDING
 
     closing = flow.synthesize(rt, first[1].segment_pk)
     # The stage said a stitch was due, and this worker did it there and then.
     assert closing.outcome is Outcome.SYNTHESIZED
     assert closing.next == Next(stitch=first[0].script_pk)
-    output_of(rt.sessions, first[0].script_pk)
+    output_of(rt.db, first[0].script_pk)
     # Nothing sent: no stitch task, and no finish while the second script is still to run.
     assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
 
     synthesize_all(rt, [ref.segment_pk for ref in second])
 
-    output_of(rt.sessions, second[0].script_pk)
+    output_of(rt.db, second[0].script_pk)
     assert broker.stitches() == [finish(job_id)]
     assert broker.synth() == []
     assert requests(engine) - before == 4
     # The finish task settles the job; until it runs the job is still running.
-    assert job_state(rt.sessions, job_id) is State.RUNNING
+    assert job_state(rt.db, job_id) is State.RUNNING
     assert not (destination(tmp_path) / RESULTS_KEY).exists()
 
 
@@ -116,8 +116,8 @@ def test_a_worker_that_does_not_serve_the_stitch_queue_sends_a_stitch_task(
 ) -> None:
     rt = runtimes(queues=[SYNTH_QUEUE])
     assert not rt.stitches_here
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=2)
-    [refs] = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
+    [refs] = segments_by_script(rt.db, job_id)
     script_pk = refs[0].script_pk
     before = requests(engine)
 
@@ -125,7 +125,7 @@ def test_a_worker_that_does_not_serve_the_stitch_queue_sends_a_stitch_task(
 
     assert broker.stitches() == [stitch(script_pk)]
     assert broker.synth() == []
-    row = script_row(rt.sessions, script_pk)
+    row = script_row(rt.db, script_pk)
     assert row.state is State.PENDING and row.outputs == []
     assert requests(engine) - before == 2
 
@@ -134,7 +134,7 @@ def test_a_worker_that_does_not_serve_the_stitch_queue_sends_a_stitch_task(
 
     assert done.outcome is Outcome.STITCHED
     assert done.next == Next(settle=job_id)
-    output_of(rt.sessions, script_pk)
+    output_of(rt.db, script_pk)
     assert broker.stitches() == [stitch(script_pk), finish(job_id)]
 
 
@@ -142,8 +142,8 @@ def test_a_worker_whose_stitchers_are_all_busy_sends_a_stitch_task(
     runtimes: Runtimes, broker: Broker, tmp_path: Path
 ) -> None:
     rt = runtimes(RIME_BATCH_STITCH_PARALLELISM="1")
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=2)
-    [refs] = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
+    [refs] = segments_by_script(rt.db, job_id)
     script_pk = refs[0].script_pk
 
     # Its one stitcher is on another script.
@@ -154,23 +154,23 @@ def test_a_worker_whose_stitchers_are_all_busy_sends_a_stitch_task(
         rt.stitching.release()
 
     assert broker.stitches() == [stitch(script_pk)]
-    assert script_row(rt.sessions, script_pk).state is State.PENDING
+    assert script_row(rt.db, script_pk).state is State.PENDING
 
 
 def test_a_redelivered_task_for_finished_work_sends_and_synthesizes_nothing(
     runtimes: Runtimes, broker: Broker, engine: RunningEngine, tmp_path: Path
 ) -> None:
     rt = runtimes()
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=2)
-    [refs] = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
+    [refs] = segments_by_script(rt.db, job_id)
     script_pk = refs[0].script_pk
     synthesize_all(rt, [ref.segment_pk for ref in refs])
-    output = output_of(rt.sessions, script_pk)
+    output = output_of(rt.db, script_pk)
     stitched = output.stat().st_mtime_ns
     assert broker.stitches() == [finish(job_id)]
     broker.clear()
     before = requests(engine)
-    attempts = [segment_row(rt.sessions, ref.segment_pk).attempts for ref in refs]
+    attempts = [segment_row(rt.db, ref.segment_pk).attempts for ref in refs]
 
     for ref in refs:
         again = flow.synthesize(rt, ref.segment_pk, redelivered=True)
@@ -181,8 +181,8 @@ def test_a_redelivered_task_for_finished_work_sends_and_synthesizes_nothing(
     assert restitched.outcome is Outcome.SKIPPED
     assert requests(engine) == before
     assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
-    assert [segment_row(rt.sessions, ref.segment_pk).attempts for ref in refs] == attempts
-    assert all(segment_row(rt.sessions, ref.segment_pk).state is State.DONE for ref in refs)
+    assert [segment_row(rt.db, ref.segment_pk).attempts for ref in refs] == attempts
+    assert all(segment_row(rt.db, ref.segment_pk).state is State.DONE for ref in refs)
     assert output.stat().st_mtime_ns == stitched
 
 
@@ -190,17 +190,17 @@ def test_a_segment_a_live_worker_holds_is_skipped_and_its_claim_left_alone(
     runtimes: Runtimes, broker: Broker, engine: RunningEngine, redis_url: str, tmp_path: Path
 ) -> None:
     rt = runtimes()
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=2)
-    [refs] = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
+    [refs] = segments_by_script(rt.db, job_id)
     busy = refs[0].segment_pk
     # Another worker, alive (its keeper renews the lease), has taken the lease and the row.
     other = Leases(redis.Redis.from_url(redis_url), LEASE)
     try:
         token = other.acquire(f"segment:{busy}")
         assert token is not None
-        with rt.sessions.begin() as session:
-            assert transitions.claim_segment(session, busy)
-        claimed_at = segment_row(rt.sessions, busy).started_at
+        with rt.db.begin() as conn:
+            assert transitions.claim_segment(conn, busy)
+        claimed_at = segment_row(rt.db, busy).started_at
         before = requests(engine)
 
         fresh = flow.synthesize(rt, busy)
@@ -212,7 +212,7 @@ def test_a_segment_a_live_worker_holds_is_skipped_and_its_claim_left_alone(
         assert fresh.outcome is Outcome.SKIPPED
         assert redelivered.outcome is Outcome.SKIPPED
         assert 1.5 * LEASE <= waited < 1.5 * LEASE + 1.0
-        row = segment_row(rt.sessions, busy)
+        row = segment_row(rt.db, busy)
         assert row.state is State.RUNNING and row.started_at == claimed_at
         assert row.last_error is None
         assert requests(engine) == before
@@ -227,8 +227,8 @@ def test_a_stitch_a_live_worker_holds_is_skipped(
     runtimes: Runtimes, broker: Broker, redis_url: str, tmp_path: Path
 ) -> None:
     rt = runtimes(queues=[SYNTH_QUEUE])
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=1)
-    [[ref]] = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=1)
+    [[ref]] = segments_by_script(rt.db, job_id)
     synthesize_all(rt, [ref.segment_pk])
     broker.clear()
     other = Leases(redis.Redis.from_url(redis_url), LEASE)
@@ -239,7 +239,7 @@ def test_a_stitch_a_live_worker_holds_is_skipped(
         skipped = flow.stitch(rt, ref.script_pk)
 
         assert skipped.outcome is Outcome.SKIPPED
-        row = script_row(rt.sessions, ref.script_pk)
+        row = script_row(rt.db, ref.script_pk)
         assert row.state is State.PENDING and row.outputs == []
         assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
         assert other.holder(f"script:{ref.script_pk}") == token
@@ -252,8 +252,8 @@ def test_a_segment_left_running_by_a_dead_worker_is_taken_over_and_finished(
     runtimes: Runtimes, broker: Broker, engine: RunningEngine, redis_url: str, tmp_path: Path
 ) -> None:
     rt = runtimes()
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=2)
-    [refs] = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
+    [refs] = segments_by_script(rt.db, job_id)
     orphan, stale_lease = (ref.segment_pk for ref in refs)
     # One worker died long enough ago that its lease is gone; another only just (its lease
     # is still in Redis, no longer renewed).
@@ -263,9 +263,9 @@ def test_a_segment_left_running_by_a_dead_worker_is_taken_over_and_finished(
     finally:
         dead.close()
         dead.redis.close()
-    with rt.sessions.begin() as session:
-        assert transitions.claim_segment(session, orphan)
-        assert transitions.claim_segment(session, stale_lease)
+    with rt.db.begin() as conn:
+        assert transitions.claim_segment(conn, orphan)
+        assert transitions.claim_segment(conn, stale_lease)
     before = requests(engine)
 
     first = flow.synthesize(rt, orphan, redelivered=True)
@@ -279,13 +279,13 @@ def test_a_segment_left_running_by_a_dead_worker_is_taken_over_and_finished(
     # It waited for the dead worker's lease to run out, no longer than its redelivery wait.
     assert waited < 1.5 * LEASE + 0.5
     for segment_pk in (orphan, stale_lease):
-        row = segment_row(rt.sessions, segment_pk)
+        row = segment_row(rt.db, segment_pk)
         assert row.state is State.DONE
         assert row.last_error == flow.TAKEN_OVER
         assert row.attempts == 1
     assert requests(engine) - before == 2
     # Taken over, it went on as usual: the script was stitched and the finish sent.
-    output_of(rt.sessions, refs[0].script_pk)
+    output_of(rt.db, refs[0].script_pk)
     assert broker.stitches() == [finish(job_id)]
 
 
@@ -293,17 +293,17 @@ def test_a_stitch_left_running_by_a_dead_worker_is_taken_over_and_finished(
     runtimes: Runtimes, broker: Broker, tmp_path: Path
 ) -> None:
     rt = runtimes(queues=[SYNTH_QUEUE])
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=1)
-    [[ref]] = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=1)
+    [[ref]] = segments_by_script(rt.db, job_id)
     synthesize_all(rt, [ref.segment_pk])
     broker.clear()
-    with rt.sessions.begin() as session:
-        assert transitions.claim_stitch(session, ref.script_pk)  # and then it died
+    with rt.db.begin() as conn:
+        assert transitions.claim_stitch(conn, ref.script_pk)  # and then it died
 
     done = flow.stitch(rt, ref.script_pk, redelivered=True)
 
     assert done.outcome is Outcome.STITCHED
-    output_of(rt.sessions, ref.script_pk)
+    output_of(rt.db, ref.script_pk)
     assert broker.stitches() == [finish(job_id)]
 
 
@@ -311,8 +311,8 @@ def test_finish_writes_results_json_only_when_the_job_is_over(
     runtimes: Runtimes, broker: Broker, tmp_path: Path
 ) -> None:
     rt = runtimes()
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=2, lines=1)
-    first, second = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=2, lines=1)
+    first, second = segments_by_script(rt.db, job_id)
     results = destination(tmp_path) / RESULTS_KEY
 
     assert flow.finish(rt, job_id) is State.RUNNING
@@ -328,20 +328,20 @@ def test_finish_writes_results_json_only_when_the_job_is_over(
     document = json.loads(results.read_text())
     assert document["job_id"] == job_id and document["state"] == "done"
     assert [s["state"] for s in document["scripts"]] == ["done", "done"]
-    outputs = [output_of(rt.sessions, ref.script_pk) for ref in (first[0], second[0])]
+    outputs = [output_of(rt.db, ref.script_pk) for ref in (first[0], second[0])]
     assert [s["outputs"][0]["uri"] for s in document["scripts"]] == [str(p) for p in outputs]
     # A redelivered finish changes nothing.
     assert flow.finish(rt, job_id) is State.DONE
-    assert job_state(rt.sessions, job_id) is State.DONE
+    assert job_state(rt.db, job_id) is State.DONE
 
 
 def test_finish_writes_results_json_for_a_failed_job(runtimes: Runtimes, tmp_path: Path) -> None:
     rt = runtimes()
-    job_id = record_job(rt.sessions, tmp_path / "job", scripts=2, lines=1)
-    first, second = segments_by_script(rt.sessions, job_id)
+    job_id = record_job(rt.db, tmp_path / "job", scripts=2, lines=1)
+    first, second = segments_by_script(rt.db, job_id)
     synthesize_all(rt, [first[0].segment_pk])
-    with rt.sessions.begin() as session:
-        assert transitions.fail_script(session, second[0].script_pk, "stitching failed: disk")
+    with rt.db.begin() as conn:
+        assert transitions.fail_script(conn, second[0].script_pk, "stitching failed: disk")
 
     assert flow.finish(rt, job_id) is State.FAILED
 
@@ -360,8 +360,8 @@ def test_close_stops_every_thread_the_runtime_started(
     rt = Runtime(settings, app)
     try:
         rt.start_sweeper()
-        job_id = record_job(rt.sessions, tmp_path / "job", scripts=1, lines=1)
-        [[ref]] = segments_by_script(rt.sessions, job_id)
+        job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=1)
+        [[ref]] = segments_by_script(rt.db, job_id)
         token = rt.leases.acquire("segment:0")
         assert token is not None
         synthesize_all(rt, [ref.segment_pk])
@@ -401,9 +401,9 @@ def test_close_leaves_no_thread_after_writing_to_a_remote_store(
     app = create_app(settings)
     rt = Runtime(settings, app)
     try:
-        with rt.sessions.begin() as session:
-            job_id = record_plan(session, build_plan(load_manifest(manifest)))
-        [[ref]] = segments_by_script(rt.sessions, job_id)
+        with rt.db.begin() as conn:
+            job_id = record_plan(conn, build_plan(load_manifest(manifest)))
+        [[ref]] = segments_by_script(rt.db, job_id)
         synthesize_all(rt, [ref.segment_pk])
         assert flow.finish(rt, job_id) is State.DONE
     finally:

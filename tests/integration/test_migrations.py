@@ -14,9 +14,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from pipeline.store import create_engine_for, downgrade, migrate, open_sessions
+from pipeline.store import create_engine_for, downgrade, migrate, open_database
 from pipeline.store.database import HEAD_REVISION, MIGRATIONS_DIR, alembic_config
-from pipeline.store.schema import Base
+from pipeline.store.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"jobs", "scripts", "segments"}
@@ -44,7 +44,7 @@ def test_upgrade_head_builds_exactly_the_models(database_url: str) -> None:
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
-            assert compare_metadata(context, Base.metadata) == []
+            assert compare_metadata(context, metadata) == []
             assert context.get_current_revision() == head()
             # `alembic check` goes through env.py as CI would.
             command.check(alembic_config(connection))
@@ -107,21 +107,21 @@ def test_threads_migrating_at_once_all_succeed(database_url: str) -> None:
 
 
 def test_the_code_knows_the_newest_revision() -> None:
-    # open_sessions skips Alembic for a database at HEAD_REVISION: it must be Alembic's head.
+    # open_database skips Alembic for a database at HEAD_REVISION: it must be Alembic's head.
     assert head() == HEAD_REVISION
 
 
-def test_open_sessions_migrates_a_new_or_old_database_and_leaves_a_current_one(
+def test_open_database_migrates_a_new_or_old_database_and_leaves_a_current_one(
     database_url: str,
 ) -> None:
-    sessions = open_sessions(database_url)
-    with sessions.begin() as session:
-        assert session.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
+    db = open_database(database_url)
+    with db.begin() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [
             (HEAD_REVISION,)
         ]
     downgrade(database_url)
     assert tables(database_url) & TABLES == set()
-    open_sessions(database_url)  # behind: migrated again
+    open_database(database_url)  # behind: migrated again
     assert tables(database_url) >= TABLES
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from pipeline.files import sha256_file
 from pipeline.results import RESULTS_KEY, results_document
@@ -22,7 +22,7 @@ from pipeline.retry import RetryPolicy
 from pipeline.rime.errors import AuthError, BadRequest, RateLimited, ServerError, StreamCut
 from pipeline.run import run_job
 from pipeline.stages import KEY_REFUSED, Context, Event, synth_stage
-from pipeline.store import OutputFile, State, close_sessions, open_sessions, transitions
+from pipeline.store import OutputFile, State, open_database, transitions
 from tests.fixtures.jobs import (
     Job,
     context,
@@ -57,9 +57,9 @@ def stitched(events: list[Event]) -> Counter[str]:
     return Counter(e.script_id for e in events if e.kind == "script" and e.outcome == "stitched")
 
 
-def results_match_the_table(sessions: sessionmaker[Session], job: Job) -> None:
+def results_match_the_table(db: Engine, job: Job) -> None:
     written = json.loads((Path(job.plan.destination) / RESULTS_KEY).read_bytes())
-    assert written == json.loads(json.dumps(results_document(summary(sessions, job.job_id))))
+    assert written == json.loads(json.dumps(results_document(summary(db, job.job_id))))
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -136,7 +136,7 @@ def texts(fates_of: list[list[Fate]]) -> list[list[str]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_any_job_ends_with_its_scripts_done_or_failed_and_the_table_agrees_with_the_requests(
-    job_table: sessionmaker[Session],
+    job_table: Engine,
     tmp_path: Path,
     fates_of: list[list[Fate]],
     concurrency: int,
@@ -203,7 +203,7 @@ def test_any_job_ends_with_its_scripts_done_or_failed_and_the_table_agrees_with_
 
 
 async def test_a_refused_key_stops_the_run_at_once_and_a_resume_finishes_it(
-    job_table: sessionmaker[Session], tmp_path: Path, synthesizer: ToneSynthesizer
+    job_table: Engine, tmp_path: Path, synthesizer: ToneSynthesizer
 ) -> None:
     job = record(job_table, plan_of(str(tmp_path / "out"), texts_of(6, 2)))
     synthesizer.default = Slow(0.005)
@@ -244,8 +244,8 @@ async def test_a_refused_key_stops_the_run_at_once_and_a_resume_finishes_it(
     results_match_the_table(job_table, job)
 
     # With a key that works, a resume sends every segment once and finishes the job.
-    with job_table.begin() as session:
-        transitions.reset_for_resume(session, job.job_id)
+    with job_table.begin() as conn:
+        transitions.reset_for_resume(conn, job.job_id)
     good = ToneSynthesizer(default=Slow(0.001))
     resumed = context(job_table, good, concurrency=3, on_event=events.append)
     assert await run(resumed, job, workers=6) is State.DONE
@@ -270,7 +270,7 @@ def pk_of(job: Job, text: str) -> int:
 
 @pytest.mark.parametrize(("cap", "workers"), [(1, 3), (3, 8), (4, 4)])
 async def test_requests_in_flight_never_exceed_the_limiters_cap(
-    job_table: sessionmaker[Session],
+    job_table: Engine,
     tmp_path: Path,
     synthesizer: ToneSynthesizer,
     cap: int,
@@ -291,7 +291,7 @@ async def test_requests_in_flight_never_exceed_the_limiters_cap(
 
 
 async def test_a_resume_after_an_interrupted_run_sends_only_what_was_not_done(
-    job_table: sessionmaker[Session], tmp_path: Path, synthesizer: ToneSynthesizer
+    job_table: Engine, tmp_path: Path, synthesizer: ToneSynthesizer
 ) -> None:
     job = record(job_table, plan_of(str(tmp_path / "out"), texts_of(3, 2)))
     held = Gate()
@@ -315,8 +315,8 @@ async def test_a_resume_after_an_interrupted_run_sends_only_what_was_not_done(
     sent_before = synthesizer.texts()
     outputs_before = [script_row(job_table, pk).outputs for pk in job.scripts[:2]]
 
-    with job_table.begin() as session:
-        transitions.reset_for_resume(session, job.job_id)
+    with job_table.begin() as conn:
+        transitions.reset_for_resume(conn, job.job_id)
     again = ToneSynthesizer()
     resumed_events: list[Event] = []
     resumed = context(job_table, again, concurrency=2, on_event=resumed_events.append)
@@ -331,7 +331,7 @@ async def test_a_resume_after_an_interrupted_run_sends_only_what_was_not_done(
 
 
 async def test_a_run_stitches_the_scripts_whose_segments_were_all_done_before_it(
-    job_table: sessionmaker[Session], tmp_path: Path, synthesizer: ToneSynthesizer
+    job_table: Engine, tmp_path: Path, synthesizer: ToneSynthesizer
 ) -> None:
     # A crash between a script's last segment and its stitch leaves it complete but pending.
     job = record(job_table, plan_of(str(tmp_path / "out"), texts_of(2, 2)))
@@ -350,16 +350,16 @@ async def test_a_run_stitches_the_scripts_whose_segments_were_all_done_before_it
 
 
 async def test_a_resume_after_a_crash_in_stitching_stitches_without_a_request(
-    job_table: sessionmaker[Session], tmp_path: Path, synthesizer: ToneSynthesizer
+    job_table: Engine, tmp_path: Path, synthesizer: ToneSynthesizer
 ) -> None:
     job = record(job_table, plan_of(str(tmp_path / "out"), texts_of(2, 2)))
     ctx = context(job_table, synthesizer)
     for pk in job.all_segments:
         await synth_stage(ctx, pk)
     # A stitcher claimed script 0 and died; script 1 was never claimed.
-    with job_table.begin() as session:
-        assert transitions.claim_stitch(session, job.scripts[0])
-        transitions.reset_for_resume(session, job.job_id)
+    with job_table.begin() as conn:
+        assert transitions.claim_stitch(conn, job.scripts[0])
+        transitions.reset_for_resume(conn, job.job_id)
     synthesizer.forget()
     events: list[Event] = []
     ctx.on_event = events.append
@@ -372,7 +372,7 @@ async def test_a_resume_after_a_crash_in_stitching_stitches_without_a_request(
 
 
 async def test_a_run_of_a_finished_job_sends_nothing(
-    job_table: sessionmaker[Session], tmp_path: Path, synthesizer: ToneSynthesizer
+    job_table: Engine, tmp_path: Path, synthesizer: ToneSynthesizer
 ) -> None:
     job = record(job_table, plan_of(str(tmp_path / "out"), texts_of(2, 2)))
     ctx = context(job_table, synthesizer)
@@ -391,16 +391,16 @@ async def test_a_run_of_a_finished_job_sends_nothing(
 
 
 @pytest.fixture
-def second_table(database_url: str) -> Iterator[sessionmaker[Session]]:
-    """Other sessions on the same job table, as a second process would have."""
-    sessions = open_sessions(database_url)
-    yield sessions
-    close_sessions(sessions)
+def second_table(database_url: str) -> Iterator[Engine]:
+    """Other db on the same job table, as a second process would have."""
+    db = open_database(database_url)
+    yield db
+    db.dispose()
 
 
 async def test_two_runs_of_one_job_at_once_send_each_segment_once_and_stitch_every_script(
-    job_table: sessionmaker[Session],
-    second_table: sessionmaker[Session],
+    job_table: Engine,
+    second_table: Engine,
     tmp_path: Path,
     synthesizer: ToneSynthesizer,
 ) -> None:
@@ -426,8 +426,8 @@ async def test_two_runs_of_one_job_at_once_send_each_segment_once_and_stitch_eve
 
 
 async def test_a_segment_held_by_the_other_run_still_gets_its_script_stitched(
-    job_table: sessionmaker[Session],
-    second_table: sessionmaker[Session],
+    job_table: Engine,
+    second_table: Engine,
     tmp_path: Path,
     synthesizer: ToneSynthesizer,
 ) -> None:
@@ -466,9 +466,9 @@ async def test_a_segment_held_by_the_other_run_still_gets_its_script_stitched(
 async def test_no_stitchers_is_refused_rather_than_a_run_that_never_ends(
     sqlite_url: str, tmp_path: Path, synthesizer: ToneSynthesizer
 ) -> None:
-    sessions = open_sessions(sqlite_url)
-    job = record(sessions, plan_of(str(tmp_path / "out"), texts_of(1, 1)))
-    ctx = context(sessions, synthesizer)
+    db = open_database(sqlite_url)
+    job = record(db, plan_of(str(tmp_path / "out"), texts_of(1, 1)))
+    ctx = context(db, synthesizer)
     try:
         # A one-segment job takes a few milliseconds.
         async with asyncio.timeout(2):
@@ -480,4 +480,4 @@ async def test_no_stitchers_is_refused_rather_than_a_run_that_never_ends(
                 return
         assert state is State.DONE
     finally:
-        close_sessions(sessions)
+        db.dispose()

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from pipeline import wav
 from pipeline.audio import EXTENSIONS
@@ -64,9 +64,7 @@ def events() -> list[Event]:
 
 
 @pytest.fixture
-def ctx(
-    job_table: sessionmaker[Session], synthesizer: ToneSynthesizer, events: list[Event]
-) -> Context:
+def ctx(job_table: Engine, synthesizer: ToneSynthesizer, events: list[Event]) -> Context:
     return context(job_table, synthesizer, on_event=events.append)
 
 
@@ -76,7 +74,7 @@ def new_job(
     scripts: list[list[str]],
     formats: tuple[str, ...] = ("wav",),
 ) -> Job:
-    return record(ctx.sessions, plan_of(str(destination), scripts, formats=formats))
+    return record(ctx.db, plan_of(str(destination), scripts, formats=formats))
 
 
 async def synthesize(ctx: Context, *segment_pks: int) -> list[StageResult]:
@@ -110,11 +108,11 @@ def test_start_stage_marks_the_job_running_and_lists_all_its_segments(
     ctx: Context, dest: Path
 ) -> None:
     job = new_job(ctx, dest, texts_of(2, 3))
-    assert job_row(ctx.sessions, job.job_id).state is State.PENDING
+    assert job_row(ctx.db, job.job_id).state is State.PENDING
 
     todo = start_stage(ctx, job.job_id)
 
-    row = job_row(ctx.sessions, job.job_id)
+    row = job_row(ctx.db, job.job_id)
     assert row.state is State.RUNNING
     assert row.started_at is not None
     assert todo.segments == job.all_segments
@@ -131,7 +129,7 @@ async def test_start_stage_on_a_job_under_way_lists_what_is_left_and_the_due_sti
 
     todo = start_stage(ctx, job.job_id)
 
-    assert job_row(ctx.sessions, job.job_id).state is State.RUNNING
+    assert job_row(ctx.db, job.job_id).state is State.RUNNING
     assert todo.segments == (job.segments[1][1], *job.segments[2])
     assert todo.stitches == (job.scripts[0],)
 
@@ -152,10 +150,10 @@ async def test_a_cache_hit_sends_nothing_and_counts_no_attempt(
 
     assert result == StageResult(Outcome.CACHED, NOTHING)
     assert synthesizer.requests == []
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.DONE, 0, 0)
     assert row.audio_seconds == pytest.approx(wav.parse(entry.read_bytes()).duration)
-    assert script_row(ctx.sessions, job.scripts[0]).billed_chars == 0
+    assert script_row(ctx.db, job.scripts[0]).billed_chars == 0
     assert [(e.kind, e.outcome) for e in events] == [("segment", Outcome.CACHED)]
 
 
@@ -172,8 +170,8 @@ async def test_a_second_job_over_the_same_destination_takes_its_audio_from_the_c
     assert [r.outcome for r in results] == [Outcome.CACHED, Outcome.CACHED]
     assert results[-1].next == Next(stitch=second.scripts[0])
     assert len(synthesizer.requests) == 2
-    assert job_row(ctx.sessions, second.job_id).state is State.RUNNING
-    assert summary(ctx.sessions, second.job_id).job.billed_chars == 0
+    assert job_row(ctx.db, second.job_id).state is State.RUNNING
+    assert summary(ctx.db, second.job_id).job.billed_chars == 0
 
 
 async def test_audio_from_another_synthesizer_is_not_taken_from_the_cache(
@@ -181,7 +179,7 @@ async def test_audio_from_another_synthesizer_is_not_taken_from_the_cache(
 ) -> None:
     job = new_job(ctx, dest, texts_of(2, 1))
     await synth_stage(ctx, job.segments[0][0])
-    other = Context(ctx.sessions, synthesizer, ctx.limiter, policy=FAST, cache_namespace="local")
+    other = Context(ctx.db, synthesizer, ctx.limiter, policy=FAST, cache_namespace="local")
     same_text = new_job(ctx, dest, texts_of(1, 1))
 
     result = await synth_stage(other, same_text.segments[0][0])
@@ -216,7 +214,7 @@ async def test_a_damaged_cache_entry_is_synthesized_again(
     assert synthesizer.texts() == [job.text(0, 0)]
     assert entry.read_bytes() == cached_audio(job, 0, 0)
     assert "damaged" in caplog.text
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.DONE, 1, len(job.text(0, 0)))
 
 
@@ -252,12 +250,12 @@ async def test_a_synthesized_segment_is_cached_and_billed_in_the_job_table(
     assert result == StageResult(Outcome.SYNTHESIZED, NOTHING)
     assert len(synthesizer.requests) == attempts
     assert cache_path(ctx, dest, job, 0, 0).read_bytes() == cached_audio(job, 0, 0)
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert row.state is State.DONE
     assert (row.attempts, row.billed_chars) == (attempts, billed_requests * chars)
     assert row.audio_seconds == pytest.approx(len(speech_for(job.request(0, 0))) / 2 / RATE)
-    assert script_row(ctx.sessions, job.scripts[0]).billed_chars == billed_requests * chars
-    assert summary(ctx.sessions, job.job_id).job.billed_chars == billed_requests * chars
+    assert script_row(ctx.db, job.scripts[0]).billed_chars == billed_requests * chars
+    assert summary(ctx.db, job.job_id).job.billed_chars == billed_requests * chars
     # Each retry is told once, and the segment once.
     assert [(e.kind, e.outcome) for e in events] == [("attempt", "retry")] * len(first) + [
         ("segment", Outcome.SYNTHESIZED)
@@ -294,7 +292,7 @@ async def test_a_segment_already_done_is_skipped_and_sends_nothing(
 
     assert again == StageResult(Outcome.SKIPPED, NOTHING)
     assert len(synthesizer.requests) == 1
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts) == (State.DONE, 1)
 
 
@@ -302,14 +300,14 @@ async def test_a_segment_held_by_another_executor_is_skipped_and_sends_nothing(
     ctx: Context, dest: Path, synthesizer: ToneSynthesizer
 ) -> None:
     job = new_job(ctx, dest, texts_of(1, 1))
-    with ctx.sessions.begin() as session:
-        assert transitions.claim_segment(session, job.segments[0][0])
+    with ctx.db.begin() as conn:
+        assert transitions.claim_segment(conn, job.segments[0][0])
 
     result = await synth_stage(ctx, job.segments[0][0])
 
     assert result == StageResult(Outcome.SKIPPED, NOTHING)
     assert synthesizer.requests == []
-    assert segment_row(ctx.sessions, job.segments[0][0]).state is State.RUNNING
+    assert segment_row(ctx.db, job.segments[0][0]).state is State.RUNNING
 
 
 # synth_stage: failures
@@ -326,10 +324,10 @@ async def test_a_permanent_error_fails_the_segment_and_its_script_and_nothing_mo
 
     # The other script still has work: nothing is due.
     assert failed == StageResult(Outcome.FAILED, NOTHING)
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.FAILED, 1, 0)
     assert row.last_error == str(error)
-    script = script_row(ctx.sessions, job.scripts[0])
+    script = script_row(ctx.db, job.scripts[0])
     assert script.state is State.FAILED
     assert script.error == f"segment 0: {error}"
     assert events[-1] == Event(
@@ -343,7 +341,7 @@ async def test_a_permanent_error_fails_the_segment_and_its_script_and_nothing_mo
     # Its script has failed: its other segment is not worth a request.
     sibling = await synth_stage(ctx, job.segments[0][1])
     assert sibling == StageResult(Outcome.SKIPPED, NOTHING)
-    assert segment_row(ctx.sessions, job.segments[0][1]).state is State.PENDING
+    assert segment_row(ctx.db, job.segments[0][1]).state is State.PENDING
     assert synthesizer.texts() == [job.text(0, 0)]
     # The last script to finish is told to settle the job, which failed.
     (other,) = await synthesize(ctx, job.segments[1][0])
@@ -364,7 +362,7 @@ EXHAUSTING = RetryPolicy(max_attempts=3, initial_wait=0.001, max_wait=0.01, jitt
     ],
 )
 async def test_the_last_script_failing_makes_the_job_due_to_settle(
-    job_table: sessionmaker[Session],
+    job_table: Engine,
     synthesizer: ToneSynthesizer,
     dest: Path,
     errors: list[RimeError],
@@ -382,14 +380,14 @@ async def test_the_last_script_failing_makes_the_job_due_to_settle(
 
     assert failed == StageResult(Outcome.FAILED, Next(settle=job.job_id))
     assert synthesizer.count(job.text(1, 0)) == attempts
-    row = segment_row(ctx.sessions, job.segments[1][0])
+    row = segment_row(ctx.db, job.segments[1][0])
     assert (row.state, row.attempts, row.billed_chars) == (
         State.FAILED,
         attempts,
         billed_requests * chars,
     )
     assert row.last_error == str(errors[-1])
-    assert script_row(ctx.sessions, job.scripts[1]).billed_chars == billed_requests * chars
+    assert script_row(ctx.db, job.scripts[1]).billed_chars == billed_requests * chars
     assert settle_stage(ctx, job.job_id) is State.FAILED
 
 
@@ -414,23 +412,23 @@ async def test_a_refused_key_abandons_the_waiting_scripts_and_a_resume_picks_the
 
     # Nothing is left to run: script 0 is done, and the others failed with the key.
     assert refused == StageResult(Outcome.REFUSED, Next(settle=job.job_id))
-    row = segment_row(ctx.sessions, job.segments[1][0])
+    row = segment_row(ctx.db, job.segments[1][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.FAILED, 1, 0)
-    assert script_row(ctx.sessions, job.scripts[1]).error == f"segment 0: {refusal}"
-    waiting = script_row(ctx.sessions, job.scripts[2])
+    assert script_row(ctx.db, job.scripts[1]).error == f"segment 0: {refusal}"
+    waiting = script_row(ctx.db, job.scripts[2])
     assert (waiting.state, waiting.error) == (State.FAILED, KEY_REFUSED)
-    assert script_row(ctx.sessions, job.scripts[0]).state is State.DONE
+    assert script_row(ctx.db, job.scripts[0]).state is State.DONE
     # Never tried: still pending, and skipped without a request while the job is abandoned.
     for pk in (job.segments[1][1], job.segments[2][0]):
         assert await synth_stage(ctx, pk) == StageResult(Outcome.SKIPPED, NOTHING)
-        assert segment_row(ctx.sessions, pk).state is State.PENDING
-        assert segment_row(ctx.sessions, pk).attempts == 0
+        assert segment_row(ctx.db, pk).state is State.PENDING
+        assert segment_row(ctx.db, pk).attempts == 0
     assert synthesizer.texts() == [job.text(0, 0), job.text(1, 0)]
     assert settle_stage(ctx, job.job_id) is State.FAILED
 
     # A resume, with a key that works now, sends exactly what was not done.
-    with ctx.sessions.begin() as session:
-        assert transitions.reset_for_resume(session, job.job_id) == 1
+    with ctx.db.begin() as conn:
+        assert transitions.reset_for_resume(conn, job.job_id) == 1
     todo = start_stage(ctx, job.job_id)
     assert todo.segments == (*job.segments[1], job.segments[2][0])
     assert todo.stitches == ()
@@ -446,7 +444,7 @@ async def test_a_refused_key_abandons_the_waiting_scripts_and_a_resume_picks_the
     assert stitch_stage(ctx, job.scripts[2]).next == Next(settle=job.job_id)
     assert settle_stage(ctx, job.job_id) is State.DONE
     # The refused request stays counted; it was never billed.
-    assert segment_row(ctx.sessions, job.segments[1][0]).attempts == 2
+    assert segment_row(ctx.db, job.segments[1][0]).attempts == 2
 
 
 async def test_a_destination_where_the_cache_cannot_be_read_fails_before_any_request(
@@ -461,13 +459,13 @@ async def test_a_destination_where_the_cache_cannot_be_read_fails_before_any_req
 
     assert result == StageResult(Outcome.FAILED, Next(settle=job.job_id))
     assert synthesizer.requests == []
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.FAILED, 0, 0)
     assert row.last_error is not None
     assert str(entry) in row.last_error
     assert "Not a directory" in row.last_error
     assert "\n" not in row.last_error
-    assert script_row(ctx.sessions, job.scripts[0]).error == f"segment 0: {row.last_error}"
+    assert script_row(ctx.db, job.scripts[0]).error == f"segment 0: {row.last_error}"
 
 
 async def test_an_unwritable_destination_fails_the_segment_with_one_clear_message(
@@ -485,11 +483,11 @@ async def test_an_unwritable_destination_fails_the_segment_with_one_clear_messag
 
     assert result == StageResult(Outcome.FAILED, Next(settle=job.job_id))
     assert [r.outcome for r in synthesizer.requests] == [SPOKEN]
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     # The audio was generated, and paid for, before storing it failed.
     assert (row.state, row.attempts, row.billed_chars) == (State.FAILED, 1, chars)
     assert row.last_error == f"storing audio failed: cannot store {entry}: File exists"
-    assert script_row(ctx.sessions, job.scripts[0]).billed_chars == chars
+    assert script_row(ctx.db, job.scripts[0]).billed_chars == chars
     assert [(e.outcome, e.error) for e in events] == [(Outcome.FAILED, row.last_error)]
 
 
@@ -504,21 +502,21 @@ async def test_an_interrupted_synthesis_hands_the_segment_back_unbilled(
     synthesizer.on_text(job.text(0, 0), gate)
     task = asyncio.create_task(synth_stage(ctx, job.segments[0][0]))
     await gate.wait_arrived()
-    assert segment_row(ctx.sessions, job.segments[0][0]).state is State.RUNNING
+    assert segment_row(ctx.db, job.segments[0][0]).state is State.RUNNING
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
     assert [r.outcome for r in synthesizer.requests] == [CANCELLED]
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.PENDING, 0, 0)
     assert (row.started_at, row.last_error) == (None, "interrupted")
     assert not cache_path(ctx, dest, job, 0, 0).exists()
     # It is claimed again like any pending segment.
     again = await synth_stage(ctx, job.segments[0][0])
     assert again.outcome is Outcome.SYNTHESIZED
-    assert segment_row(ctx.sessions, job.segments[0][0]).attempts == 1
+    assert segment_row(ctx.db, job.segments[0][0]).attempts == 1
 
 
 async def test_an_interruption_during_the_retries_keeps_the_billed_attempts(
@@ -535,15 +533,15 @@ async def test_an_interruption_during_the_retries_keeps_the_billed_attempts(
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     # The cut stream was generated and is billed; the interrupted request never answered.
     assert (row.state, row.attempts, row.billed_chars) == (State.PENDING, 1, chars)
     assert row.last_error == "interrupted"
-    assert script_row(ctx.sessions, job.scripts[0]).billed_chars == chars
+    assert script_row(ctx.db, job.scripts[0]).billed_chars == chars
 
 
 async def test_an_interruption_after_the_audio_arrived_counts_its_billed_attempt(
-    job_table: sessionmaker[Session], synthesizer: ToneSynthesizer, s3: S3Env, s3_bucket: str
+    job_table: Engine, synthesizer: ToneSynthesizer, s3: S3Env, s3_bucket: str
 ) -> None:
     # In a bucket the audio is uploaded off the loop: an interruption can land while the
     # audio that was paid for is on its way to the cache.
@@ -559,10 +557,10 @@ async def test_an_interruption_after_the_audio_arrived_counts_its_billed_attempt
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.PENDING, 1, chars)
     assert row.last_error == "interrupted"
-    assert script_row(ctx.sessions, job.scripts[0]).billed_chars == chars
+    assert script_row(ctx.db, job.scripts[0]).billed_chars == chars
     # Whether the upload went on in its thread or was cancelled before it started, the job
     # table ends up counting every request the account paid for.
     again = await synth_stage(ctx, job.segments[0][0])
@@ -570,7 +568,7 @@ async def test_an_interruption_after_the_audio_arrived_counts_its_billed_attempt
     assert again.next == Next(stitch=job.scripts[0])
     paid = len(synthesizer.requests)
     assert paid == (1 if again.outcome is Outcome.CACHED else 2)
-    row = segment_row(ctx.sessions, job.segments[0][0])
+    row = segment_row(ctx.db, job.segments[0][0])
     assert (row.state, row.attempts, row.billed_chars) == (State.DONE, paid, paid * chars)
 
 
@@ -597,7 +595,7 @@ async def test_stitch_stage_writes_every_format_as_the_job_table_records_it(
     result = stitch_stage(ctx, job.scripts[0])
 
     assert result == StageResult(Outcome.STITCHED, Next(settle=job.job_id))
-    row = script_row(ctx.sessions, job.scripts[0])
+    row = script_row(ctx.db, job.scripts[0])
     assert row.state is State.DONE
     seconds = row.audio_seconds
     assert seconds is not None
@@ -628,7 +626,7 @@ async def test_stitch_stage_writes_every_format_as_the_job_table_records_it(
 
 
 async def test_stitch_stage_uploads_every_format_to_s3_as_the_job_table_records_it(
-    job_table: sessionmaker[Session],
+    job_table: Engine,
     synthesizer: ToneSynthesizer,
     s3: S3Env,
     s3_bucket: str,
@@ -649,7 +647,7 @@ async def test_stitch_stage_uploads_every_format_to_s3_as_the_job_table_records_
     assert first == StageResult(Outcome.STITCHED, NOTHING)
     assert second == StageResult(Outcome.STITCHED, Next(settle=job.job_id))
     for s, script_pk in enumerate(job.scripts):
-        row = script_row(ctx.sessions, script_pk)
+        row = script_row(ctx.db, script_pk)
         assert row.audio_seconds == pytest.approx(expected_seconds(job, s), abs=0.01)
         for output in (OutputFile(**o) for o in row.outputs):
             key = f"renders/2026/script-{s}{EXTENSIONS[output.format]}"
@@ -682,7 +680,7 @@ async def test_a_script_is_stitched_only_once_every_segment_is_done_and_only_onc
     early = stitch_stage(ctx, job.scripts[0])
 
     assert early == StageResult(Outcome.SKIPPED, NOTHING)
-    assert script_row(ctx.sessions, job.scripts[0]).state is State.PENDING
+    assert script_row(ctx.db, job.scripts[0]).state is State.PENDING
     assert not (dest / "script-0.wav").exists()
     await synth_stage(ctx, job.segments[0][1])
     assert stitch_stage(ctx, job.scripts[0]).outcome is Outcome.STITCHED
@@ -705,7 +703,7 @@ async def test_a_stitch_that_cannot_find_a_segment_fails_its_script(
     result = stitch_stage(ctx, job.scripts[0])
 
     assert result == StageResult(Outcome.FAILED, Next(settle=job.job_id))
-    row = script_row(ctx.sessions, job.scripts[0])
+    row = script_row(ctx.db, job.scripts[0])
     assert row.state is State.FAILED
     assert row.error == f"stitching failed: no object at {missing}"
     assert row.outputs == []
@@ -738,7 +736,7 @@ async def test_results_are_written_only_when_the_job_is_over_and_match_its_summa
     assert stitch_stage(ctx, job.scripts[1]).next == Next(settle=job.job_id)
     assert settle_stage(ctx, job.job_id) is State.DONE
 
-    over = summary(ctx.sessions, job.job_id)
+    over = summary(ctx.db, job.job_id)
     assert over.job.state is State.DONE
     document = results_file(ctx, job)
     assert document == json.loads(json.dumps(results_document(over)))
@@ -763,7 +761,7 @@ async def test_a_failed_job_gets_its_results_too(
     assert settle_stage(ctx, job.job_id) is State.FAILED
 
     document = results_file(ctx, job)
-    assert document == json.loads(json.dumps(results_document(summary(ctx.sessions, job.job_id))))
+    assert document == json.loads(json.dumps(results_document(summary(ctx.db, job.job_id))))
     assert document["state"] == "failed"
     scripts = document["scripts"]
     assert isinstance(scripts, list)
@@ -772,13 +770,13 @@ async def test_a_failed_job_gets_its_results_too(
 
 
 def test_results_go_to_the_jobs_own_destination(
-    job_table: sessionmaker[Session], synthesizer: ToneSynthesizer, s3: S3Env, s3_bucket: str
+    job_table: Engine, synthesizer: ToneSynthesizer, s3: S3Env, s3_bucket: str
 ) -> None:
     ctx = context(job_table, synthesizer)
     job = new_job(ctx, s3.uri(s3_bucket, "jobs/a"), texts_of(1, 1))
-    with ctx.sessions.begin() as session:
-        transitions.start_job(session, job.job_id)
-        transitions.abandon_job(session, job.job_id, "given up")
+    with ctx.db.begin() as conn:
+        transitions.start_job(conn, job.job_id)
+        transitions.abandon_job(conn, job.job_id, "given up")
 
     assert settle_stage(ctx, job.job_id) is State.FAILED
 
@@ -804,5 +802,5 @@ async def test_segments_of_one_text_in_flight_together_pay_for_it_once(
     results = await asyncio.gather(*running)
     assert sorted(r.outcome for r in results) == [Outcome.CACHED, Outcome.SYNTHESIZED]
     assert synthesizer.count(text) == 1
-    billed = [script_row(ctx.sessions, pk).billed_chars for pk in job.scripts]
+    billed = [script_row(ctx.db, pk).billed_chars for pk in job.scripts]
     assert sorted(billed) == [0, len(text)]

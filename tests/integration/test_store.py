@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -12,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine
 
 from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.models import MODELS
@@ -27,10 +28,9 @@ from pipeline.store import (
     migrate,
     normalize_url,
     record_plan,
-    session_factory,
 )
 from pipeline.store.plans import load_script, load_segment
-from pipeline.store.schema import Base, JobRow, ScriptRow, SegmentRow
+from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, metadata
 from pipeline.store.states import TRANSITIONS, can_transition, check_transition
 from pipeline.store.transitions import (
     NOTHING,
@@ -59,6 +59,7 @@ from pipeline.store.views import (
     resolve_job_id,
     stitchable_scripts,
 )
+from tests.fixtures.jobs import row_in
 
 T = TypeVar("T")
 
@@ -115,51 +116,59 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def sessions(engine: sa.Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
+def db(engine: sa.Engine) -> Engine:
+    return engine
 
 
-def record(sessions: sessionmaker[Session], plan: JobPlan) -> str:
-    with sessions.begin() as session:
-        return record_plan(session, plan)
+def record(db: Engine, plan: JobPlan) -> str:
+    with db.begin() as conn:
+        return record_plan(conn, plan)
 
 
-def segment_pks(sessions: sessionmaker[Session], job_id: str) -> list[int]:
-    with sessions.begin() as session:
-        return [ref.segment_pk for ref in list_segments(session, job_id)]
+def segment_pks(db: Engine, job_id: str) -> list[int]:
+    with db.begin() as conn:
+        return [ref.segment_pk for ref in list_segments(conn, job_id)]
 
 
-def script_pks(sessions: sessionmaker[Session], job_id: str) -> list[int]:
-    with sessions.begin() as session:
-        return [row.script_pk for row in job_summary(session, job_id).scripts]
+def script_pks(db: Engine, job_id: str) -> list[int]:
+    with db.begin() as conn:
+        return [row.script_pk for row in job_summary(conn, job_id).scripts]
 
 
-def state_of(
-    sessions: sessionmaker[Session],
-    model: type[JobRow] | type[ScriptRow] | type[SegmentRow],
-    pk: object,
-) -> State:
-    with sessions.begin() as session:
-        state = session.scalar(sa.select(model.state).where(model.id == pk))
+def state_of(db: Engine, table: sa.Table, pk: object) -> State:
+    with db.begin() as conn:
+        state = conn.scalar(sa.select(table.c.state).where(table.c.id == pk))
         assert state is not None
-        return state
+        return State(state)
 
 
-def in_tx(sessions: sessionmaker[Session], change: Callable[[Session], T]) -> T:
-    with sessions.begin() as session:
-        return change(session)
+def in_tx(db: Engine, change: Callable[[Connection], T]) -> T:
+    with db.begin() as conn:
+        return change(conn)
 
 
-Worker = Callable[[sessionmaker[Session]], T]
+Worker = Callable[[Engine], T]
 
 
-def one_tx(change: Callable[[Session], T]) -> Worker[T]:
+def one_tx(change: Callable[[Connection], T]) -> Worker[T]:
     """A racing worker that runs `change` in one transaction."""
 
-    def work(sessions: sessionmaker[Session]) -> T:
-        return in_tx(sessions, change)
+    def work(db: Engine) -> T:
+        return in_tx(db, change)
 
     return work
+
+
+class _OnConnection:
+    """`begin()` as an Engine has it, on one connection taken before the race starts."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.connection.begin():
+            yield self.connection
 
 
 def race(engine: sa.Engine, workers: list[Worker[T]]) -> list[T]:
@@ -171,7 +180,7 @@ def race(engine: sa.Engine, workers: list[Worker[T]]) -> list[T]:
         # is open while waiting: on SQLite, BEGIN IMMEDIATE would hold the others out.
         with engine.connect() as connection:
             barrier.wait(timeout=30)
-            return work(sessionmaker(bind=connection))
+            return work(_OnConnection(connection))  # type: ignore[arg-type]
 
     with ThreadPoolExecutor(max_workers=len(workers)) as pool:
         return [f.result() for f in [pool.submit(run, w) for w in workers]]
@@ -180,23 +189,21 @@ def race(engine: sa.Engine, workers: list[Worker[T]]) -> list[T]:
 # The plan, into rows and back
 
 
-def test_recorded_plan_loads_back_equal_and_all_pending(sessions: sessionmaker[Session]) -> None:
+def test_recorded_plan_loads_back_equal_and_all_pending(db: Engine) -> None:
     plan = make_plan()
-    job_id = record(sessions, plan)
+    job_id = record(db, plan)
 
-    with sessions.begin() as session:
-        assert load_plan(session, job_id) == plan
-        job = session.get_one(JobRow, job_id)
+    with db.begin() as conn:
+        assert load_plan(conn, job_id) == plan
+        job = row_in(conn, JOBS, job_id)
         assert (job.name, job.manifest, job.destination) == (
             plan.name,
             plan.manifest,
             plan.destination,
         )
-        states = session.scalars(
-            sa.select(SegmentRow.state).where(SegmentRow.job_id == job_id)
-        ).all()
+        states = conn.scalars(sa.select(SEGMENTS.c.state).where(SEGMENTS.c.job_id == job_id)).all()
         assert states == [State.PENDING] * 6
-        scripts = session.scalars(sa.select(ScriptRow).order_by(ScriptRow.position)).all()
+        scripts = conn.execute(sa.select(SCRIPTS).order_by(SCRIPTS.c.position)).all()
         assert [s.state for s in scripts] == [State.PENDING, State.PENDING]
         assert [s.chars for s in scripts] == [s.chars for s in plan.scripts]
         assert scripts[0].params["speed_alpha"] == 0.9
@@ -204,30 +211,30 @@ def test_recorded_plan_loads_back_equal_and_all_pending(sessions: sessionmaker[S
     assert len(job_id) == 12 and int(job_id, 16) >= 0
 
 
-def test_two_jobs_of_the_same_plan_are_separate(sessions: sessionmaker[Session]) -> None:
+def test_two_jobs_of_the_same_plan_are_separate(db: Engine) -> None:
     plan = make_plan(scripts=1, segments=2)
-    first, second = record(sessions, plan), record(sessions, plan)
+    first, second = record(db, plan), record(db, plan)
     assert first != second
-    with sessions.begin() as session:
-        assert load_plan(session, first) == load_plan(session, second) == plan
-        assert {j.job_id for j in list_jobs(session)} == {first, second}
+    with db.begin() as conn:
+        assert load_plan(conn, first) == load_plan(conn, second) == plan
+        assert {j.job_id for j in list_jobs(conn)} == {first, second}
 
 
-def test_loading_an_unknown_job_names_it(sessions: sessionmaker[Session]) -> None:
-    with sessions.begin() as session, pytest.raises(JobNotFound, match="no job 'abcdef012345'"):
-        load_plan(session, "abcdef012345")
+def test_loading_an_unknown_job_names_it(db: Engine) -> None:
+    with db.begin() as conn, pytest.raises(JobNotFound, match="no job 'abcdef012345'"):
+        load_plan(conn, "abcdef012345")
 
 
-def test_segment_and_script_work_load_by_row_id(sessions: sessionmaker[Session]) -> None:
+def test_segment_and_script_work_load_by_row_id(db: Engine) -> None:
     plan = make_plan()
-    job_id = record(sessions, plan)
-    with sessions.begin() as session:
-        ref = list_segments(session, job_id)[4]
-        work = load_segment(session, ref.segment_pk)
+    job_id = record(db, plan)
+    with db.begin() as conn:
+        ref = list_segments(conn, job_id)[4]
+        work = load_segment(conn, ref.segment_pk)
         assert (work.job_id, work.script_id, work.state) == (job_id, "script-1", State.PENDING)
         assert work.params == PARAMS
         assert work.segment == plan.scripts[1].segments[1]
-        script = load_script(session, work.script_pk)
+        script = load_script(conn, work.script_pk)
         assert (script.job_id, script.destination) == (job_id, plan.destination)
         assert script.plan == plan.scripts[1]
 
@@ -289,10 +296,10 @@ def plans(draw: st.DrawFn) -> JobPlan:
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(plan=plans())
-def test_any_plan_round_trips_exactly(sessions: sessionmaker[Session], plan: JobPlan) -> None:
-    job_id = record(sessions, plan)
-    with sessions.begin() as session:
-        assert load_plan(session, job_id) == plan
+def test_any_plan_round_trips_exactly(db: Engine, plan: JobPlan) -> None:
+    job_id = record(db, plan)
+    with db.begin() as conn:
+        assert load_plan(conn, job_id) == plan
 
 
 # The state machine
@@ -310,33 +317,33 @@ def test_transition_table() -> None:
         check_transition("segment", [State.DONE], State.RUNNING)
 
 
-def test_state_values_are_the_stored_strings(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=1))
-    with sessions.begin() as session:
-        raw = session.execute(sa.text("SELECT state FROM jobs")).scalar_one()
+def test_state_values_are_the_stored_strings(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    with db.begin() as conn:
+        raw = conn.execute(sa.text("SELECT state FROM jobs")).scalar_one()
     assert raw == "pending" == State.PENDING
-    with sessions.begin() as session, pytest.raises(sa.exc.IntegrityError):
-        session.execute(sa.text("UPDATE jobs SET state = 'paused' WHERE id = :id"), {"id": job_id})
+    with db.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+        conn.execute(sa.text("UPDATE jobs SET state = 'paused' WHERE id = :id"), {"id": job_id})
 
 
-def test_claim_finish_and_timestamps(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=2))
-    first, second = segment_pks(sessions, job_id)
+def test_claim_finish_and_timestamps(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=2))
+    first, second = segment_pks(db, job_id)
     before = datetime.now(UTC)
 
-    assert in_tx(sessions, lambda s: claim_segment(s, first)) is True
-    assert in_tx(sessions, lambda s: claim_segment(s, first)) is False
-    assert state_of(sessions, JobRow, job_id) == State.RUNNING
-    assert in_tx(sessions, lambda s: finish_segment(s, first, audio_seconds=1.25)) is not None
-    assert in_tx(sessions, lambda s: finish_segment(s, first, audio_seconds=9.0)) is None
-    assert in_tx(sessions, lambda s: finish_segment(s, second, audio_seconds=1.0)) is None
+    assert in_tx(db, lambda s: claim_segment(s, first)) is True
+    assert in_tx(db, lambda s: claim_segment(s, first)) is False
+    assert state_of(db, JOBS, job_id) == State.RUNNING
+    assert in_tx(db, lambda s: finish_segment(s, first, audio_seconds=1.25)) is not None
+    assert in_tx(db, lambda s: finish_segment(s, first, audio_seconds=9.0)) is None
+    assert in_tx(db, lambda s: finish_segment(s, second, audio_seconds=1.0)) is None
 
-    with sessions.begin() as session:
-        segment = session.get_one(SegmentRow, first)
-        job = session.get_one(JobRow, job_id)
-        script = session.get_one(ScriptRow, segment.script_pk)
+    with db.begin() as conn:
+        segment = row_in(conn, SEGMENTS, first)
+        job = row_in(conn, JOBS, job_id)
+        script = row_in(conn, SCRIPTS, segment.script_pk)
         assert (segment.state, segment.audio_seconds) == (State.DONE, 1.25)
-        assert session.get_one(SegmentRow, second).state == State.PENDING
+        assert row_in(conn, SEGMENTS, second).state == State.PENDING
         for stamp in (segment.started_at, segment.finished_at, job.started_at, script.started_at):
             assert stamp is not None and stamp.tzinfo is not None
             assert stamp.utcoffset() == timedelta(0)
@@ -345,125 +352,129 @@ def test_claim_finish_and_timestamps(sessions: sessionmaker[Session]) -> None:
         assert segment.started_at <= segment.finished_at
 
 
-def test_starting_a_job_twice_only_wins_once(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=1))
-    assert in_tx(sessions, lambda s: start_job(s, job_id)) is True
-    assert in_tx(sessions, lambda s: start_job(s, job_id)) is False
+def test_starting_a_job_twice_only_wins_once(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    assert in_tx(db, lambda s: start_job(s, job_id)) is True
+    assert in_tx(db, lambda s: start_job(s, job_id)) is False
 
 
 def test_attempts_bill_every_request_that_reached_the_server(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=2))
-    seg, other = segment_pks(sessions, job_id)
-    assert in_tx(sessions, lambda s: claim_segment(s, seg))
-    in_tx(sessions, lambda s: record_attempt(s, seg, billed_chars=26, error="HTTP 503"))
-    in_tx(sessions, lambda s: record_attempt(s, seg, billed_chars=0, error="connect refused"))
-    in_tx(sessions, lambda s: record_attempt(s, seg, billed_chars=26))
-    in_tx(sessions, lambda s: record_attempt(s, other, billed_chars=26))
+    job_id = record(db, make_plan(scripts=1, segments=2))
+    seg, other = segment_pks(db, job_id)
+    assert in_tx(db, lambda s: claim_segment(s, seg))
+    in_tx(db, lambda s: record_attempt(s, seg, billed_chars=26, error="HTTP 503"))
+    in_tx(db, lambda s: record_attempt(s, seg, billed_chars=0, error="connect refused"))
+    in_tx(db, lambda s: record_attempt(s, seg, billed_chars=26))
+    in_tx(db, lambda s: record_attempt(s, other, billed_chars=26))
 
-    with sessions.begin() as session:
-        row = session.get_one(SegmentRow, seg)
+    with db.begin() as conn:
+        row = row_in(conn, SEGMENTS, seg)
         assert (row.attempts, row.billed_chars, row.last_error) == (3, 52, "connect refused")
-        summary = job_summary(session, job_id)
+        summary = job_summary(conn, job_id)
         assert summary.scripts[0].billed_chars == 78
         assert summary.scripts[0].attempts == 4
         assert summary.job.billed_chars == 78
         assert summary.job.chars == make_plan(scripts=1, segments=2).chars == 46
-    with sessions.begin() as session, pytest.raises(ValueError):
-        record_attempt(session, seg, billed_chars=-1)
+    with db.begin() as conn, pytest.raises(ValueError):
+        record_attempt(conn, seg, billed_chars=-1)
 
 
-def test_long_errors_are_clipped(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=1))
-    (seg,) = segment_pks(sessions, job_id)
-    in_tx(sessions, lambda s: record_attempt(s, seg, billed_chars=0, error="x" * 10_000))
-    with sessions.begin() as session:
-        error = session.get_one(SegmentRow, seg).last_error
+def test_long_errors_are_clipped(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    (seg,) = segment_pks(db, job_id)
+    in_tx(db, lambda s: record_attempt(s, seg, billed_chars=0, error="x" * 10_000))
+    with db.begin() as conn:
+        error = row_in(conn, SEGMENTS, seg).last_error
     assert error is not None and len(error) == 2000 and error.endswith("…")
 
 
 def test_a_failed_segment_fails_its_script_and_stops_its_claims(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=2, segments=2))
-    a0, a1, b0, _ = segment_pks(sessions, job_id)
-    assert in_tx(sessions, lambda s: fail_segment(s, a0, "nope")) is None  # not claimed
-    assert in_tx(sessions, lambda s: claim_segment(s, a0))
-    assert in_tx(sessions, lambda s: fail_segment(s, a0, "HTTP 400: bad speaker")) is not None
+    job_id = record(db, make_plan(scripts=2, segments=2))
+    a0, a1, b0, _ = segment_pks(db, job_id)
+    assert in_tx(db, lambda s: fail_segment(s, a0, "nope")) is None  # not claimed
+    assert in_tx(db, lambda s: claim_segment(s, a0))
+    assert in_tx(db, lambda s: fail_segment(s, a0, "HTTP 400: bad speaker")) is not None
 
-    with sessions.begin() as session:
-        summary = job_summary(session, job_id)
+    with db.begin() as conn:
+        summary = job_summary(conn, job_id)
     failed = summary.scripts[0]
     assert (failed.state, failed.segments_failed) == (State.FAILED, 1)
     assert failed.error == "segment 0: HTTP 400: bad speaker"
-    assert in_tx(sessions, lambda s: claim_segment(s, a1)) is False
-    assert in_tx(sessions, lambda s: claim_segment(s, b0)) is True
+    assert in_tx(db, lambda s: claim_segment(s, a1)) is False
+    assert in_tx(db, lambda s: claim_segment(s, b0)) is True
 
 
-def test_a_released_segment_can_be_claimed_again(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=1))
-    (seg,) = segment_pks(sessions, job_id)
-    assert in_tx(sessions, lambda s: claim_segment(s, seg))
-    assert in_tx(sessions, lambda s: release_segment(s, seg, "HTTP 429"))
-    assert in_tx(sessions, lambda s: release_segment(s, seg)) is False
-    with sessions.begin() as session:
-        row = session.get_one(SegmentRow, seg)
+def test_a_released_segment_can_be_claimed_again(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    (seg,) = segment_pks(db, job_id)
+    assert in_tx(db, lambda s: claim_segment(s, seg))
+    assert in_tx(db, lambda s: release_segment(s, seg, "HTTP 429"))
+    assert in_tx(db, lambda s: release_segment(s, seg)) is False
+    with db.begin() as conn:
+        row = row_in(conn, SEGMENTS, seg)
         assert (row.state, row.last_error, row.started_at) == (State.PENDING, "HTTP 429", None)
-    assert in_tx(sessions, lambda s: claim_segment(s, seg))
+    assert in_tx(db, lambda s: claim_segment(s, seg))
 
 
-def test_stale_claims_are_requeued(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=2))
-    old, fresh = segment_pks(sessions, job_id)
+def test_stale_claims_are_requeued(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=2))
+    old, fresh = segment_pks(db, job_id)
     for seg in (old, fresh):
-        assert in_tx(sessions, lambda s, seg=seg: claim_segment(s, seg))
-    with sessions.begin() as session:
-        session.get_one(SegmentRow, old).started_at = datetime.now(UTC) - timedelta(hours=1)
+        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
+    with db.begin() as conn:
+        conn.execute(
+            sa.update(SEGMENTS)
+            .where(SEGMENTS.c.id == old)
+            .values(started_at=datetime.now(UTC) - timedelta(hours=1))
+        )
 
-    assert in_tx(sessions, lambda s: requeue_stale(s, older_than=timedelta(minutes=10))) == 1
-    assert state_of(sessions, SegmentRow, old) == State.PENDING
-    assert state_of(sessions, SegmentRow, fresh) == State.RUNNING
+    assert in_tx(db, lambda s: requeue_stale(s, older_than=timedelta(minutes=10))) == 1
+    assert state_of(db, SEGMENTS, old) == State.PENDING
+    assert state_of(db, SEGMENTS, fresh) == State.RUNNING
 
 
 # Scripts and jobs roll up
 
 
-def finish_all(sessions: sessionmaker[Session], ids: list[int]) -> None:
+def finish_all(db: Engine, ids: list[int]) -> None:
     for seg in ids:
-        assert in_tx(sessions, lambda s, seg=seg: claim_segment(s, seg))
-        assert in_tx(sessions, lambda s, seg=seg: finish_segment(s, seg, audio_seconds=0.5))
+        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
+        assert in_tx(db, lambda s, seg=seg: finish_segment(s, seg, audio_seconds=0.5))
 
 
 def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=3))
-    ids = segment_pks(sessions, job_id)
-    (script,) = script_pks(sessions, job_id)
-    finish_all(sessions, ids[:2])
-    assert in_tx(sessions, lambda s: claim_stitch(s, script)) is False
-    assert in_tx(sessions, lambda s: stitchable_scripts(s, job_id)) == []
+    job_id = record(db, make_plan(scripts=1, segments=3))
+    ids = segment_pks(db, job_id)
+    (script,) = script_pks(db, job_id)
+    finish_all(db, ids[:2])
+    assert in_tx(db, lambda s: claim_stitch(s, script)) is False
+    assert in_tx(db, lambda s: stitchable_scripts(s, job_id)) == []
 
-    finish_all(sessions, ids[2:])
-    assert in_tx(sessions, lambda s: stitchable_scripts(s, job_id)) == [script]
-    assert in_tx(sessions, lambda s: claim_stitch(s, script)) is True
-    assert in_tx(sessions, lambda s: claim_stitch(s, script)) is False
-    assert in_tx(sessions, lambda s: release_script(s, script)) is True
-    assert in_tx(sessions, lambda s: claim_stitch(s, script)) is True
+    finish_all(db, ids[2:])
+    assert in_tx(db, lambda s: stitchable_scripts(s, job_id)) == [script]
+    assert in_tx(db, lambda s: claim_stitch(s, script)) is True
+    assert in_tx(db, lambda s: claim_stitch(s, script)) is False
+    assert in_tx(db, lambda s: release_script(s, script)) is True
+    assert in_tx(db, lambda s: claim_stitch(s, script)) is True
 
     outputs = [
         OutputFile("wav", "s3://bucket/prefix/script-0.wav", "ab" * 32, 4410),
         OutputFile("mp3", "s3://bucket/prefix/script-0.mp3", "cd" * 32, 1024),
     ]
     done = in_tx(
-        sessions,
+        db,
         lambda s: finish_script(s, script, audio_seconds=1.5, outputs=outputs),
     )
     assert done == Next(settle=job_id)  # the job's only script: nothing else left to run
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.DONE
-    with sessions.begin() as session:
-        summary = job_summary(session, job_id)
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.DONE
+    with db.begin() as conn:
+        summary = job_summary(conn, job_id)
     row = summary.scripts[0]
     assert (row.state, row.outputs, row.audio_seconds) == (State.DONE, tuple(outputs), 1.5)
     assert row.output_uris == tuple(o.uri for o in outputs)
@@ -476,118 +487,115 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
 
 
 def test_only_the_last_segment_to_finish_makes_its_stitch_due(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=2, segments=3))
-    a0, a1, a2, b0, _, _ = segment_pks(sessions, job_id)
-    script_a, _ = script_pks(sessions, job_id)
+    job_id = record(db, make_plan(scripts=2, segments=3))
+    a0, a1, a2, b0, _, _ = segment_pks(db, job_id)
+    script_a, _ = script_pks(db, job_id)
     for seg in (a0, a1, a2, b0):
-        assert in_tx(sessions, lambda s, seg=seg: claim_segment(s, seg))
+        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
     # From the cache (no request), then two synthesized: only requests count as attempts.
-    assert in_tx(sessions, lambda s: finish_segment(s, a0, audio_seconds=1.0)) == NOTHING
-    assert (
-        in_tx(sessions, lambda s: finish_segment(s, a1, audio_seconds=1.0, billed_chars=20))
-        == NOTHING
-    )
-    assert in_tx(sessions, lambda s: finish_segment(s, b0, audio_seconds=1.0)) == NOTHING
-    last = in_tx(sessions, lambda s: finish_segment(s, a2, audio_seconds=1.0, billed_chars=21))
+    assert in_tx(db, lambda s: finish_segment(s, a0, audio_seconds=1.0)) == NOTHING
+    assert in_tx(db, lambda s: finish_segment(s, a1, audio_seconds=1.0, billed_chars=20)) == NOTHING
+    assert in_tx(db, lambda s: finish_segment(s, b0, audio_seconds=1.0)) == NOTHING
+    last = in_tx(db, lambda s: finish_segment(s, a2, audio_seconds=1.0, billed_chars=21))
     assert last == Next(stitch=script_a)
-    with sessions.begin() as session:
-        summary = job_summary(session, job_id)
-        assert [session.get_one(SegmentRow, seg).attempts for seg in (a0, a1, a2)] == [0, 1, 1]
+    with db.begin() as conn:
+        summary = job_summary(conn, job_id)
+        assert [row_in(conn, SEGMENTS, seg).attempts for seg in (a0, a1, a2)] == [0, 1, 1]
     assert (summary.scripts[0].attempts, summary.scripts[0].billed_chars) == (2, 41)
-    assert in_tx(sessions, lambda s: outstanding(s, job_id)).stitches == (script_a,)
+    assert in_tx(db, lambda s: outstanding(s, job_id)).stitches == (script_a,)
 
 
 def test_outstanding_work_is_pending_segments_in_plan_order_and_due_stitches(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=3, segments=2))
-    ids = segment_pks(sessions, job_id)
-    scripts = script_pks(sessions, job_id)
-    finish_all(sessions, ids[2:4])  # the second script is complete
-    assert in_tx(sessions, lambda s: claim_segment(s, ids[4]))  # one running
-    todo = in_tx(sessions, lambda s: outstanding(s, job_id))
+    job_id = record(db, make_plan(scripts=3, segments=2))
+    ids = segment_pks(db, job_id)
+    scripts = script_pks(db, job_id)
+    finish_all(db, ids[2:4])  # the second script is complete
+    assert in_tx(db, lambda s: claim_segment(s, ids[4]))  # one running
+    todo = in_tx(db, lambda s: outstanding(s, job_id))
     assert todo.segments == (ids[0], ids[1], ids[5])
     assert todo.stitches == (scripts[1],)
 
 
 def test_a_refused_key_abandons_what_waits_and_keeps_it_resumable(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=3, segments=2))
-    a0, a1, b0, b1, c0, c1 = segment_pks(sessions, job_id)
-    _, script_b, script_c = script_pks(sessions, job_id)
-    finish_all(sessions, [b0, b1])
-    assert in_tx(sessions, lambda s: claim_stitch(s, script_b))  # being stitched
-    assert in_tx(sessions, lambda s: claim_segment(s, a0))
-    assert in_tx(sessions, lambda s: fail_segment(s, a0, "HTTP 401")) == NOTHING  # b runs
-    assert in_tx(sessions, lambda s: abandon_job(s, job_id, "not sent")) == NOTHING
-    with sessions.begin() as session:
-        summary = job_summary(session, job_id)
-        assert session.get_one(SegmentRow, c0).state == State.PENDING
+    job_id = record(db, make_plan(scripts=3, segments=2))
+    a0, a1, b0, b1, c0, c1 = segment_pks(db, job_id)
+    _, script_b, script_c = script_pks(db, job_id)
+    finish_all(db, [b0, b1])
+    assert in_tx(db, lambda s: claim_stitch(s, script_b))  # being stitched
+    assert in_tx(db, lambda s: claim_segment(s, a0))
+    assert in_tx(db, lambda s: fail_segment(s, a0, "HTTP 401")) == NOTHING  # b runs
+    assert in_tx(db, lambda s: abandon_job(s, job_id, "not sent")) == NOTHING
+    with db.begin() as conn:
+        summary = job_summary(conn, job_id)
+        assert row_in(conn, SEGMENTS, c0).state == State.PENDING
     assert [s.state for s in summary.scripts] == [State.FAILED, State.RUNNING, State.FAILED]
     assert summary.scripts[2].error == "not sent"
-    assert in_tx(sessions, lambda s: claim_segment(s, c1)) is False
+    assert in_tx(db, lambda s: claim_segment(s, c1)) is False
     # The stitch under way ends the job.
-    done = in_tx(sessions, lambda s: finish_script(s, script_b, audio_seconds=1, outputs=[]))
+    done = in_tx(db, lambda s: finish_script(s, script_b, audio_seconds=1, outputs=[]))
     assert done == Next(settle=job_id)
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
-    assert in_tx(sessions, lambda s: reset_for_resume(s, job_id)) == 1  # a0; c0, c1 were pending
-    assert in_tx(sessions, lambda s: outstanding(s, job_id)).segments == (a0, a1, c0, c1)
-    assert script_c in script_pks(sessions, job_id)
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
+    assert in_tx(db, lambda s: reset_for_resume(s, job_id)) == 1  # a0; c0, c1 were pending
+    assert in_tx(db, lambda s: outstanding(s, job_id)).segments == (a0, a1, c0, c1)
+    assert script_c in script_pks(db, job_id)
 
 
 def test_job_settles_failed_only_when_nothing_is_left_to_run(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=2, segments=1))
-    a, b = segment_pks(sessions, job_id)
-    script_a, script_b = script_pks(sessions, job_id)
-    assert in_tx(sessions, lambda s: claim_segment(s, a))
-    assert in_tx(sessions, lambda s: fail_segment(s, a, "HTTP 401"))
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.RUNNING
+    job_id = record(db, make_plan(scripts=2, segments=1))
+    a, b = segment_pks(db, job_id)
+    script_a, script_b = script_pks(db, job_id)
+    assert in_tx(db, lambda s: claim_segment(s, a))
+    assert in_tx(db, lambda s: fail_segment(s, a, "HTTP 401"))
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.RUNNING
 
-    finish_all(sessions, [b])
-    assert in_tx(sessions, lambda s: claim_stitch(s, script_b))
+    finish_all(db, [b])
+    assert in_tx(db, lambda s: claim_stitch(s, script_b))
     assert in_tx(
-        sessions,
+        db,
         lambda s: finish_script(s, script_b, audio_seconds=1, outputs=[]),
     )
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
-    with sessions.begin() as session:
-        job = session.get_one(JobRow, job_id)
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
+    with db.begin() as conn:
+        job = row_in(conn, JOBS, job_id)
         assert job.error == "1 script(s) failed"
-        assert session.get_one(ScriptRow, script_a).state == State.FAILED
+        assert row_in(conn, SCRIPTS, script_a).state == State.FAILED
 
 
-def test_a_stitch_failure_fails_the_script(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=1))
-    (script,) = script_pks(sessions, job_id)
-    finish_all(sessions, segment_pks(sessions, job_id))
-    assert in_tx(sessions, lambda s: claim_stitch(s, script))
-    assert in_tx(sessions, lambda s: fail_script(s, script, "ffmpeg exited 1"))
-    assert in_tx(sessions, lambda s: fail_script(s, script, "again")) is None
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
+def test_a_stitch_failure_fails_the_script(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    (script,) = script_pks(db, job_id)
+    finish_all(db, segment_pks(db, job_id))
+    assert in_tx(db, lambda s: claim_stitch(s, script))
+    assert in_tx(db, lambda s: fail_script(s, script, "ffmpeg exited 1"))
+    assert in_tx(db, lambda s: fail_script(s, script, "again")) is None
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
 
 
 def test_resume_resets_unfinished_work_and_keeps_done_work(
-    sessions: sessionmaker[Session],
+    db: Engine,
 ) -> None:
-    job_id = record(sessions, make_plan(scripts=2, segments=2))
-    a0, a1, b0, b1 = segment_pks(sessions, job_id)
-    script_a, _ = script_pks(sessions, job_id)
-    finish_all(sessions, [a0, a1, b0])
-    assert in_tx(sessions, lambda s: claim_stitch(s, script_a))  # the stitcher then died
-    assert in_tx(sessions, lambda s: claim_segment(s, b1))
-    assert in_tx(sessions, lambda s: fail_segment(s, b1, "HTTP 500 five times"))
-    assert in_tx(sessions, lambda s: fail_script(s, script_a, "crashed")) is not None
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
+    job_id = record(db, make_plan(scripts=2, segments=2))
+    a0, a1, b0, b1 = segment_pks(db, job_id)
+    script_a, _ = script_pks(db, job_id)
+    finish_all(db, [a0, a1, b0])
+    assert in_tx(db, lambda s: claim_stitch(s, script_a))  # the stitcher then died
+    assert in_tx(db, lambda s: claim_segment(s, b1))
+    assert in_tx(db, lambda s: fail_segment(s, b1, "HTTP 500 five times"))
+    assert in_tx(db, lambda s: fail_script(s, script_a, "crashed")) is not None
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
 
-    assert in_tx(sessions, lambda s: reset_for_resume(s, job_id)) == 1
-    with sessions.begin() as session:
-        states = {ref.segment_pk: ref.state for ref in list_segments(session, job_id)}
-        summary = job_summary(session, job_id)
+    assert in_tx(db, lambda s: reset_for_resume(s, job_id)) == 1
+    with db.begin() as conn:
+        states = {ref.segment_pk: ref.state for ref in list_segments(conn, job_id)}
+        summary = job_summary(conn, job_id)
     assert states == {a0: State.DONE, a1: State.DONE, b0: State.DONE, b1: State.PENDING}
     assert [s.state for s in summary.scripts] == [State.PENDING, State.PENDING]
     assert [s.error for s in summary.scripts] == [None, None]
@@ -597,48 +605,48 @@ def test_resume_resets_unfinished_work_and_keeps_done_work(
         None,
     )
     # The resumed job picks up where it stopped: one stitch due, one segment to render.
-    assert in_tx(sessions, lambda s: stitchable_scripts(s, job_id)) == [script_a]
-    assert in_tx(sessions, lambda s: claim_segment(s, b1)) is True
+    assert in_tx(db, lambda s: stitchable_scripts(s, job_id)) == [script_a]
+    assert in_tx(db, lambda s: claim_segment(s, b1)) is True
 
 
-def test_a_finished_or_cancelled_job_cannot_be_resumed(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=1))
-    in_tx(sessions, lambda s: cancel_job(s, job_id))
+def test_a_finished_or_cancelled_job_cannot_be_resumed(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    in_tx(db, lambda s: cancel_job(s, job_id))
     with pytest.raises(IllegalTransition, match=f"job {job_id} is cancelled"):
-        in_tx(sessions, lambda s: reset_for_resume(s, job_id))
+        in_tx(db, lambda s: reset_for_resume(s, job_id))
     with pytest.raises(JobNotFound):
-        in_tx(sessions, lambda s: reset_for_resume(s, "000000000000"))
+        in_tx(db, lambda s: reset_for_resume(s, "000000000000"))
 
 
-def test_cancel_stops_unfinished_work(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=3))
-    done, running, pending = segment_pks(sessions, job_id)
-    finish_all(sessions, [done])
-    assert in_tx(sessions, lambda s: claim_segment(s, running))
+def test_cancel_stops_unfinished_work(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=3))
+    done, running, pending = segment_pks(db, job_id)
+    finish_all(db, [done])
+    assert in_tx(db, lambda s: claim_segment(s, running))
 
-    assert in_tx(sessions, lambda s: cancel_job(s, job_id)) == 2
-    assert state_of(sessions, JobRow, job_id) == State.CANCELLED
-    assert state_of(sessions, SegmentRow, done) == State.DONE
-    assert state_of(sessions, SegmentRow, running) == State.CANCELLED
+    assert in_tx(db, lambda s: cancel_job(s, job_id)) == 2
+    assert state_of(db, JOBS, job_id) == State.CANCELLED
+    assert state_of(db, SEGMENTS, done) == State.DONE
+    assert state_of(db, SEGMENTS, running) == State.CANCELLED
     # The worker still on it loses its finish, and nothing can be claimed any more.
-    assert in_tx(sessions, lambda s: finish_segment(s, running, audio_seconds=1)) is None
-    assert in_tx(sessions, lambda s: claim_segment(s, pending)) is False
+    assert in_tx(db, lambda s: finish_segment(s, running, audio_seconds=1)) is None
+    assert in_tx(db, lambda s: claim_segment(s, pending)) is False
     with pytest.raises(IllegalTransition, match="is cancelled; it cannot become cancelled"):
-        in_tx(sessions, lambda s: cancel_job(s, job_id))
+        in_tx(db, lambda s: cancel_job(s, job_id))
 
 
 # Reading
 
 
-def test_list_jobs_newest_first_with_totals(sessions: sessionmaker[Session]) -> None:
-    older = record(sessions, make_plan(scripts=1, segments=2, name="older"))
-    newer = record(sessions, make_plan(scripts=3, segments=1, name="newer"))
-    finish_all(sessions, segment_pks(sessions, older)[:1])
-    in_tx(sessions, lambda s: cancel_job(s, newer))
-    with sessions.begin() as session:
-        rows = list_jobs(session)
-        cancelled = list_jobs(session, state=State.CANCELLED)
-        limited = list_jobs(session, limit=1)
+def test_list_jobs_newest_first_with_totals(db: Engine) -> None:
+    older = record(db, make_plan(scripts=1, segments=2, name="older"))
+    newer = record(db, make_plan(scripts=3, segments=1, name="newer"))
+    finish_all(db, segment_pks(db, older)[:1])
+    in_tx(db, lambda s: cancel_job(s, newer))
+    with db.begin() as conn:
+        rows = list_jobs(conn)
+        cancelled = list_jobs(conn, state=State.CANCELLED)
+        limited = list_jobs(conn, limit=1)
     assert [(r.job_id, r.name, r.scripts) for r in rows] == [
         (newer, "newer", 3),
         (older, "older", 1),
@@ -649,42 +657,43 @@ def test_list_jobs_newest_first_with_totals(sessions: sessionmaker[Session]) -> 
     assert [r.job_id for r in limited] == [newer]
 
 
-def test_job_summary_counts_segments_per_script(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=2, segments=3))
-    ids = segment_pks(sessions, job_id)
-    finish_all(sessions, ids[:2] + ids[3:4])
-    with sessions.begin() as session:
-        summary = job_summary(session, job_id)
+def test_job_summary_counts_segments_per_script(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=2, segments=3))
+    ids = segment_pks(db, job_id)
+    finish_all(db, ids[:2] + ids[3:4])
+    with db.begin() as conn:
+        summary = job_summary(conn, job_id)
     assert [(s.script_id, s.segments, s.segments_done) for s in summary.scripts] == [
         ("script-0", 3, 2),
         ("script-1", 3, 1),
     ]
-    with sessions.begin() as session, pytest.raises(JobNotFound):
-        job_summary(session, "ffffffffffff")
+    with db.begin() as conn, pytest.raises(JobNotFound):
+        job_summary(conn, "ffffffffffff")
 
 
-def test_job_ids_resolve_from_a_unique_prefix(sessions: sessionmaker[Session]) -> None:
-    job_id = record(sessions, make_plan(scripts=1, segments=1))
-    with sessions.begin() as session:
-        assert resolve_job_id(session, job_id) == job_id
-        assert resolve_job_id(session, f" {job_id[:5].upper()} ") == job_id
+def test_job_ids_resolve_from_a_unique_prefix(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    with db.begin() as conn:
+        assert resolve_job_id(conn, job_id) == job_id
+        assert resolve_job_id(conn, f" {job_id[:5].upper()} ") == job_id
         with pytest.raises(JobNotFound, match="is not a job id"):
-            resolve_job_id(session, "%")
+            resolve_job_id(conn, "%")
         other_first = "0" if job_id[0] != "0" else "1"
         with pytest.raises(JobNotFound, match="no job"):
-            resolve_job_id(session, other_first)
+            resolve_job_id(conn, other_first)
         # Two jobs sharing a prefix: the prefix alone is ambiguous.
         twin = job_id[:6] + ("000000" if job_id[6:] != "000000" else "111111")
-        session.add(
-            JobRow(id=twin, name="x", manifest="m", destination="d", created_at=datetime.now(UTC))
+        conn.execute(
+            sa.insert(JOBS).values(
+                id=twin, name="x", manifest="m", destination="d", created_at=datetime.now(UTC)
+            )
         )
-        session.flush()
         with pytest.raises(JobNotFound, match="several"):
-            resolve_job_id(session, job_id[:6])
+            resolve_job_id(conn, job_id[:6])
 
 
 def test_no_column_could_hold_an_api_key() -> None:
-    columns = {c.name for table in Base.metadata.tables.values() for c in table.columns}
+    columns = {c.name for table in metadata.tables.values() for c in table.columns}
     assert not {name for name in columns if "key" in name and name != "cache_key"}
     assert not {name for name in columns if "token" in name or "secret" in name}
 
@@ -715,51 +724,51 @@ def test_sqlite_connections_are_set_up(sqlite_url: str) -> None:
 
 
 def test_concurrent_claims_of_a_segment_have_exactly_one_winner(engine: sa.Engine) -> None:
-    sessions = session_factory(engine)
-    job_id = record(sessions, make_plan(scripts=1, segments=12))
-    for seg in segment_pks(sessions, job_id):
+    db = engine
+    job_id = record(db, make_plan(scripts=1, segments=12))
+    for seg in segment_pks(db, job_id):
         results = race(engine, [one_tx(lambda s, seg=seg: claim_segment(s, seg))] * 8)
         assert sorted(results) == [False] * 7 + [True]
-        assert state_of(sessions, SegmentRow, seg) == State.RUNNING
+        assert state_of(db, SEGMENTS, seg) == State.RUNNING
 
 
 def test_the_last_segments_finishing_together_give_exactly_one_stitcher(
     engine: sa.Engine,
 ) -> None:
-    sessions = session_factory(engine)
-    job_id = record(sessions, make_plan(scripts=8, segments=4))
-    refs = in_tx(sessions, lambda s: list_segments(s, job_id))
+    db = engine
+    job_id = record(db, make_plan(scripts=8, segments=4))
+    refs = in_tx(db, lambda s: list_segments(s, job_id))
     for ref in refs:
-        assert in_tx(sessions, lambda s, ref=ref: claim_segment(s, ref.segment_pk))
+        assert in_tx(db, lambda s, ref=ref: claim_segment(s, ref.segment_pk))
 
     def finisher(segment_pk: int) -> Worker[Next | None]:
         return one_tx(lambda s: finish_segment(s, segment_pk, audio_seconds=1.0))
 
-    for script_pk in script_pks(sessions, job_id):
+    for script_pk in script_pks(db, job_id):
         mine = [r for r in refs if r.script_pk == script_pk]
         results = race(engine, [finisher(r.segment_pk) for r in mine])
         assert results.count(Next(stitch=script_pk)) == 1 and results.count(NOTHING) == 3
         # Told once, and the stitch is then claimed once.
-        assert in_tx(sessions, lambda s, pk=script_pk: claim_stitch(s, pk)) is True
-        assert state_of(sessions, ScriptRow, script_pk) == State.RUNNING
+        assert in_tx(db, lambda s, pk=script_pk: claim_stitch(s, pk)) is True
+        assert state_of(db, SCRIPTS, script_pk) == State.RUNNING
 
 
 def test_concurrent_stitch_claims_have_exactly_one_winner(engine: sa.Engine) -> None:
-    sessions = session_factory(engine)
-    job_id = record(sessions, make_plan(scripts=4, segments=2))
-    finish_all(sessions, segment_pks(sessions, job_id))
-    for script_pk in script_pks(sessions, job_id):
+    db = engine
+    job_id = record(db, make_plan(scripts=4, segments=2))
+    finish_all(db, segment_pks(db, job_id))
+    for script_pk in script_pks(db, job_id):
         results = race(engine, [one_tx(lambda s, pk=script_pk: claim_stitch(s, pk))] * 6)
         assert results.count(True) == 1
 
 
 def test_the_last_scripts_finishing_together_settle_the_job(engine: sa.Engine) -> None:
-    sessions = session_factory(engine)
-    job_id = record(sessions, make_plan(scripts=4, segments=1))
-    finish_all(sessions, segment_pks(sessions, job_id))
-    pks = script_pks(sessions, job_id)
+    db = engine
+    job_id = record(db, make_plan(scripts=4, segments=1))
+    finish_all(db, segment_pks(db, job_id))
+    pks = script_pks(db, job_id)
     for pk in pks:
-        assert in_tx(sessions, lambda s, pk=pk: claim_stitch(s, pk))
+        assert in_tx(db, lambda s, pk=pk: claim_stitch(s, pk))
 
     def stitched(pk: int) -> Worker[Next | None]:
         return one_tx(
@@ -770,29 +779,27 @@ def test_the_last_scripts_finishing_together_settle_the_job(engine: sa.Engine) -
 
     results = race(engine, [stitched(pk) for pk in pks])
     assert results.count(Next(settle=job_id)) == 1 and results.count(NOTHING) == 3
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.DONE
-    assert state_of(sessions, JobRow, job_id) == State.DONE
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.DONE
+    assert state_of(db, JOBS, job_id) == State.DONE
     # A stitch reported twice (a redelivered task) changes nothing.
-    assert (
-        in_tx(sessions, lambda s: finish_script(s, pks[0], audio_seconds=9.0, outputs=[])) is None
-    )
+    assert in_tx(db, lambda s: finish_script(s, pks[0], audio_seconds=9.0, outputs=[])) is None
 
 
 def test_scripts_failing_together_settle_the_job_once(engine: sa.Engine) -> None:
-    sessions = session_factory(engine)
-    job_id = record(sessions, make_plan(scripts=4, segments=2))
-    firsts = [ids[0] for ids in _by_script(sessions, job_id)]
+    db = engine
+    job_id = record(db, make_plan(scripts=4, segments=2))
+    firsts = [ids[0] for ids in _by_script(db, job_id)]
     for seg in firsts:
-        assert in_tx(sessions, lambda s, seg=seg: claim_segment(s, seg))
+        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
     results = race(
         engine, [one_tx(lambda s, seg=seg: fail_segment(s, seg, "HTTP 400")) for seg in firsts]
     )
     assert results.count(Next(settle=job_id)) == 1 and results.count(NOTHING) == 3
-    assert in_tx(sessions, lambda s: settle_job(s, job_id)) == State.FAILED
+    assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
 
 
-def _by_script(sessions: sessionmaker[Session], job_id: str) -> list[list[int]]:
-    refs = in_tx(sessions, lambda s: list_segments(s, job_id))
+def _by_script(db: Engine, job_id: str) -> list[list[int]]:
+    refs = in_tx(db, lambda s: list_segments(s, job_id))
     grouped: dict[int, list[int]] = {}
     for ref in refs:
         grouped.setdefault(ref.script_pk, []).append(ref.segment_pk)

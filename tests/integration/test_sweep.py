@@ -1,4 +1,4 @@
-"""The sweeper (`workers.sweep`) on real sessions, a real Redis and a Dispatcher on the broker.
+"""The sweeper (`workers.sweep`) on real db, a real Redis and a Dispatcher on the broker.
 
 Time is moved by moving the job table's timestamps back (a claim an hour old), never by a
 fake clock; sweep intervals and stall windows are tenths of a second.
@@ -11,20 +11,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, select
 
 from pipeline.settings import Settings
-from pipeline.store import State, close_sessions, open_sessions, transitions
-from pipeline.store.schema import JobRow, ScriptRow, SegmentRow
+from pipeline.store import State, open_database, transitions
+from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS
+from tests.fixtures.jobs import row_of, set_back
 from tests.fixtures.services import PrivateRedis
 from tests.fixtures.worker_runtime import (
     Broker,
@@ -48,13 +46,13 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    """Sessions on the test's job table, migrated."""
-    factory = open_sessions(database_url)
+def db(database_url: str) -> Iterator[Engine]:
+    """The test's job table, migrated."""
+    factory = open_database(database_url)
     try:
         yield factory
     finally:
-        close_sessions(factory)
+        factory.dispose()
 
 
 def app_for(redis_url: str, database_url: str, broker_url: str | None = None) -> Celery:
@@ -78,10 +76,8 @@ MakeSweeper = Callable[..., Sweeper]
 
 
 @pytest.fixture
-def make_sweeper(
-    sessions: sessionmaker[Session], app: Celery, redis_url: str
-) -> Iterator[MakeSweeper]:
-    """Sweepers on the test's sessions, broker and Redis, each with a connection of its own
+def make_sweeper(db: Engine, app: Celery, redis_url: str) -> Iterator[MakeSweeper]:
+    """Sweepers on the test's job table, broker and Redis, each with a connection of its own
     (another worker's); all stopped at the end, their threads gone."""
     before = threads_of_ours()
     made: list[tuple[Sweeper, redis.Redis]] = []
@@ -93,11 +89,11 @@ def make_sweeper(
         interval: float = 0.2,
         client: redis.Redis | None = None,
         dispatch: Dispatcher | None = None,
-        on: sessionmaker[Session] | None = None,
+        on: Engine | None = None,
     ) -> Sweeper:
         connection = client or redis.Redis.from_url(redis_url)
         sweeper = Sweeper(
-            on or sessions,
+            on or db,
             dispatch or Dispatcher(app),
             connection,
             stale_seconds=stale,
@@ -116,45 +112,29 @@ def make_sweeper(
     assert_no_thread_left(before)
 
 
-def move_back(sessions: sessionmaker[Session], job_id: str, seconds: float) -> None:
+def move_back(db: Engine, job_id: str, seconds: float) -> None:
     """Every timestamp of the job `seconds` earlier: as if it had all happened that long ago."""
-    delta = timedelta(seconds=seconds)
-    # In Python, not SQL: SQLite keeps timestamps as text, with no arithmetic on them.
-    with sessions.begin() as session:
-        job = session.get(JobRow, job_id)
-        assert job is not None
-        rows: list[Any] = [job]
-        rows += session.scalars(select(ScriptRow).where(ScriptRow.job_id == job_id)).all()
-        rows += session.scalars(select(SegmentRow).where(SegmentRow.job_id == job_id)).all()
-        for row in rows:
-            for name in ("started_at", "stitch_started_at", "finished_at"):
-                moment = getattr(row, name, None)
-                if moment is not None:
-                    setattr(row, name, moment - delta)
+    with db.begin() as conn:
+        set_back(conn, JOBS, job_id, seconds, "started_at", "finished_at")
+        for table in (SCRIPTS, SEGMENTS):
+            stamps = [c for c in ("started_at", "stitch_started_at", "finished_at") if c in table.c]
+            for pk in conn.scalars(select(table.c.id).where(table.c.job_id == job_id)):
+                set_back(conn, table, pk, seconds, *stamps)
 
 
-def claim_back(sessions: sessionmaker[Session], segment_pk: int, seconds: float) -> None:
+def claim_back(db: Engine, segment_pk: int, seconds: float) -> None:
     """Claim a segment as a worker did `seconds` ago (and then, say, died)."""
-    with sessions.begin() as session:
-        assert transitions.claim_segment(session, segment_pk)
-    with sessions.begin() as session:
-        row = session.get(SegmentRow, segment_pk)
-        assert row is not None and row.started_at is not None
-        row.started_at -= timedelta(seconds=seconds)
+    with db.begin() as conn:
+        assert transitions.claim_segment(conn, segment_pk)
+    with db.begin() as conn:
+        set_back(conn, SEGMENTS, segment_pk, seconds, "started_at")
 
 
-def finish_segments(sessions: sessionmaker[Session], segment_pks: list[int]) -> None:
+def finish_segments(db: Engine, segment_pks: list[int]) -> None:
     for segment_pk in segment_pks:
-        with sessions.begin() as session:
-            assert transitions.claim_segment(session, segment_pk)
-            assert transitions.finish_segment(session, segment_pk, audio_seconds=1.0)
-
-
-def row_of(sessions: sessionmaker[Session], model: Any, pk: int) -> Any:
-    with sessions.begin() as session:
-        row = session.get(model, pk)
-        assert row is not None
-        return row
+        with db.begin() as conn:
+            assert transitions.claim_segment(conn, segment_pk)
+            assert transitions.finish_segment(conn, segment_pk, audio_seconds=1.0)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -169,85 +149,81 @@ def sweeper_threads() -> list[threading.Thread]:
 
 
 def test_a_stale_segment_claim_is_requeued_and_the_jobs_work_sent(
-    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+    db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=2, lines=2)
-    (a, b), (c, d) = segments_by_script(sessions, job_id)
-    claim_back(sessions, a.segment_pk, 2 * STALE)  # its worker died
-    with sessions.begin() as session:
-        assert transitions.claim_segment(session, b.segment_pk)  # its worker is on it now
+    job_id = record_job(db, tmp_path / "job", scripts=2, lines=2)
+    (a, b), (c, d) = segments_by_script(db, job_id)
+    claim_back(db, a.segment_pk, 2 * STALE)  # its worker died
+    with db.begin() as conn:
+        assert transitions.claim_segment(conn, b.segment_pk)  # its worker is on it now
 
     swept = make_sweeper().sweep()
 
     # Three pending segments and the rollup; the job is not stalled (b was just claimed).
     assert swept == [Swept(job_id, 1, 0, False, 4)]
-    row = row_of(sessions, SegmentRow, a.segment_pk)
+    row = row_of(db, SEGMENTS, a.segment_pk)
     assert row.state is State.PENDING and row.started_at is None
     assert row.last_error == "requeued: claimed too long ago"
-    assert row_of(sessions, SegmentRow, b.segment_pk).state is State.RUNNING
+    assert row_of(db, SEGMENTS, b.segment_pk).state is State.RUNNING
     assert broker.synth() == [synthesize(ref.segment_pk) for ref in (a, c, d)]
     assert broker.stitches() == [finish(job_id)]
 
 
 def test_a_stale_stitch_claim_is_requeued_and_the_jobs_work_sent(
-    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+    db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=2, lines=2)
-    first, second = segments_by_script(sessions, job_id)
+    job_id = record_job(db, tmp_path / "job", scripts=2, lines=2)
+    first, second = segments_by_script(db, job_id)
     script_pk = first[0].script_pk
-    finish_segments(sessions, [ref.segment_pk for ref in first])
-    with sessions.begin() as session:
-        assert transitions.claim_stitch(session, script_pk)
-    with sessions.begin() as session:
-        script = session.get(ScriptRow, script_pk)
-        assert script is not None and script.stitch_started_at is not None
-        script.stitch_started_at -= timedelta(seconds=2 * STALE)
+    finish_segments(db, [ref.segment_pk for ref in first])
+    with db.begin() as conn:
+        assert transitions.claim_stitch(conn, script_pk)
+    with db.begin() as conn:
+        set_back(conn, SCRIPTS, script_pk, 2 * STALE, "stitch_started_at")
 
     swept = make_sweeper().sweep()
 
     assert swept == [Swept(job_id, 0, 1, False, 4)]
-    row = row_of(sessions, ScriptRow, script_pk)
+    row = row_of(db, SCRIPTS, script_pk)
     assert row.state is State.PENDING and row.stitch_started_at is None
     assert broker.synth() == [synthesize(ref.segment_pk) for ref in second]
     assert broker.stitches() == [stitch(script_pk), finish(job_id)]
 
 
 def test_fresh_claims_are_left_alone(
-    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+    db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=2, lines=2)
-    first, second = segments_by_script(sessions, job_id)
-    finish_segments(sessions, [ref.segment_pk for ref in first])
-    with sessions.begin() as session:
-        assert transitions.claim_stitch(session, first[0].script_pk)
+    job_id = record_job(db, tmp_path / "job", scripts=2, lines=2)
+    first, second = segments_by_script(db, job_id)
+    finish_segments(db, [ref.segment_pk for ref in first])
+    with db.begin() as conn:
+        assert transitions.claim_stitch(conn, first[0].script_pk)
     # Claimed a while ago, but well within the visibility timeout.
-    claim_back(sessions, second[0].segment_pk, STALE / 2)
+    claim_back(db, second[0].segment_pk, STALE / 2)
     sweeper = make_sweeper()
 
     assert sweeper.sweep() == []
     assert sweeper.sweep_job(job_id) == Swept(job_id, 0, 0, False, 0)
-    assert row_of(sessions, ScriptRow, first[0].script_pk).state is State.RUNNING
-    assert row_of(sessions, SegmentRow, second[0].segment_pk).state is State.RUNNING
+    assert row_of(db, SCRIPTS, first[0].script_pk).state is State.RUNNING
+    assert row_of(db, SEGMENTS, second[0].segment_pk).state is State.RUNNING
     assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
 
 
 def test_a_stalled_job_is_resent_once_per_stall_window(
-    sessions: sessionmaker[Session],
+    db: Engine,
     make_sweeper: MakeSweeper,
     broker: Broker,
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    stalled = record_job(sessions, tmp_path / "stalled", scripts=2, lines=2)
-    moving = record_job(sessions, tmp_path / "moving", scripts=1, lines=2)
-    move_back(sessions, stalled, 60)  # started a minute ago, nothing claimed since
-    move_back(sessions, moving, 60)
-    [busy, _] = segments_by_script(sessions, moving)[0]
-    with sessions.begin() as session:
-        assert transitions.claim_segment(session, busy.segment_pk)  # a worker is on it
-    work = [
-        synthesize(ref.segment_pk) for refs in segments_by_script(sessions, stalled) for ref in refs
-    ]
+    stalled = record_job(db, tmp_path / "stalled", scripts=2, lines=2)
+    moving = record_job(db, tmp_path / "moving", scripts=1, lines=2)
+    move_back(db, stalled, 60)  # started a minute ago, nothing claimed since
+    move_back(db, moving, 60)
+    [busy, _] = segments_by_script(db, moving)[0]
+    with db.begin() as conn:
+        assert transitions.claim_segment(conn, busy.segment_pk)  # a worker is on it
+    work = [synthesize(ref.segment_pk) for refs in segments_by_script(db, stalled) for ref in refs]
     sweeper = make_sweeper(stall=0.8)
     client = redis.Redis.from_url(redis_url)
 
@@ -264,14 +240,14 @@ def test_a_stalled_job_is_resent_once_per_stall_window(
         assert broker.synth() == work
 
         # A stale claim is resent at once, stall window or not.
-        claim_back(sessions, work[0].args[0], 2 * STALE)
+        claim_back(db, work[0].args[0], 2 * STALE)
         assert sweeper.sweep() == [Swept(stalled, 1, 0, True, 5)]
         assert broker.synth() == work * 2
 
         # The window over, the stalled job is sent once more; the other job is still moving.
         time.sleep(ttl / 1000 + 0.05)
-        with sessions.begin() as session:
-            assert transitions.finish_segment(session, busy.segment_pk, audio_seconds=1.0)
+        with db.begin() as conn:
+            assert transitions.finish_segment(conn, busy.segment_pk, audio_seconds=1.0)
         assert sweeper.sweep() == [Swept(stalled, 0, 0, True, 5)]
         assert broker.synth() == work * 3
         assert broker.stitches() == [finish(stalled)] * 3
@@ -280,34 +256,34 @@ def test_a_stalled_job_is_resent_once_per_stall_window(
 
 
 def test_only_running_jobs_are_swept(
-    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+    db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
-    cancelled = record_job(sessions, tmp_path / "cancelled", scripts=1, lines=2)
-    [[claimed, _]] = segments_by_script(sessions, cancelled)
-    claim_back(sessions, claimed.segment_pk, 2 * STALE)
-    with sessions.begin() as session:
-        transitions.cancel_job(session, cancelled)
-    failed = record_job(sessions, tmp_path / "failed", scripts=1, lines=1)
-    [[only]] = segments_by_script(sessions, failed)
-    with sessions.begin() as session:
-        transitions.fail_script(session, only.script_pk, "given up")
-        assert transitions.settle_job(session, failed) is State.FAILED
+    cancelled = record_job(db, tmp_path / "cancelled", scripts=1, lines=2)
+    [[claimed, _]] = segments_by_script(db, cancelled)
+    claim_back(db, claimed.segment_pk, 2 * STALE)
+    with db.begin() as conn:
+        transitions.cancel_job(conn, cancelled)
+    failed = record_job(db, tmp_path / "failed", scripts=1, lines=1)
+    [[only]] = segments_by_script(db, failed)
+    with db.begin() as conn:
+        transitions.fail_script(conn, only.script_pk, "given up")
+        assert transitions.settle_job(conn, failed) is State.FAILED
     for job_id in (cancelled, failed):
-        move_back(sessions, job_id, HOUR)
+        move_back(db, job_id, HOUR)
 
     assert make_sweeper(stall=1).sweep() == []
     assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
 
 
 def test_a_sweeper_waits_while_it_is_another_workers_turn(
-    sessions: sessionmaker[Session],
+    db: Engine,
     make_sweeper: MakeSweeper,
     broker: Broker,
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
-    move_back(sessions, job_id, 60)
+    job_id = record_job(db, tmp_path / "job", scripts=1, lines=1)
+    move_back(db, job_id, 60)
     client = redis.Redis.from_url(redis_url)
     try:
         # Another worker's turn, for the next two seconds.
@@ -324,11 +300,11 @@ def test_a_sweeper_waits_while_it_is_another_workers_turn(
 
 
 def test_a_sweeper_sweeps_at_once_when_it_starts(
-    sessions: sessionmaker[Session], make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+    db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
-    [[ref]] = segments_by_script(sessions, job_id)
-    move_back(sessions, job_id, 60)
+    job_id = record_job(db, tmp_path / "job", scripts=1, lines=1)
+    [[ref]] = segments_by_script(db, job_id)
+    move_back(db, job_id, 60)
     # A job whose workers all died: the first worker back sweeps it, not an interval later.
     sweeper = make_sweeper(stall=30, interval=30)
     started = time.monotonic()
@@ -341,15 +317,15 @@ def test_a_sweeper_sweeps_at_once_when_it_starts(
 
 
 def test_two_sweepers_on_one_redis_take_turns(
-    sessions: sessionmaker[Session],
+    db: Engine,
     make_sweeper: MakeSweeper,
     broker: Broker,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     interval = 0.4
-    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
-    move_back(sessions, job_id, 60)
+    job_id = record_job(db, tmp_path / "job", scripts=1, lines=1)
+    move_back(db, job_id, 60)
     # A stall window shorter than anything: every sweep of this job resends it.
     sweepers = [make_sweeper(stall=0.001, interval=interval) for _ in range(2)]
 
@@ -374,15 +350,15 @@ def test_two_sweepers_on_one_redis_take_turns(
 
 
 def test_redis_errors_during_a_sweep_are_logged_and_skipped(
-    sessions: sessionmaker[Session],
+    db: Engine,
     make_sweeper: MakeSweeper,
     broker: Broker,
     stoppable_redis: PrivateRedis,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
-    move_back(sessions, job_id, 60)
+    job_id = record_job(db, tmp_path / "job", scripts=1, lines=1)
+    move_back(db, job_id, 60)
     # The sweeper's Redis (its turns and kicks) is not running yet; the broker is.
     client = redis.Redis.from_url(stoppable_redis.url)
     sweeper = make_sweeper(stall=5, interval=0.2, client=client)
@@ -402,15 +378,15 @@ def test_redis_errors_during_a_sweep_are_logged_and_skipped(
 
 
 def test_database_errors_during_a_sweep_are_logged_and_skipped(
-    sessions: sessionmaker[Session],
+    db: Engine,
     make_sweeper: MakeSweeper,
     broker: Broker,
     database_url: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
-    move_back(sessions, job_id, 60)
+    job_id = record_job(db, tmp_path / "job", scripts=1, lines=1)
+    move_back(db, job_id, 60)
     engine = sa.create_engine(database_url)
     sweeper = make_sweeper(stall=0.001, interval=0.2)
     try:
@@ -437,7 +413,7 @@ def test_database_errors_during_a_sweep_are_logged_and_skipped(
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_broker_outage_during_a_sweep_is_logged_and_skipped(
-    sessions: sessionmaker[Session],
+    db: Engine,
     make_sweeper: MakeSweeper,
     stoppable_redis: PrivateRedis,
     redis_url: str,
@@ -445,8 +421,8 @@ def test_a_broker_outage_during_a_sweep_is_logged_and_skipped(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    job_id = record_job(sessions, tmp_path / "job", scripts=1, lines=1)
-    move_back(sessions, job_id, 60)
+    job_id = record_job(db, tmp_path / "job", scripts=1, lines=1)
+    move_back(db, job_id, 60)
     # The broker is down; the sweeper's own Redis is up. A publish retries for about a minute
     # by default; one quick retry here, to get to the same error in a test's time.
     app = app_for(redis_url, database_url, broker_url=stoppable_redis.url)
