@@ -14,7 +14,9 @@ lease, since its previous holder may have died moments ago and its lease not yet
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from contextlib import AbstractContextManager
 
 from pipeline.stages import Outcome, StageResult, settle_stage, stitch_stage, synth_stage
 from pipeline.store import State, transitions
@@ -36,7 +38,7 @@ def _send_next(rt: Runtime, result: StageResult) -> None:
     # round trip of a task through the broker costs more than a short stitch itself.
     if due is not None and rt.stitches_here and rt.stitching.acquire(blocking=False):
         try:
-            _stitch(rt, due, redelivered=False)
+            _stitch(rt, due, redelivered=False, stitcher=contextlib.nullcontext())
         finally:
             rt.stitching.release()
     elif due is not None:
@@ -61,11 +63,13 @@ def synthesize(rt: Runtime, segment_pk: int, *, redelivered: bool = False) -> St
 
 def stitch(rt: Runtime, script_pk: int, *, redelivered: bool = False) -> StageResult:
     """Stitch a script whose segments are all done; send its job's rollup when it is due."""
-    with rt.stitching:
-        return _stitch(rt, script_pk, redelivered=redelivered)
+    return _stitch(rt, script_pk, redelivered=redelivered, stitcher=rt.stitching)
 
 
-def _stitch(rt: Runtime, script_pk: int, *, redelivered: bool) -> StageResult:
+def _stitch(
+    rt: Runtime, script_pk: int, *, redelivered: bool, stitcher: AbstractContextManager[object]
+) -> StageResult:
+    # The lease first: a redelivered task waiting out a dead holder's lease holds no stitcher.
     with rt.leases.hold(f"script:{script_pk}", _lease_wait(rt, redelivered)) as held:
         if not held:
             log.info("skipped script_pk=%d: a live worker is stitching it", script_pk)
@@ -73,7 +77,8 @@ def _stitch(rt: Runtime, script_pk: int, *, redelivered: bool) -> StageResult:
         with rt.db.begin() as conn:
             if transitions.release_script(conn, script_pk):
                 log.warning("took over stitching script_pk=%d from a stopped worker", script_pk)
-        result = stitch_stage(rt.ctx, script_pk)
+        with stitcher:
+            result = stitch_stage(rt.ctx, script_pk)
     _send_next(rt, result)
     return result
 
