@@ -128,9 +128,7 @@ def resolve_destination(value: str, base: Path) -> str:
         return f"s3://{match['bucket']}/{prefix}" if prefix else f"s3://{match['bucket']}"
     if "://" in value:
         raise PathProblem(f"{value!r}: only local folders and s3://bucket/prefix are supported")
-    folder = (base / Path(value).expanduser()).resolve()
-    check_local_outputs(folder, ())
-    return str(folder)
+    return str((base / Path(value).expanduser()).resolve())
 
 
 def check_local_outputs(folder: Path, keys: Iterable[str]) -> None:

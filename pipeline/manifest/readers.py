@@ -59,7 +59,12 @@ def field_path(loc: Loc) -> str | None:
     """`("scripts", 2, "formats", 0)` -> `scripts[2].formats[0]`."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, str) and not part.isprintable():
+            text += f"[{part!r}]"  # a key with control characters is shown escaped
+        elif isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
     return text or None
 
 
