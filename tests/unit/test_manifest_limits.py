@@ -385,3 +385,28 @@ class TestJunk:
 
         assert err.field == "scripts"
         assert f"at most {MAX_SCRIPTS:,}" in err.message
+
+
+def test_the_readme_states_the_limits_in_force() -> None:
+    """The README's table is the user's copy of the limits: it must not drift from the code."""
+    from pipeline.manifest import models
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| what | allowed |") :].split("\n\n")[0]
+    stated = [
+        f"{models.MAX_MANIFEST_BYTES // 2**20} MiB",
+        f"{models.MAX_SCRIPTS:,} scripts",
+        f"{models.MAX_YAML_DEPTH} levels",
+        f"{models.MAX_YAML_VALUES:,} values",
+        f"{models.MAX_TEXT_CHARS:,} characters",
+        f"{models.MAX_TEXT_FILE_BYTES:,} bytes",
+        f"{models.MAX_ID_CHARS} / {models.MAX_JOB_NAME_CHARS} / {models.MAX_OUTPUT_CHARS:,}",
+        f"1 to {models.MAX_SETTING_CHARS} characters",
+        f"{models.SPEED_RANGE[0]:g} to {models.SPEED_RANGE[1]:g}",
+        f"{models.TEMPERATURE_RANGE[0]:g} to {models.TEMPERATURE_RANGE[1]:g} / above 0 to "
+        f"{models.TOP_P_MAX:g} / above 0 to {models.REPETITION_PENALTY_MAX:g}",
+        f"0 to {MAX_PAUSE_MS:,} ms",
+        f"{models.LOUDNESS_RANGE[0]:g} to {models.LOUDNESS_RANGE[1]:g}",
+        f"request limit ({models.DEFAULT_MAX_CHARS})",
+    ]
+    assert [s for s in stated if s not in table] == []
