@@ -135,6 +135,9 @@ def _job_name(raw: RawManifest) -> str:
 
 def _destination(raw: RawManifest, override: str | None) -> str:
     if override is not None:
+        problem = character_problem(override, text=False)
+        if problem is not None:
+            raise ManifestError(f"contains {problem[1]}", file=raw.file, field="output (override)")
         # A path given on the command line is relative to where the command runs.
         try:
             return resolve_destination(override, Path.cwd())

@@ -222,6 +222,17 @@ class TestNoTraceback:
         assert err.field == field
         assert f"contains {what}" in err.message
 
+    def test_an_undecodable_manifest_name_or_a_bad_override(self, tmp_path: Path) -> None:
+        # The OS hands undecodable bytes of a name over as lone surrogates.
+        err = refused(write(tmp_path, "job.yaml", script("Hi.")), output="out\x07")
+        assert (err.field, err.message) == (
+            "output (override)",
+            "contains a control character (U+0007)",
+        )
+
+        message = str(ManifestError("is not a file", file="/in/\udcff.yaml"))
+        assert message.encode("utf-8").decode() == "/in/\\udcff.yaml: is not a file"
+
     def test_a_nul_in_a_text_file_is_located_in_the_file(self, tmp_path: Path) -> None:
         write(tmp_path, "t.txt", "First line.\nSecond\x00 line.\n")
         path = write(tmp_path, "job.yaml", "scripts:\n  - {id: a, text_file: t.txt}\n")
