@@ -108,12 +108,14 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
 def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | None) -> State:
     import asyncio
 
+    from pipeline.executor import Executor
     from pipeline.limits import LocalLimiter
     from pipeline.progress import ProgressReporter
     from pipeline.rime.http import AsyncRimeHttpClient
     from pipeline.run import run_job
     from pipeline.settings import get_settings
     from pipeline.stages import Context
+    from pipeline.store.executors import RENDER
 
     settings = get_settings()
     limits = settings.limits
@@ -125,7 +127,11 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
     segments = sum(len(s.segments) for s in plan.scripts)
 
     async def go(
-        http_url: str, key: SecretStr | None, namespace: str, reporter: ProgressReporter
+        http_url: str,
+        key: SecretStr | None,
+        namespace: str,
+        reporter: ProgressReporter,
+        executor: Executor,
     ) -> State:
         # No more connections than requests the limiter lets through: idle ones cost CPU.
         pool = limits.concurrency
@@ -134,6 +140,7 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
                 db,
                 client,
                 LocalLimiter(limits),
+                executor,
                 policy=settings.policy,
                 on_event=reporter,
                 cache_namespace=namespace,
@@ -148,10 +155,11 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
     with (
         _rime_endpoint() as (http_url, key, namespace),
         ProgressReporter(_err(), segments=segments, chars=plan.chars) as reporter,
+        Executor.from_settings(db, RENDER, settings) as executor,
     ):
         try:
             try:
-                return asyncio.run(go(http_url, key, namespace, reporter))
+                return asyncio.run(go(http_url, key, namespace, reporter, executor))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None
@@ -280,13 +288,24 @@ def render(
 
 
 @app.command()
-def resume(job: str, concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None) -> None:
-    """Finish an interrupted or failed job without redoing finished segments."""
+def resume(
+    job: str,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Resume even though the job's executor still looks alive."),
+    ] = False,
+) -> None:
+    """Finish an interrupted, failed or cancelled job without redoing finished segments."""
+    from pipeline.settings import get_settings
     from pipeline.store import load_plan, transitions, views
 
     _setup_logging()
     with _database().begin() as conn:
         job_id = views.resolve_job_id(conn, job)
+        if not force:
+            views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
         transitions.reset_for_resume(conn, job_id)
         job_plan = load_plan(conn, job_id)
     _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
@@ -304,17 +323,20 @@ def status(
 ) -> None:
     """Show one job's scripts, or every job."""
     from pipeline.display import jobs_table, summary_table
-    from pipeline.store import State, views
+    from pipeline.settings import get_settings
+    from pipeline.store import State, executors, views
 
     final = (State.DONE, State.FAILED, State.CANCELLED)
     db = _database()
 
     def snapshot() -> tuple[Table, bool]:
+        since = executors.dead_before(get_settings().executor_timeout_seconds)
         with db.begin() as conn:
             if job is None:
-                return jobs_table(views.list_jobs(conn)), False
-            summary = views.job_summary(conn, views.resolve_job_id(conn, job))
-        return summary_table(summary), summary.job.state in final
+                return jobs_table(views.list_jobs(conn, dead_before=since)), False
+            job_id = views.resolve_job_id(conn, job)
+            summary = views.job_summary(conn, job_id, dead_before=since)
+        return summary_table(summary), summary.job.state in final or summary.job.interrupted
 
     table, over = snapshot()
     if not watch:
@@ -375,7 +397,7 @@ def worker(
 
 @app.command()
 def cancel(job: Annotated[str, typer.Argument(help="A job id or prefix.")]) -> None:
-    """Stop a job: queued work is skipped; requests in flight finish and record nothing."""
+    """Stop a job: nothing more is sent, and requests in flight are stopped within a second."""
     from workers.commands import cancel as cancel_job
 
     segments = cancel_job(job)

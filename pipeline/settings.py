@@ -111,8 +111,14 @@ class Settings(BaseModel):
     stitch_parallelism: PositiveInt = 2
     # Task threads per worker process (requests it can keep in flight); None = twice the cap.
     worker_threads: PositiveInt | None = None
-    # A worker's claim on a segment or a stitch lives this long in Redis unless renewed.
+    # A worker's slot of the shared cap lives this long in Redis unless renewed.
     lease_seconds: PositiveFloat = 30.0
+    # Every render and worker process beats its row in the job table this often; a cancel
+    # stops its requests in flight within one beat.
+    heartbeat_seconds: PositiveFloat = 1.0
+    # A process that has not beaten for this long is gone: its claims may be taken over and
+    # its job shows as interrupted.
+    executor_timeout_seconds: PositiveFloat = 30.0
     # None: computed from the retry policy (see `visibility`).
     visibility_timeout: PositiveFloat | None = None
     stitch_seconds: PositiveFloat = STITCH_SECONDS
@@ -120,7 +126,7 @@ class Settings(BaseModel):
     # task then publishes three more messages.
     task_events: bool = False
     # How often one of the workers looks for dead workers' claims and stalled jobs.
-    sweep_seconds: PositiveFloat = 30.0
+    sweep_seconds: PositiveFloat = 15.0
     # A running job with no claim or finish for this long gets its work sent again;
     # None = the visibility timeout.
     stall_seconds: PositiveFloat | None = None

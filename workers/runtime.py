@@ -25,13 +25,14 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery
 
+from pipeline.executor import Executor
 from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.http import AsyncRimeHttpClient
 from pipeline.settings import Settings
 from pipeline.stages import Context, Event
 from pipeline.store import open_database
+from pipeline.store.executors import WORKER
 from workers.dispatch import STITCH_QUEUE, Dispatcher
-from workers.leases import Leases
 from workers.sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def log_event(event: Event) -> None:
 
 
 class Runtime:
-    """One per worker process: the event loop thread, the clients, the job table, the leases."""
+    """One per worker process: the event loop thread, the clients, the job table, the executor."""
 
     def __init__(self, settings: Settings, app: Celery) -> None:
         self.settings = settings
@@ -67,10 +68,16 @@ class Runtime:
         self._thread = threading.Thread(target=self._serve, name="rime-batch-loop", daemon=True)
         self._thread.start()
         self.client, self.limiter = self.run(self._open())
+        self.executor = Executor.from_settings(self.db, WORKER, settings)
         self.ctx = Context(
-            self.db, self.client, self.limiter, policy=settings.policy, on_event=log_event
+            self.db,
+            self.client,
+            self.limiter,
+            self.executor,
+            policy=settings.policy,
+            on_event=log_event,
         )
-        self.leases = Leases(redis.Redis.from_url(settings.redis_url), settings.lease_seconds)
+        self.redis = redis.Redis.from_url(settings.redis_url)
         self.dispatch = Dispatcher(app)
         self.stitching = threading.BoundedSemaphore(settings.stitch_parallelism)
         # None means every queue; a worker started with --queues consumes only those.
@@ -79,8 +86,8 @@ class Runtime:
         self.sweeper = Sweeper(
             self.db,
             self.dispatch,
-            self.leases.redis,
-            stale_seconds=settings.visibility,
+            self.redis,
+            executor_timeout=settings.executor_timeout_seconds,
             stall_seconds=settings.stall,
             interval=settings.sweep_seconds,
         )
@@ -119,7 +126,6 @@ class Runtime:
             return
         self._closed = True
         self.sweeper.stop()
-        self.leases.close()
 
         async def shut() -> None:
             await self.client.aclose()
@@ -134,7 +140,8 @@ class Runtime:
             self._thread.join(timeout=5)
             if not self.loop.is_running():
                 self.loop.close()
-            self.leases.redis.close()
+            self.executor.close()
+            self.redis.close()
             self.db.dispose()
 
 

@@ -37,20 +37,16 @@ def _runtime() -> Runtime:
     return get_runtime(get_settings(), app)
 
 
-def _redelivered(task: Any) -> bool:
-    return bool((task.request.delivery_info or {}).get("redelivered"))
-
-
 @app.task(name=SYNTHESIZE, **RETRYING)  # type: ignore[untyped-decorator]
 def synthesize(self: Any, segment_pk: int) -> str:
     """Synthesize one segment; send its script's stitch when it was the last one."""
-    return flow.synthesize(_runtime(), segment_pk, redelivered=_redelivered(self)).outcome.value
+    return flow.synthesize(_runtime(), segment_pk).outcome.value
 
 
 @app.task(name=STITCH, **RETRYING)  # type: ignore[untyped-decorator]
 def stitch(self: Any, script_pk: int) -> str:
     """Stitch one script; send its job's rollup when it was the last one."""
-    return flow.stitch(_runtime(), script_pk, redelivered=_redelivered(self)).outcome.value
+    return flow.stitch(_runtime(), script_pk).outcome.value
 
 
 @app.task(name=FINISH, **RETRYING)  # type: ignore[untyped-decorator]

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select, union_all
+from sqlalchemy import false as sa_false
 
-from pipeline.store.errors import JobNotFound
+from pipeline.store import executors
+from pipeline.store.errors import JobNotFound, JobStillRunning
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile
 from pipeline.store.states import State
 
@@ -59,6 +61,13 @@ class JobStatus:
     chars: int
     billed_chars: int
     audio_seconds: float
+    # Running, but nothing runs it any more (its render was killed, no worker is alive).
+    interrupted: bool = False
+
+    @property
+    def shown_state(self) -> str:
+        """The state as a person should read it."""
+        return "interrupted" if self.interrupted else self.state.value
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,10 @@ def resolve_job_id(conn: Connection, text: str) -> str:
 
 
 def _job_rows(
-    conn: Connection, *criteria: ColumnElement[bool], limit: int | None = None
+    conn: Connection,
+    *criteria: ColumnElement[bool],
+    limit: int | None = None,
+    dead_before: datetime | None = None,
 ) -> list[JobStatus]:
     totals = (
         select(
@@ -116,8 +128,13 @@ def _job_rows(
         .group_by(SCRIPTS.c.job_id)
         .subquery()
     )
+    interrupted = (
+        and_(JOBS.c.state == State.RUNNING, ~executors.serving(dead_before))
+        if dead_before is not None
+        else sa_false()
+    )
     query = (
-        select(JOBS, totals)
+        select(JOBS, totals, interrupted.label("interrupted"))
         .outerjoin(totals, totals.c.job_id == JOBS.c.id)
         .where(*criteria)
         .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
@@ -139,20 +156,44 @@ def _job_rows(
             chars=int(row["chars"] or 0),
             billed_chars=int(row["billed"] or 0),
             audio_seconds=float(row["seconds"] or 0.0),
+            interrupted=bool(row["interrupted"]),
         )
         for row in conn.execute(query).mappings()
     ]
 
 
-def list_jobs(conn: Connection, *, limit: int = 20, state: State | None = None) -> list[JobStatus]:
-    """The newest jobs first, optionally only those in `state`."""
+def list_jobs(
+    conn: Connection,
+    *,
+    limit: int = 20,
+    state: State | None = None,
+    dead_before: datetime | None = None,
+) -> list[JobStatus]:
+    """The newest jobs first, optionally only those in `state`.
+
+    With `dead_before`, running jobs whose executor has not beaten since are `interrupted`.
+    """
     criteria: list[ColumnElement[bool]] = [] if state is None else [JOBS.c.state == state]
-    return _job_rows(conn, *criteria, limit=limit)
+    return _job_rows(conn, *criteria, limit=limit, dead_before=dead_before)
 
 
-def job_summary(conn: Connection, job_id: str) -> JobSummary:
-    """The job's totals and a line per script, in plan order."""
-    rows = _job_rows(conn, JOBS.c.id == job_id)
+def check_not_running(conn: Connection, job_id: str, executor_timeout: float) -> None:
+    """JobStillRunning when something still runs the job (a resume would do its work twice)."""
+    since = executors.dead_before(executor_timeout)
+    state = conn.scalar(select(JOBS.c.state).where(JOBS.c.id == job_id))
+    if state == State.RUNNING and executors.job_alive(conn, job_id, since):
+        raise JobStillRunning(
+            f"job {job_id} is still running (its executor beat within the last "
+            f"{executor_timeout:g} s); wait for it, `rime-batch cancel {job_id}`, "
+            "or resume with --force"
+        )
+
+
+def job_summary(
+    conn: Connection, job_id: str, *, dead_before: datetime | None = None
+) -> JobSummary:
+    """The job's totals and a line per script, in plan order (`dead_before`: see list_jobs)."""
+    rows = _job_rows(conn, JOBS.c.id == job_id, dead_before=dead_before)
     if not rows:
         raise JobNotFound(f"no job {job_id!r}")
     counts = (
