@@ -1,0 +1,148 @@
+"""Jobs say honestly whether anything still runs them: a killed render shows as interrupted, a
+live one cannot be resumed behind its back, and a cancel stops what it is sending."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pipeline.store import create_engine_for
+from rime_local.server import RunningEngine
+from tests.e2e.test_render import KEY, results_of
+from tests.e2e.test_render_resume import (
+    SEGMENTS,
+    manifest,
+    results_job_id,
+    segment_states,
+    slow_engine,
+    wait_for_done,
+)
+from tests.fixtures.cli import Cli
+from tests.fixtures.services import poll_until
+
+EngineFactory = Callable[..., RunningEngine]
+# Fast enough that a test sees a dead render within a couple of seconds.
+LIVENESS = {"RIME_BATCH_HEARTBEAT_SECONDS": "0.2", "RIME_BATCH_EXECUTOR_TIMEOUT_SECONDS": "1.5"}
+
+
+def billed(database_url: str) -> tuple[int, int]:
+    """(billed characters of the segments, of the scripts) in the test's job table."""
+    engine = create_engine_for(database_url)
+    try:
+        with engine.connect() as conn:
+            segments = conn.scalar(sa.text("SELECT COALESCE(SUM(billed_chars), 0) FROM segments"))
+            scripts = conn.scalar(sa.text("SELECT COALESCE(SUM(billed_chars), 0) FROM scripts"))
+            return int(segments or 0), int(scripts or 0)
+    finally:
+        engine.dispose()
+
+
+def test_a_killed_render_shows_as_interrupted_and_its_resume_waits_for_that(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    engine = slow_engine(engine_factory)
+    run = cli.using(engine=engine, api_key=KEY, **LIVENESS)
+    running = run.start("render", manifest(tmp_path), "--concurrency", "2")
+    wait_for_done(run, running, at_least=3)
+
+    # While it runs, a resume would do its work a second time: refused, one line.
+    refused = run.run("resume", "--concurrency", "2", results_job_id_of(run))
+    assert refused.returncode == 2, refused
+    assert "is still running" in refused.stderr and "--force" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused
+    assert "Traceback" not in refused.output
+
+    running.signal(signal.SIGKILL)
+    killed = running.wait()
+    job_id = results_job_id(killed)
+    # Its heartbeat stops; once it is older than the timeout, status says so.
+    poll_until(
+        lambda: "interrupted" in run.run("status").stdout,
+        timeout=30,
+        what="status to show the killed render's job as interrupted",
+    )
+    listed = run.run("status", job_id)
+    assert f"job {job_id}" in listed.stdout and "interrupted" in listed.stdout, listed
+    done = sum(state == "done" for state, _ in segment_states(run.database_url))
+
+    engine.configure(ttfb_ms=0, pacing=0.0)
+    engine.reset_metrics()
+    resumed = run.run("resume", job_id)
+
+    assert resumed.returncode == 0, resumed
+    assert {state for state, _ in segment_states(run.database_url)} == {"done"}
+    assert engine.metrics()["requests"] <= SEGMENTS - done
+    assert results_of(tmp_path / "out")["state"] == "done"
+
+
+def results_job_id_of(run: Cli) -> str:
+    """The id of the only job in the test's table."""
+    engine = create_engine_for(run.database_url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.scalar(sa.text("SELECT id FROM jobs")))
+    finally:
+        engine.dispose()
+
+
+def test_resume_force_takes_a_job_whose_render_still_looks_alive(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    engine = slow_engine(engine_factory)
+    # A long timeout: the killed render still looks alive when the resume comes.
+    run = cli.using(
+        engine=engine,
+        api_key=KEY,
+        RIME_BATCH_HEARTBEAT_SECONDS="0.2",
+        RIME_BATCH_EXECUTOR_TIMEOUT_SECONDS="600",
+    )
+    running = run.start("render", manifest(tmp_path), "--concurrency", "2")
+    wait_for_done(run, running, at_least=2)
+    running.signal(signal.SIGKILL)
+    job_id = results_job_id(running.wait())
+
+    assert run.run("resume", job_id).returncode == 2
+    engine.configure(ttfb_ms=0, pacing=0.0)
+    forced = run.run("resume", "--force", job_id)
+
+    assert forced.returncode == 0, forced
+    assert {state for state, _ in segment_states(run.database_url)} == {"done"}
+
+
+def test_cancel_stops_new_requests_at_once_and_those_in_flight_within_a_heartbeat(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    # Each request streams for seconds: several are in flight when the cancel comes.
+    engine = engine_factory(api_keys=[KEY], ttfb_ms=100, pacing=0.25)
+    run = cli.using(engine=engine, api_key=KEY, **LIVENESS)
+    running = run.start("render", manifest(tmp_path), "--concurrency", "4")
+    wait_for_done(run, running, at_least=1)
+    poll_until(lambda: engine.metrics()["in_flight"] >= 2, timeout=30, what="requests in flight")
+    job_id = results_job_id_of(run)
+
+    cancelled = run.run("cancel", job_id)
+    sent_by_then = engine.metrics()["requests"]
+
+    assert cancelled.returncode == 0, cancelled
+    # The requests in flight are stopped by the render's next heartbeat, not finished.
+    poll_until(
+        lambda: engine.metrics()["in_flight"] == 0, timeout=4, what="requests in flight stopped"
+    )
+    stopped = running.wait(timeout=30)
+    assert stopped.returncode == 1, stopped
+    assert "Traceback" not in stopped.output
+    assert engine.metrics()["requests"] == sent_by_then  # nothing started after the cancel
+    assert {state for state, _ in segment_states(run.database_url)} <= {"done", "cancelled"}
+    # What the stopped requests cost is counted: every request whose audio began is billed.
+    segments, scripts = billed(run.database_url)
+    assert segments == scripts > 0
+
+    # A cancelled job can be taken up again.
+    engine.configure(ttfb_ms=0, pacing=0.0)
+    resumed = run.run("resume", job_id)
+    assert resumed.returncode == 0, resumed
+    assert {state for state, _ in segment_states(run.database_url)} == {"done"}
+    assert results_of(tmp_path / "out")["state"] == "done"
