@@ -83,5 +83,26 @@ def serving(since: datetime) -> ColumnElement[bool]:
 
 
 def job_alive(conn: Connection, job_id: str, since: datetime) -> bool:
-    """Whether something runs the job (see `serving`)."""
-    return bool(conn.scalar(select(serving(since)).where(JOBS.c.id == job_id)))
+    """Whether something runs the job (see `serving`), and its render, if it ran on this host,
+    is still a process here: a render killed a moment ago is known dead at once."""
+    if not conn.scalar(select(serving(since)).where(JOBS.c.id == job_id)):
+        return False
+    found = conn.execute(
+        select(EXECUTORS.c.host, EXECUTORS.c.pid)
+        .join(JOBS, JOBS.c.executor == EXECUTORS.c.id)
+        .where(JOBS.c.id == job_id)
+    ).one_or_none()
+    return found is None or not gone_here(found.host, found.pid)
+
+
+def gone_here(host: str, pid: int) -> bool:
+    """True when (host, pid) is a process of this host that no longer exists."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, run by someone else
+    return False

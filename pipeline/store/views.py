@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select, union_all
@@ -140,7 +140,7 @@ def _job_rows(
         .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
         .limit(limit)
     )
-    return [
+    rows = [
         JobStatus(
             job_id=row["id"],
             name=row["name"],
@@ -160,6 +160,7 @@ def _job_rows(
         )
         for row in conn.execute(query).mappings()
     ]
+    return rows if dead_before is None else _checked_here(conn, rows, dead_before)
 
 
 def list_jobs(
@@ -175,6 +176,19 @@ def list_jobs(
     """
     criteria: list[ColumnElement[bool]] = [] if state is None else [JOBS.c.state == state]
     return _job_rows(conn, *criteria, limit=limit, dead_before=dead_before)
+
+
+def _checked_here(conn: Connection, rows: list[JobStatus], since: datetime) -> list[JobStatus]:
+    # The heartbeat says "alive" for up to the timeout after a kill; a render of this host
+    # can be asked directly.
+    return [
+        replace(row, interrupted=True)
+        if row.state is State.RUNNING
+        and not row.interrupted
+        and not executors.job_alive(conn, row.job_id, since)
+        else row
+        for row in rows
+    ]
 
 
 def check_not_running(conn: Connection, job_id: str, executor_timeout: float) -> None:

@@ -88,11 +88,11 @@ def results_job_id_of(run: Cli) -> str:
         engine.dispose()
 
 
-def test_resume_force_takes_a_job_whose_render_still_looks_alive(
+def test_a_render_killed_here_is_known_dead_at_once_and_a_frozen_one_needs_force(
     cli: Cli, engine_factory: EngineFactory, tmp_path: Path
 ) -> None:
     engine = slow_engine(engine_factory)
-    # A long timeout: the killed render still looks alive when the resume comes.
+    # A long timeout: by its heartbeat alone, a stopped render would look alive for 10 minutes.
     run = cli.using(
         engine=engine,
         api_key=KEY,
@@ -101,15 +101,28 @@ def test_resume_force_takes_a_job_whose_render_still_looks_alive(
     )
     running = run.start("render", manifest(tmp_path), "--concurrency", "2")
     wait_for_done(run, running, at_least=2)
-    running.signal(signal.SIGKILL)
-    job_id = results_job_id(running.wait())
+    job_id = results_job_id_of(run)
 
-    assert run.run("resume", job_id).returncode == 2
+    # Frozen (SIGSTOP): its process is there, so nothing can tell it from a slow one.
+    running.signal(signal.SIGSTOP)
+    refused = run.run("resume", job_id)
+    assert refused.returncode == 2 and "is still running" in refused.stderr, refused
+    assert "interrupted" not in run.run("status").stdout
     engine.configure(ttfb_ms=0, pacing=0.0)
     forced = run.run("resume", "--force", job_id)
-
     assert forced.returncode == 0, forced
     assert {state for state, _ in segment_states(run.database_url)} == {"done"}
+
+    # Killed on this host: its process is gone, which this host can see at once.
+    second = run.start("render", manifest(tmp_path), "--output", "again", "--concurrency", "2")
+    engine.configure(ttfb_ms=300, pacing=2.0)
+    poll_until(
+        lambda: "running" in run.run("status").stdout, timeout=30, what="the second render"
+    )
+    second.signal(signal.SIGKILL)
+    second.wait()
+    assert "interrupted" in run.run("status").stdout
+    running.signal(signal.SIGKILL)
 
 
 def test_cancel_stops_new_requests_at_once_and_those_in_flight_within_a_heartbeat(
