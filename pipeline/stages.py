@@ -79,13 +79,16 @@ class StageResult:
 class Event:
     """Progress for a display or a log line."""
 
-    kind: str  # "segment", "attempt", "script"
+    kind: str  # "segment", "attempt" (one that failed and is retried), "stitch" (started), "script"
     job_id: str
     script_id: str
     outcome: str
     chars: int = 0
     seconds: float = 0.0
     error: str | None = None
+    segment: int | None = None  # the segment's index in its script (segment and attempt events)
+    attempt: int = 0  # attempt events: the number of the attempt that failed...
+    max_attempts: int = 0  # ...of how many the retry policy allows
 
 
 @dataclass
@@ -153,7 +156,9 @@ async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
         work = plans.load_segment(conn, segment_pk)
     store = ctx.store(work.destination)
     key = ctx.cache_path(work.segment.cache_key)
-    event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
+    event = Event(
+        "segment", work.job_id, work.script_id, "", work.segment.chars, segment=work.segment.index
+    )
     billed: int | None = None  # characters of the request that produced the audio, if any
     step = "reading the segment cache"
     try:
@@ -225,7 +230,16 @@ def _record_failure(ctx: Context, work: plans.SegmentWork, event: Event, attempt
         )
     # A permanent error is reported once, by the segment's failure, not as a retry.
     if attempt.retryable:
-        ctx.on_event(replace(event, kind="attempt", outcome="retry", error=attempt.error))
+        ctx.on_event(
+            replace(
+                event,
+                kind="attempt",
+                outcome="retry",
+                error=attempt.error,
+                attempt=attempt.number,
+                max_attempts=ctx.policy.max_attempts,
+            )
+        )
 
 
 def _cached_seconds(store: ObjectStore, key: str) -> float | None:
@@ -250,6 +264,7 @@ def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
             return StageResult(Outcome.SKIPPED)
         work = plans.load_script(conn, script_pk)
     plan = work.plan
+    ctx.on_event(Event("stitch", work.job_id, plan.script_id, "started", plan.chars))
     try:
         result, outputs = _stitch_into(ctx, work, ctx.store(work.destination))
     except Exception as exc:
