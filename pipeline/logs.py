@@ -49,20 +49,21 @@ def quiet_other_libraries(level: str) -> None:
 def expected_fault(
     exc: BaseException | None, expected: tuple[type[BaseException], ...]
 ) -> BaseException | None:
-    """The expected fault `exc` is or wraps (its cause, its context, a wrapper's error), if any."""
+    """The expected fault `exc` is or stands for (its cause, a wrapper's error), if any.
+
+    Not its context: an error raised while handling an expected one may well be a bug.
+    """
     seen: set[int] = set()
-    todo = [exc]
+    todo: list[object] = [exc]
     while todo:
         current = todo.pop()
-        if current is None or id(current) in seen:
+        if not isinstance(current, BaseException) or id(current) in seen:
             continue
         seen.add(id(current))
         if isinstance(current, expected):
             return current
-        todo += [current.__cause__, current.__context__]
-        todo += [
-            w for name in _WRAPPED if isinstance(w := getattr(current, name, None), BaseException)
-        ]
+        todo.append(current.__cause__)
+        todo += [getattr(current, name, None) for name in _WRAPPED]
     return None
 
 
