@@ -11,6 +11,9 @@ unacknowledged for `visibility` seconds, so that is longer than the longest task
 segment's every retry, or one stitch), and a job whose rows have not moved for that long is
 taken to have lost its worker.
 
+The job table defaults to a SQLite file in the user's data folder (`platformdirs`), so every
+command finds the same jobs from any working folder.
+
 A plain pydantic model rather than pydantic-settings: this is read by every command, and
 `status` must start in a fraction of a second.
 """
@@ -21,18 +24,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     AliasChoices,
     AliasGenerator,
     BaseModel,
     ConfigDict,
+    Field,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     SecretStr,
     ValidationError,
+    field_validator,
 )
 
 from pipeline.errors import InputError
@@ -46,6 +51,9 @@ RIME_CLOUD_WS_URL = "wss://users-ws.rime.ai"
 # Stitching a book-length script (decode, two loudness passes, encode) takes minutes on one
 # core; this is the room left for it on top of the longest synthesis.
 STITCH_SECONDS = 600.0
+APP_NAME = "rime-batch"
+# The levels RIME_BATCH_LOG_LEVEL takes, in any case.
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 _WELL_KNOWN = {
     "rime_api_key": ("RIME_API_KEY", "RIME_BATCH_RIME_API_KEY"),
@@ -63,6 +71,13 @@ def _names(field: str) -> tuple[str, ...]:
 def _variables(field: str) -> AliasChoices:
     # The field's own name too, for code that builds settings by hand.
     return AliasChoices(*_names(field), field)
+
+
+def default_database_url() -> str:
+    """The job table used when DATABASE_URL is unset: a SQLite file in the user's data folder."""
+    from platformdirs import user_data_path
+
+    return f"sqlite:///{user_data_path(APP_NAME) / 'rime-batch.db'}"
 
 
 class SettingsError(InputError):
@@ -84,10 +99,13 @@ class Settings(BaseModel):
     rime_api_key: SecretStr | None = None
     rime_api_url: str = RIME_CLOUD_HTTP_URL
     rime_ws_url: str = RIME_CLOUD_WS_URL
-    database_url: str = "sqlite:///rime-batch.db"
+    database_url: str = Field(default_factory=default_database_url)
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     # Shared limits and work leases of the workers.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Our own log lines at this level; other libraries' (botocore, urllib3, httpx, celery's
+    # internals) stay at WARNING unless this is "debug".
+    log_level: LogLevel = "info"
 
     # The limits of the Rime account (None: pipeline.limits.LimitConfig's defaults).
     concurrency: PositiveInt | None = None
@@ -130,6 +148,11 @@ class Settings(BaseModel):
     # A running job with no claim or finish for this long gets its work sent again;
     # None = the visibility timeout.
     stall_seconds: PositiveFloat | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:

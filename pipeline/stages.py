@@ -80,13 +80,16 @@ class StageResult:
 class Event:
     """Progress for a display or a log line."""
 
-    kind: str  # "segment", "attempt", "script"
+    kind: str  # "segment", "attempt" (one that failed and is retried), "stitch" (started), "script"
     job_id: str
     script_id: str
     outcome: str
     chars: int = 0
     seconds: float = 0.0
     error: str | None = None
+    segment: int | None = None  # the segment's index in its script (segment and attempt events)
+    attempt: int = 0  # attempt events: the number of the attempt that failed...
+    max_attempts: int = 0  # ...of how many the retry policy allows
 
 
 @dataclass
@@ -183,7 +186,9 @@ async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
         return StageResult(Outcome.SKIPPED)
     store = ctx.store(work.destination)
     key = ctx.cache_path(work.segment.cache_key)
-    event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
+    event = Event(
+        "segment", work.job_id, work.script_id, "", work.segment.chars, segment=work.segment.index
+    )
     claim = ctx.executor.claim()
     watch = _Watch(_current_task(), asyncio.get_running_loop())
     claimed = False
@@ -328,7 +333,16 @@ def _record_failure(ctx: Context, work: plans.SegmentWork, event: Event, attempt
         transitions.record_attempt(conn, work.segment_pk, billed_chars=0, error=attempt.error)
     # A permanent error is reported once, by the segment's failure, not as a retry.
     if attempt.retryable:
-        ctx.on_event(replace(event, kind="attempt", outcome="retry", error=attempt.error))
+        ctx.on_event(
+            replace(
+                event,
+                kind="attempt",
+                outcome="retry",
+                error=attempt.error,
+                attempt=attempt.number,
+                max_attempts=ctx.policy.max_attempts,
+            )
+        )
 
 
 def _cached_seconds(store: ObjectStore, key: str) -> float | None:
@@ -358,6 +372,7 @@ def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
             return StageResult(Outcome.SKIPPED)
         work = plans.load_script(conn, script_pk)
     plan = work.plan
+    ctx.on_event(Event("stitch", work.job_id, plan.script_id, "started", plan.chars))
     try:
         result, outputs = _stitch_into(ctx, work, ctx.store(work.destination))
     except Exception as exc:

@@ -41,18 +41,21 @@ T = TypeVar("T")
 
 def log_event(event: Event) -> None:
     """A stage's progress as one key=value log line."""
+    where = f"job={event.job_id} script={event.script_id}"
+    if event.segment is not None:
+        where += f" segment={event.segment}"
     if event.kind == "attempt":
-        log.warning("retry job=%s script=%s error=%s", event.job_id, event.script_id, event.error)
-    elif event.outcome == "failed":
-        log.error(
-            "%s failed job=%s script=%s error=%s",
-            event.kind,
-            event.job_id,
-            event.script_id,
+        log.warning(
+            "retry %s attempt=%d/%d error=%s",
+            where,
+            event.attempt,
+            event.max_attempts,
             event.error,
         )
+    elif event.outcome == "failed":
+        log.error("%s failed %s error=%s", event.kind, where, event.error)
     else:
-        log.info("%s %s job=%s script=%s", event.kind, event.outcome, event.job_id, event.script_id)
+        log.info("%s %s %s", event.kind, event.outcome, where)
 
 
 class Runtime:

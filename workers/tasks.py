@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.exceptions
 import redis.exceptions
 import sqlalchemy.exc
 
+from pipeline import logs
 from pipeline.settings import get_settings
 from workers import flow
 from workers.app import app
@@ -23,6 +25,10 @@ RETRY_ON = (
     sqlalchemy.exc.InterfaceError,
     redis.exceptions.RedisError,
 )
+# What a worker expects and waits out, logged in one line without a traceback wherever it is
+# logged (Celery's own lines about a task included): what the tasks retry, Rime's transient
+# errors, and the broker going away.
+EXPECTED = (*logs.EXPECTED, *RETRY_ON, kombu.exceptions.OperationalError, ConnectionError)
 RETRYING: dict[str, Any] = {
     "bind": True,
     "autoretry_for": RETRY_ON,

@@ -28,6 +28,7 @@ class ScriptStatus:
     segments: int
     segments_done: int
     segments_failed: int
+    chars_done: int  # characters of the segments done
     attempts: int
     chars: int
     billed_chars: int
@@ -215,6 +216,9 @@ def job_summary(
             SEGMENTS.c.script_pk,
             func.count().label("segments"),
             func.sum(case((SEGMENTS.c.state == State.DONE, 1), else_=0)).label("done"),
+            func.sum(case((SEGMENTS.c.state == State.DONE, SEGMENTS.c.chars), else_=0)).label(
+                "chars_done"
+            ),
             func.sum(case((SEGMENTS.c.state == State.FAILED, 1), else_=0)).label("failed"),
             func.sum(SEGMENTS.c.attempts).label("attempts"),
         )
@@ -236,6 +240,7 @@ def job_summary(
             segments=int(row["segments"] or 0),
             segments_done=int(row["done"] or 0),
             segments_failed=int(row["failed"] or 0),
+            chars_done=int(row["chars_done"] or 0),
             attempts=int(row["attempts"] or 0),
             chars=row["chars"],
             billed_chars=row["billed_chars"],

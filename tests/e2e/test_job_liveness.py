@@ -3,6 +3,7 @@ live one cannot be resumed behind its back, and a cancel stops what it is sendin
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,9 @@ def test_a_killed_render_shows_as_interrupted_and_its_resume_waits_for_that(
     assert resumed.returncode == 0, resumed
     assert {state for state, _ in segment_states(run.database_url)} == {"done"}
     assert engine.metrics()["requests"] <= SEGMENTS - done
+    # Its progress starts from what the killed run finished, not from 0.
+    counts = [int(n) for n in re.findall(rf"\((\d+)/{SEGMENTS} segments", resumed.stderr)]
+    assert counts and counts[0] == done + 1, resumed.stderr
     assert results_of(tmp_path / "out")["state"] == "done"
 
 
@@ -116,9 +120,7 @@ def test_a_render_killed_here_is_known_dead_at_once_and_a_frozen_one_needs_force
     # Killed on this host: its process is gone, which this host can see at once.
     second = run.start("render", manifest(tmp_path), "--output", "again", "--concurrency", "2")
     engine.configure(ttfb_ms=300, pacing=2.0)
-    poll_until(
-        lambda: "running" in run.run("status").stdout, timeout=30, what="the second render"
-    )
+    poll_until(lambda: "running" in run.run("status").stdout, timeout=30, what="the second render")
     second.signal(signal.SIGKILL)
     second.wait()
     assert "interrupted" in run.run("status").stdout

@@ -360,6 +360,7 @@ async def test_a_permanent_error_fails_the_segment_and_its_script_and_nothing_mo
         Outcome.FAILED,
         chars=len(job.text(0, 0)),
         error=str(error),
+        segment=0,
     )
     # Its script has failed: its other segment is not worth a request.
     sibling = await synth_stage(ctx, job.segments[0][1])
@@ -638,6 +639,9 @@ async def test_stitch_stage_writes_every_format_as_the_job_table_records_it(
     }
     assert no_temp_files(dest)
     assert list(scratch.iterdir()) == []
+    # Stitching is a phase of its own for a display: its start is told, then its end.
+    chars = job.plan.scripts[0].chars
+    assert events[-2] == Event("stitch", job.job_id, "script-0", "started", chars)
     assert events[-1] == Event(
         "script",
         job.job_id,
