@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pipeline.limits import LimitConfig
 from pipeline.limits.bucket import bucket_capacity
 from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.errors import RateLimited
-from tests.fixtures.services import PrivateRedis, poll_until
+from tests.fixtures.services import PrivateRedis, poll_until, require_binary
 
 pytestmark = pytest.mark.redis
 
@@ -516,8 +515,7 @@ def test_the_adaptive_state_is_forgotten_only_after_an_idle_spell(redis_url: str
 
 @pytest.mark.timeout(60)
 def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+    require_binary("redis-server")
     server = PrivateRedis(tmp_path)
     config = LimitConfig(concurrency=2)
 
