@@ -6,7 +6,6 @@ import hashlib
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ from pipeline.storage import (
 )
 from pipeline.storage.s3 import client_from_environment
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, DenyingS3, S3Env
+from tests.fixtures.services import poll_until
 
 MIB = 1024 * 1024
 ESCAPING_KEYS = ["", "/etc/passwd", "../outside.wav", "a/../../b.wav", "a//b.wav", "./a.wav",
@@ -92,10 +92,12 @@ def test_local_put_file_is_atomic(tmp_path: Path) -> None:
         with fifo.open("wb") as writer:
             writer.write(payload[:MIB])
             writer.flush()
-            deadline = time.monotonic() + 10
-            while not any(p.stat().st_size > 0 for p in _temp_files(tmp_path / "out")):
-                assert time.monotonic() < deadline, "the copy never started"
-                time.sleep(0.01)
+            poll_until(
+                lambda: any(p.stat().st_size > 0 for p in _temp_files(tmp_path / "out")),
+                10,
+                "the copy to start",
+                interval=0.01,
+            )
 
             temps = _temp_files(tmp_path / "out")
             assert [p.parent for p in temps] == [folder]
