@@ -145,7 +145,7 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
     from pipeline.executor import Executor
     from pipeline.limits import LocalLimiter
     from pipeline.progress import ProgressReporter
-    from pipeline.rime.http import AsyncRimeHttpClient
+    from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
     from pipeline.run import run_job
     from pipeline.settings import get_settings
     from pipeline.stages import Context
@@ -169,7 +169,12 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
     ) -> State:
         # No more connections than requests the limiter lets through: idle ones cost CPU.
         pool = limits.concurrency
-        async with AsyncRimeHttpClient(api_key=key, url=http_url, max_connections=pool) as client:
+        async with AsyncRimeHttpClient(
+            api_key=key,
+            url=http_url,
+            max_connections=pool,
+            timeout=request_timeout(settings.read_timeout_seconds),
+        ) as client:
             ctx = Context(
                 db,
                 client,

@@ -131,6 +131,9 @@ class Settings(BaseModel):
     worker_threads: PositiveInt | None = None
     # A worker's slot of the shared cap lives this long in Redis unless renewed.
     lease_seconds: PositiveFloat = 30.0
+    # How long a request may wait for its next bytes before it counts as stalled (and is
+    # retried; Rime bills a stalled generation whose audio had begun, and so do we).
+    read_timeout_seconds: PositiveFloat = 60.0
     # Every render and worker process beats its row in the job table this often; a cancel
     # stops its requests in flight within one beat.
     heartbeat_seconds: PositiveFloat = 1.0

@@ -27,7 +27,7 @@ from celery import Celery
 
 from pipeline.executor import Executor
 from pipeline.limits.shared import RedisLimiter
-from pipeline.rime.http import AsyncRimeHttpClient
+from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
 from pipeline.settings import Settings
 from pipeline.stages import Context, Event
 from pipeline.store import open_database
@@ -110,6 +110,7 @@ class Runtime:
             url=settings.rime_api_url,
             # The shared cap bounds this process's requests in flight, and so its connections.
             max_connections=settings.limits.concurrency,
+            timeout=request_timeout(settings.read_timeout_seconds),
         )
         limiter = RedisLimiter(
             settings.redis_url,

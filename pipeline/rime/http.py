@@ -24,8 +24,15 @@ from pipeline.rime.params import AudioFormat, TtsRequest
 
 log = logging.getLogger(__name__)
 
+
+
+def request_timeout(read_seconds: float) -> httpx.Timeout:
+    """Timeouts of one request: `read_seconds` for each wait on the body, 10 s for the rest."""
+    return httpx.Timeout(connect=10.0, read=read_seconds, write=10.0, pool=10.0)
+
+
 # Reading stays generous: a long request on a busy account can pause between chunks.
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=10.0, pool=10.0)
+DEFAULT_TIMEOUT = request_timeout(60.0)
 # An error body past this is a proxy's page, not Rime's message.
 _MAX_ERROR_BODY = 64 * 1024
 

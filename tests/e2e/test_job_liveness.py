@@ -161,3 +161,50 @@ def test_cancel_stops_new_requests_at_once_and_those_in_flight_within_a_heartbea
     assert resumed.returncode == 0, resumed
     assert {state for state, _ in segment_states(run.database_url)} == {"done"}
     assert results_of(tmp_path / "out")["state"] == "done"
+
+
+def test_stalled_attempts_are_billed_as_the_engine_generated_them(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    # Half the requests stall after their first kilobytes for longer than the read timeout:
+    # generated (and billed by Rime), then abandoned by the client and retried.
+    engine = engine_factory(api_keys=[KEY], fault_stall_rate=0.5, stall_seconds=3, fault_seed=7)
+    run = cli.using(engine=engine, api_key=KEY, RIME_BATCH_READ_TIMEOUT_SECONDS="0.3")
+
+    done = run.run("render", manifest(tmp_path), "--concurrency", "4")
+
+    assert done.returncode == 0, done
+    metrics = engine.metrics()
+    assert metrics["faults"].get("stall", 0) > 0
+    assert billed(run.database_url) == (metrics["billed_characters"],) * 2
+
+
+def test_what_was_billed_before_a_kill_is_in_the_job_table(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    # Every request stalls after its first kilobytes: when the render is killed, each one in
+    # flight has been generated, and billed, long before.
+    engine = engine_factory(api_keys=[KEY], fault_stall_rate=1.0, stall_seconds=60)
+    run = cli.using(engine=engine, api_key=KEY)
+    running = run.start("render", manifest(tmp_path), "--concurrency", "3")
+    poll_until(
+        lambda: engine.metrics()["audio_started"] >= 3, timeout=30, what="three stalled requests"
+    )
+    generated = engine.metrics()["billed_characters"]
+    # Counted as the first audio byte arrived, not when the audio is complete.
+    poll_until(
+        lambda: billed(run.database_url) == (generated, generated),
+        timeout=10,
+        what="the stalled requests billed in the job table",
+        detail=lambda: f"{billed(run.database_url)} != {generated}",
+    )
+
+    running.signal(signal.SIGKILL)
+    running.wait()
+
+    assert billed(run.database_url) == (generated, generated)
+    engine.configure(fault_stall_rate=0.0)
+    job_id = results_job_id_of(run)
+    resumed = run.run("resume", job_id)
+    assert resumed.returncode == 0, resumed
+    assert billed(run.database_url) == (engine.metrics()["billed_characters"],) * 2
