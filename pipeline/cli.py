@@ -487,7 +487,7 @@ def worker(
 
 @app.command()
 def cancel(job: JobArg) -> None:
-    """Stop a job: nothing more is sent, and requests in flight are stopped within a second."""
+    """Stop a job. Nothing more is sent, and requests in flight are stopped within a second."""
     from workers.commands import cancel as cancel_job
 
     segments = cancel_job(job)
