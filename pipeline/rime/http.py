@@ -25,7 +25,6 @@ from pipeline.rime.params import AudioFormat, TtsRequest
 log = logging.getLogger(__name__)
 
 
-
 def request_timeout(read_seconds: float) -> httpx.Timeout:
     """Timeouts of one request: `read_seconds` for each wait on the body, 10 s for the rest."""
     return httpx.Timeout(connect=10.0, read=read_seconds, write=10.0, pool=10.0)
