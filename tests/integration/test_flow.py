@@ -11,6 +11,9 @@ synthesizes shows in the engine's request count.
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,14 +24,23 @@ from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
 from pipeline.results import RESULTS_KEY
 from pipeline.settings import Settings
-from pipeline.stages import Outcome
+from pipeline.stages import Outcome, StageResult
 from pipeline.store import State, executors, record_plan, transitions
 from pipeline.store.schema import EXECUTORS, SEGMENTS, utcnow
 from pipeline.store.transitions import Claim, Next
 from rime_local.server import RunningEngine
-from tests.fixtures.jobs import ME, executor_for, job_row, row_of, script_row, segment_row, set_back
+from tests.fixtures.jobs import (
+    ME,
+    TEST_EXECUTOR_TIMEOUT,
+    executor_for,
+    job_row,
+    row_of,
+    script_row,
+    segment_row,
+    set_back,
+)
 from tests.fixtures.s3 import S3Env
-from tests.fixtures.services import poll_until
+from tests.fixtures.services import PrivateRedis, poll_until
 from tests.fixtures.worker_runtime import (
     Broker,
     Runtimes,
@@ -423,3 +435,70 @@ def test_close_leaves_no_thread_after_writing_to_a_remote_store(
     keys = {item["Key"] for item in listed.get("Contents", [])}
     assert {"out/only.wav", f"out/{RESULTS_KEY}"} <= keys
     assert_no_thread_left(before)
+
+
+def test_a_redis_outage_makes_no_second_holder_of_a_segment_in_flight(
+    stoppable_redis: PrivateRedis,
+    database_url: str,
+    engine_factory: Callable[..., RunningEngine],
+    tmp_path: Path,
+) -> None:
+    # A segment that takes seconds before its first byte, on workers whose broker and limiter
+    # are a Redis of the test's own. The outage below outlasts the shared cap's slots and the
+    # executor timeout both: only the job table can say the first worker is alive.
+    slow = engine_factory(ttfb_ms=6000)
+    server = stoppable_redis.start()
+    made = Runtimes(server.url, database_url, slow)
+    try:
+        first, second = made(), made()
+        job_id = record_job(first.db, tmp_path / "job", scripts=1, lines=1)
+        [[ref]] = segments_by_script(first.db, job_id)
+        results: dict[str, StageResult] = {}
+
+        def synthesize_on(name: str, rt: Runtime) -> threading.Thread:
+            def run() -> None:
+                results[name] = flow.synthesize(rt, ref.segment_pk)
+
+            thread = threading.Thread(target=run, name=f"task-{name}")
+            thread.start()
+            return thread
+
+        holder = synthesize_on("first", first)
+        poll_until(
+            lambda: segment_row(first.db, ref.segment_pk).executor == first.executor.id,
+            10,
+            "the first worker's claim",
+        )
+        server.pause()
+        paused_at, beaten_since = time.monotonic(), utcnow()
+        try:
+            # The second worker gets the same segment's task (a redelivery, a sweep's resend).
+            duplicate = synthesize_on("second", second)
+            poll_until(
+                lambda: (
+                    time.monotonic() - paused_at > 2 * TEST_EXECUTOR_TIMEOUT
+                    and row_of(first.db, EXECUTORS, first.executor.id).heartbeat_at > beaten_since
+                ),
+                20,
+                "an outage longer than the executor timeout, the first worker beating through it",
+            )
+            row = segment_row(first.db, ref.segment_pk)
+            assert (row.state, row.executor) == (State.RUNNING, first.executor.id)
+        finally:
+            server.resume()
+        holder.join(timeout=60)
+        duplicate.join(timeout=60)
+        assert not holder.is_alive() and not duplicate.is_alive()
+
+        assert results["first"].outcome is Outcome.SYNTHESIZED
+        assert results["second"].outcome is Outcome.SKIPPED
+        row = segment_row(first.db, ref.segment_pk)
+        assert (row.state, row.executor) == (State.DONE, first.executor.id)
+        assert (row.attempts, row.billed_chars, row.last_error) == (1, row.chars, None)
+        metrics = slow.metrics()
+        assert (metrics["requests"], metrics["completed"]) == (1, 1)
+        assert metrics["characters"] == row.chars
+        output_of(first.db, ref.script_pk)
+    finally:
+        server.resume()
+        made.close_all()
