@@ -152,18 +152,29 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     assert results_of(tmp_path / "out")["state"] == "done"
 
 
+def _recorded(run: Cli) -> bool:
+    try:
+        return bool(segment_states(run.database_url))
+    except sa.exc.OperationalError:
+        return False  # the tables are not there yet
+
+
 def test_a_failed_stitch_is_redone_by_resume_without_a_request(
     cli: Cli, engine_factory: EngineFactory, tmp_path: Path
 ) -> None:
-    engine = engine_factory(api_keys=[KEY])
+    # Slow to the first byte: the render is still synthesizing when the blocker appears.
+    engine = engine_factory(api_keys=[KEY], ttfb_ms=500)
     run = cli.using(engine=engine, api_key=KEY)
     path = write(tmp_path, IVR_AND_NARRATION)
-    # A folder where the narration's MP3 (its first format) should go: the encoder cannot put
-    # the file in place.
+    running = run.start("render", path)
+    # A folder where the narration's MP3 (its first format) should go, made once the job is
+    # recorded (a folder there beforehand is refused as bad input): the encoder cannot put the
+    # file in place.
+    poll_until(lambda: _recorded(run), timeout=60, what="the job recorded")
     blocker = tmp_path / "out" / "narration" / "chapter.mp3"
     blocker.mkdir(parents=True)
 
-    failed = run.run("render", path)
+    failed = running.wait()
 
     assert failed.returncode == 1, failed
     assert "Traceback" not in failed.stderr
