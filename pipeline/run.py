@@ -44,7 +44,8 @@ async def run_job(ctx: Context, job_id: str, *, workers: int, stitchers: int) ->
 
         async def worker() -> None:
             while queue:
-                result = await synth_stage(ctx, queue.popleft())
+                work = queue.popleft()
+                result = await synth_stage(ctx, work.segment_pk, work)
                 follow(result)
                 if result.outcome is Outcome.REFUSED:
                     # The stage failed what waits; those already waiting for a slot would send

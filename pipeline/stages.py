@@ -142,12 +142,22 @@ class Context:
         return self._stores[destination]
 
 
-def start_stage(ctx: Context, job_id: str) -> views.Outstanding:
+@dataclass(frozen=True)
+class Todo:
+    """What a job still needs, for an executor that runs all of it: its pending segments (as
+    `synth_stage` takes them, loaded in one query) and the stitches already due."""
+
+    segments: tuple[plans.SegmentWork, ...]
+    stitches: tuple[int, ...]
+
+
+def start_stage(ctx: Context, job_id: str) -> Todo:
     """Mark the job running under this executor; the segments and stitches it still needs."""
     with ctx.db.begin() as conn:
         transitions.job_state(conn, job_id)  # JobNotFound for a job that does not exist
         transitions.start_job(conn, job_id, ctx.executor.id)
-        return views.outstanding(conn, job_id)
+        segments = plans.load_pending_segments(conn, job_id)
+        return Todo(tuple(segments), tuple(views.stitchable_scripts(conn, job_id)))
 
 
 class ClaimLost(Exception):
@@ -173,15 +183,19 @@ class _Watch:
             self.task.cancel()
 
 
-async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
+async def synth_stage(
+    ctx: Context, segment_pk: int, work: plans.SegmentWork | None = None
+) -> StageResult:
     """Take one segment's audio from the cache or from Rime, claiming it just before; record it.
 
     The claim is made once a slot of the limiter is held (or when the audio is found cached),
     so a cancel committed before then stops the request from being sent at all, and one made
     after it stops the request in flight within a heartbeat (see `pipeline.executor`).
+    `work`, when given, is the segment as loaded before (`start_stage`): the claim decides.
     """
-    with ctx.db.begin() as conn:
-        work = plans.load_segment(conn, segment_pk)
+    if work is None:
+        with ctx.db.begin() as conn:
+            work = plans.load_segment(conn, segment_pk)
     if work.state not in (State.PENDING, State.RUNNING):
         return StageResult(Outcome.SKIPPED)
     store = ctx.store(work.destination)

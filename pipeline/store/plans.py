@@ -186,24 +186,25 @@ class ScriptWork:
 # What a stage loads for every segment and script, built once (see pipeline.store.transitions).
 JOBS, SCRIPTS, SEGMENTS = JOBS, SCRIPTS, SEGMENTS
 _SEGMENT_COLUMNS = [SEGMENTS.c[name] for name in _PLANNED_COLUMNS]
-_SEGMENT_WORK = (
-    select(
-        SEGMENTS.c.job_id,
-        JOBS.c.destination,
-        SEGMENTS.c.script_pk,
-        SCRIPTS.c.script_id,
-        SEGMENTS.c.state,
-        SEGMENTS.c.attempts,
-        SCRIPTS.c.params,
-        *_SEGMENT_COLUMNS,
+_SEGMENTS_WORK = select(
+    SEGMENTS.c.id,
+    SEGMENTS.c.job_id,
+    JOBS.c.destination,
+    SEGMENTS.c.script_pk,
+    SCRIPTS.c.script_id,
+    SEGMENTS.c.state,
+    SEGMENTS.c.attempts,
+    SCRIPTS.c.params,
+    *_SEGMENT_COLUMNS,
+).select_from(
+    SEGMENTS.join(SCRIPTS, SEGMENTS.c.script_pk == SCRIPTS.c.id).join(
+        JOBS, SEGMENTS.c.job_id == JOBS.c.id
     )
-    .select_from(
-        SEGMENTS.join(SCRIPTS, SEGMENTS.c.script_pk == SCRIPTS.c.id).join(
-            JOBS, SEGMENTS.c.job_id == JOBS.c.id
-        )
-    )
-    .where(SEGMENTS.c.id == bindparam("pk_"))
 )
+_SEGMENT_WORK = _SEGMENTS_WORK.where(SEGMENTS.c.id == bindparam("pk_"))
+_PENDING_WORK = _SEGMENTS_WORK.where(
+    SEGMENTS.c.job_id == bindparam("job_"), SEGMENTS.c.state == State.PENDING
+).order_by(SCRIPTS.c.position, SEGMENTS.c.index)
 _SCRIPT_WORK = (
     select(SCRIPTS, JOBS.c.destination)
     .select_from(SCRIPTS.join(JOBS, SCRIPTS.c.job_id == JOBS.c.id))
@@ -221,15 +222,31 @@ def load_segment(conn: Connection, segment_pk: int) -> SegmentWork:
     found = conn.execute(_SEGMENT_WORK, {"pk_": segment_pk}).mappings().one_or_none()
     if found is None:
         raise StoreError(f"no segment {segment_pk}")
+    return _segment_work(found, _from_dict(VoiceParams, found["params"]))
+
+
+def load_pending_segments(conn: Connection, job_id: str) -> list[SegmentWork]:
+    """The job's pending segments, each as `load_segment` gives it, in plan order."""
+    params: dict[int, VoiceParams] = {}
+    work = []
+    for found in conn.execute(_PENDING_WORK, {"job_": job_id}).mappings():
+        script_pk = found["script_pk"]
+        if script_pk not in params:
+            params[script_pk] = _from_dict(VoiceParams, found["params"])
+        work.append(_segment_work(found, params[script_pk]))
+    return work
+
+
+def _segment_work(found: RowMapping, params: VoiceParams) -> SegmentWork:
     return SegmentWork(
-        segment_pk=segment_pk,
+        segment_pk=found["id"],
         job_id=found["job_id"],
         destination=found["destination"],
         script_pk=found["script_pk"],
         script_id=found["script_id"],
         state=found["state"],
         attempts=found["attempts"],
-        params=_from_dict(VoiceParams, found["params"]),
+        params=params,
         segment=_planned_segment(found),
     )
 

@@ -24,13 +24,14 @@ from pipeline.stages import (
     Event,
     Outcome,
     StageResult,
+    Todo,
     settle_stage,
     start_stage,
     stitch_stage,
     synth_stage,
 )
 from pipeline.storage import OUTPUT_EXTENSIONS, LocalStore, content_type_for, open_store
-from pipeline.store import OutputFile, State, transitions
+from pipeline.store import OutputFile, State, plans, transitions
 from pipeline.store.executors import WORKER
 from pipeline.store.transitions import NOTHING, Next
 from tests.fixtures.jobs import (
@@ -105,6 +106,10 @@ def no_temp_files(folder: Path) -> bool:
 # start_stage
 
 
+def pks_of(todo: Todo) -> tuple[int, ...]:
+    return tuple(work.segment_pk for work in todo.segments)
+
+
 def test_start_stage_marks_the_job_running_and_lists_all_its_segments(
     ctx: Context, dest: Path
 ) -> None:
@@ -116,7 +121,10 @@ def test_start_stage_marks_the_job_running_and_lists_all_its_segments(
     row = job_row(ctx.db, job.job_id)
     assert row.state is State.RUNNING
     assert row.started_at is not None
-    assert todo.segments == job.all_segments
+    assert pks_of(todo) == job.all_segments
+    # Each loaded as synth_stage loads it on its own.
+    with ctx.db.begin() as conn:
+        assert list(todo.segments) == [plans.load_segment(conn, pk) for pk in job.all_segments]
     assert todo.stitches == ()
 
 
@@ -131,7 +139,7 @@ async def test_start_stage_on_a_job_under_way_lists_what_is_left_and_the_due_sti
     todo = start_stage(ctx, job.job_id)
 
     assert job_row(ctx.db, job.job_id).state is State.RUNNING
-    assert todo.segments == (job.segments[1][1], *job.segments[2])
+    assert pks_of(todo) == (job.segments[1][1], *job.segments[2])
     assert todo.stitches == (job.scripts[0],)
 
 
@@ -453,10 +461,10 @@ async def test_a_refused_key_abandons_the_waiting_scripts_and_a_resume_picks_the
     with ctx.db.begin() as conn:
         assert transitions.reset_for_resume(conn, job.job_id) == 1
     todo = start_stage(ctx, job.job_id)
-    assert todo.segments == (*job.segments[1], job.segments[2][0])
+    assert pks_of(todo) == (*job.segments[1], job.segments[2][0])
     assert todo.stitches == ()
     synthesizer.forget()
-    results = await synthesize(ctx, *todo.segments)
+    results = await synthesize(ctx, *pks_of(todo))
     assert synthesizer.texts() == [job.text(1, 0), job.text(1, 1), job.text(2, 0)]
     assert [r.next for r in results] == [
         NOTHING,
