@@ -71,18 +71,10 @@ def _setup_logging() -> None:
 @cache
 def _database() -> Engine:
     """The job table named by DATABASE_URL, migrated to the current schema (once a process)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
+    from pipeline.reach import open_job_table
     from pipeline.settings import get_settings
-    from pipeline.store import open_database
 
-    url = get_settings().database_url
-    try:
-        return open_database(url)
-    except (SQLAlchemyError, ArgumentError, OSError) as exc:
-        where = make_url(url).render_as_string(hide_password=True)
-        raise RimeBatchError(f"cannot open the job table at {where}: {exc}") from exc
+    return open_job_table(get_settings().database_url)
 
 
 @contextmanager

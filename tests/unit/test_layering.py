@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest"},
     {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
     {"pipeline.stitch", "pipeline.store"},
-    {"pipeline.results"},
+    {"pipeline.results", "pipeline.reach"},
     {"pipeline.stages"},
     {"pipeline.run", "pipeline.display", "pipeline.progress"},
     {"pipeline.cli"},
