@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from functools import cache
@@ -97,10 +97,14 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
         engine.stop()
 
 
-def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | None) -> State:
+def _execute(
+    plan: JobPlan, concurrency: int | None, rpm: int | None, record: Callable[[], str]
+) -> tuple[str, State]:
+    """Check Rime for the plan's voices, then `record()` the job and run it; its id and state."""
     import asyncio
 
     from pipeline.limits import LocalLimiter
+    from pipeline.preflight import preflight
     from pipeline.progress import ProgressReporter
     from pipeline.rime.http import AsyncRimeHttpClient
     from pipeline.run import run_job
@@ -115,10 +119,12 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
         limits = replace(limits, requests_per_minute=rpm)
     db = _database()
     segments = sum(len(s.segments) for s in plan.scripts)
+    job_id: str | None = None
 
     async def go(
         http_url: str, key: SecretStr | None, namespace: str, reporter: ProgressReporter
     ) -> State:
+        nonlocal job_id
         # No more connections than requests the limiter lets through: idle ones cost CPU.
         pool = limits.concurrency
         async with AsyncRimeHttpClient(api_key=key, url=http_url, max_connections=pool) as client:
@@ -130,6 +136,10 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
                 on_event=reporter,
                 cache_namespace=namespace,
             )
+            # Before the job is recorded or started: a wrong URL, key or voice leaves nothing.
+            count_probes = await preflight(ctx, plan, http_url)
+            job_id = await asyncio.to_thread(record)
+            await asyncio.to_thread(count_probes, db, job_id)
             return await run_job(
                 ctx,
                 job_id,
@@ -143,13 +153,18 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
     ):
         try:
             try:
-                return asyncio.run(go(http_url, key, namespace, reporter))
+                state = asyncio.run(go(http_url, key, namespace, reporter))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None
         except KeyboardInterrupt:
-            _err().print(f"interrupted: finish it with `rime-batch resume {job_id}`")
+            if job_id is None:
+                _err().print("interrupted before the job started")
+            else:
+                _err().print(f"interrupted: finish it with `rime-batch resume {job_id}`")
             raise typer.Exit(130) from None
+    assert job_id is not None
+    return job_id, state
 
 
 def _first(group: BaseExceptionGroup[RimeBatchError]) -> RimeBatchError:
@@ -265,10 +280,15 @@ def render(
     job_plan = _load_plan(manifest, output)
     # A destination that cannot be written fails here, before anything is billed.
     open_store(job_plan.destination).check()
-    with _database().begin() as conn:
-        job_id = record_plan(conn, job_plan)
-    _err().print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
-    _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
+
+    def record() -> str:
+        with _database().begin() as conn:
+            job_id = record_plan(conn, job_plan)
+        scripts, chars = len(job_plan.scripts), job_plan.chars
+        _err().print(f"job {job_id}: {scripts} scripts, {chars:,} characters")
+        return job_id
+
+    _finish(*_execute(job_plan, concurrency, rpm, record))
 
 
 @app.command()
@@ -281,7 +301,7 @@ def resume(job: str, concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None) -> 
         job_id = views.resolve_job_id(conn, job)
         transitions.reset_for_resume(conn, job_id)
         job_plan = load_plan(conn, job_id)
-    _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
+    _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id))
 
 
 @app.command()
@@ -324,22 +344,50 @@ def status(
             pass
 
 
+def _check_rime(plan: JobPlan) -> Callable[[Engine, str], None]:
+    """`submit`'s preflight, from this host, with the settings every host shares."""
+    import asyncio
+
+    from pipeline.limits import LocalLimiter
+    from pipeline.preflight import preflight
+    from pipeline.rime.http import AsyncRimeHttpClient
+    from pipeline.settings import get_settings
+    from pipeline.stages import Context
+
+    settings = get_settings()
+
+    async def go() -> Callable[[Engine, str], None]:
+        key, url = settings.rime_api_key, settings.rime_api_url
+        async with AsyncRimeHttpClient(api_key=key, url=url, max_connections=1) as client:
+            ctx = Context(_database(), client, LocalLimiter(settings.limits))
+            return await preflight(ctx, plan, url)
+
+    return asyncio.run(go())
+
+
 @app.command()
 def submit(
     manifest: Annotated[str, typer.Argument(help="A manifest, or a saved or failed job's id.")],
     output: OutputOpt = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="Check Rime's URL, key and voices from this host first (a character a voice)."
+        ),
+    ] = True,
 ) -> None:
     """Send a job to the Celery workers and return; prints its id (see `worker`, `status -w`)."""
     from workers.commands import submit as submit_job
 
+    preflight = _check_rime if check else None
     if Path(manifest).is_file():
         job_plan = _load_plan(Path(manifest), output)
-        job_id = submit_job(job_plan)
+        job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
         )
     else:
-        job_id = submit_job(manifest)
+        job_id = submit_job(manifest, preflight=preflight)
     _out().print(job_id)
 
 

@@ -38,6 +38,7 @@ def test_a_damaged_cache_entry_is_synthesized_again(
 
     assert again.returncode == 0, again
     assert "Traceback" not in again.stderr
+    # No preflight: the entry is there, and only the stage finds out it is damaged.
     assert engine.metrics()["requests"] == 1
     assert entry.read_bytes()[:4] == b"RIFF"
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -83,5 +84,5 @@ def test_local_engine_audio_is_never_reused_for_rime(
     keyed = cli.using(engine=engine, api_key=KEY).run("render", "jobs.yaml")
 
     assert keyed.returncode == 0, keyed
-    assert engine.metrics()["requests"] == 1
+    assert engine.metrics()["requests"] == 1 + 1  # and the preflight of its voice
     assert len(list((tmp_path / "out" / "cache").rglob("*.wav"))) == 2

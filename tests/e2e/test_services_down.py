@@ -37,11 +37,10 @@ def one_line(result: CliResult, *fragments: str) -> str:
 
 
 def test_submit_with_the_broker_down_records_nothing(cli: Cli, tmp_path: Path) -> None:
-    port = closed_port()
-    broker = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
     write(tmp_path, MANIFEST)
-
-    result = cli.using(CELERY_BROKER_URL=broker).run("submit", "jobs.yaml")
+    with closed_port() as port:
+        broker = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+        result = cli.using(CELERY_BROKER_URL=broker).run("submit", "jobs.yaml")
 
     one_line(result, "the broker", f"redis://127.0.0.1:{port}/0")
     listed = cli.run("status")
@@ -51,11 +50,10 @@ def test_submit_with_the_broker_down_records_nothing(cli: Cli, tmp_path: Path) -
 
 
 def test_submit_with_the_job_table_down_says_so(cli: Cli, tmp_path: Path) -> None:
-    port = closed_port()
-    database = f"postgresql+psycopg://rime:{PASSWORD}@127.0.0.1:{port}/rime_batch"
     write(tmp_path, MANIFEST)
-
-    result = cli.using(database_url=database).run("submit", "jobs.yaml")
+    with closed_port() as port:
+        database = f"postgresql+psycopg://rime:{PASSWORD}@127.0.0.1:{port}/rime_batch"
+        result = cli.using(database_url=database).run("submit", "jobs.yaml")
 
     one_line(result, "the job table", f"postgresql+psycopg://127.0.0.1:{port}/rime_batch")
 
@@ -64,9 +62,8 @@ def test_submit_with_the_job_table_down_says_so(cli: Cli, tmp_path: Path) -> Non
 def test_other_commands_with_the_job_table_down_say_so_in_one_line(
     cli: Cli, command: tuple[str, ...]
 ) -> None:
-    port = closed_port()
-    database = f"postgresql://rime:{PASSWORD}@127.0.0.1:{port}/rime_batch"
-
-    result = cli.using(database_url=database).run(*command, timeout=60)
+    with closed_port() as port:
+        database = f"postgresql://rime:{PASSWORD}@127.0.0.1:{port}/rime_batch"
+        result = cli.using(database_url=database).run(*command, timeout=60)
 
     one_line(result, "the job table", f"127.0.0.1:{port}/rime_batch")

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"pipeline.stitch", "pipeline.store"},
     {"pipeline.results", "pipeline.reach"},
     {"pipeline.stages"},
-    {"pipeline.run", "pipeline.display", "pipeline.progress"},
+    {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},
     {"pipeline.cli"},
 ]
 # Only the command line's entry point may reach the workers (`submit`, `worker`, `cancel`).
