@@ -45,4 +45,4 @@ bench: install-bench
 	$(BIN)/python bench/stitch.py --hours 1
 
 clean:
-	rm -rf $(VENV) rime-batch.db out .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -36,6 +36,7 @@ from sqlalchemy import select
 from throughput import KEY, engine_process, prompts, write_manifest  # bench/ is on sys.path
 from throughput_celery import start_redis, start_workers
 
+from pipeline.executor import Executor
 from pipeline.limits import LimitConfig, LocalLimiter
 from pipeline.manifest import load_manifest
 from pipeline.plan import JobPlan, build_plan
@@ -45,6 +46,7 @@ from pipeline.run import run_job
 from pipeline.settings import Settings
 from pipeline.stages import Context
 from pipeline.store import create_engine_for, migrate, record_plan
+from pipeline.store.executors import RENDER
 from pipeline.store.schema import JOBS
 from pipeline.store.states import State
 from workers.app import create_app
@@ -148,10 +150,11 @@ def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Run
 
     async def go() -> State:
         async with AsyncRimeHttpClient(api_key=KEY, url=url, max_connections=concurrency) as client:
-            ctx = Context(db, client, LocalLimiter(limits))
-            return await run_job(
-                ctx, job_id, workers=2 * concurrency, stitchers=Settings().stitch_parallelism
-            )
+            with Executor.from_settings(db, RENDER, Settings()) as executor:
+                ctx = Context(db, client, LocalLimiter(limits), executor)
+                return await run_job(
+                    ctx, job_id, workers=2 * concurrency, stitchers=Settings().stitch_parallelism
+                )
 
     with measured(own_cpu) as m:
         state = asyncio.run(go())

@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import func, select
 from throughput_celery import celery_mode  # bench/ is on sys.path when run as a script
 
+from pipeline.executor import Executor
 from pipeline.limits import LimitConfig, LocalLimiter
 from pipeline.manifest import load_manifest
 from pipeline.plan import JobPlan, build_plan
@@ -49,6 +50,7 @@ from pipeline.run import run_job
 from pipeline.settings import Settings
 from pipeline.stages import Context
 from pipeline.store import create_engine_for, migrate, record_plan
+from pipeline.store.executors import RENDER
 from pipeline.store.schema import SEGMENTS
 
 KEY = "bench-key"
@@ -232,10 +234,14 @@ def run_embedded(bench: Bench) -> Figures:
 
     async def go() -> None:
         async with AsyncRimeHttpClient(api_key=KEY, url=bench.engine.http_url) as client:
-            ctx = Context(db, client, LocalLimiter(limits))
-            await run_job(
-                ctx, job_id, workers=limits.concurrency * 2, stitchers=Settings().stitch_parallelism
-            )
+            with Executor.from_settings(db, RENDER, Settings()) as executor:
+                ctx = Context(db, client, LocalLimiter(limits), executor)
+                await run_job(
+                    ctx,
+                    job_id,
+                    workers=limits.concurrency * 2,
+                    stitchers=Settings().stitch_parallelism,
+                )
 
     segments = sum(len(s.segments) for s in bench.plan.scripts)
     bench.engine.reset_metrics()

@@ -26,14 +26,37 @@ if TYPE_CHECKING:
     from rich.table import Table
     from sqlalchemy import Engine
 
-    from pipeline.plan import JobPlan
+    from pipeline.plan import JobPlan, PlannedSegment
+    from pipeline.progress import Done
     from pipeline.store import State
 
 # The segment cache of renders spoken by the in-process engine, apart from Rime's audio.
 LOCAL_CACHE_NAMESPACE = "local"
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# Plain help: click's formatter wraps every option's name and help at any width, where the rich
+# panels cut long names short and print a type (`<bool>`) beside each flag.
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 log = logging.getLogger("rime_batch")
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from importlib.metadata import version
+
+        print(f"rime-batch {version('rime-batch')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Render manifests of scripts to audio with Rime's text-to-speech API."""
 
 
 @cache
@@ -54,18 +77,31 @@ def _err() -> Console:
 
 
 def _setup_logging() -> None:
+    """One handler on stderr, one line an event: rich's on a terminal, plain text elsewhere."""
+    from pipeline.logs import one_line_faults, quiet_other_libraries
+    from pipeline.settings import get_settings
+
+    level = get_settings().log_level
     handler: logging.Handler
     if _err().is_terminal:
         from rich.logging import RichHandler
 
         handler = RichHandler(console=_err(), show_path=False, markup=False)
+        # Rich prints the time and level itself; basicConfig's default format would repeat them.
+        handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    # httpx logs every request at INFO; a thousand-segment job would drown in it.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    quiet_other_libraries(level)
+    one_line_faults([handler])
+
+
+def _where(url: str) -> str:
+    """A database URL fit to print: any password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @cache
@@ -98,18 +134,25 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
 
 
 def _execute(
-    plan: JobPlan, concurrency: int | None, rpm: int | None, record: Callable[[], str]
+    plan: JobPlan,
+    concurrency: int | None,
+    rpm: int | None,
+    record: Callable[[], str],
+    resuming: str | None = None,
 ) -> tuple[str, State]:
-    """Check Rime for the plan's voices, then `record()` the job and run it; its id and state."""
+    """Check Rime for the plan's voices, then `record()` the job (or take the one `resuming`)
+    and run it; its id and state."""
     import asyncio
 
+    from pipeline.executor import Executor
     from pipeline.limits import LocalLimiter
-    from pipeline.preflight import preflight
-    from pipeline.progress import ProgressReporter
-    from pipeline.rime.http import AsyncRimeHttpClient
+    from pipeline.preflight import cached_for, preflight
+    from pipeline.progress import Done, ProgressReporter
+    from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
     from pipeline.run import run_job
     from pipeline.settings import get_settings
     from pipeline.stages import Context
+    from pipeline.store.executors import RENDER
 
     settings = get_settings()
     limits = settings.limits
@@ -122,22 +165,32 @@ def _execute(
     job_id: str | None = None
 
     async def go(
-        http_url: str, key: SecretStr | None, namespace: str, reporter: ProgressReporter
+        http_url: str,
+        key: SecretStr | None,
+        namespace: str,
+        reporter: ProgressReporter,
+        executor: Executor,
     ) -> State:
         nonlocal job_id
         # No more connections than requests the limiter lets through: idle ones cost CPU.
         pool = limits.concurrency
-        async with AsyncRimeHttpClient(api_key=key, url=http_url, max_connections=pool) as client:
+        async with AsyncRimeHttpClient(
+            api_key=key,
+            url=http_url,
+            max_connections=pool,
+            timeout=request_timeout(settings.read_timeout_seconds),
+        ) as client:
             ctx = Context(
                 db,
                 client,
                 LocalLimiter(limits),
+                executor,
                 policy=settings.policy,
                 on_event=reporter,
                 cache_namespace=namespace,
             )
             # Before the job is recorded or started: a wrong URL, key or voice leaves nothing.
-            count_probes = await preflight(ctx, plan, http_url)
+            count_probes = await preflight(client, plan, http_url, cached_for(ctx, plan))
             job_id = await asyncio.to_thread(record)
             await asyncio.to_thread(count_probes, db, job_id)
             return await run_job(
@@ -149,11 +202,18 @@ def _execute(
 
     with (
         _rime_endpoint() as (http_url, key, namespace),
-        ProgressReporter(_err(), segments=segments, chars=plan.chars) as reporter,
+        ProgressReporter(
+            _err(),
+            segments=segments,
+            chars=plan.chars,
+            scripts=len(plan.scripts),
+            done=_done_so_far(db, resuming) if resuming is not None else Done(),
+        ) as reporter,
+        Executor.from_settings(db, RENDER, settings) as executor,
     ):
         try:
             try:
-                state = asyncio.run(go(http_url, key, namespace, reporter))
+                state = asyncio.run(go(http_url, key, namespace, reporter, executor))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None
@@ -165,6 +225,19 @@ def _execute(
             raise typer.Exit(130) from None
     assert job_id is not None
     return job_id, state
+
+
+def _done_so_far(db: Engine, job_id: str) -> Done:
+    from pipeline.progress import Done
+    from pipeline.store import State, views
+
+    with db.begin() as conn:
+        summary = views.job_summary(conn, job_id)
+    return Done(
+        segments=sum(s.segments_done for s in summary.scripts),
+        chars=sum(s.chars_done for s in summary.scripts),
+        scripts=sum(s.state is State.DONE for s in summary.scripts),
+    )
 
 
 def _first(group: BaseExceptionGroup[RimeBatchError]) -> RimeBatchError:
@@ -194,23 +267,35 @@ def _load_plan(manifest: Path, output: str | None) -> JobPlan:
     return build_plan(load_manifest(manifest, output=output))
 
 
+# Flags have one name each (no --no-x twin), and every value a metavar saying what it is.
+ManifestArg = Annotated[Path, typer.Argument(metavar="MANIFEST", help="A YAML or CSV manifest.")]
+JobArg = Annotated[str, typer.Argument(metavar="JOB", help="A job id or prefix.")]
 OutputOpt = Annotated[
-    str | None, typer.Option("--output", "-o", help="Destination folder or s3://bucket/prefix.")
+    str | None,
+    typer.Option(
+        "--output", "-o", metavar="DEST", help="Destination folder or s3://bucket/prefix."
+    ),
 ]
 ConcurrencyOpt = Annotated[
     int | None,
-    typer.Option(min=1, help="Requests in flight at once (default 5, Rime's PAYG limit)."),
+    typer.Option(
+        min=1, metavar="N", help="Requests in flight at once (default 5, Rime's PAYG limit)."
+    ),
 ]
-RpmOpt = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests-per-minute budget.")]
+RpmOpt = Annotated[
+    int | None, typer.Option("--rpm", min=1, metavar="N", help="Requests-per-minute budget.")
+]
 
 
 @app.command()
 def plan(
-    manifest: Path,
+    manifest: ManifestArg,
     output: OutputOpt = None,
-    save: Annotated[bool, typer.Option(help="Record the job and its segments as pending.")] = False,
+    save: Annotated[
+        bool, typer.Option("--save", help="Record the job and its segments as pending.")
+    ] = False,
 ) -> None:
-    """Show how a manifest will be rendered: segments, characters and minutes per script."""
+    """Show how a manifest will be rendered. Segments, characters and minutes per script."""
     from pipeline.display import plan_table
 
     job_plan = _load_plan(manifest, output)
@@ -225,13 +310,18 @@ def plan(
 
 @app.command()
 def segment(
-    file: Annotated[str, typer.Argument(help="A text file, or - for standard input.")],
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="A text file, or - for standard input.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON objects.")] = False,
-    limit: Annotated[int, typer.Option(min=1, help="Characters per segment.")] = 500,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Characters per segment.")] = 500,
     inline_speed_alpha: Annotated[
-        str | None, typer.Option(help="Comma-separated speeds of the [bracketed] words.")
+        str | None,
+        typer.Option(metavar="SPEEDS", help="Comma-separated speeds of the [bracketed] words."),
     ] = None,
-    pauses_as_cuts: Annotated[bool, typer.Option(help="Cut at every <ms> pause.")] = False,
+    pauses_as_cuts: Annotated[
+        bool, typer.Option("--pauses-as-cuts", help="Cut at every <ms> pause.")
+    ] = False,
 ) -> None:
     """Print the segments of one text."""
     from pipeline.segment import segment_text
@@ -267,12 +357,12 @@ def segment(
 
 @app.command()
 def render(
-    manifest: Path,
+    manifest: ManifestArg,
     output: OutputOpt = None,
     concurrency: ConcurrencyOpt = None,
     rpm: RpmOpt = None,
 ) -> None:
-    """Render a manifest to audio, here and now, with the embedded executor."""
+    """Render a manifest to audio here and now. The embedded executor: one process."""
     from pipeline.storage import open_store
     from pipeline.store import record_plan
 
@@ -292,43 +382,60 @@ def render(
 
 
 @app.command()
-def resume(job: str, concurrency: ConcurrencyOpt = None, rpm: RpmOpt = None) -> None:
-    """Finish an interrupted or failed job without redoing finished segments."""
+def resume(
+    job: JobArg,
+    concurrency: ConcurrencyOpt = None,
+    rpm: RpmOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Resume even though the job's executor still looks alive."),
+    ] = False,
+) -> None:
+    """Finish an interrupted, failed or cancelled job. Finished segments are not done again."""
+    from pipeline.settings import get_settings
     from pipeline.store import load_plan, transitions, views
 
     _setup_logging()
     with _database().begin() as conn:
         job_id = views.resolve_job_id(conn, job)
+        if not force:
+            views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
         transitions.reset_for_resume(conn, job_id)
         job_plan = load_plan(conn, job_id)
-    _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id))
+    _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id, resuming=job_id))
 
 
 @app.command()
 def status(
-    job: Annotated[str | None, typer.Argument(help="A job id or prefix.")] = None,
+    job: Annotated[str | None, typer.Argument(metavar="JOB", help="A job id or prefix.")] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Refresh until the job ends (Ctrl-C stops).")
     ] = False,
     interval: Annotated[
-        float, typer.Option(min=0.1, max=3600, help="Seconds between refreshes.")
+        float,
+        typer.Option(min=0.1, max=3600, metavar="SECONDS", help="Seconds between refreshes."),
     ] = 2.0,
 ) -> None:
     """Show one job's scripts, or every job."""
     from pipeline.display import jobs_table, summary_table
-    from pipeline.store import State, views
+    from pipeline.settings import get_settings
+    from pipeline.store import State, executors, views
 
     final = (State.DONE, State.FAILED, State.CANCELLED)
     db = _database()
 
     def snapshot() -> tuple[Table, bool]:
+        since = executors.dead_before(get_settings().executor_timeout_seconds)
         with db.begin() as conn:
             if job is None:
-                return jobs_table(views.list_jobs(conn)), False
-            summary = views.job_summary(conn, views.resolve_job_id(conn, job))
-        return summary_table(summary), summary.job.state in final
+                return jobs_table(views.list_jobs(conn, dead_before=since)), False
+            job_id = views.resolve_job_id(conn, job)
+            summary = views.job_summary(conn, job_id, dead_before=since)
+        return summary_table(summary), summary.job.state in final or summary.job.interrupted
 
     table, over = snapshot()
+    # Which job table this is: DATABASE_URL, or the default file in the user's data folder.
+    _out().print(f"job table: {_where(get_settings().database_url)}", markup=False, highlight=False)
     if not watch:
         _out().print(table)
         return
@@ -348,26 +455,35 @@ def _check_rime(plan: JobPlan) -> Callable[[Engine, str], None]:
     """`submit`'s preflight, from this host, with the settings every host shares."""
     import asyncio
 
-    from pipeline.limits import LocalLimiter
     from pipeline.preflight import preflight
-    from pipeline.rime.http import AsyncRimeHttpClient
+    from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
     from pipeline.settings import get_settings
-    from pipeline.stages import Context
+    from pipeline.storage import cache_key_path, open_store
 
     settings = get_settings()
+    store = open_store(plan.destination)
+
+    def cached(segment: PlannedSegment) -> bool:
+        # Where the workers look: their stages cache without a namespace.
+        return store.exists(cache_key_path(segment.cache_key))
 
     async def go() -> Callable[[Engine, str], None]:
         key, url = settings.rime_api_key, settings.rime_api_url
-        async with AsyncRimeHttpClient(api_key=key, url=url, max_connections=1) as client:
-            ctx = Context(_database(), client, LocalLimiter(settings.limits))
-            return await preflight(ctx, plan, url)
+        timeout = request_timeout(settings.read_timeout_seconds)
+        async with AsyncRimeHttpClient(
+            api_key=key, url=url, max_connections=1, timeout=timeout
+        ) as client:
+            return await preflight(client, plan, url, cached)
 
     return asyncio.run(go())
 
 
 @app.command()
 def submit(
-    manifest: Annotated[str, typer.Argument(help="A manifest, or a saved or failed job's id.")],
+    manifest: Annotated[
+        str,
+        typer.Argument(metavar="MANIFEST|JOB", help="A manifest, or a saved or failed job's id."),
+    ],
     output: OutputOpt = None,
     check: Annotated[
         bool,
@@ -376,7 +492,7 @@ def submit(
         ),
     ] = True,
 ) -> None:
-    """Send a job to the Celery workers and return; prints its id (see `worker`, `status -w`)."""
+    """Send a job to the Celery workers; prints its id. See `worker` and `status -w`."""
     from workers.commands import submit as submit_job
 
     preflight = _check_rime if check else None
@@ -394,15 +510,24 @@ def submit(
 @app.command()
 def worker(
     threads: Annotated[
-        int | None, typer.Option(help="Tasks at once in this process (default: twice the cap).")
+        int | None,
+        typer.Option(metavar="N", help="Tasks at once in this process (default: twice the cap)."),
     ] = None,
     queues: Annotated[
-        str, typer.Option(help="Queues to work on: rime-batch (synthesis), rime-batch.stitch.")
+        str,
+        typer.Option(
+            metavar="QUEUES",
+            help="Queues to work on, comma-separated: rime-batch (synthesis), rime-batch.stitch.",
+        ),
     ] = "rime-batch,rime-batch.stitch",
-    hostname: Annotated[str | None, typer.Option(help="Worker name, e.g. synth1@%h.")] = None,
-    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    hostname: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Worker name, e.g. synth1@%h.")
+    ] = None,
+    loglevel: Annotated[
+        str, typer.Option(metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
 ) -> None:
-    """Run a Celery worker here until stopped (SIGTERM or Ctrl-C finishes what it started)."""
+    """Run a Celery worker here until stopped. SIGTERM or Ctrl-C finishes what it started."""
     from workers.commands import run_worker
 
     run_worker(
@@ -414,8 +539,8 @@ def worker(
 
 
 @app.command()
-def cancel(job: Annotated[str, typer.Argument(help="A job id or prefix.")]) -> None:
-    """Stop a job: queued work is skipped; requests in flight finish and record nothing."""
+def cancel(job: JobArg) -> None:
+    """Stop a job. Nothing more is sent, and requests in flight are stopped within a second."""
     from workers.commands import cancel as cancel_job
 
     segments = cancel_job(job)
@@ -427,7 +552,7 @@ def cancel(job: Annotated[str, typer.Argument(help="A job id or prefix.")]) -> N
     add_help_option=False,
 )
 def engine(ctx: typer.Context) -> None:
-    """Run the local Rime-compatible engine in the foreground (`engine --help` lists its knobs)."""
+    """Run the local Rime-compatible engine here. `engine --help` lists its knobs."""
     from rime_local.server import main as engine_main
 
     engine_main(ctx.args)

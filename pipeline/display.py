@@ -62,7 +62,7 @@ def jobs_table(rows: list[JobStatus]) -> Table:
         table.add_row(
             row.job_id,
             row.name,
-            row.state.value,
+            row.shown_state,
             f"{row.scripts_done}/{row.scripts}",
             f"{row.chars:,}",
             f"{row.billed_chars:,}",
@@ -75,7 +75,7 @@ def jobs_table(rows: list[JobStatus]) -> Table:
 def summary_table(summary: JobSummary) -> Table:
     """One job's scripts with state, attempts, characters, durations and errors."""
     job = summary.job
-    title = f"job {job.job_id} ({job.name}): {job.state.value}"
+    title = f"job {job.job_id} ({job.name}): {job.shown_state}"
     table = Table(title=title, caption=job.error or None)
     columns = ("script", "state", "segments", "attempts", "chars", "billed", "audio", "error")
     for name in columns:

@@ -208,13 +208,16 @@ def record(db: Engine, job_id: str, sent: Sequence[tuple[Probe, list[Sent]]]) ->
                 )
 
 
-async def preflight(ctx: Context, plan: JobPlan, url: str) -> Record:
-    """Check Rime for the plan's voices that need a request; what counts the billed probes."""
-    store = ctx.store(plan.destination)
-
-    def cached(segment: PlannedSegment) -> bool:
-        return store.exists(ctx.cache_path(segment.cache_key))
-
+async def preflight(
+    client: Synthesizer, plan: JobPlan, url: str, cached: Callable[[PlannedSegment], bool]
+) -> Record:
+    """Check Rime for the plan's voices with a segment not `cached`; what counts the probes."""
     probes = await asyncio.to_thread(probes_for, plan, cached)
-    sent = await check(ctx.client, probes, url=url, manifest=plan.manifest)
+    sent = await check(client, probes, url=url, manifest=plan.manifest)
     return partial(record, sent=sent)
+
+
+def cached_for(ctx: Context, plan: JobPlan) -> Callable[[PlannedSegment], bool]:
+    """Whether a segment's audio is in the plan's segment cache, as `ctx`'s stages look it up."""
+    store = ctx.store(plan.destination)
+    return lambda segment: store.exists(ctx.cache_path(segment.cache_key))

@@ -11,6 +11,9 @@ unacknowledged for `visibility` seconds, so that is longer than the longest task
 segment's every retry, or one stitch), and a job whose rows have not moved for that long is
 taken to have lost its worker.
 
+The job table defaults to a SQLite file in the user's data folder (`platformdirs`), so every
+command finds the same jobs from any working folder.
+
 A plain pydantic model rather than pydantic-settings: this is read by every command, and
 `status` must start in a fraction of a second.
 """
@@ -21,18 +24,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     AliasChoices,
     AliasGenerator,
     BaseModel,
     ConfigDict,
+    Field,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     SecretStr,
     ValidationError,
+    field_validator,
 )
 
 from pipeline.errors import InputError
@@ -46,6 +51,9 @@ RIME_CLOUD_WS_URL = "wss://users-ws.rime.ai"
 # Stitching a book-length script (decode, two loudness passes, encode) takes minutes on one
 # core; this is the room left for it on top of the longest synthesis.
 STITCH_SECONDS = 600.0
+APP_NAME = "rime-batch"
+# The levels RIME_BATCH_LOG_LEVEL takes, in any case.
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 _WELL_KNOWN = {
     "rime_api_key": ("RIME_API_KEY", "RIME_BATCH_RIME_API_KEY"),
@@ -63,6 +71,13 @@ def _names(field: str) -> tuple[str, ...]:
 def _variables(field: str) -> AliasChoices:
     # The field's own name too, for code that builds settings by hand.
     return AliasChoices(*_names(field), field)
+
+
+def default_database_url() -> str:
+    """The job table used when DATABASE_URL is unset: a SQLite file in the user's data folder."""
+    from platformdirs import user_data_path
+
+    return f"sqlite:///{user_data_path(APP_NAME) / 'rime-batch.db'}"
 
 
 class SettingsError(InputError):
@@ -84,10 +99,13 @@ class Settings(BaseModel):
     rime_api_key: SecretStr | None = None
     rime_api_url: str = RIME_CLOUD_HTTP_URL
     rime_ws_url: str = RIME_CLOUD_WS_URL
-    database_url: str = "sqlite:///rime-batch.db"
+    database_url: str = Field(default_factory=default_database_url)
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
     # Shared limits and work leases of the workers.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Our own log lines at this level; other libraries' (botocore, urllib3, httpx, celery's
+    # internals) stay at WARNING unless this is "debug".
+    log_level: LogLevel = "info"
 
     # The limits of the Rime account (None: pipeline.limits.LimitConfig's defaults).
     concurrency: PositiveInt | None = None
@@ -111,8 +129,17 @@ class Settings(BaseModel):
     stitch_parallelism: PositiveInt = 2
     # Task threads per worker process (requests it can keep in flight); None = twice the cap.
     worker_threads: PositiveInt | None = None
-    # A worker's claim on a segment or a stitch lives this long in Redis unless renewed.
+    # A worker's slot of the shared cap lives this long in Redis unless renewed.
     lease_seconds: PositiveFloat = 30.0
+    # How long a request may wait for its next bytes before it counts as stalled (and is
+    # retried; Rime bills a stalled generation whose audio had begun, and so do we).
+    read_timeout_seconds: PositiveFloat = 60.0
+    # Every render and worker process beats its row in the job table this often; a cancel
+    # stops its requests in flight within one beat.
+    heartbeat_seconds: PositiveFloat = 1.0
+    # A process that has not beaten for this long is gone: its claims may be taken over and
+    # its job shows as interrupted.
+    executor_timeout_seconds: PositiveFloat = 30.0
     # None: computed from the retry policy (see `visibility`).
     visibility_timeout: PositiveFloat | None = None
     stitch_seconds: PositiveFloat = STITCH_SECONDS
@@ -120,10 +147,15 @@ class Settings(BaseModel):
     # task then publishes three more messages.
     task_events: bool = False
     # How often one of the workers looks for dead workers' claims and stalled jobs.
-    sweep_seconds: PositiveFloat = 30.0
+    sweep_seconds: PositiveFloat = 15.0
     # A running job with no claim or finish for this long gets its work sent again;
     # None = the visibility timeout.
     stall_seconds: PositiveFloat | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 from pipeline import wav
 from pipeline.audio import EXTENSIONS
 from pipeline.errors import RimeBatchError
+from pipeline.executor import Executor
 from pipeline.limits import Limiter
 from pipeline.plan import PlannedSegment
 from pipeline.results import RESULTS_KEY, results_bytes
@@ -79,13 +80,16 @@ class StageResult:
 class Event:
     """Progress for a display or a log line."""
 
-    kind: str  # "segment", "attempt", "script"
+    kind: str  # "segment", "attempt" (one that failed and is retried), "stitch" (started), "script"
     job_id: str
     script_id: str
     outcome: str
     chars: int = 0
     seconds: float = 0.0
     error: str | None = None
+    segment: int | None = None  # the segment's index in its script (segment and attempt events)
+    attempt: int = 0  # attempt events: the number of the attempt that failed...
+    max_attempts: int = 0  # ...of how many the retry policy allows
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Context:
     db: Engine
     client: Synthesizer
     limiter: Limiter
+    executor: Executor
     policy: RetryPolicy = DEFAULT_POLICY
     on_event: Callable[[Event], None] = lambda _: None
     # Audio from different synthesizers never shares a cache entry: a render against the local
@@ -138,73 +143,177 @@ class Context:
 
 
 def start_stage(ctx: Context, job_id: str) -> views.Outstanding:
-    """Mark the job running; the segments and stitches it still needs, for an executor."""
+    """Mark the job running under this executor; the segments and stitches it still needs."""
     with ctx.db.begin() as conn:
         transitions.job_state(conn, job_id)  # JobNotFound for a job that does not exist
-        transitions.start_job(conn, job_id)
+        transitions.start_job(conn, job_id, ctx.executor.id)
         return views.outstanding(conn, job_id)
 
 
+class ClaimLost(Exception):
+    """The segment was claimed or finished by someone else before our request: nothing sent."""
+
+
+@dataclass
+class _Watch:
+    """A running synthesis the heartbeat may stop: its task, and whether it is still ours."""
+
+    task: asyncio.Task[Any]
+    loop: asyncio.AbstractEventLoop
+    active: bool = True
+    lost: bool = False
+
+    def on_lost(self) -> None:
+        # On the heartbeat thread: hand the decision to the loop, where `active` is kept.
+        self.loop.call_soon_threadsafe(self._stop)
+
+    def _stop(self) -> None:
+        if self.active:
+            self.lost = True
+            self.task.cancel()
+
+
 async def synth_stage(ctx: Context, segment_pk: int) -> StageResult:
-    """Claim one pending segment, take its audio from the cache or from Rime, record it."""
+    """Take one segment's audio from the cache or from Rime, claiming it just before; record it.
+
+    The claim is made once a slot of the limiter is held (or when the audio is found cached),
+    so a cancel committed before then stops the request from being sent at all, and one made
+    after it stops the request in flight within a heartbeat (see `pipeline.executor`).
+    """
     with ctx.db.begin() as conn:
-        if not transitions.claim_segment(conn, segment_pk):
-            return StageResult(Outcome.SKIPPED)
         work = plans.load_segment(conn, segment_pk)
+    if work.state not in (State.PENDING, State.RUNNING):
+        return StageResult(Outcome.SKIPPED)
     store = ctx.store(work.destination)
     key = ctx.cache_path(work.segment.cache_key)
-    event = Event("segment", work.job_id, work.script_id, "", chars=work.segment.chars)
-    billed: int | None = None  # characters of the request that produced the audio, if any
+    event = Event(
+        "segment", work.job_id, work.script_id, "", work.segment.chars, segment=work.segment.index
+    )
+    claim = ctx.executor.claim()
+    watch = _Watch(_current_task(), asyncio.get_running_loop())
+    claimed = False
+    produced = False  # a request's audio arrived whole: an attempt to count, however it ends
+    stack = contextlib.ExitStack()
+
+    def take() -> None:
+        nonlocal claimed
+        with ctx.db.begin() as conn:
+            won = transitions.claim_segment(conn, segment_pk, claim) or (
+                transitions.take_over_segment(
+                    conn, segment_pk, claim, dead_before=ctx.executor.dead_before()
+                )
+            )
+        if not won:
+            raise ClaimLost(segment_pk)
+        claimed = True
+        # Watched from the moment it is ours: a lost claim stops the request.
+        stack.enter_context(ctx.executor.watching(claim, watch.on_lost))
+
+    async def on_slot(number: int) -> None:
+        if number == 1:
+            take()
+
+    def on_audio() -> None:
+        with ctx.db.begin() as conn:
+            transitions.bill_segment(conn, segment_pk, work.segment.chars)
+
     step = "reading the segment cache"
     try:
-        # One at a time per cache entry: a second segment of the same text waits for the first
-        # and finds its audio cached, rather than paying Rime for it twice.
-        async with ctx.one_making(key):
-            cached_seconds = await _off_loop(store, key, _cached_seconds, store, key)
-            if cached_seconds is not None:
-                seconds, outcome = cached_seconds, Outcome.CACHED
-            else:
-                req = TtsRequest(work.segment.text, work.params, work.segment.inline_speed_alpha)
-                result = await synthesize_segment(
-                    ctx.client,
-                    ctx.limiter,
-                    req,
-                    policy=ctx.policy,
-                    on_attempt=lambda attempt: _record_failure(ctx, work, event, attempt),
-                )
-                billed = work.segment.chars
-                step = "storing audio"
-                cached = wav.cache_header(result.sampling_rate, len(result.pcm)) + result.pcm
-                await _off_loop(
-                    store, key, partial(store.put_bytes, content_type="audio/wav"), key, cached
-                )
-                seconds, outcome = result.seconds, Outcome.SYNTHESIZED
+        with stack:
+            # One at a time per cache entry: a second segment of the same text waits for the
+            # first and finds its audio cached, rather than paying Rime for it twice.
+            async with ctx.one_making(key):
+                cached_seconds = await _off_loop(store, key, _cached_seconds, store, key)
+                if cached_seconds is not None:
+                    take()
+                    seconds, outcome = cached_seconds, Outcome.CACHED
+                else:
+                    req = TtsRequest(
+                        work.segment.text, work.params, work.segment.inline_speed_alpha
+                    )
+                    result = await synthesize_segment(
+                        ctx.client,
+                        ctx.limiter,
+                        req,
+                        policy=ctx.policy,
+                        on_attempt=lambda attempt: _record_failure(ctx, work, event, attempt),
+                        on_slot=on_slot,
+                        on_audio=on_audio,
+                    )
+                    produced = True
+                    step = "storing audio"
+                    cached = wav.cache_header(result.sampling_rate, len(result.pcm)) + result.pcm
+                    await _off_loop(
+                        store, key, partial(store.put_bytes, content_type="audio/wav"), key, cached
+                    )
+                    seconds, outcome = result.seconds, Outcome.SYNTHESIZED
+            watch.active = False
+    except ClaimLost:
+        return StageResult(Outcome.SKIPPED)
     except (RimeBatchError, OSError) as exc:
+        watch.active = False
         # Rime's refusals, but also a destination that cannot be written: the segment fails
         # with one clear message instead of taking the whole run down.
         error = str(exc) if isinstance(exc, RimeError) else f"{step} failed: {exc}"
         refused = isinstance(exc, AuthError)
+        if not claimed:
+            take_or_skip = _claim_to_fail(ctx, segment_pk, claim)
+            if not take_or_skip:
+                return StageResult(Outcome.SKIPPED)
         with ctx.db.begin() as conn:
-            if billed is not None:  # the audio was generated, and paid for, before the failure
-                transitions.record_attempt(conn, segment_pk, billed_chars=billed)
-            after = transitions.fail_segment(conn, segment_pk, error) or NOTHING
+            if produced:
+                transitions.record_attempt(conn, segment_pk, billed_chars=0)
+            after = transitions.fail_segment(conn, segment_pk, claim, error) or NOTHING
             if refused:
                 after = transitions.abandon_job(conn, work.job_id, KEY_REFUSED)
         ctx.on_event(replace(event, outcome=Outcome.FAILED, error=error))
         return StageResult(Outcome.REFUSED if refused else Outcome.FAILED, after)
+    except asyncio.CancelledError:
+        watch.active = False
+        if watch.lost and watch.task.uncancel() == 0:
+            # Our claim was lost (the job cancelled, or taken over): stopped, nothing to record.
+            ctx.on_event(replace(event, outcome=Outcome.SKIPPED, error="claim lost"))
+            return StageResult(Outcome.SKIPPED)
+        _release(ctx, segment_pk, claim, claimed, produced)
+        raise
     except BaseException:
-        # Interrupted (Ctrl-C, a cancelled task): hand the segment back for a resume.
-        with ctx.db.begin() as conn:
-            if billed is not None:
-                transitions.record_attempt(conn, segment_pk, billed_chars=billed)
-            transitions.release_segment(conn, segment_pk, "interrupted")
+        watch.active = False
+        _release(ctx, segment_pk, claim, claimed, produced)
         raise
     with ctx.db.begin() as conn:
         finished = transitions.finish_segment(
-            conn, segment_pk, audio_seconds=seconds, billed_chars=billed
+            conn,
+            segment_pk,
+            claim,
+            audio_seconds=seconds,
+            synthesized=outcome is Outcome.SYNTHESIZED,
         )
     ctx.on_event(replace(event, outcome=outcome, seconds=seconds))
     return StageResult(outcome, finished or NOTHING)
+
+
+def _current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    assert task is not None, "a stage runs in a task"
+    return task
+
+
+def _claim_to_fail(ctx: Context, segment_pk: int, claim: transitions.Claim) -> bool:
+    # A failure before the claim (a permanent error of the first attempt's slot, a cache
+    # that cannot be read): the segment is claimed only to record it.
+    with ctx.db.begin() as conn:
+        return transitions.claim_segment(conn, segment_pk, claim)
+
+
+def _release(
+    ctx: Context, segment_pk: int, claim: transitions.Claim, claimed: bool, produced: bool
+) -> None:
+    # Interrupted (Ctrl-C, a cancelled task): hand the segment back for a resume.
+    if claimed:
+        with ctx.db.begin() as conn:
+            if produced:
+                transitions.record_attempt(conn, segment_pk, billed_chars=0)
+            transitions.release_segment(conn, segment_pk, claim, "interrupted")
 
 
 async def _off_loop(store: ObjectStore, key: str, call: Callable[..., T], *args: Any) -> T:
@@ -220,12 +329,20 @@ def _record_failure(ctx: Context, work: plans.SegmentWork, event: Event, attempt
     if attempt.error is None:
         return
     with ctx.db.begin() as conn:
-        transitions.record_attempt(
-            conn, work.segment_pk, billed_chars=attempt.billed_chars, error=attempt.error
-        )
+        # Billed already, as its first audio byte arrived, if it got that far.
+        transitions.record_attempt(conn, work.segment_pk, billed_chars=0, error=attempt.error)
     # A permanent error is reported once, by the segment's failure, not as a retry.
     if attempt.retryable:
-        ctx.on_event(replace(event, kind="attempt", outcome="retry", error=attempt.error))
+        ctx.on_event(
+            replace(
+                event,
+                kind="attempt",
+                outcome="retry",
+                error=attempt.error,
+                attempt=attempt.number,
+                max_attempts=ctx.policy.max_attempts,
+            )
+        )
 
 
 def _cached_seconds(store: ObjectStore, key: str) -> float | None:
@@ -244,26 +361,32 @@ def _cached_seconds(store: ObjectStore, key: str) -> float | None:
 
 
 def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
-    """Stitch a script whose segments are all done: exactly one caller wins the claim."""
+    """Stitch a script whose segments are all done: exactly one caller wins the claim (or takes
+    over the stitch of an executor that stopped)."""
+    claim = ctx.executor.claim()
     with ctx.db.begin() as conn:
-        if not transitions.claim_stitch(conn, script_pk):
+        won = transitions.claim_stitch(conn, script_pk, claim) or transitions.take_over_stitch(
+            conn, script_pk, claim, dead_before=ctx.executor.dead_before()
+        )
+        if not won:
             return StageResult(Outcome.SKIPPED)
         work = plans.load_script(conn, script_pk)
     plan = work.plan
+    ctx.on_event(Event("stitch", work.job_id, plan.script_id, "started", plan.chars))
     try:
         result, outputs = _stitch_into(ctx, work, ctx.store(work.destination))
     except Exception as exc:
         with ctx.db.begin() as conn:
-            after = transitions.fail_script(conn, script_pk, f"stitching failed: {exc}")
+            after = transitions.fail_script(conn, script_pk, claim, f"stitching failed: {exc}")
         ctx.on_event(Event("script", work.job_id, plan.script_id, Outcome.FAILED, error=str(exc)))
         return StageResult(Outcome.FAILED, after or NOTHING)
     except BaseException:
         with ctx.db.begin() as conn:
-            transitions.release_script(conn, script_pk)
+            transitions.release_script(conn, script_pk, claim)
         raise
     with ctx.db.begin() as conn:
         after = transitions.finish_script(
-            conn, script_pk, audio_seconds=result.duration_seconds, outputs=outputs
+            conn, script_pk, claim, audio_seconds=result.duration_seconds, outputs=outputs
         )
     ctx.on_event(
         Event(

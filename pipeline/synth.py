@@ -1,14 +1,15 @@
 """Synthesis of one segment: limiter -> Rime HTTP stream -> checks, under the retry policy.
 
 Rime has no idempotency key: every attempt whose audio started to arrive was generated and is
-billed, even when the stream was then cut or the audio was rejected. Those attempts are reported
-with `billed=True` so the job table can count what the account paid for.
+billed, even when the stream was then cut or the audio was rejected. The client reports the
+first audio byte of each attempt (`on_audio`) as it arrives, so the job table counts what the
+account paid for even when the process dies a moment later.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +31,15 @@ class AudioRejected(StreamCut):
 class Synthesizer(Protocol):
     """Anything that turns one request into audio bytes (Rime's HTTP API is the one we use)."""
 
-    async def synthesize(self, req: TtsRequest, fmt: AudioFormat = ...) -> bytes: ...
+    async def synthesize(
+        self,
+        req: TtsRequest,
+        fmt: AudioFormat = ...,
+        *,
+        on_audio: Callable[[], None] | None = None,
+    ) -> bytes:
+        """The audio of `req`; `on_audio` is called once, as its first audio byte arrives."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,7 @@ class Attempt:
 
     number: int
     error: str | None  # None when the attempt succeeded
-    billed_chars: int  # characters Rime billed for this attempt (0 if it never generated)
+    billed_chars: int  # characters Rime billed: all of them once audio began to arrive, else 0
     retryable: bool = False  # a transient error: the policy may try again
 
 
@@ -80,21 +89,37 @@ async def synthesize_segment(
     *,
     policy: RetryPolicy = DEFAULT_POLICY,
     on_attempt: Callable[[Attempt], None] = lambda _: None,
+    on_slot: Callable[[int], Awaitable[None]] | None = None,
+    on_audio: Callable[[], None] | None = None,
 ) -> SynthResult:
-    """Synthesize `req` with retries; every attempt is reported to `on_attempt` as it ends."""
+    """Synthesize `req` with retries; every attempt is reported to `on_attempt` as it ends.
+
+    `on_slot(attempt number)` runs once a slot of the limiter is held, just before the request
+    (the place to claim the work: a claim is never held while waiting for a slot); what it
+    raises ends the synthesis. `on_audio` is called at the first audio byte of each attempt.
+    """
     sampling_rate = req.voice.effective_sampling_rate
     number = 0
+    audio_of: set[int] = set()  # the attempts whose audio began to arrive
+
+    def audio_began() -> None:
+        audio_of.add(number)
+        if on_audio is not None:
+            on_audio()
+
     async for attempt in policy.retrying():
         with attempt:
             number += 1
             try:
                 async with limiter.slot():
-                    pcm = await client.synthesize(req, REQUEST_FORMAT)
+                    if on_slot is not None:
+                        await on_slot(number)
+                    pcm = await client.synthesize(req, REQUEST_FORMAT, on_audio=audio_began)
                 seconds = check_plausible(pcm, sampling_rate, req)
             except RimeError as exc:
                 if isinstance(exc, RateLimited):
                     await limiter.on_rate_limited()
-                billed = len(req.text) if exc.billed else 0
+                billed = len(req.text) if number in audio_of else 0
                 on_attempt(Attempt(number, str(exc), billed, isinstance(exc, TransientError)))
                 raise
             await limiter.on_success()

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+_FAULT_RATES = ("fault_error_rate", "fault_cut_rate", "fault_stall_rate", "fault_implausible_rate")
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,21 @@ class EngineConfig:
     fault_cut_rate: float = 0.0  # the body stops mid-stream, the connection closes
     fault_stall_rate: float = 0.0  # the body pauses mid-stream for `stall_seconds`
     stall_seconds: float = 5.0
+    # Whole, well-formed audio far longer than the text could be spoken in (silence appended).
+    fault_implausible_rate: float = 0.0
     # The next N requests get 429 (a burst), counted down as they arrive.
     burst_429: int = 0
     # Every request within this many seconds of the setting gets 429.
     burst_429_seconds: float = 0.0
+    # A refused key is echoed in the 401 message after this many characters of filler, as some
+    # gateways do; -1 never echoes it. Lets tests check that clients keep keys out of messages.
+    echo_refused_key_at: int = -1
 
     def __post_init__(self) -> None:
         # Keys are optional and /admin/config has none, so the engine never leaves this machine.
         if self.host not in LOOPBACK_HOSTS:
             raise ValueError(f"host must be a loopback address ({', '.join(LOOPBACK_HOSTS)})")
-        for name in ("fault_error_rate", "fault_cut_rate", "fault_stall_rate"):
+        for name in _FAULT_RATES:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
@@ -62,6 +68,8 @@ class EngineConfig:
         for name in ("pacing", "stall_seconds", "burst_429_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.echo_refused_key_at < -1:
+            raise ValueError("echo_refused_key_at must be -1 (never) or a position")
 
     def with_changes(self, **changes: Any) -> EngineConfig:
         """A copy with knobs changed; unknown names and bad values raise ValueError."""
@@ -118,8 +126,10 @@ class EngineSettings(BaseSettings):
     fault_cut_rate: float = 0.0
     fault_stall_rate: float = 0.0
     stall_seconds: float = 5.0
+    fault_implausible_rate: float = 0.0
     burst_429: int = 0
     burst_429_seconds: float = 0.0
+    echo_refused_key_at: int = -1
 
     def to_config(self, **overrides: Any) -> EngineConfig:
         """An EngineConfig from the environment, with explicit overrides (flags) on top."""

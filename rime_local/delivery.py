@@ -27,9 +27,15 @@ class Delivered:
 
 
 async def deliver(
-    utterance: Utterance, fmt: Encoding, config: Callable[[], EngineConfig]
+    utterance: Utterance,
+    fmt: Encoding,
+    config: Callable[[], EngineConfig],
+    padding_seconds: float = 0.0,
 ) -> AsyncIterator[Encoded | Words | Delivered]:
-    """Encoded audio and word timings of one utterance, with the configured TTFB and pacing."""
+    """Encoded audio and word timings of one utterance, with the configured TTFB and pacing.
+
+    `padding_seconds` of silence follow the speech (the implausible-audio fault).
+    """
     rate = utterance.voicing.sampling_rate
     encoder = make_encoder(fmt, rate)
     started = time.monotonic()
@@ -38,7 +44,7 @@ async def deliver(
     sent_seconds = 0.0
     finished = False
     try:
-        async for event in utterance.events():
+        async for event in _padded(utterance.events(), rate, padding_seconds):
             if isinstance(event, Words):
                 yield event
                 continue
@@ -66,6 +72,19 @@ async def deliver(
     finally:
         if not finished:
             await encoder.abort()
+
+
+async def _padded(
+    events: AsyncIterator[Audio | Words], rate: int, seconds: float
+) -> AsyncIterator[Audio | Words]:
+    async for event in events:
+        yield event
+    samples = round(seconds * rate)
+    # A second at a time, so pacing and the encoders see chunks of the usual size.
+    while samples > 0:
+        step = min(samples, rate)
+        yield Audio(b"\0" * SAMPLE_WIDTH * step)
+        samples -= step
 
 
 async def _wait_until(moment: float) -> None:

@@ -18,6 +18,8 @@ class FaultPlan:
     # Pause the body for `stall_seconds` after this many bytes.
     stall_after: int | None = None
     stall_seconds: float = 0.0
+    # Append silence so the audio is far longer than its text could be spoken in.
+    implausible: bool = False
 
     @property
     def kind(self) -> str | None:
@@ -28,7 +30,14 @@ class FaultPlan:
             return "cut"
         if self.stall_after is not None:
             return "stall"
+        if self.implausible:
+            return "implausible"
         return None
+
+    def padding_seconds(self, characters: int) -> float:
+        """Silence to append to the speech of `characters` characters (0 without the fault)."""
+        # Past any bound a client could set: a second a character is 15 times normal speech.
+        return 10.0 + characters if self.implausible else 0.0
 
 
 NO_FAULT = FaultPlan()
@@ -43,7 +52,12 @@ class FaultDice:
 
     def draw(self, config: EngineConfig) -> FaultPlan:
         """The fault (or none) for the next request."""
-        if not (config.fault_error_rate or config.fault_cut_rate or config.fault_stall_rate):
+        if not (
+            config.fault_error_rate
+            or config.fault_cut_rate
+            or config.fault_stall_rate
+            or config.fault_implausible_rate
+        ):
             return NO_FAULT
         rng = self._rng
         roll = rng.random()
@@ -57,4 +71,7 @@ class FaultDice:
         roll -= config.fault_cut_rate
         if roll < config.fault_stall_rate:
             return FaultPlan(stall_after=after, stall_seconds=config.stall_seconds)
+        roll -= config.fault_stall_rate
+        if roll < config.fault_implausible_rate:
+            return FaultPlan(implausible=True)
         return NO_FAULT

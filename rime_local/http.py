@@ -91,11 +91,13 @@ class AudioStreamResponse(StreamingResponse):
         media_type: str,
         fault: FaultPlan,
         on_close: Any,
+        on_audio_started: Any,
     ) -> None:
         super().__init__(chunks, media_type=media_type)
         self._chunks = chunks
         self._fault = fault
         self._on_close = on_close
+        self._on_audio_started = on_audio_started
 
     async def stream_response(self, send: Send) -> None:
         """Send headers, then the body; a cut returns without the final empty body message."""
@@ -111,6 +113,8 @@ class AudioStreamResponse(StreamingResponse):
                             await send(
                                 {"type": "http.response.body", "body": head, "more_body": True}
                             )
+                            if not sent:
+                                self._on_audio_started()
                         return
                     if fault.stall_after is not None and sent <= fault.stall_after < sent + len(
                         data
@@ -119,9 +123,14 @@ class AudioStreamResponse(StreamingResponse):
                         await send(
                             {"type": "http.response.body", "body": data[:split], "more_body": True}
                         )
+                        if not sent and split:
+                            self._on_audio_started()
+                        sent += split
                         await asyncio.sleep(fault.stall_seconds)
                         data = data[split:]
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                    if not sent and data:
+                        self._on_audio_started()
                     sent += len(data)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -129,10 +138,11 @@ class AudioStreamResponse(StreamingResponse):
 
 
 async def _audio_bytes(
-    state: EngineState, utterance: Utterance, fmt: Encoding, text: str
+    state: EngineState, utterance: Utterance, fmt: Encoding, text: str, fault: FaultPlan
 ) -> AsyncGenerator[bytes, None]:
     started = time.monotonic()
-    async for event in deliver(utterance, fmt, lambda: state.config):
+    padding = fault.padding_seconds(len(text))
+    async for event in deliver(utterance, fmt, lambda: state.config, padding):
         if isinstance(event, Encoded):
             yield event.data
         elif isinstance(event, Delivered):
@@ -140,9 +150,9 @@ async def _audio_bytes(
 
 
 async def _sse_bytes(
-    state: EngineState, utterance: Utterance, fmt: Encoding, text: str
+    state: EngineState, utterance: Utterance, fmt: Encoding, text: str, fault: FaultPlan
 ) -> AsyncGenerator[bytes, None]:
-    async for data in _audio_bytes(state, utterance, fmt, text):
+    async for data in _audio_bytes(state, utterance, fmt, text, fault):
         event = {"type": "chunk", "data": base64.b64encode(data).decode(), "contextId": None}
         yield f"event: chunk\ndata: {json.dumps(event)}\n\n".encode()
     done = {"type": "done", "contextId": None}
@@ -156,7 +166,7 @@ async def rime_tts(request: Request) -> Response:
     key = state.authorize(request.headers.get("authorization"))
     if key is None:
         state.metrics.rejected_401 += 1
-        return plain(401, "Unauthorized: missing or invalid API key")
+        return plain(401, state.refusal(request.headers.get("authorization")))
     try:
         try:
             body = json.loads(await request.body())
@@ -200,9 +210,11 @@ async def rime_tts(request: Request) -> Response:
         return plain(fault.error_status, f"{reason} (injected by the local engine)")
     utterance = Utterance(text, params.voicing, state.espeak)
     if target == SSE:
-        chunks = _sse_bytes(state, utterance, fmt, text)
+        chunks = _sse_bytes(state, utterance, fmt, text, fault)
         media_type = SSE
     else:
-        chunks = _audio_bytes(state, utterance, fmt, text)
+        chunks = _audio_bytes(state, utterance, fmt, text, fault)
         media_type = fmt.media_type
-    return AudioStreamResponse(chunks, media_type, fault, release)
+    return AudioStreamResponse(
+        chunks, media_type, fault, release, lambda: state.metrics.began_audio(len(text))
+    )

@@ -19,6 +19,10 @@ class EngineMetrics:
     rejected_400: int = 0
     completed: int = 0
     characters: int = 0
+    # Syntheses whose audio began to go out, and their characters: what Rime bills for, cut or
+    # not (it generated them). Clients count the same figure from what they received.
+    audio_started: int = 0
+    billed_characters: int = 0
     audio_seconds: float = 0.0
     request_seconds_total: float = 0.0
     faults: Counter[str] = field(default_factory=Counter)
@@ -31,6 +35,11 @@ class EngineMetrics:
     def ended(self) -> None:
         """A generation released its slot."""
         self.in_flight -= 1
+
+    def began_audio(self, characters: int) -> None:
+        """The first audio bytes of a synthesis of `characters` characters went out."""
+        self.audio_started += 1
+        self.billed_characters += characters
 
     def finished(self, characters: int, audio_seconds: float, seconds: float) -> None:
         """A synthesis delivered all its audio."""
@@ -56,6 +65,8 @@ class EngineMetrics:
             "rejected_400": self.rejected_400,
             "completed": self.completed,
             "characters": self.characters,
+            "audio_started": self.audio_started,
+            "billed_characters": self.billed_characters,
             "audio_seconds": round(self.audio_seconds, 3),
             "mean_request_seconds": round(mean, 4),
             "faults": dict(self.faults),

@@ -41,15 +41,22 @@ class EngineState:
 
     def authorize(self, header: str | None) -> str | None:
         """The caller's limit key, or None when keys are configured and this one is not valid."""
-        token = ""
-        if header and header[:7].lower() == "bearer ":
-            token = header[7:].strip()
+        token = _bearer(header)
         if not self.config.api_keys:
             return token or ANONYMOUS
         for key in self.config.api_keys:
             if token and hmac.compare_digest(token.encode(), key.encode()):
                 return key
         return None
+
+    def refusal(self, header: str | None) -> str:
+        """The 401 message for a refused key; it echoes the key when `echo_refused_key_at` says."""
+        message = "Unauthorized: missing or invalid API key"
+        at = self.config.echo_refused_key_at
+        if at < 0:
+            return message
+        filler = (message + ". ") * (at // len(message) + 1)
+        return f"{filler[:at]}{_bearer(header)} is not a key of this account"
 
     def admit(self, key: str) -> Rejection | None:
         """Take a generation slot for `key` (counted in metrics) or say why not."""
@@ -71,3 +78,9 @@ class EngineState:
         if plan.kind is not None:
             self.metrics.faults[plan.kind] += 1
         return plan
+
+
+def _bearer(header: str | None) -> str:
+    if header and header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return ""

@@ -211,9 +211,14 @@ class SocketSession:
     async def _synthesize(self, batch: SynthesisBatch) -> None:
         utterance = Utterance(batch.text, self.params.voicing, self.state.espeak)
         started = time.monotonic()
-        async for event in deliver(utterance, self.fmt, lambda: self.state.config):
+        padding = self.fault.padding_seconds(len(batch.text))
+        audio_started = False
+        async for event in deliver(utterance, self.fmt, lambda: self.state.config, padding):
             if isinstance(event, Encoded):
                 await self._send_audio(event.data, batch.context_id)
+                if not audio_started:
+                    audio_started = True
+                    self.state.metrics.began_audio(len(batch.text))
             elif isinstance(event, Words) and self.endpoint is not WsEndpoint.BINARY:
                 await self._send_json(
                     {
@@ -391,7 +396,7 @@ async def _serve(websocket: WebSocket, endpoint: WsEndpoint) -> None:
     key = state.authorize(websocket.headers.get("authorization"))
     if key is None:
         state.metrics.rejected_401 += 1
-        await _deny(websocket, 401, "Unauthorized: missing or invalid API key")
+        await _deny(websocket, 401, state.refusal(websocket.headers.get("authorization")))
         return
     query = dict(websocket.query_params)
     try:

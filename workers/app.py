@@ -20,9 +20,15 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_ready,
+    worker_shutdown,
+)
 from kombu.entity import Exchange, Queue
 
+from pipeline.logs import one_line_faults, quiet_other_libraries
 from pipeline.settings import Settings, get_settings
 from workers.dispatch import QUEUES, ROUTES, SYNTH_QUEUE
 from workers.runtime import close_runtime, get_runtime
@@ -85,10 +91,27 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 app = create_app()
 
+# Celery warns at every lost broker connection, in ten lines, that 6.0 will cancel running
+# tasks then, although `worker_cancel_long_running_tasks_on_connection_loss` is set. Its log
+# setup turns that warning on after any filter of ours, so the log line is dropped instead.
+CANCEL_WARNING = "In Celery 5.1 we introduced an optional breaking change"
 
-def _quiet_http_logs(**_: Any) -> None:
-    # httpx logs every request at INFO; a thousand-segment job would drown in it.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+def _not_the_cancel_warning(record: logging.LogRecord) -> bool:
+    return CANCEL_WARNING not in record.getMessage()
+
+
+def _setup_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    # Celery has set up its handlers (on the root logger, and on the task logger): other
+    # libraries go quiet, and a fault the workers expect and retry is one line on each.
+    from workers.tasks import EXPECTED
+
+    quiet_other_libraries(get_settings().log_level)
+    warned = logging.getLogger("py.warnings")
+    if _not_the_cancel_warning not in warned.filters:
+        warned.addFilter(_not_the_cancel_warning)
+    if logger is not None:
+        one_line_faults(logger.handlers, EXPECTED)
 
 
 def _start_sweeper(**_: Any) -> None:
@@ -99,6 +122,7 @@ def _close(**_: Any) -> None:
     close_runtime()
 
 
-after_setup_logger.connect(_quiet_http_logs)
+after_setup_logger.connect(_setup_logs)
+after_setup_task_logger.connect(_setup_logs)
 worker_ready.connect(_start_sweeper)
 worker_shutdown.connect(_close)

@@ -96,7 +96,8 @@ def submit(
                 job_id = record_plan(conn, plan)
             elif transitions.job_state(conn, job_id) is not State.RUNNING:
                 transitions.reset_for_resume(conn, job_id)
-            transitions.start_job(conn, job_id)
+            if transitions.job_state(conn, job_id) is not State.RUNNING:
+                transitions.start_job(conn, job_id)  # the workers' from now on
         if record is not None:
             record(db, job_id)
         # Only once the rows are committed: a worker may pick the first task up at once.
@@ -113,7 +114,11 @@ def submit(
 
 
 def cancel(job: str, *, database_url: str | None = None) -> int:
-    """Cancel a job; the number of its segments that will not run. Queued tasks then skip."""
+    """Cancel a job; the number of its segments that will not run.
+
+    Queued tasks then skip, and every executor stops its requests in flight for the job within
+    a heartbeat (their claims are gone).
+    """
     with _database(database_url) as db, db.begin() as conn:
         return transitions.cancel_job(conn, views.resolve_job_id(conn, job))
 

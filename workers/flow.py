@@ -1,15 +1,15 @@
-"""What a task does around its stage: lease the unit, take over a dead worker's claim, run the
-stage, then do or send what the stage says comes next (a stitch it can do at once, it does).
+"""What a task does around its stage: run it, then do or send what the stage says comes next (a
+stitch it can do at once, it does).
 
 Every step is safe to run twice. The broker delivers a message again when its worker died
 before acknowledging it, so a segment can arrive after it was synthesized (its claim fails, or
 its audio is in the cache), a stitch after the script was stitched (`claim_stitch` lets exactly
 one caller through) and a rollup after the job ended (it is a no-op).
 
-Taking over. A row marked running whose lease nobody holds was left by a worker that died
-(SIGKILL, a lost host). The task that now holds the lease puts the row back to pending with the
-store's compare-and-set, then claims it as usual. A redelivered message waits a little for the
-lease, since its previous holder may have died moments ago and its lease not yet run out.
+Taking over is the stage's: a row marked running whose executor stopped beating was left by a
+worker that died (SIGKILL, a lost host), and the store lets the next claimant take it over (see
+`pipeline.store.executors`); a row whose executor still beats is skipped, however long its
+holder takes.
 """
 
 from __future__ import annotations
@@ -18,18 +18,11 @@ import contextlib
 import logging
 from contextlib import AbstractContextManager
 
-from pipeline.stages import Outcome, StageResult, settle_stage, stitch_stage, synth_stage
-from pipeline.store import State, transitions
+from pipeline.stages import StageResult, settle_stage, stitch_stage, synth_stage
+from pipeline.store import State
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-TAKEN_OVER = "taken over: the worker that claimed it stopped"
-
-
-def _lease_wait(rt: Runtime, redelivered: bool) -> float:
-    # A dead holder's lease runs out at most `lease_seconds` after its last renewal.
-    return 1.5 * rt.settings.lease_seconds if redelivered else 0.0
 
 
 def _send_next(rt: Runtime, result: StageResult) -> None:
@@ -38,7 +31,7 @@ def _send_next(rt: Runtime, result: StageResult) -> None:
     # round trip of a task through the broker costs more than a short stitch itself.
     if due is not None and rt.stitches_here and rt.stitching.acquire(blocking=False):
         try:
-            _stitch(rt, due, redelivered=False, stitcher=contextlib.nullcontext())
+            _stitch(rt, due, stitcher=contextlib.nullcontext())
         finally:
             rt.stitching.release()
     elif due is not None:
@@ -47,38 +40,23 @@ def _send_next(rt: Runtime, result: StageResult) -> None:
         rt.dispatch.finish(result.next.settle)
 
 
-def synthesize(rt: Runtime, segment_pk: int, *, redelivered: bool = False) -> StageResult:
+def synthesize(rt: Runtime, segment_pk: int) -> StageResult:
     """Synthesize one segment (or find its audio cached); send what that made due."""
-    with rt.leases.hold(f"segment:{segment_pk}", _lease_wait(rt, redelivered)) as held:
-        if not held:
-            log.info("skipped segment=%d: a live worker holds it", segment_pk)
-            return StageResult(Outcome.SKIPPED)
-        with rt.db.begin() as conn:
-            if transitions.release_segment(conn, segment_pk, TAKEN_OVER):
-                log.warning("took over segment=%d from a stopped worker", segment_pk)
-        result = rt.run(synth_stage(rt.ctx, segment_pk))
+    result = rt.run(synth_stage(rt.ctx, segment_pk))
     _send_next(rt, result)
     return result
 
 
-def stitch(rt: Runtime, script_pk: int, *, redelivered: bool = False) -> StageResult:
+def stitch(rt: Runtime, script_pk: int) -> StageResult:
     """Stitch a script whose segments are all done; send its job's rollup when it is due."""
-    return _stitch(rt, script_pk, redelivered=redelivered, stitcher=rt.stitching)
+    return _stitch(rt, script_pk, stitcher=rt.stitching)
 
 
 def _stitch(
-    rt: Runtime, script_pk: int, *, redelivered: bool, stitcher: AbstractContextManager[object]
+    rt: Runtime, script_pk: int, *, stitcher: AbstractContextManager[object]
 ) -> StageResult:
-    # The lease first: a redelivered task waiting out a dead holder's lease holds no stitcher.
-    with rt.leases.hold(f"script:{script_pk}", _lease_wait(rt, redelivered)) as held:
-        if not held:
-            log.info("skipped script_pk=%d: a live worker is stitching it", script_pk)
-            return StageResult(Outcome.SKIPPED)
-        with rt.db.begin() as conn:
-            if transitions.release_script(conn, script_pk):
-                log.warning("took over stitching script_pk=%d from a stopped worker", script_pk)
-        with stitcher:
-            result = stitch_stage(rt.ctx, script_pk)
+    with stitcher:
+        result = stitch_stage(rt.ctx, script_pk)
     _send_next(rt, result)
     return result
 

@@ -25,13 +25,14 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery
 
+from pipeline.executor import Executor
 from pipeline.limits.shared import RedisLimiter
-from pipeline.rime.http import AsyncRimeHttpClient
+from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
 from pipeline.settings import Settings
 from pipeline.stages import Context, Event
 from pipeline.store import open_database
+from pipeline.store.executors import WORKER
 from workers.dispatch import STITCH_QUEUE, Dispatcher
-from workers.leases import Leases
 from workers.sweep import Sweeper
 
 log = logging.getLogger(__name__)
@@ -40,22 +41,25 @@ T = TypeVar("T")
 
 def log_event(event: Event) -> None:
     """A stage's progress as one key=value log line."""
+    where = f"job={event.job_id} script={event.script_id}"
+    if event.segment is not None:
+        where += f" segment={event.segment}"
     if event.kind == "attempt":
-        log.warning("retry job=%s script=%s error=%s", event.job_id, event.script_id, event.error)
-    elif event.outcome == "failed":
-        log.error(
-            "%s failed job=%s script=%s error=%s",
-            event.kind,
-            event.job_id,
-            event.script_id,
+        log.warning(
+            "retry %s attempt=%d/%d error=%s",
+            where,
+            event.attempt,
+            event.max_attempts,
             event.error,
         )
+    elif event.outcome == "failed":
+        log.error("%s failed %s error=%s", event.kind, where, event.error)
     else:
-        log.info("%s %s job=%s script=%s", event.kind, event.outcome, event.job_id, event.script_id)
+        log.info("%s %s %s", event.kind, event.outcome, where)
 
 
 class Runtime:
-    """One per worker process: the event loop thread, the clients, the job table, the leases."""
+    """One per worker process: the event loop thread, the clients, the job table, the executor."""
 
     def __init__(self, settings: Settings, app: Celery) -> None:
         self.settings = settings
@@ -67,10 +71,16 @@ class Runtime:
         self._thread = threading.Thread(target=self._serve, name="rime-batch-loop", daemon=True)
         self._thread.start()
         self.client, self.limiter = self.run(self._open())
+        self.executor = Executor.from_settings(self.db, WORKER, settings)
         self.ctx = Context(
-            self.db, self.client, self.limiter, policy=settings.policy, on_event=log_event
+            self.db,
+            self.client,
+            self.limiter,
+            self.executor,
+            policy=settings.policy,
+            on_event=log_event,
         )
-        self.leases = Leases(redis.Redis.from_url(settings.redis_url), settings.lease_seconds)
+        self.redis = redis.Redis.from_url(settings.redis_url)
         self.dispatch = Dispatcher(app)
         self.stitching = threading.BoundedSemaphore(settings.stitch_parallelism)
         # None means every queue; a worker started with --queues consumes only those.
@@ -79,8 +89,8 @@ class Runtime:
         self.sweeper = Sweeper(
             self.db,
             self.dispatch,
-            self.leases.redis,
-            stale_seconds=settings.visibility,
+            self.redis,
+            executor_timeout=settings.executor_timeout_seconds,
             stall_seconds=settings.stall,
             interval=settings.sweep_seconds,
         )
@@ -100,6 +110,7 @@ class Runtime:
             url=settings.rime_api_url,
             # The shared cap bounds this process's requests in flight, and so its connections.
             max_connections=settings.limits.concurrency,
+            timeout=request_timeout(settings.read_timeout_seconds),
         )
         limiter = RedisLimiter(
             settings.redis_url,
@@ -119,7 +130,6 @@ class Runtime:
             return
         self._closed = True
         self.sweeper.stop()
-        self.leases.close()
 
         async def shut() -> None:
             await self.client.aclose()
@@ -134,7 +144,8 @@ class Runtime:
             self._thread.join(timeout=5)
             if not self.loop.is_running():
                 self.loop.close()
-            self.leases.redis.close()
+            self.executor.close()
+            self.redis.close()
             self.db.dispose()
 
 

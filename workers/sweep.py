@@ -1,12 +1,14 @@
 """The sweeper: finds work left by dead workers and jobs that stopped moving, and sends it again.
 
-The broker already redelivers the messages of a worker that died, and leases let the
-redelivered task take over (see `workers.flow`). The sweeper covers what that cannot: a
-message that was lost (a broker restarted without persistence), or acknowledged by a
-duplicate that skipped while the original was still running. It trusts only the job table:
+The broker redelivers the messages of a worker that died, but only after its visibility
+timeout (many minutes), and not at all when a message was lost (a broker restarted without
+persistence) or acknowledged by a duplicate that skipped while the original was still running.
+The sweeper does not wait for that. It trusts only the job table:
 
-- a segment or stitch claimed longer ago than the visibility timeout belongs to a dead worker
-  (no task runs that long), so it is put back to pending;
+- a segment or stitch whose executor has not beaten for `executor_timeout` seconds belongs to a
+  dead worker, so it is put back to pending and its job's work is sent again: an idle worker
+  takes it over within about a minute. A claim whose executor still beats is never touched,
+  however long it runs, so nothing live is synthesized (and billed) twice;
 - a running job with no claim or finish for `stall` seconds has lost its messages, so
   everything it still needs is sent again (at most once per stall window).
 
@@ -27,7 +29,7 @@ import redis
 import redis.exceptions
 from sqlalchemy import Engine
 
-from pipeline.store import State, transitions, views
+from pipeline.store import State, executors, transitions, views
 from pipeline.store.schema import utcnow
 from workers.dispatch import Dispatcher
 
@@ -59,14 +61,14 @@ class Sweeper:
         dispatch: Dispatcher,
         client: redis.Redis,
         *,
-        stale_seconds: float,
+        executor_timeout: float,
         stall_seconds: float,
         interval: float,
     ) -> None:
         self.db = db
         self.dispatch = dispatch
         self.redis = client
-        self.stale = timedelta(seconds=stale_seconds)
+        self.executor_timeout = executor_timeout
         self.stall = timedelta(seconds=stall_seconds)
         self.interval = interval
         self._stop = threading.Event()
@@ -82,11 +84,10 @@ class Sweeper:
         return [s for s in done if s.sent]
 
     def sweep_job(self, job_id: str) -> Swept:
-        """Requeue the job's stale claims; resend its work if any were stale or it stalled."""
+        """Requeue the job's dead executors' claims; resend its work if any or it stalled."""
         with self.db.begin() as conn:
-            segments = transitions.requeue_stale(conn, older_than=self.stale, job_id=job_id)
-            stitches = transitions.requeue_stale_stitches(
-                conn, older_than=self.stale, job_id=job_id
+            segments, stitches = transitions.requeue_orphans(
+                conn, dead_before=executors.dead_before(self.executor_timeout), job_id=job_id
             )
         with self.db.begin() as conn:
             last = views.last_activity(conn, job_id)

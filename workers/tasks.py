@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.exceptions
 import redis.exceptions
 import sqlalchemy.exc
 
+from pipeline import logs
 from pipeline.settings import get_settings
 from workers import flow
 from workers.app import app
@@ -23,6 +25,10 @@ RETRY_ON = (
     sqlalchemy.exc.InterfaceError,
     redis.exceptions.RedisError,
 )
+# What a worker expects and waits out, logged in one line without a traceback wherever it is
+# logged (Celery's own lines about a task included): what the tasks retry, Rime's transient
+# errors, and the broker going away.
+EXPECTED = (*logs.EXPECTED, *RETRY_ON, kombu.exceptions.OperationalError, ConnectionError)
 RETRYING: dict[str, Any] = {
     "bind": True,
     "autoretry_for": RETRY_ON,
@@ -37,20 +43,16 @@ def _runtime() -> Runtime:
     return get_runtime(get_settings(), app)
 
 
-def _redelivered(task: Any) -> bool:
-    return bool((task.request.delivery_info or {}).get("redelivered"))
-
-
 @app.task(name=SYNTHESIZE, **RETRYING)  # type: ignore[untyped-decorator]
 def synthesize(self: Any, segment_pk: int) -> str:
     """Synthesize one segment; send its script's stitch when it was the last one."""
-    return flow.synthesize(_runtime(), segment_pk, redelivered=_redelivered(self)).outcome.value
+    return flow.synthesize(_runtime(), segment_pk).outcome.value
 
 
 @app.task(name=STITCH, **RETRYING)  # type: ignore[untyped-decorator]
 def stitch(self: Any, script_pk: int) -> str:
     """Stitch one script; send its job's rollup when it was the last one."""
-    return flow.stitch(_runtime(), script_pk, redelivered=_redelivered(self)).outcome.value
+    return flow.stitch(_runtime(), script_pk).outcome.value
 
 
 @app.task(name=FINISH, **RETRYING)  # type: ignore[untyped-decorator]

@@ -1,7 +1,6 @@
 """Waiting out a Redis that is not answering: which errors mean that, and the backoff.
 
-One policy in two flavours built from the same tenacity parts: `retrying` for asyncio code
-(the shared limiter), `retrying_sync` for threads (the workers' leases).
+`retrying` is the policy of the shared limiter (asyncio code).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import redis.exceptions
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    Retrying,
     retry_if_exception_type,
     stop_never,
     wait_exponential,
@@ -55,8 +53,3 @@ def _policy(log: logging.Logger, stop: stop_base) -> dict[str, Any]:
 def retrying(log: logging.Logger, stop: stop_base = stop_never) -> AsyncRetrying:
     """Retry while Redis is down (forever unless `stop` says otherwise), logging to `log`."""
     return AsyncRetrying(**_policy(log, stop))
-
-
-def retrying_sync(log: logging.Logger, stop: stop_base = stop_never) -> Retrying:
-    """The same policy for synchronous code."""
-    return Retrying(**_policy(log, stop))

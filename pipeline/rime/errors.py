@@ -48,11 +48,13 @@ def redact(text: str, secret: str | None) -> str:
 
 
 def clean_message(text: str, secret: str | None = None) -> str:
-    """A server message made safe and short: whitespace folded, truncated, key removed."""
-    folded = " ".join(text.split())
+    """A server message made safe and short: key removed, whitespace folded, truncated."""
+    # Redact before cutting: a key that crosses the cut would leave its first characters behind.
+    # Redact before folding too: a key that contains whitespace would no longer match.
+    folded = " ".join(redact(text, secret).split())
     if len(folded) > MAX_MESSAGE_CHARS:
         folded = folded[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
-    return redact(folded, secret)
+    return folded
 
 
 class RimeError(RimeBatchError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -24,8 +24,14 @@ from pipeline.rime.params import AudioFormat, TtsRequest
 
 log = logging.getLogger(__name__)
 
+
+def request_timeout(read_seconds: float) -> httpx.Timeout:
+    """Timeouts of one request: `read_seconds` for each wait on the body, 10 s for the rest."""
+    return httpx.Timeout(connect=10.0, read=read_seconds, write=10.0, pool=10.0)
+
+
 # Reading stays generous: a long request on a busy account can pause between chunks.
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=10.0, pool=10.0)
+DEFAULT_TIMEOUT = request_timeout(60.0)
 # An error body past this is a proxy's page, not Rime's message.
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -201,9 +207,16 @@ class AsyncRimeHttpClient:
         return self._config.url
 
     async def stream(
-        self, req: RequestBody, fmt: AudioFormat = AudioFormat.PCM
+        self,
+        req: RequestBody,
+        fmt: AudioFormat = AudioFormat.PCM,
+        *,
+        on_audio: Callable[[], None] | None = None,
     ) -> AsyncIterator[bytes]:
-        """Audio bytes as they arrive; aclose() the iterator to abandon the request early."""
+        """Audio bytes as they arrive; aclose() the iterator to abandon the request early.
+
+        `on_audio` is called once, as the first audio byte arrives (from then on, Rime bills).
+        """
         model, chars = _describe(req)
         log.debug("POST %s model=%s chars=%d format=%s", self.url, model, chars, fmt.value)
         started = time.monotonic()
@@ -223,6 +236,9 @@ class AsyncRimeHttpClient:
                     raise self._config.status_error(response, _cut_error_body(error_body))
                 body_started = True
                 async for chunk in response.aiter_bytes():
+                    if on_audio is not None and chunk:
+                        on_audio()
+                        on_audio = None
                     yield chunk
                 self._config.check_length(response)
                 log.debug(
@@ -234,9 +250,18 @@ class AsyncRimeHttpClient:
         except httpx.HTTPError as exc:
             raise self._config.transport_error(exc, body_started=body_started) from exc
 
-    async def synthesize(self, req: RequestBody, fmt: AudioFormat = AudioFormat.PCM) -> bytes:
-        """The whole audio of one request, checked to be a complete file of `fmt`."""
-        parts = [chunk async for chunk in self.stream(req, fmt)]
+    async def synthesize(
+        self,
+        req: RequestBody,
+        fmt: AudioFormat = AudioFormat.PCM,
+        *,
+        on_audio: Callable[[], None] | None = None,
+    ) -> bytes:
+        """The whole audio of one request, checked to be a complete file of `fmt`.
+
+        `on_audio` is called once, as the first audio byte arrives.
+        """
+        parts = [chunk async for chunk in self.stream(req, fmt, on_audio=on_audio)]
         audio = b"".join(parts)
         if self._verify_audio:
             check_audio(audio, fmt)

@@ -130,8 +130,11 @@ def _floats(value: object) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def parse_event(raw: str | bytes) -> Event | None:
-    """The typed event for one server message; None for an event type this client ignores."""
+def parse_event(raw: str | bytes, secret: str | None = None) -> Event | None:
+    """The typed event for one server message; None for an event type this client ignores.
+
+    An error event's message is cleaned of `secret`, the key the connection was opened with.
+    """
     if isinstance(raw, bytes):
         raise errors.ProtocolError("binary message on a JSON WebSocket")
     try:
@@ -167,7 +170,7 @@ def parse_event(raw: str | bytes) -> Event | None:
     if kind == "done":
         return Done(context_id)
     if kind == "error":
-        return ErrorEvent(errors.clean_message(str(message.get("message", ""))))
+        return ErrorEvent(errors.clean_message(str(message.get("message", "")), secret))
     return None
 
 
@@ -328,7 +331,7 @@ class RimeWsClient:
             except ConnectionClosed as exc:
                 raise self._closed_error(exc) from exc
             self._received_any = True
-            event = parse_event(raw)
+            event = parse_event(raw, self._secret)
             if event is not None:
                 return event
             log.debug("ignoring an unknown event type")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The newest migration: a database there needs no Alembic at all (importing it costs more than
 # a `status` should). tests/integration/test_migrations.py checks it is Alembic's head.
-HEAD_REVISION = "e26e799e09b7"
+HEAD_REVISION = "4c1a9e7b2d10"
 # The migrations live at the top of the source tree, next to alembic.ini.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works; it only has to be the same in every process that migrates.
@@ -67,6 +67,13 @@ def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(parsed, **kwargs)
+    if (
+        parsed.database
+        and parsed.database != ":memory:"
+        and not parsed.database.startswith("file:")
+    ):
+        # The default file lives in the user's data folder, which a fresh account lacks.
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, **kwargs)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_begin)

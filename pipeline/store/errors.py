@@ -3,7 +3,8 @@
 RimeBatchError
 └── StoreError
     ├── IllegalTransition   a state change the state machine does not allow
-    └── JobNotFound         no job (or more than one) matches what the user typed
+    ├── JobNotFound         no job (or more than one) matches what the user typed
+    └── JobStillRunning     a resume of a job whose executor is alive
 """
 
 from __future__ import annotations
@@ -27,3 +28,7 @@ class IllegalTransition(StoreError):
 
 class JobNotFound(StoreError, InputError):
     """The job id (or prefix) the user gave matches no job, or several."""
+
+
+class JobStillRunning(StoreError, InputError):
+    """The job's render process (or, for a submitted job, a worker) is still beating."""

@@ -3,8 +3,9 @@
 Core rather than the ORM: every statement of the store is a plain insert, update or select,
 the hot ones built once, and a command that only reads (`status`) need not import the ORM.
 
-Each row carries one `State` of the shared state machine. Scripts keep their synthesis
-parameters and output settings as JSON, so a resume rebuilds the plan without the manifest.
+Each job, script and segment row carries one `State` of the shared state machine. Scripts keep
+their synthesis parameters and output settings as JSON, so a resume rebuilds the plan without
+the manifest.
 Nothing here holds the API key.
 """
 
@@ -110,7 +111,26 @@ def _optional(name: str, kind: TypeEngine[Any]) -> Column[Any]:
     return Column(name, kind, nullable=True)
 
 
+def _claimed() -> tuple[Column[Any], Column[Any]]:
+    # Who holds a running row: the claim's own token (compared by every change that ends the
+    # claim) and its executor, alive while that executor's heartbeat is fresh.
+    return _optional("claim", String(40)), _optional("executor", String(16))
+
+
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# A process that claims work: a `render` (or `resume`) or a worker. It beats `heartbeat_at`
+# while it runs and deletes its row when it stops cleanly.
+EXECUTORS = Table(
+    "executors",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    _required("kind", String(16)),  # "render" or "worker"
+    _required("host", Text()),
+    _required("pid", Integer()),
+    _required("started_at", UTCDateTime()),
+    _required("heartbeat_at", UTCDateTime()),
+)
 
 # One run of a manifest.
 JOBS = Table(
@@ -126,6 +146,8 @@ JOBS = Table(
     _optional("started_at", UTCDateTime()),
     _optional("finished_at", UTCDateTime()),
     _optional("error", Text()),
+    # The render process running it; None when the workers serve it (any live worker will do).
+    _optional("executor", String(16)),
     Index(None, "created_at"),
 )
 
@@ -150,6 +172,7 @@ SCRIPTS = Table(
     _optional("started_at", UTCDateTime()),  # first segment claimed
     _optional("stitch_started_at", UTCDateTime()),
     _optional("finished_at", UTCDateTime()),
+    *_claimed(),
     UniqueConstraint("job_id", "script_id"),
     UniqueConstraint("job_id", "position"),
 )
@@ -175,6 +198,7 @@ SEGMENTS = Table(
     _optional("audio_seconds", Double()),
     _optional("started_at", UTCDateTime()),
     _optional("finished_at", UTCDateTime()),
+    *_claimed(),
     UniqueConstraint("script_pk", "index"),
     Index(None, "job_id", "state"),
 )

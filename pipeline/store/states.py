@@ -20,7 +20,7 @@ class State(StrEnum):
     DONE = "done"
     # Gave up (a permanent error or retries exhausted); a resume puts it back to pending.
     FAILED = "failed"
-    # Stopped by the user; final, a resume does not bring it back.
+    # Stopped by the user; a resume (or a submit) of the job brings it back to pending.
     CANCELLED = "cancelled"
 
 
@@ -31,7 +31,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.RUNNING: frozenset({State.DONE, State.FAILED, State.PENDING, State.CANCELLED}),
     State.FAILED: frozenset({State.PENDING}),
     State.DONE: frozenset(),
-    State.CANCELLED: frozenset(),
+    State.CANCELLED: frozenset({State.PENDING}),
 }
 
 

@@ -8,6 +8,11 @@ Functions take a Connection and never commit; the caller owns the transaction, o
         if not claim_segment(conn, segment_pk):
             return  # someone else has it
 
+A claim (of a segment to synthesize, of a script to stitch) names its token and its executor
+(see `pipeline.store.executors`): finishing, failing or releasing it compares the token, so a
+worker whose claim was taken over (or cancelled) cannot finish over its successor, and a claim
+whose executor stopped beating can be taken over.
+
 Rows are always locked in the order segments, scripts, jobs, so two transactions cannot wait
 on each other in a cycle.
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -39,6 +44,7 @@ from sqlalchemy import (
 )
 
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
+from pipeline.store.executors import alive
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile, utcnow
 from pipeline.store.states import State, check_transition
 from pipeline.store.views import all_segments_done
@@ -59,6 +65,25 @@ class Next:
 
 NOTHING = Next()
 
+# Why a segment was claimed again while marked running.
+TAKEN_OVER = "taken over: the executor that claimed it stopped"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who claims a row: the claim's own token, and the executor (process) holding it."""
+
+    token: str
+    executor: str
+
+    @property
+    def values(self) -> dict[str, str]:
+        """The row's claim columns."""
+        return {"claim": self.token, "executor": self.executor}
+
+
+_UNCLAIMED = {"claim": None, "executor": None}
+
 
 # The statements every segment and script runs, built once: constructing a statement costs
 # more than executing it on SQLite. Plain tables, not the ORM classes, so no ORM bulk-update
@@ -71,7 +96,13 @@ _CLAIM_SEGMENT = (
         SEGMENTS.c.state == State.PENDING,
         exists().where(SCRIPTS.c.id == SEGMENTS.c.script_pk, SCRIPTS.c.state == State.PENDING),
     )
-    .values(state=State.RUNNING, started_at=bindparam("now_"), finished_at=None)
+    .values(
+        state=State.RUNNING,
+        started_at=bindparam("now_"),
+        finished_at=None,
+        claim=bindparam("claim_"),
+        executor=bindparam("executor_"),
+    )
     .returning(SEGMENTS.c.script_pk, SEGMENTS.c.job_id)
 )
 # Both only match (and lock) the first time: the first claim starts the script and the job.
@@ -87,14 +118,23 @@ _START_JOB = (
 )
 _FINISH_SEGMENT = (
     update(SEGMENTS)
-    .where(SEGMENTS.c.id == bindparam("pk_"), SEGMENTS.c.state == State.RUNNING)
+    .where(
+        SEGMENTS.c.id == bindparam("pk_"),
+        SEGMENTS.c.state == State.RUNNING,
+        SEGMENTS.c.claim == bindparam("claim_"),
+    )
     .values(
         state=State.DONE,
         audio_seconds=bindparam("seconds_"),
         finished_at=bindparam("now_"),
         attempts=SEGMENTS.c.attempts + bindparam("attempts_"),
-        billed_chars=SEGMENTS.c.billed_chars + bindparam("billed_"),
     )
+    .returning(SEGMENTS.c.script_pk)
+)
+_BILL_SEGMENT = (
+    update(SEGMENTS)
+    .where(SEGMENTS.c.id == bindparam("pk_"))
+    .values(billed_chars=SEGMENTS.c.billed_chars + bindparam("billed_"))
     .returning(SEGMENTS.c.script_pk)
 )
 _COUNT_ATTEMPT = (
@@ -130,11 +170,20 @@ _CLAIM_STITCH = (
         SCRIPTS.c.state == State.PENDING,
         all_segments_done(),
     )
-    .values(state=State.RUNNING, stitch_started_at=bindparam("now_"))
+    .values(
+        state=State.RUNNING,
+        stitch_started_at=bindparam("now_"),
+        claim=bindparam("claim_"),
+        executor=bindparam("executor_"),
+    )
 )
 _FINISH_SCRIPT = (
     update(SCRIPTS)
-    .where(SCRIPTS.c.id == bindparam("pk_"), SCRIPTS.c.state == State.RUNNING)
+    .where(
+        SCRIPTS.c.id == bindparam("pk_"),
+        SCRIPTS.c.state == State.RUNNING,
+        SCRIPTS.c.claim == bindparam("claim_"),
+    )
     .values(
         state=State.DONE,
         audio_seconds=bindparam("seconds_"),
@@ -198,11 +247,14 @@ def _cas_one(
 # Segments
 
 
-def claim_segment(conn: Connection, segment_pk: int) -> bool:
+def claim_segment(conn: Connection, segment_pk: int, claim: Claim) -> bool:
     """pending -> running, unless its script has failed or was cancelled; True if we won."""
     check_transition("segment", [State.PENDING], State.RUNNING)
     now = utcnow()
-    claimed = conn.execute(_CLAIM_SEGMENT, {"pk_": segment_pk, "now_": now}).one_or_none()
+    claimed = conn.execute(
+        _CLAIM_SEGMENT,
+        {"pk_": segment_pk, "now_": now, "claim_": claim.token, "executor_": claim.executor},
+    ).one_or_none()
     if claimed is None:
         return False
     script_pk, job_id = claimed
@@ -211,14 +263,59 @@ def claim_segment(conn: Connection, segment_pk: int) -> bool:
     return True
 
 
+def take_over_segment(
+    conn: Connection, segment_pk: int, claim: Claim, *, dead_before: datetime
+) -> bool:
+    """running -> running under `claim`, when the executor holding it has not beaten since
+    `dead_before` (it died); True if we took it over."""
+    return _take_over(conn, SEGMENTS, segment_pk, claim, dead_before, last_error=TAKEN_OVER)
+
+
+def _take_over(
+    conn: Connection,
+    table: Table,
+    pk: int,
+    claim: Claim,
+    dead_before: datetime,
+    **values: Any,
+) -> bool:
+    script_pk = SEGMENTS.c.script_pk if table is SEGMENTS else SCRIPTS.c.id
+    result = conn.execute(
+        update(table)
+        .where(
+            table.c.id == pk,
+            table.c.state == State.RUNNING,
+            ~alive(table.c.executor, dead_before),
+            # A cancelled or failed script's work is not taken up again.
+            exists().where(SCRIPTS.c.id == script_pk, SCRIPTS.c.state.in_(_ACTIVE)),
+        )
+        .values(**claim.values, **values)
+    )
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def bill_segment(conn: Connection, segment_pk: int, billed_chars: int) -> None:
+    """Add what Rime billed for an attempt of the segment (as its first audio byte arrives)."""
+    if billed_chars < 0:
+        raise ValueError("billed_chars must be >= 0")
+    # No state condition: a request that reached the server is billed even when the segment
+    # was cancelled or taken over meanwhile.
+    script_pk = conn.execute(
+        _BILL_SEGMENT, {"pk_": segment_pk, "billed_": billed_chars}
+    ).scalar_one_or_none()
+    if script_pk is None:
+        raise StoreError(f"no segment {segment_pk}")
+    conn.execute(_BILL_SCRIPT, {"pk_": script_pk, "billed_": billed_chars})
+
+
 def record_attempt(
     conn: Connection, segment_pk: int, *, billed_chars: int, error: str | None = None
 ) -> None:
-    """Count one request: attempts += 1, billed characters += billed_chars (0 if unsent)."""
+    """Count one request: attempts += 1, billed characters += billed_chars (0 if unsent or
+    billed already by `bill_segment`)."""
     if billed_chars < 0:
         raise ValueError("billed_chars must be >= 0")
-    # Deliberately no state condition: a request that reached the server is billed even when
-    # the segment was cancelled or reclaimed meanwhile.
     script_pk = conn.execute(
         _COUNT_ATTEMPT,
         {
@@ -234,33 +331,38 @@ def record_attempt(
 
 
 def finish_segment(
-    conn: Connection, segment_pk: int, *, audio_seconds: float, billed_chars: int | None = None
+    conn: Connection,
+    segment_pk: int,
+    claim: Claim,
+    *,
+    audio_seconds: float,
+    synthesized: bool = False,
 ) -> Next | None:
-    """running -> done; None if the claim was lost meanwhile.
+    """running -> done; None if the claim was lost meanwhile (taken over or cancelled).
 
-    `billed_chars` counts the request that produced the audio (None: it came from the cache,
-    no request was made). Returns the script's stitch when this was its last segment.
+    `synthesized`: a request produced the audio (it counts as an attempt; `bill_segment` has
+    billed it); False when it came from the cache. Returns the script's stitch when this was
+    its last segment.
     """
-    billed = billed_chars or 0
     finished = conn.execute(
         _FINISH_SEGMENT,
         {
             "pk_": segment_pk,
+            "claim_": claim.token,
             "seconds_": audio_seconds,
             "now_": utcnow(),
-            "attempts_": 0 if billed_chars is None else 1,
-            "billed_": billed,
+            "attempts_": 1 if synthesized else 0,
         },
     ).scalar_one_or_none()
     if finished is None:
         return None
-    # Always written, even with nothing billed: the update takes the script's row lock, which
+    # Always written, though it adds nothing: the update takes the script's row lock, which
     # makes the last finishers of one script ask `_stitch_due` one after the other.
-    conn.execute(_BILL_SCRIPT, {"pk_": finished, "billed_": billed})
+    conn.execute(_BILL_SCRIPT, {"pk_": finished, "billed_": 0})
     return _stitch_due(conn, finished)
 
 
-def fail_segment(conn: Connection, segment_pk: int, error: str) -> Next | None:
+def fail_segment(conn: Connection, segment_pk: int, claim: Claim, error: str) -> Next | None:
     """running -> failed for good, and its script with it; None if the claim was lost.
 
     Returns the job's settle when its script was the last one still to run.
@@ -270,7 +372,11 @@ def fail_segment(conn: Connection, segment_pk: int, error: str) -> Next | None:
     now = utcnow()
     failed = conn.execute(
         update(SEGMENTS)
-        .where(SEGMENTS.c.id == segment_pk, SEGMENTS.c.state == State.RUNNING)
+        .where(
+            SEGMENTS.c.id == segment_pk,
+            SEGMENTS.c.state == State.RUNNING,
+            SEGMENTS.c.claim == claim.token,
+        )
         .values(state=State.FAILED, last_error=_clip(error), finished_at=now)
         .returning(SEGMENTS.c.script_pk, SEGMENTS.c.index, SEGMENTS.c.job_id)
     ).one_or_none()
@@ -290,72 +396,71 @@ def fail_segment(conn: Connection, segment_pk: int, error: str) -> Next | None:
     return _settle_due(conn, job_id) if failed_script else NOTHING
 
 
-def release_segment(conn: Connection, segment_pk: int, error: str | None = None) -> bool:
+def release_segment(
+    conn: Connection, segment_pk: int, claim: Claim, error: str | None = None
+) -> bool:
     """running -> pending, to be claimed again (a retry later, a worker shutting down)."""
-    values: dict[str, Any] = {"started_at": None, "finished_at": None}
+    values: dict[str, Any] = {"started_at": None, "finished_at": None, **_UNCLAIMED}
     if error is not None:
         values["last_error"] = _clip(error)
     return _cas_one(
         conn,
         SEGMENTS,
-        SEGMENTS.c.id == segment_pk,
+        (SEGMENTS.c.id == segment_pk) & (SEGMENTS.c.claim == claim.token),
         expected=[State.RUNNING],
         target=State.PENDING,
         **values,
     )
 
 
-def requeue_stale(conn: Connection, *, older_than: timedelta, job_id: str | None = None) -> int:
-    """Segments claimed longer ago than `older_than` (their worker died) -> pending; the count."""
-    return _requeue(
-        conn,
-        SEGMENTS,
-        SEGMENTS.c.started_at,
-        older_than,
-        job_id,
-        started_at=None,
-        last_error="requeued: claimed too long ago",
-    )
+def requeue_orphans(
+    conn: Connection, *, dead_before: datetime, job_id: str | None = None
+) -> tuple[int, int]:
+    """Claims whose executor has not beaten since `dead_before` -> pending, to be sent again.
 
-
-def requeue_stale_stitches(
-    conn: Connection, *, older_than: timedelta, job_id: str | None = None
-) -> int:
-    """Scripts whose stitching was claimed longer ago than `older_than` -> pending; the count."""
-    return _requeue(
-        conn, SCRIPTS, SCRIPTS.c.stitch_started_at, older_than, job_id, stitch_started_at=None
-    )
+    Returns (segments, stitches) requeued.
+    """
+    segments = _requeue(conn, SEGMENTS, dead_before, job_id, started_at=None, last_error=TAKEN_OVER)
+    stitches = _requeue(conn, SCRIPTS, dead_before, job_id, stitch_started_at=None)
+    return segments, stitches
 
 
 def _requeue(
-    conn: Connection,
-    model: Table,
-    claimed_at: Any,
-    older_than: timedelta,
-    job_id: str | None,
-    **values: Any,
+    conn: Connection, model: Table, dead_before: datetime, job_id: str | None, **values: Any
 ) -> int:
-    cutoff: datetime = utcnow() - older_than
-    row = claimed_at < cutoff
+    row = ~alive(model.c.executor, dead_before)
     if job_id is not None:
         row = row & (model.c.job_id == job_id)
-    return _cas(conn, model, row, expected=[State.RUNNING], target=State.PENDING, **values)
+    return _cas(
+        conn, model, row, expected=[State.RUNNING], target=State.PENDING, **_UNCLAIMED, **values
+    )
 
 
 # Scripts
 
 
-def claim_stitch(conn: Connection, script_pk: int) -> bool:
+def claim_stitch(conn: Connection, script_pk: int, claim: Claim) -> bool:
     """pending -> running once every segment is done: True for exactly one caller."""
     check_transition("script", [State.PENDING], State.RUNNING)
-    result = conn.execute(_CLAIM_STITCH, {"pk_": script_pk, "now_": utcnow()})
+    result = conn.execute(
+        _CLAIM_STITCH,
+        {"pk_": script_pk, "now_": utcnow(), "claim_": claim.token, "executor_": claim.executor},
+    )
     assert isinstance(result, CursorResult)
     return result.rowcount == 1
+
+
+def take_over_stitch(
+    conn: Connection, script_pk: int, claim: Claim, *, dead_before: datetime
+) -> bool:
+    """A stitch whose executor has not beaten since `dead_before`, under `claim`; True if won."""
+    return _take_over(conn, SCRIPTS, script_pk, claim, dead_before, stitch_started_at=utcnow())
 
 
 def finish_script(
     conn: Connection,
     script_pk: int,
+    claim: Claim,
     *,
     audio_seconds: float,
     outputs: Sequence[OutputFile],
@@ -369,6 +474,7 @@ def finish_script(
         _FINISH_SCRIPT,
         {
             "pk_": script_pk,
+            "claim_": claim.token,
             "seconds_": audio_seconds,
             "outputs_": [asdict(o) for o in outputs],
             "now_": utcnow(),
@@ -377,15 +483,19 @@ def finish_script(
     return None if job_id is None else _settle_due(conn, job_id)
 
 
-def fail_script(conn: Connection, script_pk: int, error: str) -> Next | None:
-    """pending|running -> failed (e.g. stitching failed for good); None if it was not active.
+def fail_script(conn: Connection, script_pk: int, claim: Claim, error: str) -> Next | None:
+    """running -> failed (stitching failed for good); None if the claim was lost.
 
     Returns the job's settle when this was the last of its scripts still to run.
     """
-    check_transition("script", _ACTIVE, State.FAILED)
+    check_transition("script", [State.RUNNING], State.FAILED)
     job_id = conn.scalar(
         update(SCRIPTS)
-        .where(SCRIPTS.c.id == script_pk, SCRIPTS.c.state.in_(_ACTIVE))
+        .where(
+            SCRIPTS.c.id == script_pk,
+            SCRIPTS.c.state == State.RUNNING,
+            SCRIPTS.c.claim == claim.token,
+        )
         .values(state=State.FAILED, error=_clip(error), finished_at=utcnow())
         .returning(SCRIPTS.c.job_id)
     )
@@ -407,31 +517,43 @@ def abandon_job(conn: Connection, job_id: str, reason: str) -> Next:
     return _settle_due(conn, job_id)
 
 
-def release_script(conn: Connection, script_pk: int) -> bool:
+def release_script(conn: Connection, script_pk: int, claim: Claim) -> bool:
     """running -> pending, so stitching can be claimed again."""
     return _cas_one(
         conn,
         SCRIPTS,
-        SCRIPTS.c.id == script_pk,
+        (SCRIPTS.c.id == script_pk) & (SCRIPTS.c.claim == claim.token),
         expected=[State.RUNNING],
         target=State.PENDING,
         stitch_started_at=None,
+        **_UNCLAIMED,
     )
 
 
 # Jobs
 
 
-def start_job(conn: Connection, job_id: str) -> bool:
-    """pending -> running (claiming a segment does this too)."""
-    return _cas_one(
+def start_job(conn: Connection, job_id: str, executor: str | None = None) -> bool:
+    """pending|running -> running, run by `executor` (a render's) or, with None, by the workers.
+
+    True when it was pending (claiming a segment starts a job too).
+    """
+    started = _cas_one(
         conn,
         JOBS,
         JOBS.c.id == job_id,
         expected=[State.PENDING],
         target=State.RUNNING,
         started_at=func.coalesce(JOBS.c.started_at, utcnow()),
+        executor=executor,
     )
+    if not started:
+        conn.execute(
+            update(JOBS)
+            .where(JOBS.c.id == job_id, JOBS.c.state == State.RUNNING)
+            .values(executor=executor)
+        )
+    return started
 
 
 def job_state(conn: Connection, job_id: str) -> State:
@@ -479,14 +601,16 @@ def settle_job(conn: Connection, job_id: str) -> State:
 
 
 def reset_for_resume(conn: Connection, job_id: str) -> int:
-    """Put a job's running and failed work back to pending (done stays done); segments reset.
+    """Put a job's running, failed and cancelled work back to pending (done stays done); the
+    number of segments reset.
 
-    Only for a job no live worker is on: a crashed run, or a failed one.
+    Only for a job no live executor is on (`executors.job_alive`): an interrupted run, a failed
+    or a cancelled one.
     """
     current = job_state(conn, job_id)
-    if current in {State.DONE, State.CANCELLED}:
+    if current is State.DONE:
         raise IllegalTransition(f"job {job_id}", current.value, State.PENDING.value)
-    stuck = (State.RUNNING, State.FAILED)
+    stuck = (State.RUNNING, State.FAILED, State.CANCELLED)
     reset = _cas(
         conn,
         SEGMENTS,
@@ -495,6 +619,7 @@ def reset_for_resume(conn: Connection, job_id: str) -> int:
         target=State.PENDING,
         started_at=None,
         finished_at=None,
+        **_UNCLAIMED,
     )
     _cas(
         conn,
@@ -505,6 +630,7 @@ def reset_for_resume(conn: Connection, job_id: str) -> int:
         error=None,
         stitch_started_at=None,
         finished_at=None,
+        **_UNCLAIMED,
     )
     _cas(
         conn,

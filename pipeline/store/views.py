@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select, union_all
+from sqlalchemy import false as sa_false
 
-from pipeline.store.errors import JobNotFound
+from pipeline.store import executors
+from pipeline.store.errors import JobNotFound, JobStillRunning
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile
 from pipeline.store.states import State
 
@@ -26,6 +28,7 @@ class ScriptStatus:
     segments: int
     segments_done: int
     segments_failed: int
+    chars_done: int  # characters of the segments done
     attempts: int
     chars: int
     billed_chars: int
@@ -59,6 +62,13 @@ class JobStatus:
     chars: int
     billed_chars: int
     audio_seconds: float
+    # Running, but nothing runs it any more (its render was killed, no worker is alive).
+    interrupted: bool = False
+
+    @property
+    def shown_state(self) -> str:
+        """The state as a person should read it."""
+        return "interrupted" if self.interrupted else self.state.value
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,10 @@ def resolve_job_id(conn: Connection, text: str) -> str:
 
 
 def _job_rows(
-    conn: Connection, *criteria: ColumnElement[bool], limit: int | None = None
+    conn: Connection,
+    *criteria: ColumnElement[bool],
+    limit: int | None = None,
+    dead_before: datetime | None = None,
 ) -> list[JobStatus]:
     totals = (
         select(
@@ -116,14 +129,19 @@ def _job_rows(
         .group_by(SCRIPTS.c.job_id)
         .subquery()
     )
+    interrupted = (
+        and_(JOBS.c.state == State.RUNNING, ~executors.serving(dead_before))
+        if dead_before is not None
+        else sa_false()
+    )
     query = (
-        select(JOBS, totals)
+        select(JOBS, totals, interrupted.label("interrupted"))
         .outerjoin(totals, totals.c.job_id == JOBS.c.id)
         .where(*criteria)
         .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
         .limit(limit)
     )
-    return [
+    rows = [
         JobStatus(
             job_id=row["id"],
             name=row["name"],
@@ -139,20 +157,58 @@ def _job_rows(
             chars=int(row["chars"] or 0),
             billed_chars=int(row["billed"] or 0),
             audio_seconds=float(row["seconds"] or 0.0),
+            interrupted=bool(row["interrupted"]),
         )
         for row in conn.execute(query).mappings()
     ]
+    return rows if dead_before is None else _checked_here(conn, rows, dead_before)
 
 
-def list_jobs(conn: Connection, *, limit: int = 20, state: State | None = None) -> list[JobStatus]:
-    """The newest jobs first, optionally only those in `state`."""
+def list_jobs(
+    conn: Connection,
+    *,
+    limit: int = 20,
+    state: State | None = None,
+    dead_before: datetime | None = None,
+) -> list[JobStatus]:
+    """The newest jobs first, optionally only those in `state`.
+
+    With `dead_before`, running jobs whose executor has not beaten since are `interrupted`.
+    """
     criteria: list[ColumnElement[bool]] = [] if state is None else [JOBS.c.state == state]
-    return _job_rows(conn, *criteria, limit=limit)
+    return _job_rows(conn, *criteria, limit=limit, dead_before=dead_before)
 
 
-def job_summary(conn: Connection, job_id: str) -> JobSummary:
-    """The job's totals and a line per script, in plan order."""
-    rows = _job_rows(conn, JOBS.c.id == job_id)
+def _checked_here(conn: Connection, rows: list[JobStatus], since: datetime) -> list[JobStatus]:
+    # The heartbeat says "alive" for up to the timeout after a kill; a render of this host
+    # can be asked directly.
+    return [
+        replace(row, interrupted=True)
+        if row.state is State.RUNNING
+        and not row.interrupted
+        and not executors.job_alive(conn, row.job_id, since)
+        else row
+        for row in rows
+    ]
+
+
+def check_not_running(conn: Connection, job_id: str, executor_timeout: float) -> None:
+    """JobStillRunning when something still runs the job (a resume would do its work twice)."""
+    since = executors.dead_before(executor_timeout)
+    state = conn.scalar(select(JOBS.c.state).where(JOBS.c.id == job_id))
+    if state == State.RUNNING and executors.job_alive(conn, job_id, since):
+        raise JobStillRunning(
+            f"job {job_id} is still running (its executor beat within the last "
+            f"{executor_timeout:g} s); wait for it, `rime-batch cancel {job_id}`, "
+            "or resume with --force"
+        )
+
+
+def job_summary(
+    conn: Connection, job_id: str, *, dead_before: datetime | None = None
+) -> JobSummary:
+    """The job's totals and a line per script, in plan order (`dead_before`: see list_jobs)."""
+    rows = _job_rows(conn, JOBS.c.id == job_id, dead_before=dead_before)
     if not rows:
         raise JobNotFound(f"no job {job_id!r}")
     counts = (
@@ -160,6 +216,9 @@ def job_summary(conn: Connection, job_id: str) -> JobSummary:
             SEGMENTS.c.script_pk,
             func.count().label("segments"),
             func.sum(case((SEGMENTS.c.state == State.DONE, 1), else_=0)).label("done"),
+            func.sum(case((SEGMENTS.c.state == State.DONE, SEGMENTS.c.chars), else_=0)).label(
+                "chars_done"
+            ),
             func.sum(case((SEGMENTS.c.state == State.FAILED, 1), else_=0)).label("failed"),
             func.sum(SEGMENTS.c.attempts).label("attempts"),
         )
@@ -181,6 +240,7 @@ def job_summary(conn: Connection, job_id: str) -> JobSummary:
             segments=int(row["segments"] or 0),
             segments_done=int(row["done"] or 0),
             segments_failed=int(row["failed"] or 0),
+            chars_done=int(row["chars_done"] or 0),
             attempts=int(row["attempts"] or 0),
             chars=row["chars"],
             billed_chars=row["billed_chars"],

@@ -86,3 +86,33 @@ def test_local_engine_audio_is_never_reused_for_rime(
     assert keyed.returncode == 0, keyed
     assert engine.metrics()["requests"] == 1 + 1  # and the preflight of its voice
     assert len(list((tmp_path / "out" / "cache").rglob("*.wav"))) == 2
+
+
+def test_audio_far_too_long_for_its_text_is_rejected_billed_and_recorded(
+    cli: Cli, engine_factory: Callable[..., RunningEngine], tmp_path: Path
+) -> None:
+    # Whole, well-formed audio, but tens of seconds of it for a short sentence.
+    engine = engine_factory(api_keys=[KEY], fault_implausible_rate=1.0)
+    run = cli.using(
+        engine=engine,
+        api_key=KEY,
+        RIME_BATCH_RETRY_MAX_ATTEMPTS="2",
+        RIME_BATCH_RETRY_INITIAL_WAIT="0",
+        RIME_BATCH_RETRY_JITTER="0",
+    )
+    (tmp_path / "jobs.yaml").write_text(MANIFEST)
+
+    result = run.run("render", "jobs.yaml")
+
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    metrics = engine.metrics()
+    assert (metrics["requests"], metrics["faults"]) == (2, {"implausible": 2})
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    [script] = results["scripts"]
+    chars = len("Hello there. This is a short prompt.")
+    assert (script["state"], script["attempts"], script["outputs"]) == ("failed", 2, [])
+    assert "s of audio for 36 characters" in script["error"], script["error"]
+    # Generated, so paid for, both times, though none of it could be used.
+    assert script["billed_chars"] == metrics["billed_characters"] == 2 * chars
+    assert not list((tmp_path / "out").rglob("*.wav")), "rejected audio was cached or stitched"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from rime_local.server import RunningEngine
 from tests.fixtures.engine import decoded_seconds
+from tests.fixtures.services import poll_until
 
 PROGRAMS = Path(__file__).parent / "seed_programs"
 KEY = "seed-example-key"
@@ -74,24 +74,30 @@ def test_seed_002_with_a_wrong_key_fails(engine_factory: Factory, tmp_path: Path
 def test_seed_004_never_speaks_once_after_its_flush(
     keyed_engine: RunningEngine, tmp_path: Path
 ) -> None:
-    # The program waits for messages forever: let it run until the engine has spoken, then stop it.
-    process = subprocess.Popen(
-        [sys.executable, str(PROGRAMS / "ws3_never.py")],
-        env=_env(keyed_engine),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The program waits for messages forever: let it run until it has printed what the engine
+    # spoke, then stop it.
+    printed = tmp_path / "stdout.txt"
+    with printed.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-u", str(PROGRAMS / "ws3_never.py")],
+            env=_env(keyed_engine),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
-        deadline = time.monotonic() + 30
-        while keyed_engine.metrics()["completed"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        poll_until(
+            lambda: "'that.']" in printed.read_text() or process.poll() is not None,
+            30,
+            "the example to print the word timings",
+        )
+        # The example never closes its connection: still running once its audio has come.
         assert process.poll() is None, "the example should still be waiting for messages"
     finally:
         process.kill()
-        stdout, _ = process.communicate(timeout=10)
+        process.communicate(timeout=10)
+    stdout = printed.read_text()
     metrics = keyed_engine.metrics()
     assert metrics["completed"] == 1
     assert metrics["characters"] == len("Sure, I'd be happy to help with that.")

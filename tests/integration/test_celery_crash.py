@@ -125,3 +125,8 @@ def test_a_broker_restart_that_loses_every_message_mid_job(
     summary = wait_for_job(env, job_id, celery_workers, timeout=90)
     check_outputs(summary, plan)
     assert all(w.alive for w in celery_workers.workers)
+    # A lost broker, lost leases and a Redis outage are waited out: one line each, no traceback.
+    logs = celery_workers.logs()
+    assert "Traceback" not in logs, logs[-5000:]
+    assert "Connection to broker lost" in logs
+    assert "CPendingDeprecationWarning" not in logs, logs[-5000:]

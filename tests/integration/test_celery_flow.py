@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
+from pipeline.rime.errors import MAX_MESSAGE_CHARS
 from pipeline.store.states import State
 from rime_local.server import RunningEngine
 from tests.fixtures.celery_workers import (
@@ -25,6 +25,7 @@ from tests.fixtures.celery_workers import (
     wait_for_job,
     wait_until,
 )
+from tests.fixtures.leaks import assert_no_piece_of, database_text, folder_bytes
 from workers.commands import cancel, submit
 
 # The fixtures, imported by name so pytest finds them in this module.
@@ -42,21 +43,18 @@ def test_pipeline_does_not_import_celery() -> None:
     assert result.stdout.strip() == "False"
 
 
-KEY = "rk-celery-4f1d9c2b7a"
+KEY = "rk-c7e1a9-4f1d9c2b7a"
 
 
-def everything_stored(env: CeleryEnv, destination: Path) -> str:
-    """Every row of the job table and every file of the destination, as one text."""
-    engine = sa.create_engine(env.database_url)
-    with engine.connect() as conn:
-        rows = [
-            str(row)
-            for table in ("jobs", "scripts", "segments")
-            for row in conn.execute(sa.text(f"SELECT t::text FROM {table} t"))
-        ]
-    engine.dispose()
-    files = [p.read_bytes().decode("latin-1") for p in destination.rglob("*") if p.is_file()]
-    return "\n".join(rows + files)
+def places_a_key_could_leak(
+    env: CeleryEnv, workers: WorkerPool, destination: Path
+) -> dict[str, str]:
+    """The workers' logs, every row of the job table and every file of the destination."""
+    return {
+        "worker logs": workers.logs(),
+        "database": database_text(env.database_url),
+        "destination": folder_bytes(destination).decode("latin-1"),
+    }
 
 
 def test_two_workers_render_a_job_with_correct_audio(
@@ -82,8 +80,7 @@ def test_two_workers_render_a_job_with_correct_audio(
     for worker in (first, second):
         assert "segment synthesized" in worker.log(), worker.log()[-3000:]
     # The key went to the engine only: not to a log line, the job table or an output.
-    assert KEY not in celery_workers.logs()
-    assert KEY not in everything_stored(env, Path(plan.destination))
+    assert_no_piece_of(KEY, places_a_key_could_leak(env, celery_workers, Path(plan.destination)))
 
 
 def test_a_refused_key_fails_the_job_and_a_resubmit_with_the_right_one_finishes_it(
@@ -92,8 +89,9 @@ def test_a_refused_key_fails_the_job_and_a_resubmit_with_the_right_one_finishes_
     engine_factory: EngineFactory,
     tmp_path: Path,
 ) -> None:
-    engine = engine_factory(api_keys=[KEY])
-    wrong = "rk-wrong-0a9b8c7d6e"
+    # The refusal echoes the key across the cut of the server's message.
+    engine = engine_factory(api_keys=[KEY], echo_refused_key_at=MAX_MESSAGE_CHARS - 10)
+    wrong = "rk-w0f3b2-0a9b8c7d6e"
     env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_API_KEY=wrong)
     [worker] = celery_workers.start(env, count=1, threads=2)
     plan = make_plan(tmp_path / "job", scripts=3, lines=4)
@@ -106,8 +104,9 @@ def test_a_refused_key_fails_the_job_and_a_resubmit_with_the_right_one_finishes_
     # Each of the two threads learnt it once; nothing queued behind them was sent.
     assert 1 <= engine.metrics()["rejected_401"] <= 2
     assert segments_in(env, job_id, [State.DONE]) == 0
-    assert wrong not in celery_workers.logs()
-    assert wrong not in everything_stored(env, Path(plan.destination))
+    places = places_a_key_could_leak(env, celery_workers, Path(plan.destination))
+    assert_no_piece_of(wrong, places)
+    assert_no_piece_of(KEY, places)
 
     worker.stop()
     right = env.with_changes(RIME_API_KEY=KEY)

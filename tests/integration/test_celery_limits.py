@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +75,14 @@ def test_a_faulty_engine_costs_retries_not_the_job(
     assert faults.get("cut", 0) > 0
     assert faults.get("http_500", 0) + faults.get("http_503", 0) > 0
     assert sum(s.attempts for s in summary.scripts) == 12 + metrics["faults_total"]
-    # Cut streams were billed although their audio was thrown away; 5xx answers were not.
+    # Cut streams were billed although their audio was thrown away; 5xx answers were not: the
+    # job table holds what the engine saw begin to stream, to the character.
     billed = sum(s.billed_chars for s in summary.scripts)
-    assert billed > plan.chars
+    assert billed == metrics["billed_characters"] > metrics["characters"] == plan.chars
+    # Every fault is one line naming its segment and attempt; none is a traceback.
+    logs = celery_workers.logs()
+    assert "Traceback" not in logs, logs[-5000:]
+    retries = [line for line in logs.splitlines() if " retry job=" in line]
+    assert len(retries) == metrics["faults_total"], logs[-5000:]
+    where = re.compile(rf"job={job_id} script=script-\d segment=[0-3] attempt=\d+/12 error=\S")
+    assert all(where.search(line) for line in retries), retries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 import wave
@@ -146,8 +147,8 @@ def test_first_bytes_arrive_long_before_the_last(engine_factory) -> None:  # typ
     paced = engine_factory(pacing=10.0)
     text = "This sentence is spoken first. " + "Then many more words follow it. " * 8
     started = time.monotonic()
-    first_at = None
     total = 0
+    while_streaming = None
     with httpx.stream(
         "POST",
         paced.http_url,
@@ -156,11 +157,61 @@ def test_first_bytes_arrive_long_before_the_last(engine_factory) -> None:  # typ
         timeout=30,
     ) as response:
         for chunk in response.iter_bytes():
-            if first_at is None and chunk:
-                first_at = time.monotonic() - started
+            if while_streaming is None and chunk:
+                # The order of events, not their times: audio arrives while the synthesis is
+                # still under way, its last sentences not yet spoken.
+                while_streaming = paced.metrics()
             total += len(chunk)
     elapsed = time.monotonic() - started
     audio_seconds = total / 2 / 22050
-    assert first_at is not None
+    assert while_streaming is not None
+    assert (while_streaming["in_flight"], while_streaming["completed"]) == (1, 0)
+    assert paced.metrics()["completed"] == 1
+    # Pacing is the engine sleeping: a lower bound that load can only make longer.
     assert elapsed >= audio_seconds / 10 * 0.9
-    assert first_at < elapsed / 4
+
+
+def test_refused_keys_are_echoed_only_when_asked(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    locked = engine_factory(api_keys=["sekrit"], echo_refused_key_at=30)
+    body = {"text": SHORT, "speaker": "cove"}
+    wrong = httpx.post(locked.http_url, json=body, headers={"Authorization": "Bearer nope-123"})
+    assert wrong.status_code == 401
+    assert wrong.text.index("nope-123") == 30
+    assert "sekrit" not in wrong.text
+    locked.configure(echo_refused_key_at=-1)
+    quiet = httpx.post(locked.http_url, json=body, headers={"Authorization": "Bearer nope-123"})
+    assert quiet.status_code == 401 and "nope-123" not in quiet.text
+
+
+def test_billing_counts_every_synthesis_whose_audio_started(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    running = engine_factory(api_keys=["k"], fault_seed=1)
+    headers = {"Authorization": "Bearer k", "Accept": "audio/pcm"}
+    long_text = "A sentence long enough to stream more than a few kilobytes of audio. " * 3
+
+    def send(text: str, **auth: str) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(running.http_url, json={"text": text, "speaker": "cove"}, **auth)
+
+    send(SHORT, headers=headers)
+    send(SHORT, headers={"Accept": "audio/pcm"})  # 401: nothing generated
+    running.configure(fault_error_rate=1.0)
+    send(SHORT, headers=headers)  # 5xx: nothing generated
+    running.configure(fault_error_rate=0.0, fault_cut_rate=1.0)
+    send(long_text, headers=headers)  # cut after its first kilobytes: generated, billed
+    metrics = running.metrics()
+    assert metrics["faults"]["cut"] == 1
+    assert metrics["faults_total"] == 2  # the cut and one 5xx
+    assert (metrics["requests"], metrics["completed"], metrics["audio_started"]) == (4, 1, 2)
+    assert metrics["billed_characters"] == len(SHORT) + len(long_text)
+    assert metrics["characters"] == len(SHORT)
+
+
+def test_implausible_audio_is_whole_and_far_too_long(engine_factory) -> None:  # type: ignore[no-untyped-def]
+    running = engine_factory(fault_implausible_rate=1.0)
+    pcm = post(running, "audio/pcm", samplingRate=8000)
+    wav = post(running, "audio/wav", samplingRate=8000)
+    assert pcm.status_code == wav.status_code == 200
+    # Silence follows the speech: far past what any voice needs for the text.
+    assert len(pcm.content) / 2 / 8000 > 10 + len(SHORT)
+    assert decoded_seconds(wav.content) == pytest.approx(len(pcm.content) / 2 / 8000, abs=0.05)
+    assert running.metrics()["faults"] == {"implausible": 2}

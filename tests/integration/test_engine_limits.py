@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from rime_local.server import RunningEngine
+from tests.fixtures.services import poll_until
 
 Factory = Callable[..., RunningEngine]
 BODY = {"text": "Limits apply here.", "speaker": "cove"}
@@ -69,10 +70,14 @@ def test_a_burst_of_429s_then_service_and_again_at_runtime(engine_factory: Facto
     bursty = engine_factory(burst_429=2)
     statuses = [httpx.post(bursty.http_url, json=BODY, headers=PCM).status_code for _ in range(3)]
     assert statuses == [429, 429, 200]
-    bursty.configure(burst_429_seconds=0.5)
+    bursty.configure(burst_429_seconds=2.0)
     assert httpx.post(bursty.http_url, json=BODY, headers=PCM).status_code == 429
-    time.sleep(0.6)
-    assert httpx.post(bursty.http_url, json=BODY, headers=PCM).status_code == 200
+    poll_until(
+        lambda: httpx.post(bursty.http_url, json=BODY, headers=PCM).status_code == 200,
+        10,
+        "the end of the 429 window",
+        interval=0.2,
+    )
 
 
 def test_added_time_to_first_byte(engine_factory: Factory) -> None:
@@ -203,11 +208,12 @@ def test_a_client_hanging_up_frees_its_slot_and_stops_ffmpeg(engine_factory: Fac
         next(chunks)
         assert paced.metrics()["in_flight"] == 1
         assert _ffmpeg_children()
-    deadline = time.monotonic() + 5
-    while (paced.metrics()["in_flight"] or _ffmpeg_children()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert paced.metrics()["in_flight"] == 0
-    assert _ffmpeg_children() == []
+    poll_until(
+        lambda: not paced.metrics()["in_flight"] and not _ffmpeg_children(),
+        10,
+        "the slot to be freed and ffmpeg to end",
+        detail=lambda: f"{paced.metrics()} {_ffmpeg_children()}",
+    )
     assert paced.metrics()["completed"] == 0
     assert httpx.post(paced.http_url, json=BODY, headers=PCM).status_code == 200
 

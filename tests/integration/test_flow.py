@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import Engine
+from workers.leases import Leases
 
 from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
@@ -24,7 +25,7 @@ from pipeline.stages import Outcome
 from pipeline.store import State, record_plan, transitions
 from pipeline.store.transitions import Next
 from rime_local.server import RunningEngine
-from tests.fixtures.jobs import job_row, script_row, segment_row
+from tests.fixtures.jobs import ME, job_row, script_row, segment_row
 from tests.fixtures.s3 import S3Env
 from tests.fixtures.worker_runtime import (
     Broker,
@@ -40,7 +41,6 @@ from tests.fixtures.worker_runtime import (
 from workers import flow
 from workers.app import create_app
 from workers.dispatch import SYNTH_QUEUE
-from workers.leases import Leases
 from workers.runtime import Runtime
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -199,7 +199,7 @@ def test_a_segment_a_live_worker_holds_is_skipped_and_its_claim_left_alone(
         token = other.acquire(f"segment:{busy}")
         assert token is not None
         with rt.db.begin() as conn:
-            assert transitions.claim_segment(conn, busy)
+            assert transitions.claim_segment(conn, busy, ME)
         claimed_at = segment_row(rt.db, busy).started_at
         before = requests(engine)
 
@@ -264,8 +264,8 @@ def test_a_segment_left_running_by_a_dead_worker_is_taken_over_and_finished(
         dead.close()
         dead.redis.close()
     with rt.db.begin() as conn:
-        assert transitions.claim_segment(conn, orphan)
-        assert transitions.claim_segment(conn, stale_lease)
+        assert transitions.claim_segment(conn, orphan, ME)
+        assert transitions.claim_segment(conn, stale_lease, ME)
     before = requests(engine)
 
     first = flow.synthesize(rt, orphan, redelivered=True)
@@ -298,7 +298,7 @@ def test_a_stitch_left_running_by_a_dead_worker_is_taken_over_and_finished(
     synthesize_all(rt, [ref.segment_pk])
     broker.clear()
     with rt.db.begin() as conn:
-        assert transitions.claim_stitch(conn, ref.script_pk)  # and then it died
+        assert transitions.claim_stitch(conn, ref.script_pk, ME)  # and then it died
 
     done = flow.stitch(rt, ref.script_pk, redelivered=True)
 
@@ -341,7 +341,7 @@ def test_finish_writes_results_json_for_a_failed_job(runtimes: Runtimes, tmp_pat
     first, second = segments_by_script(rt.db, job_id)
     synthesize_all(rt, [first[0].segment_pk])
     with rt.db.begin() as conn:
-        assert transitions.fail_script(conn, second[0].script_pk, "stitching failed: disk")
+        assert transitions.fail_script(conn, second[0].script_pk, ME, "stitching failed: disk")
 
     assert flow.finish(rt, job_id) is State.FAILED
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from workers.leases import POLL_SECONDS, Leases
 
 from tests.fixtures.services import PrivateRedis
 from tests.fixtures.worker_runtime import assert_no_thread_left, threads_of_ours
-from workers.leases import POLL_SECONDS, Leases
 
 pytestmark = [pytest.mark.redis]
 

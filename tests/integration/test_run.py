@@ -24,6 +24,7 @@ from pipeline.run import run_job
 from pipeline.stages import KEY_REFUSED, Context, Event, synth_stage
 from pipeline.store import OutputFile, State, open_database, transitions
 from tests.fixtures.jobs import (
+    ME,
     Job,
     context,
     job_row,
@@ -368,7 +369,7 @@ async def test_a_resume_after_a_crash_in_stitching_stitches_without_a_request(
         await synth_stage(ctx, pk)
     # A stitcher claimed script 0 and died; script 1 was never claimed.
     with job_table.begin() as conn:
-        assert transitions.claim_stitch(conn, job.scripts[0])
+        assert transitions.claim_stitch(conn, job.scripts[0], ME)
         transitions.reset_for_resume(conn, job.job_id)
     synthesizer.forget()
     events: list[Event] = []

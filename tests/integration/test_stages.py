@@ -32,6 +32,7 @@ from pipeline.stages import (
 )
 from pipeline.storage import LocalStore, content_type_for, open_store
 from pipeline.store import OutputFile, State, transitions
+from pipeline.store.executors import WORKER
 from pipeline.store.transitions import NOTHING, Next
 from tests.fixtures.jobs import (
     FAST,
@@ -39,6 +40,7 @@ from tests.fixtures.jobs import (
     RATE,
     Job,
     context,
+    executor_for,
     job_row,
     plan_of,
     record,
@@ -179,7 +181,9 @@ async def test_audio_from_another_synthesizer_is_not_taken_from_the_cache(
 ) -> None:
     job = new_job(ctx, dest, texts_of(2, 1))
     await synth_stage(ctx, job.segments[0][0])
-    other = Context(ctx.db, synthesizer, ctx.limiter, policy=FAST, cache_namespace="local")
+    other = Context(
+        ctx.db, synthesizer, ctx.limiter, ctx.executor, policy=FAST, cache_namespace="local"
+    )
     same_text = new_job(ctx, dest, texts_of(1, 1))
 
     result = await synth_stage(other, same_text.segments[0][0])
@@ -300,14 +304,33 @@ async def test_a_segment_held_by_another_executor_is_skipped_and_sends_nothing(
     ctx: Context, dest: Path, synthesizer: ToneSynthesizer
 ) -> None:
     job = new_job(ctx, dest, texts_of(1, 1))
+    other = executor_for(ctx.db, WORKER).claim()  # a live executor: it beats
     with ctx.db.begin() as conn:
-        assert transitions.claim_segment(conn, job.segments[0][0])
+        assert transitions.claim_segment(conn, job.segments[0][0], other)
 
     result = await synth_stage(ctx, job.segments[0][0])
 
     assert result == StageResult(Outcome.SKIPPED, NOTHING)
     assert synthesizer.requests == []
-    assert segment_row(ctx.db, job.segments[0][0]).state is State.RUNNING
+    row = segment_row(ctx.db, job.segments[0][0])
+    assert (row.state, row.claim) == (State.RUNNING, other.token)
+
+
+async def test_a_segment_held_by_a_dead_executor_is_taken_over(
+    ctx: Context, dest: Path, synthesizer: ToneSynthesizer
+) -> None:
+    job = new_job(ctx, dest, texts_of(1, 1))
+    dead = executor_for(ctx.db, WORKER)
+    with ctx.db.begin() as conn:
+        assert transitions.claim_segment(conn, job.segments[0][0], dead.claim())
+    dead.close()  # it stops beating and its row is gone, as after a SIGKILL and a timeout
+
+    result = await synth_stage(ctx, job.segments[0][0])
+
+    assert result.outcome is Outcome.SYNTHESIZED
+    assert len(synthesizer.requests) == 1
+    row = segment_row(ctx.db, job.segments[0][0])
+    assert (row.state, row.executor, row.attempts) == (State.DONE, ctx.executor.id, 1)
 
 
 # synth_stage: failures
@@ -337,6 +360,7 @@ async def test_a_permanent_error_fails_the_segment_and_its_script_and_nothing_mo
         Outcome.FAILED,
         chars=len(job.text(0, 0)),
         error=str(error),
+        segment=0,
     )
     # Its script has failed: its other segment is not worth a request.
     sibling = await synth_stage(ctx, job.segments[0][1])
@@ -617,6 +641,9 @@ async def test_stitch_stage_writes_every_format_as_the_job_table_records_it(
     }
     assert no_temp_files(dest)
     assert list(scratch.iterdir()) == []
+    # Stitching is a phase of its own for a display: its start is told, then its end.
+    chars = job.plan.scripts[0].chars
+    assert events[-2] == Event("stitch", job.job_id, "script-0", "started", chars)
     assert events[-1] == Event(
         "script",
         job.job_id,

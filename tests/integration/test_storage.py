@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
-import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -31,8 +34,8 @@ from pipeline.storage import (
     sha256_file,
 )
 from pipeline.storage.s3 import client_from_environment
-from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3Env
-from tests.fixtures.services import closed_port
+from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, DenyingS3, S3Env
+from tests.fixtures.services import closed_port, poll_until
 
 MIB = 1024 * 1024
 ESCAPING_KEYS = ["", "/etc/passwd", "../outside.wav", "a/../../b.wav", "a//b.wav", "./a.wav",
@@ -89,10 +92,12 @@ def test_local_put_file_is_atomic(tmp_path: Path) -> None:
         with fifo.open("wb") as writer:
             writer.write(payload[:MIB])
             writer.flush()
-            deadline = time.monotonic() + 10
-            while not any(p.stat().st_size > 0 for p in _temp_files(tmp_path / "out")):
-                assert time.monotonic() < deadline, "the copy never started"
-                time.sleep(0.01)
+            poll_until(
+                lambda: any(p.stat().st_size > 0 for p in _temp_files(tmp_path / "out")),
+                10,
+                "the copy to start",
+                interval=0.01,
+            )
 
             temps = _temp_files(tmp_path / "out")
             assert [p.parent for p in temps] == [folder]
@@ -398,3 +403,133 @@ def test_s3_rejects_escaping_keys(s3: S3Env) -> None:
         with pytest.raises(InvalidKey):
             store.put_bytes(key, b"x")
     assert list(store.list_keys()) == []
+
+
+def test_s3_get_of_a_missing_key_is_object_not_found_and_leaves_no_file(
+    s3: S3Env, tmp_path: Path
+) -> None:
+    store = S3Store(s3.bucket(), "p", client_from_environment())
+    for action in (
+        lambda: store.get_bytes("cache/ab/absent.wav"),
+        lambda: store.get_to_file("cache/ab/absent.wav", tmp_path / "dl" / "absent.wav"),
+    ):
+        with pytest.raises(ObjectNotFound) as caught:
+            action()
+        assert caught.value.uri == store.uri_for("cache/ab/absent.wav")
+    assert not (tmp_path / "dl" / "absent.wav").exists()
+    assert _temp_files(tmp_path) == []
+
+
+def test_s3_access_denied_is_a_storage_error_never_a_missing_object(
+    s3: S3Env, denying_s3: DenyingS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", denying_s3.endpoint_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", denying_s3.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", denying_s3.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", denying_s3.secret_access_key)
+    store = open_store(f"s3://{denying_s3.bucket}/out")
+    source = tmp_path / "a.wav"
+    source.write_bytes(b"RIFF")
+
+    for name, action in {
+        "put_bytes": lambda: store.put_bytes("a.wav", b"RIFF"),
+        "put_file": lambda: store.put_file("a.wav", source),
+        "get_bytes": lambda: store.get_bytes("a.wav"),
+        "get_to_file": lambda: store.get_to_file("a.wav", tmp_path / "dl.wav"),
+        "list_keys": lambda: list(store.list_keys()),
+        "check": store.check,
+    }.items():
+        with pytest.raises(StorageError) as caught:
+            action()
+        message = str(caught.value)
+        # Denied is not absent: a cache lookup must not take it for a miss and pay Rime again.
+        assert not isinstance(caught.value, ObjectNotFound), name
+        assert f"s3://{denying_s3.bucket}/out" in message, (name, message)
+        assert "AccessDenied" in message or "403" in message, (name, message)
+        assert denying_s3.secret_access_key not in message, name
+    assert not (tmp_path / "dl.wav").exists()
+
+
+def test_s3_upload_to_a_closed_port_fails_as_a_storage_error(
+    s3: S3Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = tmp_path / "chapter.wav"
+    source.write_bytes(os.urandom(64 * 1024))
+    with closed_port() as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        store = open_store("s3://some-bucket/p")
+        with pytest.raises(StorageError) as caught:
+            store.put_file("chapter.wav", source)
+    message = str(caught.value)
+    assert message.startswith(f"cannot upload {source} to s3://some-bucket/p/chapter.wav: ")
+    assert S3_SECRET_ACCESS_KEY not in message
+
+
+@contextmanager
+def resetting_server() -> Iterator[int]:
+    """A loopback port whose server reads a request's first bytes, then resets the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                # Linger 0: close sends RST instead of FIN.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_s3_connection_reset_mid_request_fails_as_a_storage_error(
+    s3: S3Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = tmp_path / "chapter.wav"
+    source.write_bytes(os.urandom(64 * 1024))
+    with resetting_server() as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        store = open_store("s3://some-bucket/p")
+        for action, prefix in (
+            (lambda: store.put_file("chapter.wav", source), f"cannot upload {source} to"),
+            (lambda: store.put_bytes("chapter.wav", b"RIFF"), "cannot upload to"),
+            (lambda: store.get_bytes("chapter.wav"), "cannot download"),
+        ):
+            with pytest.raises(StorageError) as caught:
+                action()
+            assert not isinstance(caught.value, ObjectNotFound)
+            assert str(caught.value).startswith(f"{prefix} s3://some-bucket/p/chapter.wav: ")
+
+
+def test_s3_listing_pages_past_a_thousand_keys(s3: S3Env) -> None:
+    bucket = s3.bucket()
+    store = S3Store(bucket, "job", client_from_environment())
+    # S3 returns at most 1,000 keys a response: 1,001 take two pages.
+    keys = [f"cache/{i % 7:02d}/{i:05d}.wav" for i in range(1001)]
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(lambda k: s3.client.put_object(Bucket=bucket, Key=f"job/{k}", Body=b""), keys)
+        )
+    s3.client.put_object(Bucket=bucket, Key="jobs/elsewhere.wav", Body=b"")
+
+    assert list(store.list_keys()) == sorted(keys)
+    assert list(store.list_keys("cache/03/")) == sorted(
+        k for k in keys if k.startswith("cache/03/")
+    )

@@ -24,18 +24,21 @@ from pipeline.store import (
     OutputFile,
     State,
     create_engine_for,
+    executors,
     load_plan,
     migrate,
     normalize_url,
     record_plan,
 )
 from pipeline.store.plans import load_script, load_segment
-from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, metadata
+from pipeline.store.schema import EXECUTORS, JOBS, SCRIPTS, SEGMENTS, metadata
 from pipeline.store.states import TRANSITIONS, can_transition, check_transition
 from pipeline.store.transitions import (
     NOTHING,
+    Claim,
     Next,
     abandon_job,
+    bill_segment,
     cancel_job,
     claim_segment,
     claim_stitch,
@@ -46,10 +49,11 @@ from pipeline.store.transitions import (
     record_attempt,
     release_script,
     release_segment,
-    requeue_stale,
+    requeue_orphans,
     reset_for_resume,
     settle_job,
     start_job,
+    take_over_segment,
 )
 from pipeline.store.views import (
     job_summary,
@@ -59,7 +63,7 @@ from pipeline.store.views import (
     resolve_job_id,
     stitchable_scripts,
 )
-from tests.fixtures.jobs import row_in
+from tests.fixtures.jobs import ME, row_in, segment_row
 
 T = TypeVar("T")
 
@@ -310,7 +314,9 @@ def test_transition_table() -> None:
     assert can_transition(State.RUNNING, State.PENDING)
     assert can_transition(State.FAILED, State.PENDING)
     assert not can_transition(State.DONE, State.PENDING)
-    assert not can_transition(State.CANCELLED, State.PENDING)
+    # A cancelled job can be resumed (or submitted) again.
+    assert can_transition(State.CANCELLED, State.PENDING)
+    assert not can_transition(State.CANCELLED, State.RUNNING)
     assert not can_transition(State.PENDING, State.DONE)
     assert set(TRANSITIONS) == set(State)
     with pytest.raises(IllegalTransition, match="segment is done; it cannot become running"):
@@ -331,12 +337,12 @@ def test_claim_finish_and_timestamps(db: Engine) -> None:
     first, second = segment_pks(db, job_id)
     before = datetime.now(UTC)
 
-    assert in_tx(db, lambda s: claim_segment(s, first)) is True
-    assert in_tx(db, lambda s: claim_segment(s, first)) is False
+    assert in_tx(db, lambda s: claim_segment(s, first, ME)) is True
+    assert in_tx(db, lambda s: claim_segment(s, first, ME)) is False
     assert state_of(db, JOBS, job_id) == State.RUNNING
-    assert in_tx(db, lambda s: finish_segment(s, first, audio_seconds=1.25)) is not None
-    assert in_tx(db, lambda s: finish_segment(s, first, audio_seconds=9.0)) is None
-    assert in_tx(db, lambda s: finish_segment(s, second, audio_seconds=1.0)) is None
+    assert in_tx(db, lambda s: finish_segment(s, first, ME, audio_seconds=1.25)) is not None
+    assert in_tx(db, lambda s: finish_segment(s, first, ME, audio_seconds=9.0)) is None
+    assert in_tx(db, lambda s: finish_segment(s, second, ME, audio_seconds=1.0)) is None
 
     with db.begin() as conn:
         segment = row_in(conn, SEGMENTS, first)
@@ -363,7 +369,7 @@ def test_attempts_bill_every_request_that_reached_the_server(
 ) -> None:
     job_id = record(db, make_plan(scripts=1, segments=2))
     seg, other = segment_pks(db, job_id)
-    assert in_tx(db, lambda s: claim_segment(s, seg))
+    assert in_tx(db, lambda s: claim_segment(s, seg, ME))
     in_tx(db, lambda s: record_attempt(s, seg, billed_chars=26, error="HTTP 503"))
     in_tx(db, lambda s: record_attempt(s, seg, billed_chars=0, error="connect refused"))
     in_tx(db, lambda s: record_attempt(s, seg, billed_chars=26))
@@ -395,46 +401,81 @@ def test_a_failed_segment_fails_its_script_and_stops_its_claims(
 ) -> None:
     job_id = record(db, make_plan(scripts=2, segments=2))
     a0, a1, b0, _ = segment_pks(db, job_id)
-    assert in_tx(db, lambda s: fail_segment(s, a0, "nope")) is None  # not claimed
-    assert in_tx(db, lambda s: claim_segment(s, a0))
-    assert in_tx(db, lambda s: fail_segment(s, a0, "HTTP 400: bad speaker")) is not None
+    assert in_tx(db, lambda s: fail_segment(s, a0, ME, "nope")) is None  # not claimed
+    assert in_tx(db, lambda s: claim_segment(s, a0, ME))
+    assert in_tx(db, lambda s: fail_segment(s, a0, ME, "HTTP 400: bad speaker")) is not None
 
     with db.begin() as conn:
         summary = job_summary(conn, job_id)
     failed = summary.scripts[0]
     assert (failed.state, failed.segments_failed) == (State.FAILED, 1)
     assert failed.error == "segment 0: HTTP 400: bad speaker"
-    assert in_tx(db, lambda s: claim_segment(s, a1)) is False
-    assert in_tx(db, lambda s: claim_segment(s, b0)) is True
+    assert in_tx(db, lambda s: claim_segment(s, a1, ME)) is False
+    assert in_tx(db, lambda s: claim_segment(s, b0, ME)) is True
 
 
 def test_a_released_segment_can_be_claimed_again(db: Engine) -> None:
     job_id = record(db, make_plan(scripts=1, segments=1))
     (seg,) = segment_pks(db, job_id)
-    assert in_tx(db, lambda s: claim_segment(s, seg))
-    assert in_tx(db, lambda s: release_segment(s, seg, "HTTP 429"))
-    assert in_tx(db, lambda s: release_segment(s, seg)) is False
+    assert in_tx(db, lambda s: claim_segment(s, seg, ME))
+    assert in_tx(db, lambda s: release_segment(s, seg, ME, "HTTP 429"))
+    assert in_tx(db, lambda s: release_segment(s, seg, ME)) is False
     with db.begin() as conn:
         row = row_in(conn, SEGMENTS, seg)
         assert (row.state, row.last_error, row.started_at) == (State.PENDING, "HTTP 429", None)
-    assert in_tx(db, lambda s: claim_segment(s, seg))
+    assert in_tx(db, lambda s: claim_segment(s, seg, ME))
 
 
-def test_stale_claims_are_requeued(db: Engine) -> None:
+def test_claims_of_dead_executors_are_requeued_and_live_ones_kept(db: Engine) -> None:
     job_id = record(db, make_plan(scripts=1, segments=2))
-    old, fresh = segment_pks(db, job_id)
-    for seg in (old, fresh):
-        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
+    orphan, live = segment_pks(db, job_id)
+    in_tx(db, lambda s: executors.register(s, "alive", executors.WORKER))
+    in_tx(db, lambda s: executors.register(s, "dead", executors.WORKER))
     with db.begin() as conn:
         conn.execute(
-            sa.update(SEGMENTS)
-            .where(SEGMENTS.c.id == old)
-            .values(started_at=datetime.now(UTC) - timedelta(hours=1))
+            sa.update(EXECUTORS)
+            .where(EXECUTORS.c.id == "dead")
+            .values(heartbeat_at=datetime.now(UTC) - timedelta(hours=1))
         )
+    assert in_tx(db, lambda s: claim_segment(s, orphan, Claim("dead.1", "dead")))
+    assert in_tx(db, lambda s: claim_segment(s, live, Claim("alive.1", "alive")))
+    # Claimed an hour ago, but its executor beats: long work is not mistaken for a dead one.
+    with db.begin() as conn:
+        conn.execute(sa.update(SEGMENTS).values(started_at=datetime.now(UTC) - timedelta(hours=1)))
 
-    assert in_tx(db, lambda s: requeue_stale(s, older_than=timedelta(minutes=10))) == 1
-    assert state_of(db, SEGMENTS, old) == State.PENDING
-    assert state_of(db, SEGMENTS, fresh) == State.RUNNING
+    cutoff = datetime.now(UTC) - timedelta(minutes=10)
+    assert in_tx(db, lambda s: requeue_orphans(s, dead_before=cutoff)) == (1, 0)
+    assert state_of(db, SEGMENTS, orphan) == State.PENDING
+    assert state_of(db, SEGMENTS, live) == State.RUNNING
+    assert segment_row(db, orphan).claim is None
+    # The dead executor's late finish cannot land; the live one's does.
+    assert (
+        in_tx(db, lambda s: finish_segment(s, orphan, Claim("dead.1", "dead"), audio_seconds=1))
+        is None
+    )
+    assert in_tx(db, lambda s: finish_segment(s, live, Claim("alive.1", "alive"), audio_seconds=1))
+
+
+def test_a_claim_is_taken_over_only_from_a_dead_executor(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    (seg,) = segment_pks(db, job_id)
+    first, second = Claim("a.1", "a"), Claim("b.1", "b")
+    in_tx(db, lambda s: executors.register(s, "a", executors.WORKER))
+    assert in_tx(db, lambda s: claim_segment(s, seg, first))
+    now = datetime.now(UTC)
+    # a beats: nobody takes its claim, however long ago it was made.
+    assert not in_tx(
+        db, lambda s: take_over_segment(s, seg, second, dead_before=now - timedelta(seconds=30))
+    )
+    # a's heartbeat is older than the cutoff: b takes it over, and a can no longer finish it.
+    assert in_tx(
+        db, lambda s: take_over_segment(s, seg, second, dead_before=now + timedelta(seconds=1))
+    )
+    assert segment_row(db, seg).claim == "b.1"
+    assert in_tx(db, lambda s: finish_segment(s, seg, first, audio_seconds=1.0)) is None
+    assert in_tx(db, lambda s: fail_segment(s, seg, first, "late")) is None
+    assert not in_tx(db, lambda s: release_segment(s, seg, first))
+    assert in_tx(db, lambda s: finish_segment(s, seg, second, audio_seconds=1.0)) is not None
 
 
 # Scripts and jobs roll up
@@ -442,8 +483,8 @@ def test_stale_claims_are_requeued(db: Engine) -> None:
 
 def finish_all(db: Engine, ids: list[int]) -> None:
     for seg in ids:
-        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
-        assert in_tx(db, lambda s, seg=seg: finish_segment(s, seg, audio_seconds=0.5))
+        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg, ME))
+        assert in_tx(db, lambda s, seg=seg: finish_segment(s, seg, ME, audio_seconds=0.5))
 
 
 def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
@@ -453,15 +494,15 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
     ids = segment_pks(db, job_id)
     (script,) = script_pks(db, job_id)
     finish_all(db, ids[:2])
-    assert in_tx(db, lambda s: claim_stitch(s, script)) is False
+    assert in_tx(db, lambda s: claim_stitch(s, script, ME)) is False
     assert in_tx(db, lambda s: stitchable_scripts(s, job_id)) == []
 
     finish_all(db, ids[2:])
     assert in_tx(db, lambda s: stitchable_scripts(s, job_id)) == [script]
-    assert in_tx(db, lambda s: claim_stitch(s, script)) is True
-    assert in_tx(db, lambda s: claim_stitch(s, script)) is False
-    assert in_tx(db, lambda s: release_script(s, script)) is True
-    assert in_tx(db, lambda s: claim_stitch(s, script)) is True
+    assert in_tx(db, lambda s: claim_stitch(s, script, ME)) is True
+    assert in_tx(db, lambda s: claim_stitch(s, script, ME)) is False
+    assert in_tx(db, lambda s: release_script(s, script, ME)) is True
+    assert in_tx(db, lambda s: claim_stitch(s, script, ME)) is True
 
     outputs = [
         OutputFile("wav", "s3://bucket/prefix/script-0.wav", "ab" * 32, 4410),
@@ -469,7 +510,7 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
     ]
     done = in_tx(
         db,
-        lambda s: finish_script(s, script, audio_seconds=1.5, outputs=outputs),
+        lambda s: finish_script(s, script, ME, audio_seconds=1.5, outputs=outputs),
     )
     assert done == Next(settle=job_id)  # the job's only script: nothing else left to run
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.DONE
@@ -493,12 +534,16 @@ def test_only_the_last_segment_to_finish_makes_its_stitch_due(
     a0, a1, a2, b0, _, _ = segment_pks(db, job_id)
     script_a, _ = script_pks(db, job_id)
     for seg in (a0, a1, a2, b0):
-        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
+        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg, ME))
     # From the cache (no request), then two synthesized: only requests count as attempts.
-    assert in_tx(db, lambda s: finish_segment(s, a0, audio_seconds=1.0)) == NOTHING
-    assert in_tx(db, lambda s: finish_segment(s, a1, audio_seconds=1.0, billed_chars=20)) == NOTHING
-    assert in_tx(db, lambda s: finish_segment(s, b0, audio_seconds=1.0)) == NOTHING
-    last = in_tx(db, lambda s: finish_segment(s, a2, audio_seconds=1.0, billed_chars=21))
+    assert in_tx(db, lambda s: finish_segment(s, a0, ME, audio_seconds=1.0)) == NOTHING
+    in_tx(db, lambda s: bill_segment(s, a1, 20))
+    assert in_tx(db, lambda s: finish_segment(s, a1, ME, audio_seconds=1.0, synthesized=True)) == (
+        NOTHING
+    )
+    assert in_tx(db, lambda s: finish_segment(s, b0, ME, audio_seconds=1.0)) == NOTHING
+    in_tx(db, lambda s: bill_segment(s, a2, 21))
+    last = in_tx(db, lambda s: finish_segment(s, a2, ME, audio_seconds=1.0, synthesized=True))
     assert last == Next(stitch=script_a)
     with db.begin() as conn:
         summary = job_summary(conn, job_id)
@@ -514,7 +559,7 @@ def test_outstanding_work_is_pending_segments_in_plan_order_and_due_stitches(
     ids = segment_pks(db, job_id)
     scripts = script_pks(db, job_id)
     finish_all(db, ids[2:4])  # the second script is complete
-    assert in_tx(db, lambda s: claim_segment(s, ids[4]))  # one running
+    assert in_tx(db, lambda s: claim_segment(s, ids[4], ME))  # one running
     todo = in_tx(db, lambda s: outstanding(s, job_id))
     assert todo.segments == (ids[0], ids[1], ids[5])
     assert todo.stitches == (scripts[1],)
@@ -527,18 +572,18 @@ def test_a_refused_key_abandons_what_waits_and_keeps_it_resumable(
     a0, a1, b0, b1, c0, c1 = segment_pks(db, job_id)
     _, script_b, script_c = script_pks(db, job_id)
     finish_all(db, [b0, b1])
-    assert in_tx(db, lambda s: claim_stitch(s, script_b))  # being stitched
-    assert in_tx(db, lambda s: claim_segment(s, a0))
-    assert in_tx(db, lambda s: fail_segment(s, a0, "HTTP 401")) == NOTHING  # b runs
+    assert in_tx(db, lambda s: claim_stitch(s, script_b, ME))  # being stitched
+    assert in_tx(db, lambda s: claim_segment(s, a0, ME))
+    assert in_tx(db, lambda s: fail_segment(s, a0, ME, "HTTP 401")) == NOTHING  # b runs
     assert in_tx(db, lambda s: abandon_job(s, job_id, "not sent")) == NOTHING
     with db.begin() as conn:
         summary = job_summary(conn, job_id)
         assert row_in(conn, SEGMENTS, c0).state == State.PENDING
     assert [s.state for s in summary.scripts] == [State.FAILED, State.RUNNING, State.FAILED]
     assert summary.scripts[2].error == "not sent"
-    assert in_tx(db, lambda s: claim_segment(s, c1)) is False
+    assert in_tx(db, lambda s: claim_segment(s, c1, ME)) is False
     # The stitch under way ends the job.
-    done = in_tx(db, lambda s: finish_script(s, script_b, audio_seconds=1, outputs=[]))
+    done = in_tx(db, lambda s: finish_script(s, script_b, ME, audio_seconds=1, outputs=[]))
     assert done == Next(settle=job_id)
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
     assert in_tx(db, lambda s: reset_for_resume(s, job_id)) == 1  # a0; c0, c1 were pending
@@ -552,15 +597,15 @@ def test_job_settles_failed_only_when_nothing_is_left_to_run(
     job_id = record(db, make_plan(scripts=2, segments=1))
     a, b = segment_pks(db, job_id)
     script_a, script_b = script_pks(db, job_id)
-    assert in_tx(db, lambda s: claim_segment(s, a))
-    assert in_tx(db, lambda s: fail_segment(s, a, "HTTP 401"))
+    assert in_tx(db, lambda s: claim_segment(s, a, ME))
+    assert in_tx(db, lambda s: fail_segment(s, a, ME, "HTTP 401"))
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.RUNNING
 
     finish_all(db, [b])
-    assert in_tx(db, lambda s: claim_stitch(s, script_b))
+    assert in_tx(db, lambda s: claim_stitch(s, script_b, ME))
     assert in_tx(
         db,
-        lambda s: finish_script(s, script_b, audio_seconds=1, outputs=[]),
+        lambda s: finish_script(s, script_b, ME, audio_seconds=1, outputs=[]),
     )
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
     with db.begin() as conn:
@@ -573,9 +618,9 @@ def test_a_stitch_failure_fails_the_script(db: Engine) -> None:
     job_id = record(db, make_plan(scripts=1, segments=1))
     (script,) = script_pks(db, job_id)
     finish_all(db, segment_pks(db, job_id))
-    assert in_tx(db, lambda s: claim_stitch(s, script))
-    assert in_tx(db, lambda s: fail_script(s, script, "ffmpeg exited 1"))
-    assert in_tx(db, lambda s: fail_script(s, script, "again")) is None
+    assert in_tx(db, lambda s: claim_stitch(s, script, ME))
+    assert in_tx(db, lambda s: fail_script(s, script, ME, "ffmpeg exited 1"))
+    assert in_tx(db, lambda s: fail_script(s, script, ME, "again")) is None
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
 
 
@@ -586,10 +631,10 @@ def test_resume_resets_unfinished_work_and_keeps_done_work(
     a0, a1, b0, b1 = segment_pks(db, job_id)
     script_a, _ = script_pks(db, job_id)
     finish_all(db, [a0, a1, b0])
-    assert in_tx(db, lambda s: claim_stitch(s, script_a))  # the stitcher then died
-    assert in_tx(db, lambda s: claim_segment(s, b1))
-    assert in_tx(db, lambda s: fail_segment(s, b1, "HTTP 500 five times"))
-    assert in_tx(db, lambda s: fail_script(s, script_a, "crashed")) is not None
+    assert in_tx(db, lambda s: claim_stitch(s, script_a, ME))  # the stitcher then died
+    assert in_tx(db, lambda s: claim_segment(s, b1, ME))
+    assert in_tx(db, lambda s: fail_segment(s, b1, ME, "HTTP 500 five times"))
+    assert in_tx(db, lambda s: fail_script(s, script_a, ME, "crashed")) is not None
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED
 
     assert in_tx(db, lambda s: reset_for_resume(s, job_id)) == 1
@@ -606,31 +651,50 @@ def test_resume_resets_unfinished_work_and_keeps_done_work(
     )
     # The resumed job picks up where it stopped: one stitch due, one segment to render.
     assert in_tx(db, lambda s: stitchable_scripts(s, job_id)) == [script_a]
-    assert in_tx(db, lambda s: claim_segment(s, b1)) is True
+    assert in_tx(db, lambda s: claim_segment(s, b1, ME)) is True
 
 
-def test_a_finished_or_cancelled_job_cannot_be_resumed(db: Engine) -> None:
-    job_id = record(db, make_plan(scripts=1, segments=1))
-    in_tx(db, lambda s: cancel_job(s, job_id))
-    with pytest.raises(IllegalTransition, match=f"job {job_id} is cancelled"):
-        in_tx(db, lambda s: reset_for_resume(s, job_id))
+def test_a_done_job_cannot_be_resumed_and_a_cancelled_one_can(db: Engine) -> None:
+    done = record(db, make_plan(scripts=1, segments=1))
+    finish_all(db, segment_pks(db, done))
+    (script,) = script_pks(db, done)
+    assert in_tx(db, lambda s: claim_stitch(s, script, ME))
+    assert in_tx(db, lambda s: finish_script(s, script, ME, audio_seconds=1, outputs=[]))
+    assert in_tx(db, lambda s: settle_job(s, done)) is State.DONE
+    with pytest.raises(IllegalTransition, match=f"job {done} is done"):
+        in_tx(db, lambda s: reset_for_resume(s, done))
     with pytest.raises(JobNotFound):
         in_tx(db, lambda s: reset_for_resume(s, "000000000000"))
+
+    cancelled = record(db, make_plan(scripts=2, segments=2))
+    first, running, *rest = segment_pks(db, cancelled)
+    finish_all(db, [first])
+    assert in_tx(db, lambda s: claim_segment(s, running, ME))
+    in_tx(db, lambda s: cancel_job(s, cancelled))
+    # Everything but the finished segment comes back, unclaimed.
+    assert in_tx(db, lambda s: reset_for_resume(s, cancelled)) == 3
+    assert state_of(db, JOBS, cancelled) == State.PENDING
+    assert [state_of(db, SEGMENTS, pk) for pk in (first, running, *rest)] == [
+        State.DONE,
+        *[State.PENDING] * 3,
+    ]
+    assert segment_row(db, running).claim is None
+    assert {state_of(db, SCRIPTS, pk) for pk in script_pks(db, cancelled)} == {State.PENDING}
 
 
 def test_cancel_stops_unfinished_work(db: Engine) -> None:
     job_id = record(db, make_plan(scripts=1, segments=3))
     done, running, pending = segment_pks(db, job_id)
     finish_all(db, [done])
-    assert in_tx(db, lambda s: claim_segment(s, running))
+    assert in_tx(db, lambda s: claim_segment(s, running, ME))
 
     assert in_tx(db, lambda s: cancel_job(s, job_id)) == 2
     assert state_of(db, JOBS, job_id) == State.CANCELLED
     assert state_of(db, SEGMENTS, done) == State.DONE
     assert state_of(db, SEGMENTS, running) == State.CANCELLED
     # The worker still on it loses its finish, and nothing can be claimed any more.
-    assert in_tx(db, lambda s: finish_segment(s, running, audio_seconds=1)) is None
-    assert in_tx(db, lambda s: claim_segment(s, pending)) is False
+    assert in_tx(db, lambda s: finish_segment(s, running, ME, audio_seconds=1)) is None
+    assert in_tx(db, lambda s: claim_segment(s, pending, ME)) is False
     with pytest.raises(IllegalTransition, match="is cancelled; it cannot become cancelled"):
         in_tx(db, lambda s: cancel_job(s, job_id))
 
@@ -727,7 +791,7 @@ def test_concurrent_claims_of_a_segment_have_exactly_one_winner(engine: sa.Engin
     db = engine
     job_id = record(db, make_plan(scripts=1, segments=12))
     for seg in segment_pks(db, job_id):
-        results = race(engine, [one_tx(lambda s, seg=seg: claim_segment(s, seg))] * 8)
+        results = race(engine, [one_tx(lambda s, seg=seg: claim_segment(s, seg, ME))] * 8)
         assert sorted(results) == [False] * 7 + [True]
         assert state_of(db, SEGMENTS, seg) == State.RUNNING
 
@@ -739,17 +803,17 @@ def test_the_last_segments_finishing_together_give_exactly_one_stitcher(
     job_id = record(db, make_plan(scripts=8, segments=4))
     refs = in_tx(db, lambda s: list_segments(s, job_id))
     for ref in refs:
-        assert in_tx(db, lambda s, ref=ref: claim_segment(s, ref.segment_pk))
+        assert in_tx(db, lambda s, ref=ref: claim_segment(s, ref.segment_pk, ME))
 
     def finisher(segment_pk: int) -> Worker[Next | None]:
-        return one_tx(lambda s: finish_segment(s, segment_pk, audio_seconds=1.0))
+        return one_tx(lambda s: finish_segment(s, segment_pk, ME, audio_seconds=1.0))
 
     for script_pk in script_pks(db, job_id):
         mine = [r for r in refs if r.script_pk == script_pk]
         results = race(engine, [finisher(r.segment_pk) for r in mine])
         assert results.count(Next(stitch=script_pk)) == 1 and results.count(NOTHING) == 3
         # Told once, and the stitch is then claimed once.
-        assert in_tx(db, lambda s, pk=script_pk: claim_stitch(s, pk)) is True
+        assert in_tx(db, lambda s, pk=script_pk: claim_stitch(s, pk, ME)) is True
         assert state_of(db, SCRIPTS, script_pk) == State.RUNNING
 
 
@@ -758,7 +822,7 @@ def test_concurrent_stitch_claims_have_exactly_one_winner(engine: sa.Engine) -> 
     job_id = record(db, make_plan(scripts=4, segments=2))
     finish_all(db, segment_pks(db, job_id))
     for script_pk in script_pks(db, job_id):
-        results = race(engine, [one_tx(lambda s, pk=script_pk: claim_stitch(s, pk))] * 6)
+        results = race(engine, [one_tx(lambda s, pk=script_pk: claim_stitch(s, pk, ME))] * 6)
         assert results.count(True) == 1
 
 
@@ -768,12 +832,16 @@ def test_the_last_scripts_finishing_together_settle_the_job(engine: sa.Engine) -
     finish_all(db, segment_pks(db, job_id))
     pks = script_pks(db, job_id)
     for pk in pks:
-        assert in_tx(db, lambda s, pk=pk: claim_stitch(s, pk))
+        assert in_tx(db, lambda s, pk=pk: claim_stitch(s, pk, ME))
 
     def stitched(pk: int) -> Worker[Next | None]:
         return one_tx(
             lambda s: finish_script(
-                s, pk, audio_seconds=2.0, outputs=[OutputFile("wav", f"out/{pk}.wav", "f" * 64, 44)]
+                s,
+                pk,
+                ME,
+                audio_seconds=2.0,
+                outputs=[OutputFile("wav", f"out/{pk}.wav", "f" * 64, 44)],
             )
         )
 
@@ -782,7 +850,7 @@ def test_the_last_scripts_finishing_together_settle_the_job(engine: sa.Engine) -
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.DONE
     assert state_of(db, JOBS, job_id) == State.DONE
     # A stitch reported twice (a redelivered task) changes nothing.
-    assert in_tx(db, lambda s: finish_script(s, pks[0], audio_seconds=9.0, outputs=[])) is None
+    assert in_tx(db, lambda s: finish_script(s, pks[0], ME, audio_seconds=9.0, outputs=[])) is None
 
 
 def test_scripts_failing_together_settle_the_job_once(engine: sa.Engine) -> None:
@@ -790,9 +858,9 @@ def test_scripts_failing_together_settle_the_job_once(engine: sa.Engine) -> None
     job_id = record(db, make_plan(scripts=4, segments=2))
     firsts = [ids[0] for ids in _by_script(db, job_id)]
     for seg in firsts:
-        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg))
+        assert in_tx(db, lambda s, seg=seg: claim_segment(s, seg, ME))
     results = race(
-        engine, [one_tx(lambda s, seg=seg: fail_segment(s, seg, "HTTP 400")) for seg in firsts]
+        engine, [one_tx(lambda s, seg=seg: fail_segment(s, seg, ME, "HTTP 400")) for seg in firsts]
     )
     assert results.count(Next(settle=job_id)) == 1 and results.count(NOTHING) == 3
     assert in_tx(db, lambda s: settle_job(s, job_id)) == State.FAILED

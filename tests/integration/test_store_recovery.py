@@ -10,17 +10,18 @@ from sqlalchemy import Engine, update
 
 from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
-from pipeline.store import State, create_engine_for, migrate, record_plan
+from pipeline.store import State, create_engine_for, executors, migrate, record_plan
 from pipeline.store.schema import SCRIPTS, utcnow
 from pipeline.store.transitions import (
+    Claim,
     claim_segment,
     claim_stitch,
     finish_segment,
-    requeue_stale_stitches,
+    requeue_orphans,
 )
 from pipeline.store.views import last_activity, list_segments
 from tests.fixtures.celery_workers import write_manifest
-from tests.fixtures.jobs import row_in
+from tests.fixtures.jobs import ME, row_in
 
 
 @pytest.fixture
@@ -35,18 +36,18 @@ def _job(db: Engine, folder: Path) -> str:
         return record_plan(conn, plan)
 
 
-def _stitching(db: Engine, job_id: str) -> list[int]:
-    """Finish every segment of the job and claim both stitches; the scripts' row ids."""
+def _stitching(db: Engine, job_id: str, claims: list[Claim]) -> list[int]:
+    """Finish every segment of the job and claim both stitches (one claim each); row ids."""
     with db.begin() as conn:
         refs = list_segments(conn, job_id)
     for ref in refs:
         with db.begin() as conn:
-            assert claim_segment(conn, ref.segment_pk)
-            assert finish_segment(conn, ref.segment_pk, audio_seconds=1.0) is not None
+            assert claim_segment(conn, ref.segment_pk, ME)
+            assert finish_segment(conn, ref.segment_pk, ME, audio_seconds=1.0) is not None
     scripts = sorted({ref.script_pk for ref in refs})
-    for script_pk in scripts:
+    for script_pk, claim in zip(scripts, claims, strict=True):
         with db.begin() as conn:
-            assert claim_stitch(conn, script_pk)
+            assert claim_stitch(conn, script_pk, claim)
     return scripts
 
 
@@ -57,26 +58,28 @@ def _state(db: Engine, script_pk: int) -> State:
         return script.state
 
 
-def test_stale_stitches_go_back_to_pending_and_fresh_ones_stay(db: Engine, tmp_path: Path) -> None:
+def test_dead_executors_stitches_go_back_to_pending_and_live_ones_stay(
+    db: Engine, tmp_path: Path
+) -> None:
     job_id = _job(db, tmp_path)
-    old, fresh = _stitching(db, job_id)
     with db.begin() as conn:
-        conn.execute(
-            update(SCRIPTS)
-            .where(SCRIPTS.c.id == old)
-            .values(stitch_started_at=utcnow() - timedelta(minutes=30))
-        )
+        executors.register(conn, "live", executors.WORKER)
+    # ME's executor has no row: it is gone. "live" beats (its row is fresh).
+    old, fresh = _stitching(db, job_id, [ME, Claim("live.1", "live")])
+    with db.begin() as conn:
+        conn.execute(update(SCRIPTS).values(stitch_started_at=utcnow() - timedelta(minutes=30)))
 
+    cutoff = utcnow() - timedelta(minutes=1)
     with db.begin() as conn:
-        assert requeue_stale_stitches(conn, older_than=timedelta(minutes=10), job_id="x") == 0
+        assert requeue_orphans(conn, dead_before=cutoff, job_id="x") == (0, 0)
     with db.begin() as conn:
-        assert requeue_stale_stitches(conn, older_than=timedelta(minutes=10)) == 1
+        assert requeue_orphans(conn, dead_before=cutoff) == (0, 1)
 
     assert _state(db, old) is State.PENDING
     assert _state(db, fresh) is State.RUNNING
     # Pending again, with every segment done: the stitch can be claimed once more.
     with db.begin() as conn:
-        assert claim_stitch(conn, old)
+        assert claim_stitch(conn, old, ME)
 
 
 def test_last_activity_is_the_latest_claim_or_finish(db: Engine, tmp_path: Path) -> None:
@@ -87,14 +90,14 @@ def test_last_activity_is_the_latest_claim_or_finish(db: Engine, tmp_path: Path)
 
     before = utcnow()
     with db.begin() as conn:
-        assert claim_segment(conn, first)
+        assert claim_segment(conn, first, ME)
     with db.begin() as conn:
         claimed = last_activity(conn, job_id)
     assert claimed is not None and claimed.tzinfo is not None
     assert before <= claimed <= utcnow()
 
     with db.begin() as conn:
-        assert finish_segment(conn, first, audio_seconds=1.0)
+        assert finish_segment(conn, first, ME, audio_seconds=1.0)
     with db.begin() as conn:
         finished = last_activity(conn, job_id)
     assert finished is not None and finished > claimed

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 from pipeline.settings import Settings
 from pipeline.store import State, open_database, transitions
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS
-from tests.fixtures.jobs import row_of, set_back
+from tests.fixtures.jobs import ME, row_of, set_back
 from tests.fixtures.services import PrivateRedis
 from tests.fixtures.worker_runtime import (
     Broker,
@@ -125,7 +125,7 @@ def move_back(db: Engine, job_id: str, seconds: float) -> None:
 def claim_back(db: Engine, segment_pk: int, seconds: float) -> None:
     """Claim a segment as a worker did `seconds` ago (and then, say, died)."""
     with db.begin() as conn:
-        assert transitions.claim_segment(conn, segment_pk)
+        assert transitions.claim_segment(conn, segment_pk, ME)
     with db.begin() as conn:
         set_back(conn, SEGMENTS, segment_pk, seconds, "started_at")
 
@@ -133,8 +133,8 @@ def claim_back(db: Engine, segment_pk: int, seconds: float) -> None:
 def finish_segments(db: Engine, segment_pks: list[int]) -> None:
     for segment_pk in segment_pks:
         with db.begin() as conn:
-            assert transitions.claim_segment(conn, segment_pk)
-            assert transitions.finish_segment(conn, segment_pk, audio_seconds=1.0)
+            assert transitions.claim_segment(conn, segment_pk, ME)
+            assert transitions.finish_segment(conn, segment_pk, ME, audio_seconds=1.0)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -155,7 +155,7 @@ def test_a_stale_segment_claim_is_requeued_and_the_jobs_work_sent(
     (a, b), (c, d) = segments_by_script(db, job_id)
     claim_back(db, a.segment_pk, 2 * STALE)  # its worker died
     with db.begin() as conn:
-        assert transitions.claim_segment(conn, b.segment_pk)  # its worker is on it now
+        assert transitions.claim_segment(conn, b.segment_pk, ME)  # its worker is on it now
 
     swept = make_sweeper().sweep()
 
@@ -177,7 +177,7 @@ def test_a_stale_stitch_claim_is_requeued_and_the_jobs_work_sent(
     script_pk = first[0].script_pk
     finish_segments(db, [ref.segment_pk for ref in first])
     with db.begin() as conn:
-        assert transitions.claim_stitch(conn, script_pk)
+        assert transitions.claim_stitch(conn, script_pk, ME)
     with db.begin() as conn:
         set_back(conn, SCRIPTS, script_pk, 2 * STALE, "stitch_started_at")
 
@@ -197,7 +197,7 @@ def test_fresh_claims_are_left_alone(
     first, second = segments_by_script(db, job_id)
     finish_segments(db, [ref.segment_pk for ref in first])
     with db.begin() as conn:
-        assert transitions.claim_stitch(conn, first[0].script_pk)
+        assert transitions.claim_stitch(conn, first[0].script_pk, ME)
     # Claimed a while ago, but well within the visibility timeout.
     claim_back(db, second[0].segment_pk, STALE / 2)
     sweeper = make_sweeper()
@@ -222,7 +222,7 @@ def test_a_stalled_job_is_resent_once_per_stall_window(
     move_back(db, moving, 60)
     [busy, _] = segments_by_script(db, moving)[0]
     with db.begin() as conn:
-        assert transitions.claim_segment(conn, busy.segment_pk)  # a worker is on it
+        assert transitions.claim_segment(conn, busy.segment_pk, ME)  # a worker is on it
     work = [synthesize(ref.segment_pk) for refs in segments_by_script(db, stalled) for ref in refs]
     sweeper = make_sweeper(stall=0.8)
     client = redis.Redis.from_url(redis_url)
@@ -247,7 +247,7 @@ def test_a_stalled_job_is_resent_once_per_stall_window(
         # The window over, the stalled job is sent once more; the other job is still moving.
         time.sleep(ttl / 1000 + 0.05)
         with db.begin() as conn:
-            assert transitions.finish_segment(conn, busy.segment_pk, audio_seconds=1.0)
+            assert transitions.finish_segment(conn, busy.segment_pk, ME, audio_seconds=1.0)
         assert sweeper.sweep() == [Swept(stalled, 0, 0, True, 5)]
         assert broker.synth() == work * 3
         assert broker.stitches() == [finish(stalled)] * 3
@@ -266,7 +266,7 @@ def test_only_running_jobs_are_swept(
     failed = record_job(db, tmp_path / "failed", scripts=1, lines=1)
     [[only]] = segments_by_script(db, failed)
     with db.begin() as conn:
-        transitions.fail_script(conn, only.script_pk, "given up")
+        transitions.fail_script(conn, only.script_pk, ME, "given up")
         assert transitions.settle_job(conn, failed) is State.FAILED
     for job_id in (cancelled, failed):
         move_back(db, job_id, HOUR)

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[set[str]] = [
     {"pipeline", "pipeline.errors", "pipeline.files", "pipeline.wav", "pipeline.g711"},
     {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio"},
-    {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest"},
+    {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest", "pipeline.logs"},
     {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
     {"pipeline.stitch", "pipeline.store"},
-    {"pipeline.results", "pipeline.reach"},
+    {"pipeline.results", "pipeline.reach", "pipeline.executor"},
     {"pipeline.stages"},
     {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},
     {"pipeline.cli"},

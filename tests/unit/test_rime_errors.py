@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -26,6 +27,8 @@ from pipeline.rime.errors import (
     error_for_status,
     parse_retry_after,
 )
+from pipeline.rime.ws import ErrorEvent, parse_event
+from tests.fixtures.leaks import leaked
 
 KEY = "rk_live_ZZTOPSECRET0123456789"
 
@@ -115,6 +118,52 @@ def test_the_key_never_shows_in_str_repr_or_pickle() -> None:
 def test_clean_message_never_contains_the_key(text: str, key: str, where: int) -> None:
     dirty = text[:where] + key + text[where:] + key
     assert key not in clean_message(dirty, key)
+
+
+# Keys as Rime issues them (letters, digits, dashes, underscores); messages from everything else,
+# so any piece of the key found in the cleaned message can only have come from the key.
+KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+MESSAGE_TEXT = st.text(
+    alphabet=st.characters(blacklist_characters=KEY_ALPHABET, blacklist_categories=("Cs",)),
+    max_size=2 * MAX_MESSAGE_CHARS,
+)
+
+
+@given(
+    before=MESSAGE_TEXT,
+    after=MESSAGE_TEXT,
+    key=st.text(alphabet=KEY_ALPHABET, min_size=6, max_size=80),
+    # Where the key starts: anywhere, and often just before the cut, where a key used to leak.
+    at=st.one_of(
+        st.integers(min_value=0, max_value=2 * MAX_MESSAGE_CHARS),
+        st.integers(min_value=MAX_MESSAGE_CHARS - 90, max_value=MAX_MESSAGE_CHARS),
+    ),
+    repeats=st.integers(min_value=1, max_value=3),
+)
+def test_no_piece_of_the_key_survives_wherever_the_cut_falls(
+    before: str, after: str, key: str, at: int, repeats: int
+) -> None:
+    # Filler without whitespace, so folding cannot move the key away from `at`.
+    prefix = ("".join(before.split()) + "." * at)[:at]
+    dirty = prefix + (key + after) * repeats
+    cleaned = clean_message(dirty, key)
+    assert len(cleaned) <= MAX_MESSAGE_CHARS
+    assert not leaked(key, cleaned), cleaned
+
+
+def test_a_key_across_the_cut_leaves_no_prefix() -> None:
+    # The case that leaked: the key starts a few characters before the cut.
+    dirty = "x" * (MAX_MESSAGE_CHARS - 20) + f" invalid key {KEY}"
+    cleaned = clean_message(dirty, KEY)
+    assert cleaned.endswith("…")
+    assert not leaked(KEY, cleaned), cleaned
+
+
+def test_a_websocket_error_event_is_cleaned_of_the_key() -> None:
+    raw = json.dumps({"type": "error", "message": "y" * (MAX_MESSAGE_CHARS - 4) + KEY})
+    event = parse_event(raw, KEY)
+    assert isinstance(event, ErrorEvent)
+    assert not leaked(KEY, event.message), event.message
 
 
 def test_errors_survive_pickling_with_their_fields() -> None:

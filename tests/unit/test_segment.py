@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -142,7 +141,8 @@ def test_sentence_end_with_closing_quotes(ending: str) -> None:
     assert segments[0].boundary == Boundary.SENTENCE
 
 
-def test_a_chapter_packs_into_few_full_segments_quickly() -> None:
+def test_a_chapter_packs_into_few_full_segments() -> None:
+    # Its speed is bench/segment.py's to measure: a time limit here fails on a busy machine.
     sentences = [
         "The river ran cold and fast under the old stone bridge.",
         "Nobody had crossed it since the winter storms of 1999.",
@@ -154,16 +154,13 @@ def test_a_chapter_packs_into_few_full_segments_quickly() -> None:
     while len(chapter) < 100_000:
         chapter += sentences[i % len(sentences)] + " "
         i += 1
-    started = time.perf_counter()
     segments = segment_text(chapter, limit=500)
-    elapsed = time.perf_counter() - started
     check_lossless(chapter, segments, 500)
     longest_sentence = max(len(s) for s in sentences)
     # Each cut is the farthest sentence end in reach, so the next sentence did not fit.
     assert all(len(s.text) > 500 - longest_sentence - 1 for s in segments[:-1])
     assert all(s.boundary == Boundary.SENTENCE for s in segments[:-1])
     assert len(segments) <= len(chapter) // (500 - longest_sentence) + 1
-    assert elapsed < 1.0
 
 
 # --- protected spans --------------------------------------------------------------------------
