@@ -41,6 +41,7 @@ bench: install-bench
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/throughput.py --celery
+	$(BIN)/python bench/takeover.py
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/stitch.py --hours 1
 

@@ -138,16 +138,16 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_workers(
-    count: int, threads: int, variables: dict[str, str], folder: Path
+    count: int, threads: int, variables: dict[str, str], folder: Path, name: str = "bench"
 ) -> list[subprocess.Popen[bytes]]:
-    """Worker processes, returned once each has logged that it is ready."""
+    """Worker processes `name`1, `name`2, ..., returned once each has logged that it is ready."""
     # RIME_BATCH_* tuning passes through (e.g. RIME_BATCH_PROBE_AFTER); where Rime is does not.
     leave_out = ("RIME_API_", "RIME_WS_", "CELERY_", "DATABASE_URL")
     environ = {k: v for k, v in os.environ.items() if not k.startswith(leave_out)}
     environ.update(variables)
     processes, logs = [], []
     for n in range(count):
-        log = folder / f"worker-{n + 1}.log"
+        log = folder / f"{name}-{n + 1}.log"
         logs.append(log)
         with log.open("wb") as out:
             processes.append(
@@ -155,7 +155,7 @@ def start_workers(
                     [
                         *(sys.executable, "-m", "celery", "-A", "workers.app", "worker"),
                         *("--pool=threads", f"--concurrency={threads}", "--loglevel=INFO"),
-                        *(f"--hostname=bench{n + 1}@%h", "--without-mingle", "--without-gossip"),
+                        *(f"--hostname={name}{n + 1}@%h", "--without-mingle", "--without-gossip"),
                     ],
                     cwd=ROOT,
                     env=environ,

@@ -39,15 +39,6 @@ OPUS_BITRATE = "64k"  # transparent for mono speech
 # EBU R128 gates out everything below -70 LUFS: a measurement there means "silence".
 ABSOLUTE_GATE_LUFS = -70.0
 
-# Output format name -> file extension; the names are OutputSpec.formats values.
-EXTENSIONS: Mapping[str, str] = {
-    "wav": ".wav",
-    "wav-mulaw": ".mulaw.wav",
-    "mulaw": ".ulaw",
-    "mp3": ".mp3",
-    "ogg": ".ogg",
-}
-
 _STDERR_TAIL = 2000
 
 
@@ -197,7 +188,7 @@ def encoder_args(fmt: str, *, sample_rate: int, mp3_bitrate: str) -> list[str]:
             return ["-c:a", "libmp3lame", "-b:a", mp3_bitrate, "-f", "mp3"]
         case "ogg":
             return ["-ar", str(OPUS_RATE), "-c:a", "libopus", "-b:a", OPUS_BITRATE, "-f", "ogg"]
-    raise AudioError(f"unknown output format {fmt!r}; expected one of {', '.join(EXTENSIONS)}")
+    raise AudioError(f"unknown output format {fmt!r}")
 
 
 class _NativeFile:

@@ -261,10 +261,9 @@ def _finish(job_id: str, state: State) -> None:
 
 
 def _load_plan(manifest: Path, output: str | None) -> JobPlan:
-    from pipeline.manifest import load_manifest
-    from pipeline.plan import build_plan
+    from pipeline.plan import plan_manifest
 
-    return build_plan(load_manifest(manifest, output=output))
+    return plan_manifest(manifest, output=output)
 
 
 # Flags have one name each (no --no-x twin), and every value a metavar saying what it is.

@@ -105,7 +105,8 @@ class ManifestError(InputError):
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        where = self.file or "<manifest>"
+        # A file name the OS gave as undecodable bytes holds surrogates, which no output takes.
+        where = (self.file or "<manifest>").encode("utf-8", "backslashreplace").decode()
         if self.line is not None:
             where += f":{self.line}"
         if self.row is not None:

@@ -7,6 +7,9 @@ Strictness: Rime's pause markup is `<digits>` and nothing else, so any other `<`
 lone one in prose, as in "a < b") is a MarkupError naming its position. Passing it through would
 send Rime something it reads as broken markup; one clear message is safer. Prose can say "less
 than". Markup cannot nest, and `[]`, `{}` and `<>` must not be empty (whitespace counts as empty).
+
+A pause is at most `MAX_PAUSE_MS`, the same limit as the manifest's `pause_ms`: an unbounded
+`<99999999999>` would be hours of silence on disk, or a request Rime cannot finish.
 """
 
 from __future__ import annotations
@@ -57,8 +60,11 @@ class SpeedWord:
 
 Token: TypeAlias = Text | Pause | Phonemes | SpeedWord
 
+# The longest pause one place in a script may hold, from markup or from the manifest's settings.
+MAX_PAUSE_MS = 60_000
+
 _SPECIAL = re.compile(r"[<>{}\[\]]")
-_PAUSE = re.compile(r"<(\d+)>")
+_PAUSE = re.compile(r"<([0-9]+)>")  # ASCII digits: Rime reads no others
 _CLOSERS = {"{": "}", "[": "]"}
 _OPENERS = {"}": "{", "]": "["}
 _PREVIEW = 20
@@ -76,7 +82,7 @@ def parse(text: str) -> tuple[Token, ...]:
             pause = _PAUSE.match(text, at)
             if pause is None:
                 raise MarkupError(_bad_pause(text, at), at)
-            token = Pause(at, pause.end(), int(pause.group(1)))
+            token = Pause(at, pause.end(), _pause_ms(pause.group(1), at))
         elif char in _CLOSERS:
             token = _bracketed(text, at)
         elif char == ">":
@@ -113,6 +119,17 @@ def check_inline_speed(tokens: Sequence[Token], values: Sequence[float], length:
     # Point at the first word without a value, or at the end when values are left over.
     position = words[len(values)].start if len(words) > len(values) else length
     raise MarkupError(message, position)
+
+
+def _pause_ms(digits: str, at: int) -> int:
+    # Compare the digits before converting them: a 5,000-digit number is too big to be an int.
+    value = digits.lstrip("0") or "0"
+    if len(value) > len(str(MAX_PAUSE_MS)) or int(value) > MAX_PAUSE_MS:
+        shown = digits if len(digits) <= _PREVIEW else digits[:_PREVIEW] + "..."
+        raise MarkupError(
+            f"pause <{shown}> is longer than the limit of {MAX_PAUSE_MS} milliseconds", at
+        )
+    return int(value)
 
 
 def _bracketed(text: str, at: int) -> Phonemes | SpeedWord:

@@ -2,7 +2,9 @@
 
 A `JobPlan` is pure data: per script, the synthesis parameters (`VoiceParams`, the one set the
 client sends), the output settings and the segments with their pauses and cache keys. It is
-built from a manifest by `build_plan`.
+built from a manifest by `build_plan`; `plan_manifest` is the one validation `plan`, `render`
+and `submit` share: every check that needs no request runs there, before anything is recorded
+or sent.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import InputError
@@ -180,3 +183,11 @@ def build_plan(job: JobSpec) -> JobPlan:
         destination=job.destination,
         scripts=tuple(plan_script(s) for s in job.scripts),
     )
+
+
+def plan_manifest(path: Path | str, *, output: str | None = None) -> JobPlan:
+    """Read, validate and plan a manifest; any problem is one InputError naming its place."""
+    # Imported here: the stages and workers use plans, never manifests.
+    from pipeline.manifest import load_manifest
+
+    return build_plan(load_manifest(path, output=output))

@@ -18,8 +18,10 @@ Packing: from a segment's start, among the cuts whose text fits the limit, take 
 level, and the farthest cut of that level. If the rest of the text fits, it is one segment.
 
 Decisions where a script is odd:
-- A text with nothing to speak (empty, or only whitespace and pause markup) raises
-  SegmentationError: zero segments could not give the text back when joined.
+- A text with nothing to speak (empty, or only whitespace, invisible characters such as
+  zero-width spaces, and pause markup) raises SegmentationError: Rime would be asked to speak
+  nothing, and zero segments could not give the text back when joined.
+- Pause markers side by side (`<60000><60000>`) are one silence, held to `MAX_PAUSE_MS` too.
 - Pause markers before the first word are cut from the first request's text; their sum is
   `lead_pause_ms(segments)`. Markers after the last word are the last segment's pause_after_ms.
 - One atom (or a run glued by abbreviations) longer than the limit raises SegmentationError;
@@ -29,13 +31,22 @@ Decisions where a script is odd:
 from __future__ import annotations
 
 import re
+import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from pipeline.errors import SegmentationError
-from pipeline.markup import Pause, Phonemes, SpeedWord, Text, check_inline_speed, parse
+from pipeline.markup import (
+    MAX_PAUSE_MS,
+    Pause,
+    Phonemes,
+    SpeedWord,
+    Text,
+    check_inline_speed,
+    parse,
+)
 from pipeline.rime.models import DEFAULT_MAX_CHARS
 
 
@@ -84,8 +95,8 @@ _SPACES = re.compile(r"\s+")
 _SPLIT = re.compile(rf"[—–]+|[。！？｡，、；：]+[{_CLOSING}]*")
 _SPLIT_CHARS = re.compile(r"[—–。！？｡，、；：]")
 _URL_OR_EMAIL = re.compile(r"://|www\.|@", re.IGNORECASE)
-_PAUSE_MARK = re.compile(r"<(\d+)>")
-_LEAD = re.compile(r"(?:\s|<\d+>)*")
+_PAUSE_MARK = re.compile(r"<([0-9]+)>")
+_LEAD = re.compile(r"(?:\s|<[0-9]+>)*")
 
 # Never a sentence end: titles and Latin shorthands that a name or phrase always follows.
 _HARD_ABBREVIATIONS = frozenset(
@@ -113,12 +124,19 @@ def segment_text(
     tokens = parse(text)
     check_inline_speed(tokens, inline_speed_alpha, len(text))
     layout = _layout(text, tokens)
-    if not layout.starts:
+    if not any(_speakable(text, a, b) for a, b in zip(layout.starts, layout.ends, strict=True)):
         raise SegmentationError(
-            "nothing to speak: the text is empty or only whitespace and pause markup", 0
+            "nothing to speak: the text is empty or only whitespace, invisible characters "
+            "(like zero-width spaces) and pause markup",
+            0,
         )
     levels = _gap_levels(text, layout)
     return _pack(text, layout, levels, limit, tuple(inline_speed_alpha), pauses_as_cuts)
+
+
+def _speakable(text: str, start: int, end: int) -> bool:
+    """Whether text[start:end] holds a character that is not a control, format or separator."""
+    return any(unicodedata.category(ch)[0] not in "CZ" for ch in text[start:end])
 
 
 def lead_pause_ms(segments: Sequence[TextSegment]) -> int:
@@ -172,6 +190,13 @@ def _layout(text: str, tokens: Sequence[Text | Pause | Phonemes | SpeedWord]) ->
                 content(pos, token.end)
         elif isinstance(token, Pause):
             pending = (pending or 0) + token.ms
+            if pending > MAX_PAUSE_MS:
+                # Markers side by side are one silence; it has the limit of one marker.
+                raise SegmentationError(
+                    f"the pauses written together here add up to {pending} milliseconds; "
+                    f"the limit for one place is {MAX_PAUSE_MS}",
+                    token.start,
+                )
             in_atom = False
         else:
             layout.markup_starts.append(token.start)

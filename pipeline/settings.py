@@ -5,11 +5,12 @@ well-known `RIME_API_KEY`, `RIME_API_URL`, `RIME_WS_URL`, `DATABASE_URL` and
 `CELERY_BROKER_URL`, and `RIME_BATCH_<FIELD>` for the rest. A setting left unset takes the
 default of the part it configures (the limits, the retry policy), so each default has one home.
 
-Worker timings follow one rule: the broker must not hand a task to a second worker while the
-first is still on it, or Rime bills the segment twice. The Redis broker redelivers a message
-unacknowledged for `visibility` seconds, so that is longer than the longest task can run (a
-segment's every retry, or one stitch), and a job whose rows have not moved for that long is
-taken to have lost its worker.
+Worker timings: who holds a unit of work is in the job table (a claim names its executor,
+whose heartbeat says it is alive), so a second delivery of a task while the first worker is
+still on it is skipped, never billed twice. A worker silent for `executor_timeout_seconds` is
+gone and its claims are taken over. The Redis broker redelivers a message unacknowledged for
+`visibility` seconds, kept longer than the longest task runs (a segment's every retry, or one
+stitch), and a job whose rows have not moved for that long is taken to have lost its messages.
 
 The job table defaults to a SQLite file in the user's data folder (`platformdirs`), so every
 command finds the same jobs from any working folder.
@@ -101,7 +102,7 @@ class Settings(BaseModel):
     rime_ws_url: str = RIME_CLOUD_WS_URL
     database_url: str = Field(default_factory=default_database_url)
     celery_broker_url: str = "redis://127.0.0.1:6379/0"
-    # Shared limits and work leases of the workers.
+    # The workers' shared cap and request budget.
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Our own log lines at this level; other libraries' (botocore, urllib3, httpx, celery's
     # internals) stay at WARNING unless this is "debug".

@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine
 
 from pipeline import wav
-from pipeline.audio import EXTENSIONS
 from pipeline.errors import RimeBatchError
 from pipeline.executor import Executor
 from pipeline.limits import Limiter
@@ -44,6 +43,7 @@ from pipeline.storage import (
     cache_key_path,
     content_type_for,
     open_store,
+    output_key,
 )
 from pipeline.storage import output_metadata as make_metadata
 from pipeline.store import OutputFile, State, plans, transitions, views
@@ -433,7 +433,7 @@ def _stitch_into(
         result = stitch(parts_for(plan, fetch), spec)
         outputs = []
         for fmt, stitched in result.files.items():
-            key = plan.script_id + EXTENSIONS[fmt]
+            key = output_key(plan.script_id, fmt)
             if in_place is not None:
                 uri = store.uri_for(key)
             else:

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.audio import (
-    EXTENSIONS,
     AudioError,
     Loudness,
     Samples,
@@ -36,6 +35,7 @@ from pipeline.audio import (
 )
 from pipeline.files import sha256_file
 from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.storage import OUTPUT_EXTENSIONS
 
 SILENCE_THRESHOLD_DBFS = -50.0  # below any speech, above a clean TTS noise floor
 KEEP_MS = 10  # kept either side of the speech so soft consonants are not clipped
@@ -59,7 +59,7 @@ class StitchSpec:
 
     sample_rate: int
     directory: Path
-    stem: str  # file name without extension; each format adds its own (see EXTENSIONS)
+    stem: str  # file name without extension; each format adds its own (see OUTPUT_EXTENSIONS)
     output: OutputSpec
     lead_pause_ms: int = 0
     silence_threshold_dbfs: float = SILENCE_THRESHOLD_DBFS
@@ -184,12 +184,12 @@ def output_paths(spec: StitchSpec) -> dict[str, Path]:
     formats = dict.fromkeys(spec.output.formats)
     if not formats:
         raise AudioError("no output formats requested")
-    unknown = [f for f in formats if f not in EXTENSIONS]
+    unknown = [f for f in formats if f not in OUTPUT_EXTENSIONS]
     if unknown:
         raise AudioError(
-            f"unknown output format {unknown[0]!r}; expected one of {', '.join(EXTENSIONS)}"
+            f"unknown output format {unknown[0]!r}; expected one of {', '.join(OUTPUT_EXTENSIONS)}"
         )
-    return {fmt: spec.directory / f"{spec.stem}{EXTENSIONS[fmt]}" for fmt in formats}
+    return {fmt: spec.directory / f"{spec.stem}{OUTPUT_EXTENSIONS[fmt]}" for fmt in formats}
 
 
 def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:

@@ -14,7 +14,8 @@ A CSV has a header with `id,text` and optional columns named like any setting (e
 the default; lists are written `mp3|wav`). Its outputs go to `out/<stem>` beside it.
 
 Every problem is one `ManifestError` naming the file, the line (and for CSV the data row) and
-the field.
+the field. Every limit (sizes, counts, nesting, the range of each setting) is in
+`pipeline.manifest.models`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from pathlib import Path
 
 from pipeline.errors import ManifestError
 from pipeline.manifest.build import build_job
-from pipeline.manifest.models import Format, JobSpec, ScriptSpec, Source, Voice
+from pipeline.manifest.models import (
+    MAX_MANIFEST_BYTES,
+    Format,
+    JobSpec,
+    ScriptSpec,
+    Source,
+    Voice,
+)
 from pipeline.manifest.paths import describe_bad_byte
 from pipeline.manifest.readers import RawManifest, read_csv, read_yaml
 
@@ -52,6 +60,13 @@ def load_manifest(path: Path | str, *, output: str | None = None) -> JobSpec:
         raise ManifestError("the file does not exist", file=path)
     if not path.is_file():
         raise ManifestError("is not a file", file=path)
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"the manifest is {size:,} bytes; the limit is {MAX_MANIFEST_BYTES:,} "
+            "(put long texts in text files)",
+            file=path,
+        )
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # a BOM, as Excel writes one, is not data

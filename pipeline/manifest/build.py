@@ -9,9 +9,19 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from pipeline.errors import ManifestError
-from pipeline.manifest.models import JobSpec, ScriptSpec, Source, Voice
+from pipeline.manifest.characters import character_problem, first_bad_value, where_in
+from pipeline.manifest.models import (
+    MAX_JOB_NAME_CHARS,
+    MAX_SCRIPTS,
+    MAX_TEXT_CHARS,
+    JobSpec,
+    ScriptSpec,
+    Source,
+    Voice,
+)
 from pipeline.manifest.paths import (
     PathProblem,
+    check_local_outputs,
     check_script_id,
     default_job_name,
     normalize_text,
@@ -26,14 +36,16 @@ from pipeline.manifest.readers import (
     RawManifest,
     unknown_key_message,
 )
-
-MAX_JOB_NAME_CHARS = 200
+from pipeline.storage.keys import first_clash, output_key
 
 
 def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
     """Validate `raw` and resolve every script's settings, text and the destination."""
     data = raw.data
     where = raw.locator.source
+    bad = first_bad_value(data)
+    if bad is not None:
+        raise where(bad[0]).error(bad[1])
     for key in data:
         if key not in TOP_KEYS:
             raise where((key,)).error(unknown_key_message(key, TOP_KEYS))
@@ -48,6 +60,10 @@ def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
         raise where(()).error("there is no 'scripts' list: add one script at least")
     if not isinstance(entries, list) or not entries:
         raise where(("scripts",)).error("must be a list with one script at least")
+    if len(entries) > MAX_SCRIPTS:
+        raise where(("scripts",)).error(
+            f"holds {len(entries):,} scripts; a job may hold at most {MAX_SCRIPTS:,} (split it)"
+        )
     scripts: list[ScriptSpec] = []
     first_seen: dict[str, Source] = {}
     for index, entry in enumerate(entries):
@@ -61,6 +77,7 @@ def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
                 "id",
             )
         scripts.append(script)
+    _check_outputs(raw, scripts, destination, overridden=output is not None)
     return JobSpec(
         name=name,
         manifest=raw.file.absolute(),
@@ -68,6 +85,36 @@ def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
         defaults=defaults,
         scripts=tuple(scripts),
     )
+
+
+def _check_outputs(
+    raw: RawManifest, scripts: list[ScriptSpec], destination: str, *, overridden: bool
+) -> None:
+    """Every output key of the job can be written: none clashes with another, or with what the
+    destination folder already holds (found out otherwise after the requests were billed)."""
+    keys = [(s, output_key(s.id, fmt)) for s in scripts for fmt in s.voice.formats]
+    clash = first_clash(keys)
+    if clash is not None:
+        earlier, later, earlier_key, later_key = clash
+        if earlier_key == later_key:
+            how = "the same file"
+        elif earlier_key.casefold() == later_key.casefold():
+            how = "one file where letter case is ignored (macOS, Windows, S3 synced to them)"
+        else:
+            how = "a file and a folder of the same name"
+        raise later.source.error(
+            f"{later.id!r} writes {later_key!r} and {earlier.id!r} (at {_place(earlier.source)}) "
+            f"writes {earlier_key!r}: {how}; rename one of them",
+            "id",
+        )
+    if destination.startswith("s3://"):
+        return
+    try:
+        check_local_outputs(Path(destination), (key for _, key in keys))
+    except PathProblem as exc:
+        if overridden:
+            raise ManifestError(str(exc), file=raw.file, field="output (override)") from exc
+        raise raw.locator.source(("output",)).error(str(exc)) from exc
 
 
 def _job_name(raw: RawManifest) -> str:
@@ -88,6 +135,9 @@ def _job_name(raw: RawManifest) -> str:
 
 def _destination(raw: RawManifest, override: str | None) -> str:
     if override is not None:
+        problem = character_problem(override, text=False)
+        if problem is not None:
+            raise ManifestError(f"contains {problem[1]}", file=raw.file, field="output (override)")
         # A path given on the command line is relative to where the command runs.
         try:
             return resolve_destination(override, Path.cwd())
@@ -149,9 +199,15 @@ def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:
             text = read_text_file(entry["text_file"], raw.file.absolute().parent)
         except PathProblem as exc:
             raise where.error(str(exc)) from exc
+        problem = character_problem(text, text=True)
+        if problem is not None:
+            offset, what = problem
+            raise where.error(
+                f"{entry['text_file']!r} contains {what} at {where_in(text, offset)}; remove it"
+            )
         if not normalize_text(text):
             raise where.error(f"{entry['text_file']!r} holds no text")
-        return normalize_text(text)
+        return _within_limit(normalize_text(text), where)
     if not has_text:
         raise raw.locator.source(loc).error("needs a text or a text_file", "text")
     where = raw.locator.source((*loc, "text"))
@@ -160,7 +216,15 @@ def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:
         raise where.error("is empty")
     if not isinstance(value, str):
         raise where.error("must be text; put it in quotes")
-    return normalize_text(value)
+    return _within_limit(normalize_text(value), where)
+
+
+def _within_limit(text: str, where: Source) -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        raise where.error(
+            f"the text is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}"
+        )
+    return text
 
 
 def _validate_voice(

@@ -1,20 +1,57 @@
-"""The typed manifest: per-job defaults, resolved scripts and the job they belong to."""
+"""The typed manifest: per-job defaults, resolved scripts and the job they belong to.
+
+Every limit a manifest is held to lives here (the README's table states the same ranges): sizes
+of the manifest, of texts and text files, the number of scripts, how deep YAML may nest and how
+far its aliases may expand, and the range of every setting. The pause limit is the markup's
+(`pipeline.markup.MAX_PAUSE_MS`), so `pause_ms` and `<ms>` markup share one.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipeline.errors import ManifestError
+from pipeline.markup import MAX_PAUSE_MS
 from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS
 
 Format = Literal["wav", "wav-mulaw", "mulaw", "mp3", "ogg"]
 
 # MPEG-1 Layer III bitrates; ffmpeg's mp3 encoder rounds anything else to one of these.
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+# --- the limits of a manifest -----------------------------------------------------------------
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+MAX_SCRIPTS = 10_000
+# One script's text, written inline or in a text file (also the CSV cell limit).
+MAX_TEXT_CHARS = 1_000_000
+# A text file is refused unread above this: UTF-8 spends at most 4 bytes on a character.
+MAX_TEXT_FILE_BYTES = 4 * MAX_TEXT_CHARS
+MAX_ID_CHARS = 200
+MAX_JOB_NAME_CHARS = 200
+MAX_OUTPUT_CHARS = 1_000
+MAX_SETTING_CHARS = 100  # speaker, lang
+# Lists and mappings inside one another; a manifest needs 4 (scripts, a script, formats).
+MAX_YAML_DEPTH = 32
+# Values after YAML aliases are expanded: aliases can make a small file describe billions.
+MAX_YAML_VALUES = 1_000_000
+SPEED_RANGE = (0.25, 4.0)  # `speed` and every `inlineSpeedAlpha` value
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_MAX = 1.0  # above 0
+REPETITION_PENALTY_MAX = 3.0  # above 0
+LOUDNESS_RANGE = (-70.0, -5.0)
+# Characters a text may hold that are control characters; nothing else may hold any.
+TEXT_CONTROLS = frozenset("\t\n\r")
 
 # Lists written as one string (CSV cells, or `formats: mp3|wav` in YAML); Rime itself writes
 # inlineSpeedAlpha comma-separated.
@@ -27,32 +64,46 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true as 1: `speed: true` would be accepted as a speed.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Whole = Annotated[int, BeforeValidator(_not_bool)]
+
+
 class Voice(BaseModel):
     """Synthesis and output settings: the job's defaults, or one script's resolved settings."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     # Rime's request parameters keep Rime's spelling.
-    speaker: str = Field(default="cove", min_length=1)
+    speaker: str = Field(default="cove", min_length=1, max_length=MAX_SETTING_CHARS)
     modelId: str = "mistv2"
-    lang: str = Field(default="eng", min_length=1)
-    samplingRate: int | None = None  # None: the model's default
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)  # higher is faster, for every model
+    lang: str = Field(default="eng", min_length=1, max_length=MAX_SETTING_CHARS)
+    samplingRate: Whole | None = None  # None: the model's default
+    # Higher is faster, for every model.
+    speed: Number = Field(default=1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
     pauseBetweenBrackets: bool = True
     phonemizeBetweenBrackets: bool = False
     noTextNormalization: bool = False
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
-    inlineSpeedAlpha: tuple[float, ...] | None = None
+    temperature: Number | None = Field(
+        default=None, ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1]
+    )
+    top_p: Number | None = Field(default=None, gt=0.0, le=TOP_P_MAX)
+    repetition_penalty: Number | None = Field(default=None, gt=0.0, le=REPETITION_PENALTY_MAX)
+    inlineSpeedAlpha: tuple[Number, ...] | None = None
 
     # Our own settings, snake_case.
     formats: tuple[Format, ...] = Field(default=("wav",), min_length=1)
-    pause_ms: int = Field(default=250, ge=0, le=60_000)
-    paragraph_pause_ms: int = Field(default=700, ge=0, le=60_000)
-    max_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=1, le=1000)
+    pause_ms: Whole = Field(default=250, ge=0, le=MAX_PAUSE_MS)
+    paragraph_pause_ms: Whole = Field(default=700, ge=0, le=MAX_PAUSE_MS)
+    max_chars: Whole = Field(default=DEFAULT_MAX_CHARS, ge=1)  # at most the model's limit
     pauses_as_cuts: bool = False
-    loudness_lufs: float | None = Field(default=None, ge=-70.0, le=-5.0)
+    loudness_lufs: Number | None = Field(default=None, ge=LOUDNESS_RANGE[0], le=LOUDNESS_RANGE[1])
     mp3_bitrate: str = "128k"
 
     @field_validator("modelId")
@@ -61,6 +112,31 @@ class Voice(BaseModel):
         if model_id not in MODELS:
             raise ValueError(f"unknown modelId {model_id!r} (known: {', '.join(sorted(MODELS))})")
         return model_id
+
+    @field_validator("lang")
+    @classmethod
+    def _language_of_model(cls, lang: str, info: ValidationInfo) -> str:
+        model_id = info.data.get("modelId")
+        if model_id is None:
+            return lang
+        known = MODELS[model_id].languages
+        if lang not in known:
+            raise ValueError(
+                f"{lang!r} is not a language {model_id} speaks: expected one of "
+                f"{', '.join(sorted(known))}"
+            )
+        return lang
+
+    @field_validator("max_chars")
+    @classmethod
+    def _within_model_limit(cls, max_chars: int, info: ValidationInfo) -> int:
+        model_id = info.data.get("modelId")
+        if model_id is not None and max_chars > MODELS[model_id].max_chars:
+            raise ValueError(
+                f"{max_chars} is more than {model_id} takes in one request: at most "
+                f"{MODELS[model_id].max_chars}"
+            )
+        return max_chars
 
     @field_validator("samplingRate")
     @classmethod
@@ -84,9 +160,13 @@ class Voice(BaseModel):
 
     @field_validator("inlineSpeedAlpha")
     @classmethod
-    def _positive_alphas(cls, alphas: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        if alphas is not None and any(a <= 0 for a in alphas):
-            raise ValueError("every inlineSpeedAlpha value must be greater than 0")
+    def _alphas_in_range(cls, alphas: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        lo, hi = SPEED_RANGE
+        wrong = next((a for a in alphas or () if not lo <= a <= hi), None)
+        if wrong is not None:
+            raise ValueError(
+                f"every inlineSpeedAlpha value must be between {lo:g} and {hi:g} (got {wrong:g})"
+            )
         return alphas
 
     @field_validator("formats")

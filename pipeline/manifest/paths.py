@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
-MAX_ID_CHARS = 200
+from pipeline.manifest.models import MAX_ID_CHARS, MAX_OUTPUT_CHARS, MAX_TEXT_FILE_BYTES
 
 _ID_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _S3_URL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?")
@@ -87,6 +88,12 @@ def read_text_file(relative: str, folder: Path) -> str:
     if not target.is_file():
         raise PathProblem(f"{relative!r} is not a file")
     try:
+        size = target.stat().st_size
+        if size > MAX_TEXT_FILE_BYTES:
+            raise PathProblem(
+                f"{relative!r} is {size:,} bytes; a text file may hold at most "
+                f"{MAX_TEXT_FILE_BYTES:,}"
+            )
         data = target.read_bytes()
     except OSError as exc:
         raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
@@ -109,6 +116,8 @@ def resolve_destination(value: str, base: Path) -> str:
     value = value.strip()
     if not value:
         raise PathProblem("is empty")
+    if len(value) > MAX_OUTPUT_CHARS:
+        raise PathProblem(f"is {len(value):,} characters long; the limit is {MAX_OUTPUT_CHARS}")
     if value[:5].lower() == "s3://":
         match = _S3_URL.fullmatch(value)
         if match is None:
@@ -120,3 +129,28 @@ def resolve_destination(value: str, base: Path) -> str:
     if "://" in value:
         raise PathProblem(f"{value!r}: only local folders and s3://bucket/prefix are supported")
     return str((base / Path(value).expanduser()).resolve())
+
+
+def check_local_outputs(folder: Path, keys: Iterable[str]) -> None:
+    """PathProblem when `folder`, or an output key under it, is held by a file or a folder.
+
+    A render would find out only after its requests were billed: a destination that is a file,
+    a key's folder that is a file, or a key that is an existing folder.
+    """
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == folder else f" inside {str(blocker)!r}"
+        raise PathProblem(f"{str(folder)!r} is{where} a file, not a folder")
+    if blocker != folder:
+        return  # nothing exists under a folder yet to be made
+    looked: set[Path] = set()
+    for key in keys:
+        path = folder.joinpath(*key.split("/"))
+        if path.is_dir():
+            raise PathProblem(f"output {key!r} is an existing folder in {str(folder)!r}")
+        for parent in path.parents:
+            if parent == folder or parent in looked:
+                break
+            looked.add(parent)
+            if parent.exists() and not parent.is_dir():
+                raise PathProblem(f"output {key!r} needs a folder where {str(parent)!r} is a file")

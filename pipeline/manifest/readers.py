@@ -11,6 +11,7 @@ import csv
 import difflib
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +20,13 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pipeline.errors import ManifestError
-from pipeline.manifest.models import Source, Voice
+from pipeline.manifest.models import (
+    MAX_TEXT_CHARS,
+    MAX_YAML_DEPTH,
+    MAX_YAML_VALUES,
+    Source,
+    Voice,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -52,7 +59,12 @@ def field_path(loc: Loc) -> str | None:
     """`("scripts", 2, "formats", 0)` -> `scripts[2].formats[0]`."""
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        if isinstance(part, str) and not part.isprintable():
+            text += f"[{part!r}]"  # a key with control characters is shown escaped
+        elif isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
     return text or None
 
 
@@ -101,8 +113,45 @@ def read_yaml(file: Path, text: str) -> RawManifest:
     return RawManifest(file=file, data=data, locator=YamlLocator(file, lines))
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting before PyYAML's recursive composer meets it, and
+    names the line of a value that cannot be constructed (a 5,000-digit int, a 13th month)."""
+
+    def __init__(self, file: Path, text: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        if self.depth >= MAX_YAML_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _too_deep(self.file, event.start_mark.line + 1)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            raise ManifestError(
+                f"the value cannot be read: {exc}", file=self.file, line=node.start_mark.line + 1
+            ) from exc
+
+
+def _too_deep(file: Path, line: int) -> ManifestError:
+    return ManifestError(
+        f"lists and mappings nest more than {MAX_YAML_DEPTH} levels deep (counting what YAML "
+        "aliases repeat)",
+        file=file,
+        line=line,
+    )
+
+
 def _compose(file: Path, text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
-    loader = yaml.SafeLoader(text)  # checks for unprintable characters already
+    loader = _Loader(file, text)  # checks for unprintable characters already
     try:
         root = loader.get_single_node()
         if root is None:
@@ -114,7 +163,7 @@ def _compose(file: Path, text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
                 line=root.start_mark.line + 1,
             )
         lines: dict[Loc, int] = {(): root.start_mark.line + 1}
-        _index(file, root, (), lines, frozenset())
+        _index(file, root, lines)
         data: dict[str, Any] = loader.construct_document(root)
         return data, lines
     finally:
@@ -122,49 +171,82 @@ def _compose(file: Path, text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
 
 
 def _kind(node: Node) -> str:
-    return "a list" if isinstance(node, SequenceNode) else f"a single value ({node.value!r})"
-
-
-def _index(file: Path, node: Node, loc: Loc, lines: dict[Loc, int], seen: frozenset[int]) -> None:
-    """Record the line of every key and item under `node`; reject duplicate or odd keys."""
-    if id(node) in seen:  # a recursive alias
-        return
-    seen = seen | {id(node)}
     if isinstance(node, SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.setdefault((*loc, i), item.start_mark.line + 1)
-            _index(file, item, (*loc, i), lines, seen)
-    elif isinstance(node, MappingNode):
-        first_line: dict[str, int] = {}
-        merged: list[Node] = []
-        for key_node, value in node.value:
-            line = key_node.start_mark.line + 1
-            if key_node.tag == _MERGE_TAG:
-                merged.extend(value.value if isinstance(value, SequenceNode) else [value])
-                continue
-            if not isinstance(key_node, ScalarNode) or key_node.tag != _STR_TAG:
-                shown = key_node.value if isinstance(key_node, ScalarNode) else "a collection"
-                raise ManifestError(
-                    f"key {shown!r} must be text (put it in quotes)",
-                    file=file,
-                    line=line,
-                    field=field_path(loc),
-                )
-            key = key_node.value
-            if key in first_line:
-                raise ManifestError(
-                    f"key {key!r} appears twice in the same mapping (first on line "
-                    f"{first_line[key]})",
-                    file=file,
-                    line=line,
-                    field=field_path((*loc, key)),
-                )
-            first_line[key] = line
-            lines.setdefault((*loc, key), line)
-            _index(file, value, (*loc, key), lines, seen)
-        # Keys brought in by `<<: *anchor` are located where the anchor wrote them.
-        for source in merged:
-            _index(file, source, loc, lines, seen)
+        return "a list"
+    value = str(node.value)
+    return f"a single value ({value if len(value) <= 40 else value[:37] + '...'!r})"
+
+
+_Steps = Iterator[tuple[Node, Loc]]
+
+
+def _index(file: Path, root: Node, lines: dict[Loc, int]) -> None:
+    """Record the line of every key and item; reject duplicate or odd keys.
+
+    The walk follows aliases, so it counts what they expand to and how deep that nests, and
+    stops at the limits: a few lines of anchors can stand for billions of values. It keeps its
+    own stack instead of recursing, in document order.
+    """
+    stack: list[_Steps] = [iter([(root, ())])]
+    visited = 0
+    while stack:
+        step = next(stack[-1], None)
+        if step is None:
+            stack.pop()
+            continue
+        node, loc = step
+        visited += 1
+        if visited > MAX_YAML_VALUES:
+            raise ManifestError(
+                f"the manifest holds more than {MAX_YAML_VALUES:,} values once its YAML "
+                "aliases are expanded",
+                file=file,
+                line=node.start_mark.line + 1,
+            )
+        if len(stack) > MAX_YAML_DEPTH:
+            raise _too_deep(file, node.start_mark.line + 1)
+        if isinstance(node, SequenceNode):
+            stack.append(_items(node, loc, lines))
+        elif isinstance(node, MappingNode):
+            stack.append(_entries(file, node, loc, lines))
+
+
+def _items(node: SequenceNode, loc: Loc, lines: dict[Loc, int]) -> _Steps:
+    for i, item in enumerate(node.value):
+        lines.setdefault((*loc, i), item.start_mark.line + 1)
+        yield item, (*loc, i)
+
+
+def _entries(file: Path, node: MappingNode, loc: Loc, lines: dict[Loc, int]) -> _Steps:
+    first_line: dict[str, int] = {}
+    merged: list[Node] = []
+    for key_node, value in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.tag == _MERGE_TAG:
+            merged.extend(value.value if isinstance(value, SequenceNode) else [value])
+            continue
+        if not isinstance(key_node, ScalarNode) or key_node.tag != _STR_TAG:
+            shown = key_node.value if isinstance(key_node, ScalarNode) else "a collection"
+            raise ManifestError(
+                f"key {shown!r} must be text (put it in quotes)",
+                file=file,
+                line=line,
+                field=field_path(loc),
+            )
+        key = key_node.value
+        if key in first_line:
+            raise ManifestError(
+                f"key {key!r} appears twice in the same mapping (first on line {first_line[key]})",
+                file=file,
+                line=line,
+                field=field_path((*loc, key)),
+            )
+        first_line[key] = line
+        lines.setdefault((*loc, key), line)
+        yield value, (*loc, key)
+    # Keys brought in by `<<: *anchor` are located where the anchor wrote them.
+    for source in merged:
+        yield source, loc
 
 
 def _yaml_error(file: Path, exc: yaml.MarkedYAMLError) -> ManifestError:
@@ -189,6 +271,9 @@ def _yaml_error(file: Path, exc: yaml.MarkedYAMLError) -> ManifestError:
 
 def read_csv(file: Path, text: str) -> RawManifest:
     """One script per row; header `id,text` plus optional override columns."""
+    # Python's default (128 KiB) would refuse a text the manifest allows; the limit is global,
+    # and the manifest's own is the one that applies to every CSV read here.
+    csv.field_size_limit(MAX_TEXT_CHARS)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader, None)
@@ -221,7 +306,12 @@ def read_csv(file: Path, text: str) -> RawManifest:
             )
             places.append((line, row))
     except csv.Error as exc:
-        raise ManifestError(f"CSV syntax error: {exc}", file=file, line=reader.line_num) from exc
+        problem = (
+            f"a cell is longer than {MAX_TEXT_CHARS:,} characters, the limit of a text"
+            if "field limit" in str(exc)
+            else f"CSV syntax error: {exc}"
+        )
+        raise ManifestError(problem, file=file, line=reader.line_num) from exc
     if not scripts:
         raise ManifestError("the CSV file has a header but no rows", file=file, line=1)
     return RawManifest(

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 # Rime's per-request text limit through the API (the dashboard allows 1,000).
 DEFAULT_MAX_CHARS = 500
 
+# Rime's language codes that the client knows voices for. Rime's documents say only that `lang`
+# defaults to `eng` and must be the speaker's language, and give no per-model list; these are
+# the codes of Rime's voices documentation for English, Spanish, French and German (the local
+# engine knows the same four). A code outside a model's set is refused before any request.
+_LANGUAGES = frozenset({"eng", "spa", "fra", "ger"})
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -27,6 +33,7 @@ class ModelInfo:
     honours_pause_markup: bool
     supports_sse: bool
     max_chars: int = DEFAULT_MAX_CHARS
+    languages: frozenset[str] = _LANGUAGES
 
     def accepts_rate(self, rate: int) -> bool:
         """Whether `samplingRate=rate` is valid for this model on Rime's cloud."""

@@ -14,7 +14,13 @@ from urllib.parse import unquote, urlsplit
 from pipeline.errors import InputError
 from pipeline.files import atomic_write, sha256_file
 from pipeline.storage.base import InvalidKey, ObjectNotFound, ObjectStore, StorageError
-from pipeline.storage.keys import cache_key_path, validate_key
+from pipeline.storage.keys import (
+    OUTPUT_EXTENSIONS,
+    cache_key_path,
+    first_clash,
+    output_key,
+    validate_key,
+)
 from pipeline.storage.local import LocalStore
 from pipeline.storage.outputs import CONTENT_TYPES, content_type_for, output_metadata
 
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_TYPES",
+    "OUTPUT_EXTENSIONS",
     "InvalidDestination",
     "InvalidKey",
     "LocalStore",
@@ -33,7 +40,9 @@ __all__ = [
     "atomic_write",
     "cache_key_path",
     "content_type_for",
+    "first_clash",
     "open_store",
+    "output_key",
     "output_metadata",
     "parse_s3_uri",
     "sha256_file",

@@ -1,14 +1,27 @@
-"""Object keys: validation, joining, and where cached segments live."""
+"""Object keys: validation, joining, where cached segments and outputs live, and clashes."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from pipeline.storage.base import InvalidKey
 
 CACHE_PREFIX = "cache"
 # Cache keys are digests; anything else (a slash, a dot) could address outside the cache.
 _CACHE_KEY = re.compile(r"[A-Za-z0-9_-]{2,}")
+
+# Output format name -> file extension; the names are OutputSpec.formats values.
+OUTPUT_EXTENSIONS: Mapping[str, str] = {
+    "wav": ".wav",
+    "wav-mulaw": ".mulaw.wav",
+    "mulaw": ".ulaw",
+    "mp3": ".mp3",
+    "ogg": ".ogg",
+}
+
+Owner = TypeVar("Owner")
 
 
 def validate_key(key: str) -> str:
@@ -47,3 +60,30 @@ def cache_key_path(cache_key: str) -> str:
             f"cache key {cache_key!r} must be at least two letters, digits, '-' or '_'"
         )
     return f"{CACHE_PREFIX}/{cache_key[:2]}/{cache_key}.wav"
+
+
+def output_key(script_id: str, fmt: str) -> str:
+    """The key of a script's output in one format: `<id><extension>`."""
+    return script_id + OUTPUT_EXTENSIONS[fmt]
+
+
+def first_clash(keys: Iterable[tuple[Owner, str]]) -> tuple[Owner, Owner, str, str] | None:
+    """The first key that cannot live beside an earlier one: (earlier, later, their keys).
+
+    Two keys clash when they differ only in letter case (one file on case-insensitive file
+    systems) or when one is a folder of the other (`a.wav` and `a.wav/b.wav`).
+    """
+    files: dict[str, tuple[Owner, str]] = {}
+    folders: dict[str, tuple[Owner, str]] = {}
+    for owner, key in keys:
+        folded = key.casefold()
+        parts = folded.split("/")
+        prefixes = ["/".join(parts[:n]) for n in range(1, len(parts))]
+        earlier = files.get(folded) or folders.get(folded)
+        earlier = earlier or next((files[p] for p in prefixes if p in files), None)
+        if earlier is not None:
+            return earlier[0], owner, earlier[1], key
+        files[folded] = (owner, key)
+        for prefix in prefixes:
+            folders.setdefault(prefix, (owner, key))
+    return None

@@ -280,19 +280,42 @@ def _take_over(
     **values: Any,
 ) -> bool:
     script_pk = SEGMENTS.c.script_pk if table is SEGMENTS else SCRIPTS.c.id
-    result = conn.execute(
-        update(table)
-        .where(
+    dead = conn.execute(
+        select(table.c.claim).where(
             table.c.id == pk,
             table.c.state == State.RUNNING,
             ~alive(table.c.executor, dead_before),
             # A cancelled or failed script's work is not taken up again.
             exists().where(SCRIPTS.c.id == script_pk, SCRIPTS.c.state.in_(_ACTIVE)),
         )
+    ).one_or_none()
+    if dead is None:
+        return False
+    result = conn.execute(
+        update(table)
+        .where(
+            table.c.id == pk,
+            table.c.state == State.RUNNING,
+            _is_claim(table, [dead.claim]),
+            ~alive(table.c.executor, dead_before),
+        )
         .values(**claim.values, **values)
     )
     assert isinstance(result, CursorResult)
     return result.rowcount == 1
+
+
+def _is_claim(table: Table, tokens: Collection[str | None]) -> ColumnElement[bool]:
+    """The row still holds one of these claims (None: no claim at all).
+
+    What makes a takeover compare-and-set: PostgreSQL rechecks a row that a concurrent
+    transaction changed against its own columns only, not against the executors table the
+    statement joined, so of two takers of one dead claim both would pass a condition on the
+    holder's heartbeat alone; the second sees the claim is no longer the dead one.
+    """
+    known = [token for token in tokens if token is not None]
+    matches = table.c.claim.in_(known)
+    return matches | table.c.claim.is_(None) if None in tokens else matches
 
 
 def bill_segment(conn: Connection, segment_pk: int, billed_chars: int) -> None:
@@ -431,8 +454,18 @@ def _requeue(
     row = ~alive(model.c.executor, dead_before)
     if job_id is not None:
         row = row & (model.c.job_id == job_id)
+    orphans = list(conn.scalars(select(model.c.claim).where(row, model.c.state == State.RUNNING)))
+    if not orphans:
+        return 0
+    # Only the dead claims just read: one taken over meanwhile is a live executor's.
     return _cas(
-        conn, model, row, expected=[State.RUNNING], target=State.PENDING, **_UNCLAIMED, **values
+        conn,
+        model,
+        row & _is_claim(model, orphans),
+        expected=[State.RUNNING],
+        target=State.PENDING,
+        **_UNCLAIMED,
+        **values,
     )
 
 

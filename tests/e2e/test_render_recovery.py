@@ -53,12 +53,13 @@ def test_a_destination_that_cannot_be_written_fails_before_any_request(
     (tmp_path / "jobs.yaml").write_text(MANIFEST)
     (tmp_path / "taken").write_text("a file where the output folder should be")
 
-    result = run.run("render", "jobs.yaml", "-o", str(tmp_path / "taken"))
+    # A destination held by a file is bad input, found by plan as by render.
+    for command in ("plan", "render"):
+        result = run.run(command, "jobs.yaml", "-o", str(tmp_path / "taken"))
 
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "cannot create the output folder" in result.stderr
-    assert str(tmp_path / "taken") in result.stderr
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr
+        assert f"output (override): {str(tmp_path / 'taken')!r} is a file" in result.stderr
     assert engine.metrics()["requests"] == 0
 
 

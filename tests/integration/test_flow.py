@@ -2,31 +2,45 @@
 
 No Celery worker runs: the flow functions are called as the tasks call them, on a
 `workers.runtime.Runtime` built from a worker's settings (the test's Redis as broker and
-lease store, the test's database, the local engine). What they send stays in the broker's
-queues, where the test reads it; what they synthesize shows in the engine's request count.
+limiter store, the test's database as job table, the local engine). Other workers are other
+executors in the same job table: a live one beats its row, a dead one's row is old or gone.
+What the flow sends stays in the broker's queues, where the test reads it; what it
+synthesizes shows in the engine's request count.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import redis
-from sqlalchemy import Engine
-from workers.leases import Leases
+from sqlalchemy import Engine, select, update
 
 from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
 from pipeline.results import RESULTS_KEY
 from pipeline.settings import Settings
-from pipeline.stages import Outcome
-from pipeline.store import State, record_plan, transitions
-from pipeline.store.transitions import Next
+from pipeline.stages import Outcome, StageResult
+from pipeline.store import State, executors, record_plan, transitions
+from pipeline.store.schema import EXECUTORS, SEGMENTS, utcnow
+from pipeline.store.transitions import Claim, Next
 from rime_local.server import RunningEngine
-from tests.fixtures.jobs import ME, job_row, script_row, segment_row
+from tests.fixtures.jobs import (
+    ME,
+    TEST_EXECUTOR_TIMEOUT,
+    executor_for,
+    job_row,
+    row_of,
+    script_row,
+    segment_row,
+    set_back,
+)
 from tests.fixtures.s3 import S3Env
+from tests.fixtures.services import PrivateRedis, poll_until
 from tests.fixtures.worker_runtime import (
     Broker,
     Runtimes,
@@ -44,8 +58,6 @@ from workers.dispatch import SYNTH_QUEUE
 from workers.runtime import Runtime
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
-
-LEASE = 0.6  # RIME_BATCH_LEASE_SECONDS of the test's workers (tests/fixtures/worker_runtime.py)
 
 
 def requests(engine: RunningEngine) -> int:
@@ -173,10 +185,10 @@ def test_a_redelivered_task_for_finished_work_sends_and_synthesizes_nothing(
     attempts = [segment_row(rt.db, ref.segment_pk).attempts for ref in refs]
 
     for ref in refs:
-        again = flow.synthesize(rt, ref.segment_pk, redelivered=True)
+        again = flow.synthesize(rt, ref.segment_pk)
         assert again.outcome is Outcome.SKIPPED
         assert again.next == Next()
-    restitched = flow.stitch(rt, script_pk, redelivered=True)
+    restitched = flow.stitch(rt, script_pk)
 
     assert restitched.outcome is Outcome.SKIPPED
     assert requests(engine) == before
@@ -186,110 +198,51 @@ def test_a_redelivered_task_for_finished_work_sends_and_synthesizes_nothing(
     assert output.stat().st_mtime_ns == stitched
 
 
-def test_a_segment_a_live_worker_holds_is_skipped_and_its_claim_left_alone(
-    runtimes: Runtimes, broker: Broker, engine: RunningEngine, redis_url: str, tmp_path: Path
+def died_an_hour_ago(db: Engine) -> Claim:
+    """A claim of a worker that was SIGKILLed an hour ago: its executor row is still there, its
+    heartbeat an hour old."""
+    with db.begin() as conn:
+        executors.register(conn, "killed-worker", executors.WORKER)
+        conn.execute(
+            update(EXECUTORS)
+            .where(EXECUTORS.c.id == "killed-worker")
+            .values(heartbeat_at=utcnow() - timedelta(hours=1))
+        )
+    return Claim("killed-worker.1", "killed-worker")
+
+
+def test_a_segment_a_live_executor_holds_is_skipped_and_its_claim_left_alone(
+    runtimes: Runtimes, broker: Broker, engine: RunningEngine, tmp_path: Path
 ) -> None:
     rt = runtimes()
     job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
     [refs] = segments_by_script(rt.db, job_id)
     busy = refs[0].segment_pk
-    # Another worker, alive (its keeper renews the lease), has taken the lease and the row.
-    other = Leases(redis.Redis.from_url(redis_url), LEASE)
-    try:
-        token = other.acquire(f"segment:{busy}")
-        assert token is not None
+    # Another worker, alive (its heartbeat beats its row), claimed the row an hour ago: a long
+    # synthesis is not a dead one.
+    with executor_for(rt.db, executors.WORKER) as other:
+        theirs = other.claim()
         with rt.db.begin() as conn:
-            assert transitions.claim_segment(conn, busy, ME)
+            assert transitions.claim_segment(conn, busy, theirs)
+            set_back(conn, SEGMENTS, busy, 3600, "started_at")
         claimed_at = segment_row(rt.db, busy).started_at
         before = requests(engine)
 
-        fresh = flow.synthesize(rt, busy)
-        started = time.monotonic()
-        # A redelivered message waits for a dead holder's lease to run out: this one does not.
-        redelivered = flow.synthesize(rt, busy, redelivered=True)
-        waited = time.monotonic() - started
+        first = flow.synthesize(rt, busy)
+        # A redelivered message is the same task again: skipped the same way, at once.
+        again = flow.synthesize(rt, busy)
 
-        assert fresh.outcome is Outcome.SKIPPED
-        assert redelivered.outcome is Outcome.SKIPPED
-        assert 1.5 * LEASE <= waited < 1.5 * LEASE + 1.0
+        assert first.outcome is Outcome.SKIPPED and again.outcome is Outcome.SKIPPED
+        assert first.next == again.next == Next()
         row = segment_row(rt.db, busy)
         assert row.state is State.RUNNING and row.started_at == claimed_at
-        assert row.last_error is None
+        assert (row.claim, row.executor) == (theirs.token, other.id)
+        assert row.last_error is None and row.attempts == 0 and row.billed_chars == 0
         assert requests(engine) == before
         assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
-        assert other.holder(f"segment:{busy}") == token
-    finally:
-        other.close()
-        other.redis.close()
 
 
-def test_a_stitch_a_live_worker_holds_is_skipped(
-    runtimes: Runtimes, broker: Broker, redis_url: str, tmp_path: Path
-) -> None:
-    rt = runtimes(queues=[SYNTH_QUEUE])
-    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=1)
-    [[ref]] = segments_by_script(rt.db, job_id)
-    synthesize_all(rt, [ref.segment_pk])
-    broker.clear()
-    other = Leases(redis.Redis.from_url(redis_url), LEASE)
-    try:
-        token = other.acquire(f"script:{ref.script_pk}")
-        assert token is not None
-
-        skipped = flow.stitch(rt, ref.script_pk)
-
-        assert skipped.outcome is Outcome.SKIPPED
-        row = script_row(rt.db, ref.script_pk)
-        assert row.state is State.PENDING and row.outputs == []
-        assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
-        assert other.holder(f"script:{ref.script_pk}") == token
-    finally:
-        other.close()
-        other.redis.close()
-
-
-def test_a_segment_left_running_by_a_dead_worker_is_taken_over_and_finished(
-    runtimes: Runtimes, broker: Broker, engine: RunningEngine, redis_url: str, tmp_path: Path
-) -> None:
-    rt = runtimes()
-    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
-    [refs] = segments_by_script(rt.db, job_id)
-    orphan, stale_lease = (ref.segment_pk for ref in refs)
-    # One worker died long enough ago that its lease is gone; another only just (its lease
-    # is still in Redis, no longer renewed).
-    dead = Leases(redis.Redis.from_url(redis_url), LEASE)
-    try:
-        assert dead.acquire(f"segment:{stale_lease}") is not None
-    finally:
-        dead.close()
-        dead.redis.close()
-    with rt.db.begin() as conn:
-        assert transitions.claim_segment(conn, orphan, ME)
-        assert transitions.claim_segment(conn, stale_lease, ME)
-    before = requests(engine)
-
-    first = flow.synthesize(rt, orphan, redelivered=True)
-    assert broker.client.pttl(f"rime-batch:lease:segment:{stale_lease}") > 0
-    started = time.monotonic()
-    second = flow.synthesize(rt, stale_lease, redelivered=True)
-    waited = time.monotonic() - started
-
-    assert first.outcome is Outcome.SYNTHESIZED
-    assert second.outcome is Outcome.SYNTHESIZED
-    # It waited for the dead worker's lease to run out, no longer than its redelivery wait.
-    assert waited < 1.5 * LEASE + 0.5
-    for segment_pk in (orphan, stale_lease):
-        row = segment_row(rt.db, segment_pk)
-        assert row.state is State.DONE
-        assert row.last_error == flow.TAKEN_OVER
-        assert row.attempts == 1
-    assert requests(engine) - before == 2
-    # Taken over, it went on as usual: the script was stitched and the finish sent.
-    output_of(rt.db, refs[0].script_pk)
-    assert broker.stitches() == [finish(job_id)]
-
-
-def test_a_stitch_left_running_by_a_dead_worker_is_taken_over_and_finished(
+def test_a_stitch_a_live_executor_holds_is_skipped_and_its_claim_left_alone(
     runtimes: Runtimes, broker: Broker, tmp_path: Path
 ) -> None:
     rt = runtimes(queues=[SYNTH_QUEUE])
@@ -297,13 +250,70 @@ def test_a_stitch_left_running_by_a_dead_worker_is_taken_over_and_finished(
     [[ref]] = segments_by_script(rt.db, job_id)
     synthesize_all(rt, [ref.segment_pk])
     broker.clear()
-    with rt.db.begin() as conn:
-        assert transitions.claim_stitch(conn, ref.script_pk, ME)  # and then it died
+    with executor_for(rt.db, executors.WORKER) as other:
+        theirs = other.claim()
+        with rt.db.begin() as conn:
+            assert transitions.claim_stitch(conn, ref.script_pk, theirs)
 
-    done = flow.stitch(rt, ref.script_pk, redelivered=True)
+        skipped = flow.stitch(rt, ref.script_pk)
+
+        assert skipped.outcome is Outcome.SKIPPED
+        row = script_row(rt.db, ref.script_pk)
+        assert row.state is State.RUNNING and row.outputs == []
+        assert (row.claim, row.executor) == (theirs.token, other.id)
+        assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+
+
+def test_a_segment_left_running_by_a_dead_executor_is_taken_over_and_finished(
+    runtimes: Runtimes, broker: Broker, engine: RunningEngine, tmp_path: Path
+) -> None:
+    rt = runtimes()
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=2)
+    [refs] = segments_by_script(rt.db, job_id)
+    rowless, stopped = (ref.segment_pk for ref in refs)
+    # One executor's row is gone (it was removed as dead); the other's is left, no longer
+    # beating. Both were claimed just now: only the executor's heartbeat counts, not the age.
+    killed = died_an_hour_ago(rt.db)
+    with rt.db.begin() as conn:
+        assert transitions.claim_segment(conn, rowless, ME)
+        assert transitions.claim_segment(conn, stopped, killed)
+    before = requests(engine)
+
+    first = flow.synthesize(rt, rowless)
+    second = flow.synthesize(rt, stopped)
+
+    assert first.outcome is Outcome.SYNTHESIZED
+    assert second.outcome is Outcome.SYNTHESIZED
+    for segment_pk in (rowless, stopped):
+        row = segment_row(rt.db, segment_pk)
+        assert row.state is State.DONE
+        assert row.executor == rt.executor.id
+        assert row.last_error == transitions.TAKEN_OVER
+        assert row.attempts == 1
+        assert row.billed_chars == row.chars
+    assert requests(engine) - before == 2
+    # Taken over, it went on as usual: the script was stitched and the finish sent.
+    output_of(rt.db, refs[0].script_pk)
+    assert broker.stitches() == [finish(job_id)]
+
+
+def test_a_stitch_left_running_by_a_dead_executor_is_taken_over_and_finished(
+    runtimes: Runtimes, broker: Broker, tmp_path: Path
+) -> None:
+    rt = runtimes(queues=[SYNTH_QUEUE])
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=1)
+    [[ref]] = segments_by_script(rt.db, job_id)
+    synthesize_all(rt, [ref.segment_pk])
+    broker.clear()
+    killed = died_an_hour_ago(rt.db)
+    with rt.db.begin() as conn:
+        assert transitions.claim_stitch(conn, ref.script_pk, killed)
+
+    done = flow.stitch(rt, ref.script_pk)
 
     assert done.outcome is Outcome.STITCHED
     output_of(rt.db, ref.script_pk)
+    assert script_row(rt.db, ref.script_pk).executor == rt.executor.id
     assert broker.stitches() == [finish(job_id)]
 
 
@@ -340,7 +350,11 @@ def test_finish_writes_results_json_for_a_failed_job(runtimes: Runtimes, tmp_pat
     job_id = record_job(rt.db, tmp_path / "job", scripts=2, lines=1)
     first, second = segments_by_script(rt.db, job_id)
     synthesize_all(rt, [first[0].segment_pk])
+    # Another worker synthesized the second script and failed to stitch it.
     with rt.db.begin() as conn:
+        assert transitions.claim_segment(conn, second[0].segment_pk, ME)
+        assert transitions.finish_segment(conn, second[0].segment_pk, ME, audio_seconds=1.0)
+        assert transitions.claim_stitch(conn, second[0].script_pk, ME)
         assert transitions.fail_script(conn, second[0].script_pk, ME, "stitching failed: disk")
 
     assert flow.finish(rt, job_id) is State.FAILED
@@ -351,7 +365,7 @@ def test_finish_writes_results_json_for_a_failed_job(runtimes: Runtimes, tmp_pat
     assert document["scripts"][1]["error"] == "stitching failed: disk"
 
 
-def test_close_stops_every_thread_the_runtime_started(
+def test_close_stops_every_thread_the_runtime_started_and_removes_its_executor(
     runtimes: Runtimes, broker: Broker, tmp_path: Path
 ) -> None:
     before = threads_of_ours()
@@ -362,11 +376,17 @@ def test_close_stops_every_thread_the_runtime_started(
         rt.start_sweeper()
         job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=1)
         [[ref]] = segments_by_script(rt.db, job_id)
-        token = rt.leases.acquire("segment:0")
-        assert token is not None
         synthesize_all(rt, [ref.segment_pk])
         started = {t.name for t in threads_of_ours() - before}
-        assert {"rime-batch-loop", "lease-keeper", "rime-batch-sweeper"} <= started
+        assert {"rime-batch-loop", "rime-batch-heartbeat", "rime-batch-sweeper"} <= started
+        assert row_of(rt.db, EXECUTORS, rt.executor.id).kind == executors.WORKER
+        # The heartbeat beats while the runtime lives.
+        first = row_of(rt.db, EXECUTORS, rt.executor.id).heartbeat_at
+        poll_until(
+            lambda: row_of(rt.db, EXECUTORS, rt.executor.id).heartbeat_at > first,
+            10,
+            "a heartbeat",
+        )
     finally:
         rt.close()
         app.close()
@@ -374,9 +394,10 @@ def test_close_stops_every_thread_the_runtime_started(
     assert_no_thread_left(before)
     # The loop is stopped: nothing more runs on it.
     assert not rt.loop.is_running()
-    # A lease still held at close is no longer renewed, and runs out.
-    time.sleep(LEASE + 0.2)
-    assert broker.client.exists(rt.leases.key("segment:0")) == 0
+    # Its row is gone: whatever it still claimed is dead to everyone at once.
+    with rt.db.begin() as conn:
+        assert conn.scalar(select(EXECUTORS.c.id).where(EXECUTORS.c.id == rt.executor.id)) is None
+    assert broker.stitches() == [finish(job_id)]
 
 
 def test_close_leaves_no_thread_after_writing_to_a_remote_store(
@@ -414,3 +435,70 @@ def test_close_leaves_no_thread_after_writing_to_a_remote_store(
     keys = {item["Key"] for item in listed.get("Contents", [])}
     assert {"out/only.wav", f"out/{RESULTS_KEY}"} <= keys
     assert_no_thread_left(before)
+
+
+def test_a_redis_outage_makes_no_second_holder_of_a_segment_in_flight(
+    stoppable_redis: PrivateRedis,
+    database_url: str,
+    engine_factory: Callable[..., RunningEngine],
+    tmp_path: Path,
+) -> None:
+    # A segment that takes seconds before its first byte, on workers whose broker and limiter
+    # are a Redis of the test's own. The outage below outlasts the shared cap's slots and the
+    # executor timeout both: only the job table can say the first worker is alive.
+    slow = engine_factory(ttfb_ms=6000)
+    server = stoppable_redis.start()
+    made = Runtimes(server.url, database_url, slow)
+    try:
+        first, second = made(), made()
+        job_id = record_job(first.db, tmp_path / "job", scripts=1, lines=1)
+        [[ref]] = segments_by_script(first.db, job_id)
+        results: dict[str, StageResult] = {}
+
+        def synthesize_on(name: str, rt: Runtime) -> threading.Thread:
+            def run() -> None:
+                results[name] = flow.synthesize(rt, ref.segment_pk)
+
+            thread = threading.Thread(target=run, name=f"task-{name}")
+            thread.start()
+            return thread
+
+        holder = synthesize_on("first", first)
+        poll_until(
+            lambda: segment_row(first.db, ref.segment_pk).executor == first.executor.id,
+            10,
+            "the first worker's claim",
+        )
+        server.pause()
+        paused_at, beaten_since = time.monotonic(), utcnow()
+        try:
+            # The second worker gets the same segment's task (a redelivery, a sweep's resend).
+            duplicate = synthesize_on("second", second)
+            poll_until(
+                lambda: (
+                    time.monotonic() - paused_at > 2 * TEST_EXECUTOR_TIMEOUT
+                    and row_of(first.db, EXECUTORS, first.executor.id).heartbeat_at > beaten_since
+                ),
+                20,
+                "an outage longer than the executor timeout, the first worker beating through it",
+            )
+            row = segment_row(first.db, ref.segment_pk)
+            assert (row.state, row.executor) == (State.RUNNING, first.executor.id)
+        finally:
+            server.resume()
+        holder.join(timeout=60)
+        duplicate.join(timeout=60)
+        assert not holder.is_alive() and not duplicate.is_alive()
+
+        assert results["first"].outcome is Outcome.SYNTHESIZED
+        assert results["second"].outcome is Outcome.SKIPPED
+        row = segment_row(first.db, ref.segment_pk)
+        assert (row.state, row.executor) == (State.DONE, first.executor.id)
+        assert (row.attempts, row.billed_chars, row.last_error) == (1, row.chars, None)
+        metrics = slow.metrics()
+        assert (metrics["requests"], metrics["completed"]) == (1, 1)
+        assert metrics["characters"] == row.chars
+        output_of(first.db, ref.script_pk)
+    finally:
+        server.resume()
+        made.close_all()

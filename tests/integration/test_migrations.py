@@ -19,7 +19,7 @@ from pipeline.store.database import HEAD_REVISION, MIGRATIONS_DIR, alembic_confi
 from pipeline.store.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "scripts", "segments"}
+TABLES = {"jobs", "scripts", "segments", "executors"}
 
 
 def tables(url: str) -> set[str]:

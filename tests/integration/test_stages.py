@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import Engine
 
 from pipeline import wav
-from pipeline.audio import EXTENSIONS
 from pipeline.files import is_temp_name, sha256_file
 from pipeline.results import RESULTS_KEY, results_document
 from pipeline.retry import RetryPolicy
@@ -30,7 +29,7 @@ from pipeline.stages import (
     stitch_stage,
     synth_stage,
 )
-from pipeline.storage import LocalStore, content_type_for, open_store
+from pipeline.storage import OUTPUT_EXTENSIONS, LocalStore, content_type_for, open_store
 from pipeline.store import OutputFile, State, transitions
 from pipeline.store.executors import WORKER
 from pipeline.store.transitions import NOTHING, Next
@@ -629,14 +628,14 @@ async def test_stitch_stage_writes_every_format_as_the_job_table_records_it(
     outputs = [OutputFile(**o) for o in row.outputs]
     assert [o.format for o in outputs] == list(ALL_FORMATS)
     for output in outputs:
-        path = dest / f"script-0{EXTENSIONS[output.format]}"
+        path = dest / f"script-0{OUTPUT_EXTENSIONS[output.format]}"
         assert output.uri == str(path)
         assert output.sha256 == sha256_file(path)
         assert output.bytes == path.stat().st_size > 0
     wav_file = (dest / "script-0.wav").read_bytes()
     assert wav.parse(wav_file).duration == pytest.approx(seconds, abs=1e-6)
     # The outputs and the cache, and nothing else: no temp files, no scratch folder.
-    assert files_in(dest) == {f"script-0{EXTENSIONS[f]}" for f in ALL_FORMATS} | {
+    assert files_in(dest) == {f"script-0{OUTPUT_EXTENSIONS[f]}" for f in ALL_FORMATS} | {
         cache_path(ctx, dest, job, 0, i).relative_to(dest).as_posix() for i in (0, 1)
     }
     assert no_temp_files(dest)
@@ -679,7 +678,7 @@ async def test_stitch_stage_uploads_every_format_to_s3_as_the_job_table_records_
         row = script_row(ctx.db, script_pk)
         assert row.audio_seconds == pytest.approx(expected_seconds(job, s), abs=0.01)
         for output in (OutputFile(**o) for o in row.outputs):
-            key = f"renders/2026/script-{s}{EXTENSIONS[output.format]}"
+            key = f"renders/2026/script-{s}{OUTPUT_EXTENSIONS[output.format]}"
             assert output.uri == f"s3://{s3_bucket}/{key}"
             stored = s3.client.get_object(Bucket=s3_bucket, Key=key)
             body = stored["Body"].read()
@@ -690,7 +689,7 @@ async def test_stitch_stage_uploads_every_format_to_s3_as_the_job_table_records_
             assert stored["Metadata"]["job-id"] == job.job_id
     listed = s3.client.list_objects_v2(Bucket=s3_bucket)["Contents"]
     assert {o["Key"] for o in listed} == {
-        f"renders/2026/script-{s}{EXTENSIONS[f]}" for s in (0, 1) for f in formats
+        f"renders/2026/script-{s}{OUTPUT_EXTENSIONS[f]}" for s in (0, 1) for f in formats
     } | {
         "renders/2026/" + ctx.cache_path(seg.cache_key)
         for script in job.plan.scripts

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio import EXTENSIONS
 from pipeline.files import is_temp_name, sha256_file
 from pipeline.plan import OutputSpec
 from pipeline.stitch import Part, StitchSpec, stitch
+from pipeline.storage import OUTPUT_EXTENSIONS
 from tests.fixtures.services import poll_until
 
 RATE = 24000
@@ -81,5 +81,5 @@ def test_a_stitch_killed_while_encoding_leaves_the_previous_outputs_whole(
 
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if not is_temp_name(n)] == ["prog.mp3", "prog.wav"]
-    after = {fmt: sha256_file(out / f"prog{EXTENSIONS[fmt]}") for fmt in FORMATS}
+    after = {fmt: sha256_file(out / f"prog{OUTPUT_EXTENSIONS[fmt]}") for fmt in FORMATS}
     assert after == before, "an output was replaced by a half-written file"

@@ -1,7 +1,9 @@
 """The sweeper (`workers.sweep`) on real db, a real Redis and a Dispatcher on the broker.
 
-Time is moved by moving the job table's timestamps back (a claim an hour old), never by a
-fake clock; sweep intervals and stall windows are tenths of a second.
+A dead worker is an executor whose heartbeat is older than the sweeper's executor timeout (its
+row moved back in time, or gone); a live one is a real `Executor` beating its row. Time is
+moved by moving the job table's timestamps back, never by a fake clock; sweep intervals and
+stall windows are tenths of a second.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from celery import Celery
 from sqlalchemy import Engine, select
 
 from pipeline.settings import Settings
-from pipeline.store import State, open_database, transitions
-from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS
-from tests.fixtures.jobs import ME, row_of, set_back
-from tests.fixtures.services import PrivateRedis
+from pipeline.store import State, executors, open_database, transitions
+from pipeline.store.schema import EXECUTORS, JOBS, SCRIPTS, SEGMENTS
+from pipeline.store.transitions import Claim
+from tests.fixtures.jobs import ME, executor_for, row_of, set_back
+from tests.fixtures.services import PrivateRedis, poll_until
 from tests.fixtures.worker_runtime import (
     Broker,
     assert_no_thread_left,
@@ -41,7 +44,7 @@ from workers.sweep import KICK_PREFIX, LOCK_KEY, Sweeper, Swept
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
-STALE = 60.0  # seconds: a claim older than this belongs to a dead worker
+TIMEOUT = 60.0  # seconds: an executor silent for longer is dead, and its claims orphans
 HOUR = 3600.0
 
 
@@ -84,7 +87,7 @@ def make_sweeper(db: Engine, app: Celery, redis_url: str) -> Iterator[MakeSweepe
 
     def make(
         *,
-        stale: float = STALE,
+        executor_timeout: float = TIMEOUT,
         stall: float = HOUR,
         interval: float = 0.2,
         client: redis.Redis | None = None,
@@ -96,7 +99,7 @@ def make_sweeper(db: Engine, app: Celery, redis_url: str) -> Iterator[MakeSweepe
             on or db,
             dispatch or Dispatcher(app),
             connection,
-            stale_seconds=stale,
+            executor_timeout=executor_timeout,
             stall_seconds=stall,
             interval=interval,
         )
@@ -122,12 +125,21 @@ def move_back(db: Engine, job_id: str, seconds: float) -> None:
                 set_back(conn, table, pk, seconds, *stamps)
 
 
-def claim_back(db: Engine, segment_pk: int, seconds: float) -> None:
-    """Claim a segment as a worker did `seconds` ago (and then, say, died)."""
+def claim_back(db: Engine, segment_pk: int, seconds: float, claim: Claim = ME) -> None:
+    """Claim a segment as a worker did `seconds` ago (by default one whose executor is gone)."""
     with db.begin() as conn:
-        assert transitions.claim_segment(conn, segment_pk, ME)
+        assert transitions.claim_segment(conn, segment_pk, claim)
     with db.begin() as conn:
         set_back(conn, SEGMENTS, segment_pk, seconds, "started_at")
+
+
+def silent_for(db: Engine, seconds: float) -> Claim:
+    """A claim of a worker whose heartbeat stopped `seconds` ago (SIGKILLed, frozen)."""
+    executor_id = f"silent-{int(seconds)}"
+    with db.begin() as conn:
+        executors.register(conn, executor_id, executors.WORKER)
+        set_back(conn, EXECUTORS, executor_id, seconds, "started_at", "heartbeat_at")
+    return Claim(f"{executor_id}.1", executor_id)
 
 
 def finish_segments(db: Engine, segment_pks: list[int]) -> None:
@@ -148,65 +160,94 @@ def sweeper_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "rime-batch-sweeper"]
 
 
-def test_a_stale_segment_claim_is_requeued_and_the_jobs_work_sent(
+def test_a_dead_executors_segment_claim_is_requeued_and_the_jobs_work_sent(
     db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
     job_id = record_job(db, tmp_path / "job", scripts=2, lines=2)
     (a, b), (c, d) = segments_by_script(db, job_id)
-    claim_back(db, a.segment_pk, 2 * STALE)  # its worker died
-    with db.begin() as conn:
-        assert transitions.claim_segment(conn, b.segment_pk, ME)  # its worker is on it now
+    with executor_for(db, executors.WORKER) as live:
+        # a's worker stopped beating two timeouts ago, just after claiming it; b's beats.
+        claim_back(db, a.segment_pk, 0, silent_for(db, 2 * TIMEOUT))
+        claim_back(db, b.segment_pk, 0, live.claim())
 
-    swept = make_sweeper().sweep()
+        swept = make_sweeper().sweep()
 
-    # Three pending segments and the rollup; the job is not stalled (b was just claimed).
-    assert swept == [Swept(job_id, 1, 0, False, 4)]
-    row = row_of(db, SEGMENTS, a.segment_pk)
-    assert row.state is State.PENDING and row.started_at is None
-    assert row.last_error == "requeued: claimed too long ago"
-    assert row_of(db, SEGMENTS, b.segment_pk).state is State.RUNNING
-    assert broker.synth() == [synthesize(ref.segment_pk) for ref in (a, c, d)]
-    assert broker.stitches() == [finish(job_id)]
+        # Three pending segments and the rollup; the job is not stalled (just claimed).
+        assert swept == [Swept(job_id, 1, 0, False, 4)]
+        row = row_of(db, SEGMENTS, a.segment_pk)
+        assert row.state is State.PENDING and row.started_at is None
+        assert (row.claim, row.executor) == (None, None)
+        assert row.last_error == transitions.TAKEN_OVER
+        assert row_of(db, SEGMENTS, b.segment_pk).state is State.RUNNING
+        assert broker.synth() == [synthesize(ref.segment_pk) for ref in (a, c, d)]
+        assert broker.stitches() == [finish(job_id)]
 
 
-def test_a_stale_stitch_claim_is_requeued_and_the_jobs_work_sent(
+def test_a_dead_executors_stitch_claim_is_requeued_and_the_jobs_work_sent(
     db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
     job_id = record_job(db, tmp_path / "job", scripts=2, lines=2)
     first, second = segments_by_script(db, job_id)
     script_pk = first[0].script_pk
     finish_segments(db, [ref.segment_pk for ref in first])
+    # Its executor's row is gone: removed as dead, or the worker stopped without its claims.
     with db.begin() as conn:
         assert transitions.claim_stitch(conn, script_pk, ME)
-    with db.begin() as conn:
-        set_back(conn, SCRIPTS, script_pk, 2 * STALE, "stitch_started_at")
 
     swept = make_sweeper().sweep()
 
     assert swept == [Swept(job_id, 0, 1, False, 4)]
     row = row_of(db, SCRIPTS, script_pk)
     assert row.state is State.PENDING and row.stitch_started_at is None
+    assert (row.claim, row.executor) == (None, None)
     assert broker.synth() == [synthesize(ref.segment_pk) for ref in second]
     assert broker.stitches() == [stitch(script_pk), finish(job_id)]
 
 
-def test_fresh_claims_are_left_alone(
+def test_a_live_executors_claims_are_left_alone_however_old(
     db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
 ) -> None:
     job_id = record_job(db, tmp_path / "job", scripts=2, lines=2)
     first, second = segments_by_script(db, job_id)
     finish_segments(db, [ref.segment_pk for ref in first])
-    with db.begin() as conn:
-        assert transitions.claim_stitch(conn, first[0].script_pk, ME)
-    # Claimed a while ago, but well within the visibility timeout.
-    claim_back(db, second[0].segment_pk, STALE / 2)
-    sweeper = make_sweeper()
+    with executor_for(db, executors.WORKER) as live:
+        stitching, synthesizing = live.claim(), live.claim()
+        with db.begin() as conn:
+            assert transitions.claim_stitch(conn, first[0].script_pk, stitching)
+            set_back(conn, SCRIPTS, first[0].script_pk, HOUR, "stitch_started_at")
+        # Claimed an hour ago, a hundred times the executor timeout: a long request, not a
+        # dead worker, for its executor still beats.
+        claim_back(db, second[0].segment_pk, HOUR, synthesizing)
+        # And one whose worker fell silent, but not for long enough to be dead.
+        claim_back(db, second[1].segment_pk, 0, silent_for(db, TIMEOUT / 2))
+        sweeper = make_sweeper()
 
-    assert sweeper.sweep() == []
+        assert sweeper.sweep() == []
+        assert sweeper.sweep_job(job_id) == Swept(job_id, 0, 0, False, 0)
+        script = row_of(db, SCRIPTS, first[0].script_pk)
+        assert script.state is State.RUNNING and script.claim == stitching.token
+        segment = row_of(db, SEGMENTS, second[0].segment_pk)
+        assert segment.state is State.RUNNING and segment.claim == synthesizing.token
+        assert row_of(db, SEGMENTS, second[1].segment_pk).state is State.RUNNING
+        assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+
+
+def test_a_claim_is_requeued_once_its_executor_has_been_silent_for_the_timeout(
+    db: Engine, make_sweeper: MakeSweeper, broker: Broker, tmp_path: Path
+) -> None:
+    job_id = record_job(db, tmp_path / "job", scripts=1, lines=1)
+    [[ref]] = segments_by_script(db, job_id)
+    # Its worker beat for the last time just now, and then was SIGKILLed.
+    claim_back(db, ref.segment_pk, 0, silent_for(db, 0))
+    sweeper = make_sweeper(executor_timeout=2.0)
     assert sweeper.sweep_job(job_id) == Swept(job_id, 0, 0, False, 0)
-    assert row_of(db, SCRIPTS, first[0].script_pk).state is State.RUNNING
-    assert row_of(db, SEGMENTS, second[0].segment_pk).state is State.RUNNING
-    assert broker.everything() == {"rime-batch": [], "rime-batch.stitch": []}
+    assert row_of(db, SEGMENTS, ref.segment_pk).state is State.RUNNING
+
+    poll_until(lambda: sweeper.sweep_job(job_id).segments_requeued == 1, 10, "a requeue")
+
+    assert row_of(db, SEGMENTS, ref.segment_pk).state is State.PENDING
+    assert broker.synth() == [synthesize(ref.segment_pk)]
+    assert broker.stitches() == [finish(job_id)]
 
 
 def test_a_stalled_job_is_resent_once_per_stall_window(
@@ -221,8 +262,10 @@ def test_a_stalled_job_is_resent_once_per_stall_window(
     move_back(db, stalled, 60)  # started a minute ago, nothing claimed since
     move_back(db, moving, 60)
     [busy, _] = segments_by_script(db, moving)[0]
+    live = executor_for(db, executors.WORKER)  # a worker is on it, beating
+    mine = live.claim()
     with db.begin() as conn:
-        assert transitions.claim_segment(conn, busy.segment_pk, ME)  # a worker is on it
+        assert transitions.claim_segment(conn, busy.segment_pk, mine)
     work = [synthesize(ref.segment_pk) for refs in segments_by_script(db, stalled) for ref in refs]
     sweeper = make_sweeper(stall=0.8)
     client = redis.Redis.from_url(redis_url)
@@ -239,19 +282,20 @@ def test_a_stalled_job_is_resent_once_per_stall_window(
         assert 0 < ttl <= 800
         assert broker.synth() == work
 
-        # A stale claim is resent at once, stall window or not.
-        claim_back(db, work[0].args[0], 2 * STALE)
+        # A dead executor's claim is requeued and resent at once, stall window or not.
+        claim_back(db, work[0].args[0], 2 * TIMEOUT)
         assert sweeper.sweep() == [Swept(stalled, 1, 0, True, 5)]
         assert broker.synth() == work * 2
 
         # The window over, the stalled job is sent once more; the other job is still moving.
         time.sleep(ttl / 1000 + 0.05)
         with db.begin() as conn:
-            assert transitions.finish_segment(conn, busy.segment_pk, ME, audio_seconds=1.0)
+            assert transitions.finish_segment(conn, busy.segment_pk, mine, audio_seconds=1.0)
         assert sweeper.sweep() == [Swept(stalled, 0, 0, True, 5)]
         assert broker.synth() == work * 3
         assert broker.stitches() == [finish(stalled)] * 3
     finally:
+        live.close()
         client.close()
 
 
@@ -260,13 +304,15 @@ def test_only_running_jobs_are_swept(
 ) -> None:
     cancelled = record_job(db, tmp_path / "cancelled", scripts=1, lines=2)
     [[claimed, _]] = segments_by_script(db, cancelled)
-    claim_back(db, claimed.segment_pk, 2 * STALE)
+    claim_back(db, claimed.segment_pk, 2 * TIMEOUT)
     with db.begin() as conn:
         transitions.cancel_job(conn, cancelled)
     failed = record_job(db, tmp_path / "failed", scripts=1, lines=1)
     [[only]] = segments_by_script(db, failed)
+    finish_segments(db, [only.segment_pk])
     with db.begin() as conn:
-        transitions.fail_script(conn, only.script_pk, ME, "given up")
+        assert transitions.claim_stitch(conn, only.script_pk, ME)
+        assert transitions.fail_script(conn, only.script_pk, ME, "given up")
         assert transitions.settle_job(conn, failed) is State.FAILED
     for job_id in (cancelled, failed):
         move_back(db, job_id, HOUR)

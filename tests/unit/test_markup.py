@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.errors import InputError, MarkupError
 from pipeline.markup import (
+    MAX_PAUSE_MS,
     Pause,
     Phonemes,
     SpeedWord,
@@ -103,3 +104,23 @@ def test_too_many_speed_values_points_at_the_end() -> None:
         check_inline_speed(parse(text), [1.5, 2.0, 3.0], len(text))
     assert caught.value.position == len(text)
     assert "1 bracketed [word]s but inlineSpeedAlpha has 3 values" in caught.value.message
+
+
+def test_a_pause_may_be_as_long_as_the_limit() -> None:
+    assert parse(f"<{MAX_PAUSE_MS}>") == (Pause(0, len(str(MAX_PAUSE_MS)) + 2, MAX_PAUSE_MS),)
+    assert parse("<000060000>")[0] == Pause(0, 11, 60_000)  # leading zeros count for nothing
+
+
+@pytest.mark.parametrize("digits", [str(MAX_PAUSE_MS + 1), "99999999999", "9" * 5000])
+def test_a_longer_pause_is_refused_however_many_digits(digits: str) -> None:
+    with pytest.raises(MarkupError) as caught:
+        parse(f"Wait. <{digits}> Go.")
+
+    assert caught.value.position == 6
+    assert f"longer than the limit of {MAX_PAUSE_MS} milliseconds" in caught.value.message
+    assert len(caught.value.message) < 120  # a 5,000-digit marker is not repeated whole
+
+
+def test_pause_digits_are_ascii() -> None:
+    with pytest.raises(MarkupError, match="must be whole milliseconds"):
+        parse("Wait <\u0663\u0660\u0660> here")  # Arabic-Indic 300: Rime reads ASCII digits
