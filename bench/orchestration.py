@@ -146,7 +146,7 @@ def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Run
     plan = replace(plan, destination=str(folder / "embedded-out"))
     with db.begin() as conn:
         job_id = record_plan(conn, plan)
-    limits = LimitConfig(concurrency=concurrency)
+    limits = LimitConfig(concurrency=concurrency, adaptive=False)
 
     async def go() -> State:
         async with AsyncRimeHttpClient(api_key=KEY, url=url, max_connections=concurrency) as client:

@@ -230,7 +230,7 @@ def run_embedded(bench: Bench) -> Figures:
     db = create_engine_for(url)
     with db.begin() as conn:
         job_id = record_plan(conn, bench.plan)
-    limits = LimitConfig(concurrency=bench.concurrency)
+    limits = LimitConfig(concurrency=bench.concurrency, adaptive=False)
 
     async def go() -> None:
         async with AsyncRimeHttpClient(api_key=KEY, url=bench.engine.http_url) as client:

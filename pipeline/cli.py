@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from functools import cache
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from sqlalchemy import Engine
 
-    from pipeline.plan import JobPlan
+    from pipeline.plan import JobPlan, PlannedSegment
     from pipeline.progress import Done
     from pipeline.store import State
 
@@ -107,16 +107,10 @@ def _where(url: str) -> str:
 @cache
 def _database() -> Engine:
     """The job table named by DATABASE_URL, migrated to the current schema (once a process)."""
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-
+    from pipeline.reach import open_job_table
     from pipeline.settings import get_settings
-    from pipeline.store import open_database
 
-    url = get_settings().database_url
-    try:
-        return open_database(url)
-    except (SQLAlchemyError, ArgumentError, OSError) as exc:
-        raise RimeBatchError(f"cannot open the job table at {_where(url)}: {exc}") from exc
+    return open_job_table(get_settings().database_url)
 
 
 @contextmanager
@@ -139,12 +133,21 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
         engine.stop()
 
 
-def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | None) -> State:
+def _execute(
+    plan: JobPlan,
+    concurrency: int | None,
+    rpm: int | None,
+    record: Callable[[], str],
+    resuming: str | None = None,
+) -> tuple[str, State]:
+    """Check Rime for the plan's voices, then `record()` the job (or take the one `resuming`)
+    and run it; its id and state."""
     import asyncio
 
     from pipeline.executor import Executor
     from pipeline.limits import LocalLimiter
-    from pipeline.progress import ProgressReporter
+    from pipeline.preflight import cached_for, preflight
+    from pipeline.progress import Done, ProgressReporter
     from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
     from pipeline.run import run_job
     from pipeline.settings import get_settings
@@ -159,6 +162,7 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
         limits = replace(limits, requests_per_minute=rpm)
     db = _database()
     segments = sum(len(s.segments) for s in plan.scripts)
+    job_id: str | None = None
 
     async def go(
         http_url: str,
@@ -167,6 +171,7 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
         reporter: ProgressReporter,
         executor: Executor,
     ) -> State:
+        nonlocal job_id
         # No more connections than requests the limiter lets through: idle ones cost CPU.
         pool = limits.concurrency
         async with AsyncRimeHttpClient(
@@ -184,6 +189,10 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
                 on_event=reporter,
                 cache_namespace=namespace,
             )
+            # Before the job is recorded or started: a wrong URL, key or voice leaves nothing.
+            count_probes = await preflight(client, plan, http_url, cached_for(ctx, plan))
+            job_id = await asyncio.to_thread(record)
+            await asyncio.to_thread(count_probes, db, job_id)
             return await run_job(
                 ctx,
                 job_id,
@@ -198,19 +207,24 @@ def _execute(job_id: str, plan: JobPlan, concurrency: int | None, rpm: int | Non
             segments=segments,
             chars=plan.chars,
             scripts=len(plan.scripts),
-            done=_done_so_far(db, job_id),
+            done=_done_so_far(db, resuming) if resuming is not None else Done(),
         ) as reporter,
         Executor.from_settings(db, RENDER, settings) as executor,
     ):
         try:
             try:
-                return asyncio.run(go(http_url, key, namespace, reporter, executor))
+                state = asyncio.run(go(http_url, key, namespace, reporter, executor))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None
         except KeyboardInterrupt:
-            _err().print(f"interrupted: finish it with `rime-batch resume {job_id}`")
+            if job_id is None:
+                _err().print("interrupted before the job started")
+            else:
+                _err().print(f"interrupted: finish it with `rime-batch resume {job_id}`")
             raise typer.Exit(130) from None
+    assert job_id is not None
+    return job_id, state
 
 
 def _done_so_far(db: Engine, job_id: str) -> Done:
@@ -355,10 +369,15 @@ def render(
     job_plan = _load_plan(manifest, output)
     # A destination that cannot be written fails here, before anything is billed.
     open_store(job_plan.destination).check()
-    with _database().begin() as conn:
-        job_id = record_plan(conn, job_plan)
-    _err().print(f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters")
-    _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
+
+    def record() -> str:
+        with _database().begin() as conn:
+            job_id = record_plan(conn, job_plan)
+        scripts, chars = len(job_plan.scripts), job_plan.chars
+        _err().print(f"job {job_id}: {scripts} scripts, {chars:,} characters")
+        return job_id
+
+    _finish(*_execute(job_plan, concurrency, rpm, record))
 
 
 @app.command()
@@ -382,7 +401,7 @@ def resume(
             views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
         transitions.reset_for_resume(conn, job_id)
         job_plan = load_plan(conn, job_id)
-    _finish(job_id, _execute(job_id, job_plan, concurrency, rpm))
+    _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id, resuming=job_id))
 
 
 @app.command()
@@ -431,6 +450,33 @@ def status(
             pass
 
 
+def _check_rime(plan: JobPlan) -> Callable[[Engine, str], None]:
+    """`submit`'s preflight, from this host, with the settings every host shares."""
+    import asyncio
+
+    from pipeline.preflight import preflight
+    from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
+    from pipeline.settings import get_settings
+    from pipeline.storage import cache_key_path, open_store
+
+    settings = get_settings()
+    store = open_store(plan.destination)
+
+    def cached(segment: PlannedSegment) -> bool:
+        # Where the workers look: their stages cache without a namespace.
+        return store.exists(cache_key_path(segment.cache_key))
+
+    async def go() -> Callable[[Engine, str], None]:
+        key, url = settings.rime_api_key, settings.rime_api_url
+        timeout = request_timeout(settings.read_timeout_seconds)
+        async with AsyncRimeHttpClient(
+            api_key=key, url=url, max_connections=1, timeout=timeout
+        ) as client:
+            return await preflight(client, plan, url, cached)
+
+    return asyncio.run(go())
+
+
 @app.command()
 def submit(
     manifest: Annotated[
@@ -438,18 +484,25 @@ def submit(
         typer.Argument(metavar="MANIFEST|JOB", help="A manifest, or a saved or failed job's id."),
     ],
     output: OutputOpt = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="Check Rime's URL, key and voices from this host first (a character a voice)."
+        ),
+    ] = True,
 ) -> None:
     """Send a job to the Celery workers; prints its id. See `worker` and `status -w`."""
     from workers.commands import submit as submit_job
 
+    preflight = _check_rime if check else None
     if Path(manifest).is_file():
         job_plan = _load_plan(Path(manifest), output)
-        job_id = submit_job(job_plan)
+        job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
         )
     else:
-        job_id = submit_job(manifest)
+        job_id = submit_job(manifest, preflight=preflight)
     _out().print(job_id)
 
 

@@ -1,6 +1,8 @@
 """The project's exceptions, one small tree.
 
     RimeBatchError
+    ├── Unreachable           a service a command needs (job table, broker, Rime) did not answer:
+    │                         one line naming it and its URL, never its password
     ├── InputError            bad input from the user: one message, exit code 2, no traceback
     │   ├── ManifestError     a manifest field, with file, line (YAML) or row (CSV)
     │   ├── MarkupError       malformed Rime inline markup, with its position
@@ -16,10 +18,67 @@ Messages never contain the API key.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 
 class RimeBatchError(Exception):
     """Base of every error this project raises on purpose."""
+
+
+def without_credentials(url: str) -> str:
+    """`url` as it may be shown: no user name, password or query (which can carry one)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if host is None:  # sqlite:///path, a file: nothing secret in it
+        return url.split("?", 1)[0].split("#", 1)[0]
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords in `url`: its user info's, and any query parameter named like one."""
+    try:
+        parts = urlsplit(url)
+        raw = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if value and "pass" in unquote(key).lower():
+            raw.append(value)
+    # Either spelling may be echoed back: as written in the URL, or decoded.
+    return [form for secret in raw for form in {secret, unquote(secret)}]
+
+
+def first_line(exc: BaseException, url: str | None = None) -> str:
+    """The first line of what `exc` says (a driver's own error under a wrapper's), without the
+    passwords of `url`."""
+    inner = getattr(exc, "orig", None)  # SQLAlchemy keeps the driver's error there
+    text = str(inner if isinstance(inner, BaseException) else exc)
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = line or type(exc).__name__
+    for secret in url_secrets(url) if url else ():
+        line = line.replace(secret, "***")
+    return line
+
+
+class Unreachable(RimeBatchError):
+    """A service this command needs did not answer; the message names it and its URL."""
+
+    def __init__(self, what: str, url: str, detail: str) -> None:
+        self.what = what
+        self.url = without_credentials(url)
+        super().__init__(f"cannot reach {what} at {self.url}: {detail}")
+
+    @classmethod
+    def because(cls, what: str, url: str, exc: BaseException) -> Unreachable:
+        """The error for `exc`, on one line, without the URL's password."""
+        return cls(what, url, first_line(exc, url))
 
 
 class InputError(RimeBatchError):

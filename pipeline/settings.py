@@ -111,8 +111,8 @@ class Settings(BaseModel):
     # The limits of the Rime account (None: pipeline.limits.LimitConfig's defaults).
     concurrency: PositiveInt | None = None
     requests_per_minute: PositiveInt | None = None
-    # Find the account's real limit (shared with live traffic): see pipeline.limits.
-    adaptive: bool = False
+    # Find the account's real limit (a cap set too high, live traffic): see pipeline.limits.
+    adaptive: bool | None = None
     probe_after: PositiveInt | None = None
     # After a step back or a halving, further 429s for this long are the same overload.
     cooldown_seconds: PositiveFloat | None = None
@@ -181,11 +181,12 @@ class Settings(BaseModel):
         overrides: dict[str, Any] = {
             "concurrency": self.concurrency,
             "requests_per_minute": self.requests_per_minute,
+            "adaptive": self.adaptive,
             "probe_after": self.probe_after,
             "cooldown_seconds": self.cooldown_seconds,
         }
         return replace(
-            LimitConfig(adaptive=self.adaptive),
+            LimitConfig(),
             **{k: v for k, v in overrides.items() if v is not None},
         )
 

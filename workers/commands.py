@@ -1,28 +1,45 @@
-"""Plain functions behind the command line's `submit`, `worker` and `cancel`."""
+"""Plain functions behind the command line's `submit`, `worker` and `cancel`.
+
+Each checks the services it needs before it changes anything: the job table (one line naming
+it when it does not answer, from `pipeline.reach`) and, for `submit`, the broker, so a job is
+never left running with no task sent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 
+from pipeline.errors import Unreachable, first_line
 from pipeline.plan import JobPlan
+from pipeline.reach import open_job_table
 from pipeline.settings import get_settings
 from pipeline.store import (
     State,
-    open_database,
+    load_plan,
     record_plan,
     transitions,
     views,
 )
 from workers.dispatch import QUEUES, Dispatcher
 
+BROKER = "the broker"
+# Connection attempts before the broker counts as down: a restart in progress gets a second
+# or two, a wrong URL or a stopped broker fails in about that long.
+BROKER_CHECKS = 3
+
+# Called with the plan before the job is recorded (or sent again); whatever it returns is
+# recorded with the job in the same transaction. `rime-batch submit` checks Rime with it.
+Preflight = Callable[[JobPlan], Callable[[Engine, str], None]]
+
 
 @contextmanager
 def _database(database_url: str | None) -> Iterator[Engine]:
-    db = open_database(database_url or get_settings().database_url)
+    db = open_job_table(database_url or get_settings().database_url)
     try:
         yield db
     finally:
@@ -37,26 +54,62 @@ def _app(app: Celery | None) -> Celery:
     return default
 
 
+def check_broker(app: Celery) -> None:
+    """Unreachable, in about a second, when the broker does not answer."""
+    url = str(app.conf.broker_url)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(
+                max_retries=BROKER_CHECKS - 1, interval_start=0.2, interval_step=0.4, interval_max=1
+            )
+    except (BrokerError, OSError) as exc:
+        raise Unreachable.because(BROKER, url, exc) from None
+
+
 def submit(
-    work: JobPlan | str, *, app: Celery | None = None, database_url: str | None = None
+    work: JobPlan | str,
+    *,
+    app: Celery | None = None,
+    database_url: str | None = None,
+    preflight: Preflight | None = None,
 ) -> str:
     """Record a plan, or take a saved or failed job by id, and send its work; the job's id.
 
     A job that is running already only gets its outstanding work sent again: its workers may
-    be alive, so nothing of theirs is reset.
+    be alive, so nothing of theirs is reset. The job table and the broker are checked first:
+    when either does not answer, nothing is recorded.
     """
+    app = _app(app)
     with _database(database_url) as db:
-        with db.begin() as conn:
-            if isinstance(work, JobPlan):
-                job_id = record_plan(conn, work)
-            else:
+        check_broker(app)
+        job_id: str | None = None
+        plan = work if isinstance(work, JobPlan) else None
+        if isinstance(work, str):
+            with db.begin() as conn:
                 job_id = views.resolve_job_id(conn, work)
-                if transitions.job_state(conn, job_id) is not State.RUNNING:
-                    transitions.reset_for_resume(conn, job_id)
+                if preflight is not None:
+                    plan = load_plan(conn, job_id)
+        record = preflight(plan) if preflight is not None and plan is not None else None
+        with db.begin() as conn:
+            if job_id is None:
+                assert plan is not None
+                job_id = record_plan(conn, plan)
+            elif transitions.job_state(conn, job_id) is not State.RUNNING:
+                transitions.reset_for_resume(conn, job_id)
             if transitions.job_state(conn, job_id) is not State.RUNNING:
                 transitions.start_job(conn, job_id)  # the workers' from now on
+        if record is not None:
+            record(db, job_id)
         # Only once the rows are committed: a worker may pick the first task up at once.
-        Dispatcher(_app(app)).outstanding(db, job_id)
+        try:
+            Dispatcher(app).outstanding(db, job_id)
+        except (BrokerError, OSError) as exc:
+            # The broker went away after the check: what was sent stays sent, and a resubmit
+            # sends only what is still outstanding.
+            url = str(app.conf.broker_url)
+            detail = first_line(exc, url)
+            again = f"job {job_id} is recorded: `rime-batch submit {job_id}` sends the rest"
+            raise Unreachable(BROKER, url, f"{detail}; {again}") from None
     return job_id
 
 
@@ -78,11 +131,17 @@ def run_worker(
     loglevel: str = "INFO",
     app: Celery | None = None,
 ) -> None:
-    """Run a worker in this process until it is stopped (SIGTERM or Ctrl-C: a warm shutdown)."""
+    """Run a worker in this process until it is stopped (SIGTERM or Ctrl-C: a warm shutdown).
+
+    The job table is checked first: a worker that cannot reach it would take tasks and fail
+    every one. A broker that is down is waited for, as Celery does (it may be restarting).
+    """
+    settings = get_settings()
+    open_job_table(settings.database_url).dispose()
     argv = [
         "worker",
         "--pool=threads",
-        f"--concurrency={threads or get_settings().threads}",
+        f"--concurrency={threads or settings.threads}",
         f"--queues={','.join(queues)}",
         f"--loglevel={loglevel}",
     ]

@@ -13,7 +13,9 @@ class LimitConfig:
 
     concurrency: int = 5  # Rime's pay-as-you-go plan: 5 concurrent generations
     requests_per_minute: int | None = None
-    adaptive: bool = False
+    # On by default: a cap set above the account's real limit then costs speed, not failed
+    # scripts (see pipeline.limits.aimd). Off holds the cap exactly, for a known limit.
+    adaptive: bool = True
     probe_after: int = 10  # successes in a row before an adaptive cap grows by one
     # After a halving (or a failed probe), 429s for this long are the same overload: they come
     # from requests that were already in flight.

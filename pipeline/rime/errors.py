@@ -7,8 +7,9 @@
     │   ├── StreamCut           the audio ended early, the connection reset mid-body, or the
     │   │                       audio does not decode
     │   ├── ProtocolError       the server sent a message this client cannot parse
-    │   ├── ConnectError        no connection, or it closed before any response
-    │   └── Timeout             connecting, reading or writing took too long
+    │   ├── ConnectError        no connection (refused, no such host, timed out connecting),
+    │   │                       or it closed before any response
+    │   └── Timeout             reading or writing took too long
     └── PermanentError          retrying the same request gives the same answer
         ├── BadRequest          400: bad parameters, text too long, unknown speaker
         │   └── InvalidRequest  rejected here, before sending
@@ -117,11 +118,12 @@ class ProtocolError(TransientError):
 
 
 class ConnectError(TransientError):
-    """No connection to Rime, or it closed before a response started."""
+    """No connection to Rime (refused, unknown host, timed out connecting), or it closed before
+    a response started."""
 
 
 class Timeout(TransientError):
-    """Connecting, reading or writing took longer than allowed."""
+    """Reading or writing took longer than allowed."""
 
 
 class PermanentError(RimeError):

@@ -81,10 +81,12 @@ class _Config:
     def transport_error(self, exc: httpx.HTTPError, *, body_started: bool) -> errors.RimeError:
         """The most specific of our errors for an httpx failure."""
         detail = errors.clean_message(str(exc) or type(exc).__name__, self.secret)
+        if isinstance(exc, httpx.ConnectTimeout):
+            # No connection at all, like a refusal: the host never answered.
+            return errors.ConnectError(f"timed out connecting to {self.url}: {detail}")
         if isinstance(exc, httpx.TimeoutException):
-            what = "connecting" if isinstance(exc, httpx.ConnectTimeout) else "waiting"
             # A stall after the first bytes: the audio was generated, and billed.
-            return errors.Timeout(f"timed out {what} ({self.url}): {detail}", billed=body_started)
+            return errors.Timeout(f"timed out waiting ({self.url}): {detail}", billed=body_started)
         if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
             return errors.ConnectError(f"cannot connect to {self.url}: {detail}")
         if isinstance(exc, httpx.UnsupportedProtocol):

@@ -250,7 +250,7 @@ class RimeWsClient:
         except InvalidURI as exc:
             raise errors.PermanentError(f"invalid WebSocket URL: {exc}") from exc
         except TimeoutError as exc:
-            raise errors.Timeout(f"timed out connecting to {url}") from exc
+            raise errors.ConnectError(f"timed out connecting to {url}") from exc
         except (OSError, InvalidHandshake) as exc:
             detail = errors.clean_message(str(exc) or type(exc).__name__, secret)
             raise errors.ConnectError(f"cannot connect to {url}: {detail}") from exc

@@ -181,7 +181,9 @@ def test_retried_faults_name_their_segment_and_leave_no_traceback(
     assert faults.get("cut", 0) > 0, faults
     assert "Traceback" not in result.output, result
     retries = [m for m in log_messages(result) if m.startswith("retrying")]
-    assert len(retries) >= faults["cut"] + 2, result
+    # The preflight's request meets faults too (the 429 burst first): its own warning lines.
+    preflight = [m for m in log_messages(result) if m.startswith("preflight of")]
+    assert len(retries) + len(preflight) >= faults["cut"] + 2, result
     segments = {"ivr/welcome": 3, "ivr/menu": 3, "ivr/goodbye": 1}
     for line in retries:
         found = RETRY_LINE.match(line)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from pipeline.preflight import PROBE_TEXT
 from pipeline.rime.errors import MAX_MESSAGE_CHARS
 from pipeline.store import create_engine_for
 from rime_local.server import RunningEngine
@@ -60,6 +61,10 @@ EXPECTED_OUTPUTS = {
     "out/narration/chapter.wav": ("pcm_s16le", 22050),
 }
 NARRATION_SEGMENTS = 6  # two sentences a paragraph, each its own segment under max_chars 40
+# One voice (cove on mistv2): the preflight sends one request of PROBE_TEXT, counted as an
+# attempt of the first script's segment.
+PROBED = "ivr/welcome"
+PROBE_CHARS = len(PROBE_TEXT)
 # Outputs whose segments are located one by one: (script, file, tolerance). PCM is copied sample
 # for sample; MP3 changes the waveform a little and could move it by a few samples.
 LOSSY: dict[str, float] = {"tolerance_ms": 2.0, "min_score": 0.9}
@@ -159,13 +164,15 @@ def test_render_writes_every_output_and_its_results(
             path = Path(output["uri"])
             assert output["sha256"] == sha256_of(path)
             assert output["bytes"] == path.stat().st_size
-        assert script["billed_chars"] == script["chars"] > 0
-        assert script["attempts"] == (NARRATION_SEGMENTS if "narration" in script["id"] else 1)
+        probed = script["id"] == PROBED
+        assert script["billed_chars"] == script["chars"] + probed * PROBE_CHARS > 0
+        segments = NARRATION_SEGMENTS if "narration" in script["id"] else 1
+        assert script["attempts"] == segments + probed
     assert results["chars"] == sum(s["chars"] for s in scripts.values())
-    assert results["billed_chars"] == results["chars"]
+    assert results["billed_chars"] == results["chars"] + PROBE_CHARS
     metrics = engine.metrics()
-    assert metrics["completed"] == metrics["requests"] == 2 + NARRATION_SEGMENTS
-    assert metrics["characters"] == results["chars"]
+    assert metrics["completed"] == metrics["requests"] == 2 + NARRATION_SEGMENTS + 1
+    assert metrics["characters"] == results["chars"] + PROBE_CHARS
 
     one = run.run("status", job_id[:6])
     assert one.returncode == 0, one
@@ -184,7 +191,7 @@ def test_unchanged_manifest_is_never_synthesized_twice(
     manifest = write(tmp_path, IVR_AND_NARRATION)
     first = run.run("render", manifest)
     assert first.returncode == 0, first
-    assert engine.metrics()["requests"] == 2 + NARRATION_SEGMENTS
+    assert engine.metrics()["requests"] == 2 + NARRATION_SEGMENTS + 1
     before = {rel: sha256_of(tmp_path / rel) for rel in EXPECTED_OUTPUTS}
 
     engine.reset_metrics()
@@ -206,12 +213,12 @@ def test_unchanged_manifest_is_never_synthesized_twice(
 
     assert edited.returncode == 0, edited
     metrics = engine.metrics()
-    assert metrics["requests"] == 1
-    assert metrics["characters"] == len(edited_sentence)
+    assert metrics["requests"] == 1 + 1  # the preflight, then the edited sentence
+    assert metrics["characters"] == len(edited_sentence) + PROBE_CHARS
     after = {rel: sha256_of(tmp_path / rel) for rel in EXPECTED_OUTPUTS}
     changed = {rel for rel in EXPECTED_OUTPUTS if after[rel] != before[rel]}
     assert changed == {"out/narration/chapter.mp3", "out/narration/chapter.wav"}
-    assert results_of(tmp_path / "out")["billed_chars"] == len(edited_sentence)
+    assert results_of(tmp_path / "out")["billed_chars"] == len(edited_sentence) + PROBE_CHARS
 
 
 def prompts(count: int, *, speaker_of: Callable[[int], str] = lambda _: "cove") -> str:
@@ -239,7 +246,7 @@ def test_faults_are_retried_into_the_same_audio(
     reference = run.run("render", manifest, "--output", "reference")
     assert reference.returncode == 0, reference
     segments = engine.metrics()["requests"]
-    assert segments == 12 + 2 + NARRATION_SEGMENTS
+    assert segments == 12 + 2 + NARRATION_SEGMENTS + 1  # and the preflight's
     assert results_of(tmp_path / "reference")["billed_chars"] == engine.metrics()["characters"]
 
     engine.configure(fault_seed=3, fault_error_rate=0.1, fault_cut_rate=0.05, burst_429=4)
@@ -285,7 +292,7 @@ def places_a_key_could_leak(result: CliResult, database_url: str, folder: Path) 
     }
 
 
-def test_a_refused_key_fails_fast_once_and_is_never_written(
+def test_a_refused_key_fails_in_one_line_before_any_segment_and_is_never_written(
     cli: Cli, database_url: str, engine_factory: EngineFactory, tmp_path: Path
 ) -> None:
     wrong = "rk-wrong-8d0e2b6f41c7a953"
@@ -298,60 +305,59 @@ def test_a_refused_key_fails_fast_once_and_is_never_written(
 
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
-    # Far under the retry policy's minutes: nothing is retried, and after the first refusal
-    # no other request goes out: at most the one each executor worker (twice the
-    # concurrency) had under way, where trying every segment would send ten.
+    # The preflight's one request, refused; no segment was sent, and nothing was billed.
     metrics = engine.metrics()
-    assert 1 <= metrics["rejected_401"] == metrics["requests"] <= 4
-    told = [line for line in result.stderr.splitlines() if "API key" in line]
-    assert len(told) == 1, result
-    assert "HTTP 401" in told[0]
-    results = results_of(tmp_path / "out")
-    assert results["state"] == "failed"
-    assert {s["state"] for s in results["scripts"]} == {"failed"}
-    # One attempt at most for any segment; one cut short by the refusal is not counted.
-    assert max(s["attempts"] for s in results["scripts"]) == 1
-    assert 1 <= sum(s["attempts"] for s in results["scripts"]) <= metrics["requests"]
-    assert not list((tmp_path / "out").glob("prompt-*"))
-    places = places_a_key_could_leak(result, database_url, tmp_path)
+    assert metrics["requests"] == metrics["rejected_401"] == 1
+    assert metrics["characters"] == 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result
+    assert lines[0].startswith(f"error: Rime at {engine.http_url} refused the API key"), result
+    assert "HTTP 401" in lines[0]
+    # The server's message, cut, with the key taken out before the cut.
+    assert "[redact" in lines[0], result
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    listed = run.run("status")
+    assert "prompts" not in listed.stdout  # no job was recorded
+    places = {
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "database": database_text(database_url),
+        "files": folder_bytes(tmp_path).decode("latin-1"),
+    }
     assert_no_piece_of(wrong, places)
     assert_no_piece_of(KEY, places)
-    # The server's message reached the results, cut, with the key taken out before the cut.
-    assert any("[redact" in (s["error"] or "") for s in results["scripts"]), results
 
-    # With the right key the same job finishes, sending only what was never rendered, and the
+    # With the right key the same manifest renders, nothing of the refusal is counted, and the
     # key it was given appears nowhere either.
     engine.reset_metrics()
-    resumed = cli.using(engine=engine, api_key=KEY, database_url=database_url).run(
-        "resume", results["job_id"]
-    )
-    assert resumed.returncode == 0, resumed
-    assert engine.metrics()["completed"] == 10
-    assert results_of(tmp_path / "out")["state"] == "done"
-    assert_no_piece_of(KEY, places_a_key_could_leak(resumed, database_url, tmp_path))
+    fixed = cli.using(engine=engine, api_key=KEY, database_url=database_url).run("render", manifest)
+    assert fixed.returncode == 0, fixed
+    assert engine.metrics()["completed"] == 10 + 1
+    results = results_of(tmp_path / "out")
+    assert results["state"] == "done"
+    assert results["billed_chars"] == results["chars"] + PROBE_CHARS
+    assert_no_piece_of(KEY, places_a_key_could_leak(fixed, database_url, tmp_path))
 
 
-def test_a_bad_request_fails_only_its_script(
+def test_an_unknown_speaker_stops_the_render_before_any_segment_is_sent(
     cli: Cli, engine_factory: EngineFactory, tmp_path: Path
 ) -> None:
     engine = engine_factory(api_keys=[KEY])
     run = cli.using(engine=engine, api_key=KEY)
-    write(tmp_path, prompts(4, speaker_of=lambda i: "nobody" if i == 1 else "cove"))
+    write(tmp_path, prompts(4, speaker_of=lambda i: "nobody" if i in (1, 3) else "cove"))
 
     result = run.run("render", "jobs.yaml")
 
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
-    scripts = by_id(results_of(tmp_path / "out"))
-    bad = scripts.pop("prompt-01")
-    assert bad["state"] == "failed"
-    assert bad["attempts"] == 1
-    assert bad["outputs"] == []
-    # The server's own words, carried through to the results and the terminal.
-    assert "unknown speaker 'nobody'" in bad["error"]
-    assert "unknown speaker 'nobody'" in result.stderr
-    assert not (tmp_path / "out" / "prompt-01.mulaw.wav").exists()
-    for script in scripts.values():
-        assert script["state"] == "done", script
-        assert probe(Path(script["outputs"][0]["uri"])).codec == "pcm_mulaw"
-    assert engine.metrics()["rejected_400"] == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result
+    # The manifest's field, the scripts it concerns and the server's own words.
+    assert "jobs.yaml: scripts[1].speaker ('prompt-01' and 1 more)" in lines[0], result
+    assert "unknown speaker 'nobody'" in lines[0]
+    # One preflight request per voice, in manifest order: cove passed, nobody was refused.
+    metrics = engine.metrics()
+    assert metrics["requests"] == 2
+    assert metrics["rejected_400"] == 1
+    assert metrics["characters"] == PROBE_CHARS  # no segment: only cove's one character
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

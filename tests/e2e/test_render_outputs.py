@@ -51,7 +51,7 @@ def test_pause_markup_becomes_exact_silence(
     result = cli.using(engine=engine, api_key=KEY).run("render", "jobs.yaml")
 
     assert result.returncode == 0, result
-    assert engine.metrics()["requests"] == 3  # each pause is a cut
+    assert engine.metrics()["requests"] == 3 + 1  # each pause is a cut; and the preflight
     audio = probe(tmp_path / "out" / "announcement.wav")
     assert (audio.codec, audio.sample_rate) == ("pcm_s16le", 24000)
     # espeak's own gaps between words and sentences are far shorter than the markup's.

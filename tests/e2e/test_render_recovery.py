@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.preflight import PROBE_TEXT
 from rime_local.server import RunningEngine
 from tests.fixtures.cli import Cli
 
@@ -38,6 +39,7 @@ def test_a_damaged_cache_entry_is_synthesized_again(
 
     assert again.returncode == 0, again
     assert "Traceback" not in again.stderr
+    # No preflight: the entry is there, and only the stage finds out it is damaged.
     assert engine.metrics()["requests"] == 1
     assert entry.read_bytes()[:4] == b"RIFF"
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -84,7 +86,7 @@ def test_local_engine_audio_is_never_reused_for_rime(
     keyed = cli.using(engine=engine, api_key=KEY).run("render", "jobs.yaml")
 
     assert keyed.returncode == 0, keyed
-    assert engine.metrics()["requests"] == 1
+    assert engine.metrics()["requests"] == 1 + 1  # and the preflight of its voice
     assert len(list((tmp_path / "out" / "cache").rglob("*.wav"))) == 2
 
 
@@ -107,12 +109,13 @@ def test_audio_far_too_long_for_its_text_is_rejected_billed_and_recorded(
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     metrics = engine.metrics()
-    assert (metrics["requests"], metrics["faults"]) == (2, {"implausible": 2})
+    # The preflight's one character too: its audio is not checked for plausibility.
+    assert (metrics["requests"], metrics["faults"]) == (1 + 2, {"implausible": 1 + 2})
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     [script] = results["scripts"]
     chars = len("Hello there. This is a short prompt.")
-    assert (script["state"], script["attempts"], script["outputs"]) == ("failed", 2, [])
+    assert (script["state"], script["attempts"], script["outputs"]) == ("failed", 1 + 2, [])
     assert "s of audio for 36 characters" in script["error"], script["error"]
     # Generated, so paid for, both times, though none of it could be used.
-    assert script["billed_chars"] == metrics["billed_characters"] == 2 * chars
+    assert script["billed_chars"] == metrics["billed_characters"] == 2 * chars + len(PROBE_TEXT)
     assert not list((tmp_path / "out").rglob("*.wav")), "rejected audio was cached or stitched"

@@ -36,7 +36,10 @@ def test_three_workers_never_exceed_the_global_cap(
 ) -> None:
     # The engine itself has no limit, so its peak shows what the workers really sent.
     engine = engine_factory(ttfb_ms=250)
-    env = celery_env.with_changes(rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=3)
+    # A fixed cap (adaptation, the default, would start at half of it).
+    env = celery_env.with_changes(
+        rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=3, RIME_BATCH_ADAPTIVE=0
+    )
     celery_workers.start(env, count=3, threads=3)
     plan = make_plan(tmp_path / "job", scripts=3, lines=5)
 

@@ -120,7 +120,7 @@ def test_the_adaptive_cap_is_the_same_locally_and_in_redis(
 def test_the_budget_is_the_same_locally_and_in_redis(
     redis_url: str, per_minute: int, script: list[tuple[int, float]]
 ) -> None:
-    config = LimitConfig(concurrency=1, requests_per_minute=per_minute)
+    config = LimitConfig(concurrency=1, requests_per_minute=per_minute, adaptive=False)
 
     async def scenario() -> None:
         # Two clocks that start together: each limiter sleeps its waits on its own.

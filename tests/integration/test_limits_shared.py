@@ -56,7 +56,7 @@ async def _wait_for_go(client: aioredis.Redis, namespace: str) -> None:
 
 
 async def _contend(spec: dict[str, Any]) -> None:
-    config = LimitConfig(concurrency=spec["cap"])
+    config = LimitConfig(concurrency=spec["cap"], adaptive=False)
     client = aioredis.Redis.from_url(spec["url"])
     limiter = RedisLimiter(client, config, namespace=spec["namespace"], lease_seconds=5.0)
     intervals: list[tuple[float, float]] = []
@@ -76,7 +76,7 @@ async def _contend(spec: dict[str, Any]) -> None:
 
 
 async def _hold(spec: dict[str, Any]) -> None:
-    config = LimitConfig(concurrency=spec["cap"])
+    config = LimitConfig(concurrency=spec["cap"], adaptive=False)
     client = aioredis.Redis.from_url(spec["url"])
     limiter = RedisLimiter(client, config, namespace=spec["namespace"], lease_seconds=spec["lease"])
     async with limiter.slot():
@@ -141,7 +141,7 @@ def test_processes_never_hold_more_than_the_cap_together(redis_url: str, tmp_pat
 @pytest.mark.timeout(60)
 def test_a_killed_holders_lease_expires_and_others_proceed(redis_url: str) -> None:
     namespace, lease = _namespace(), 1.5
-    config = LimitConfig(concurrency=1)
+    config = LimitConfig(concurrency=1, adaptive=False)
     child = _spawn(
         {"mode": "hold", "url": redis_url, "namespace": namespace, "cap": 1, "lease": lease}
     )
@@ -178,7 +178,7 @@ def test_a_killed_holders_lease_expires_and_others_proceed(redis_url: str) -> No
 
 @pytest.mark.timeout(60)
 def test_cancelled_waits_return_at_once_and_leave_nothing_behind(redis_url: str) -> None:
-    config = LimitConfig(concurrency=2)
+    config = LimitConfig(concurrency=2, adaptive=False)
     namespace = _namespace()
 
     async def scenario() -> None:
@@ -213,7 +213,7 @@ def test_cancelled_waits_return_at_once_and_leave_nothing_behind(redis_url: str)
 @pytest.mark.timeout(30)
 def test_the_budget_admits_the_burst_then_the_rate(redis_url: str) -> None:
     per_minute, window = 600, 2.0
-    config = LimitConfig(concurrency=100, requests_per_minute=per_minute)
+    config = LimitConfig(concurrency=100, requests_per_minute=per_minute, adaptive=False)
     namespace = _namespace()
     admitted: list[float] = []
 
@@ -271,7 +271,7 @@ class Refused(Exception):
 @pytest.mark.timeout(30)
 def test_concurrent_takes_never_overspend_the_budget(redis_url: str) -> None:
     # Three workers at one frozen instant: the burst of 10 is taken once between them, not more.
-    config = LimitConfig(concurrency=100, requests_per_minute=60)
+    config = LimitConfig(concurrency=100, requests_per_minute=60, adaptive=False)
     namespace = _namespace()
     waits: list[float] = []
 
@@ -456,7 +456,7 @@ def test_a_429_inside_a_slot_lowers_the_cap_before_the_slot_is_handed_on(redis_u
 
 
 def test_without_adaptive_mode_429s_leave_the_cap_alone(redis_url: str) -> None:
-    config = LimitConfig(concurrency=3)
+    config = LimitConfig(concurrency=3, adaptive=False)
 
     async def scenario() -> tuple[int, int]:
         async with RedisLimiter(redis_url, config, namespace=_namespace()) as limiter:
@@ -516,7 +516,7 @@ def test_the_adaptive_state_is_forgotten_only_after_an_idle_spell(redis_url: str
 def test_waits_out_a_redis_that_is_down_and_survives_a_restart(tmp_path: Path) -> None:
     require_binary("redis-server")
     server = PrivateRedis(tmp_path)
-    config = LimitConfig(concurrency=2)
+    config = LimitConfig(concurrency=2, adaptive=False)
 
     async def scenario() -> None:
         limiter = RedisLimiter(server.url, config, namespace=_namespace(), lease_seconds=1.5)
@@ -570,7 +570,9 @@ def test_a_fixed_cap_costs_one_round_trip_to_acquire_and_one_to_release(redis_ur
 
     async def scenario() -> int:
         client = aioredis.Redis.from_url(redis_url, connection_class=Counting)
-        async with RedisLimiter(client, LimitConfig(concurrency=2), _namespace()) as limiter:
+        async with RedisLimiter(
+            client, LimitConfig(concurrency=2, adaptive=False), _namespace()
+        ) as limiter:
             async with limiter.slot():
                 pass  # connects and loads the scripts
             before = sent

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,6 +22,7 @@ from pipeline.rime.errors import (
 )
 from pipeline.rime.http import AsyncRimeHttpClient, RequestBody, RimeHttpClient
 from pipeline.rime.params import AudioFormat, TtsRequest, VoiceParams
+from tests.fixtures.services import closed_port
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 COVE = VoiceParams("cove", "mistv2", sampling_rate=22050)
@@ -61,13 +61,6 @@ def synthesize(request: pytest.FixtureRequest) -> Synthesize:
         return run(url, req, fmt, api_key=api_key, **client)
 
     return call
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def _assert_no_key(err: BaseException, key: str = KEY) -> None:
@@ -248,8 +241,8 @@ def test_a_stream_that_stalls_after_its_first_bytes_was_billed(
 
 
 def test_a_closed_port_is_a_connect_error(synthesize: Synthesize) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}/v1/rime-tts"
-    with pytest.raises(ConnectError) as info:
+    with closed_port() as port, pytest.raises(ConnectError) as info:
+        url = f"http://127.0.0.1:{port}/v1/rime-tts"
         synthesize(url, TtsRequest(TEXT, COVE), api_key=KEY)
     assert url in str(info.value)
     assert not info.value.billed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import traceback
 from typing import Any
 
@@ -20,6 +19,7 @@ from pipeline.rime.errors import (
 )
 from pipeline.rime.params import AudioFormat, Segmenting, VoiceParams
 from pipeline.rime.ws import Chunk, Done, ErrorEvent, Event, RimeWsClient, Timestamps
+from tests.fixtures.services import closed_port
 
 RATE = 22050
 COVE = VoiceParams("cove", "mistv2", sampling_rate=RATE)
@@ -179,10 +179,7 @@ async def test_handshake_debug_logs_never_show_the_key(
 
 
 async def test_a_closed_port_is_a_connect_error() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(ConnectError, match=str(port)):
+    with closed_port() as port, pytest.raises(ConnectError, match=str(port)):
         async with RimeWsClient.connect(f"ws://127.0.0.1:{port}", COVE, KEY):
             pass
 

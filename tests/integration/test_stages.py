@@ -381,7 +381,9 @@ async def test_a_permanent_error_fails_the_segment_and_its_script_and_nothing_mo
     assert settle_stage(ctx, job.job_id) is State.FAILED
 
 
-EXHAUSTING = RetryPolicy(max_attempts=3, initial_wait=0.001, max_wait=0.01, jitter=0.0)
+EXHAUSTING = RetryPolicy(
+    max_attempts=3, max_rate_limited=3, initial_wait=0.001, max_wait=0.01, jitter=0.0
+)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from pipeline.storage import (
 )
 from pipeline.storage.s3 import client_from_environment
 from tests.fixtures.s3 import S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, DenyingS3, S3Env
-from tests.fixtures.services import poll_until
+from tests.fixtures.services import closed_port, poll_until
 
 MIB = 1024 * 1024
 ESCAPING_KEYS = ["", "/etc/passwd", "../outside.wav", "a/../../b.wav", "a//b.wav", "./a.wav",
@@ -384,7 +384,7 @@ def test_s3_missing_bucket_is_a_clear_error(s3: S3Env, tmp_path: Path) -> None:
 def test_s3_unreachable_endpoint_is_a_storage_error(
     s3: S3Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with socket_on_closed_port() as port:
+    with closed_port() as port:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
@@ -395,15 +395,6 @@ def test_s3_unreachable_endpoint_is_a_storage_error(
     assert message.startswith("cannot upload to s3://some-bucket/p/k.wav: ")
     assert f"127.0.0.1:{port}" in message
     assert S3_SECRET_ACCESS_KEY not in message
-
-
-@contextmanager
-def socket_on_closed_port() -> Iterator[int]:
-    """A loopback port that nothing listens on, for the length of the block."""
-    # Bound but not listening: connections are refused, and no other process can take it.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield int(sock.getsockname()[1])
 
 
 def test_s3_rejects_escaping_keys(s3: S3Env) -> None:
@@ -464,7 +455,7 @@ def test_s3_upload_to_a_closed_port_fails_as_a_storage_error(
 ) -> None:
     source = tmp_path / "chapter.wav"
     source.write_bytes(os.urandom(64 * 1024))
-    with socket_on_closed_port() as port:
+    with closed_port() as port:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")

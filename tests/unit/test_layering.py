@@ -19,9 +19,9 @@ LAYERS: list[set[str]] = [
     {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest", "pipeline.logs"},
     {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
     {"pipeline.stitch", "pipeline.store"},
-    {"pipeline.results", "pipeline.executor"},
+    {"pipeline.results", "pipeline.reach", "pipeline.executor"},
     {"pipeline.stages"},
-    {"pipeline.run", "pipeline.display", "pipeline.progress"},
+    {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},
     {"pipeline.cli"},
 ]
 # Only the command line's entry point may reach the workers (`submit`, `worker`, `cancel`).

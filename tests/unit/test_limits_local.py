@@ -24,14 +24,14 @@ async def _hammer(limiter: LocalLimiter, tasks: int, hold: float) -> int:
 
 
 async def test_concurrency_cap_is_reached_and_never_exceeded() -> None:
-    limiter = LocalLimiter(LimitConfig(concurrency=4))
+    limiter = LocalLimiter(LimitConfig(concurrency=4, adaptive=False))
     assert await _hammer(limiter, 40, 0.005) == 4
     assert limiter.peak_in_flight == 4
 
 
 async def test_requests_per_minute_budget_paces_after_the_burst() -> None:
     # 600/min = 10/s with a burst of 100: 110 requests need about one second past the burst.
-    limiter = LocalLimiter(LimitConfig(concurrency=50, requests_per_minute=600))
+    limiter = LocalLimiter(LimitConfig(concurrency=50, requests_per_minute=600, adaptive=False))
     started = time.monotonic()
     await _hammer(limiter, 110, 0.0)
     assert 0.8 < time.monotonic() - started < 2.5
@@ -66,7 +66,7 @@ def test_local_limiter_feedback_is_awaited_and_adapts_the_cap() -> None:
 
 def test_local_limiter_ignores_feedback_unless_adaptive() -> None:
     async def scenario() -> int:
-        limiter = LocalLimiter(LimitConfig(concurrency=4))
+        limiter = LocalLimiter(LimitConfig(concurrency=4, adaptive=False))
         await limiter.on_rate_limited()
         return limiter.cap
 
@@ -75,7 +75,7 @@ def test_local_limiter_ignores_feedback_unless_adaptive() -> None:
 
 async def test_a_waiter_cancelled_as_it_is_woken_passes_the_free_slot_on() -> None:
     # A release wakes one waiter only; cancelled before it runs, it must wake the next one.
-    limiter = LocalLimiter(LimitConfig(concurrency=1))
+    limiter = LocalLimiter(LimitConfig(concurrency=1, adaptive=False))
 
     async def waiter(got: asyncio.Event) -> None:
         async with limiter.slot():
