@@ -188,7 +188,7 @@ def test_a_failed_stitch_is_redone_by_resume_without_a_request(
     assert sorted(p.name for p in (tmp_path / "out" / "narration").iterdir()) == ["chapter.mp3"]
     assert blocker.is_dir() and not any(blocker.iterdir())
     requests = engine.metrics()["requests"]
-    assert requests == 2 + 6
+    assert requests == 2 + 6 + 1  # the segments, and the preflight's check of the one voice
 
     # Every segment of the narration is done: the resume stitches it and sends nothing.
     blocker.rmdir()
