@@ -147,3 +147,42 @@ def test_a_cancelled_job_stops_and_records_nothing_more(
     assert requests <= done_at_cancel + 2
     time.sleep(1.0)
     assert engine.metrics()["requests"] == requests
+
+
+def test_a_cancel_under_load_stops_every_workers_requests_and_the_job_can_be_sent_again(
+    celery_env: CeleryEnv,
+    celery_workers: WorkerPool,
+    engine_factory: EngineFactory,
+    tmp_path: Path,
+) -> None:
+    # Every request streams for seconds: both workers have several in flight at the cancel.
+    engine = engine_factory(ttfb_ms=100, pacing=0.25)
+    env = celery_env.with_changes(
+        rime_api_url=engine.http_url, RIME_BATCH_CONCURRENCY=4, RIME_BATCH_ADAPTIVE=0
+    )
+    celery_workers.start(env, count=2, threads=4)
+    plan = make_plan(tmp_path / "job", scripts=4, lines=4)
+    job_id = submit(plan, app=env.app(), database_url=env.database_url)
+    wait_until(lambda: engine.metrics()["in_flight"] >= 3, 60, "requests in flight", celery_workers)
+
+    cancel(job_id, database_url=env.database_url)
+    sent_by_then = engine.metrics()["requests"]
+
+    # Stopped by each worker's next heartbeat, not streamed to the end.
+    wait_until(
+        lambda: engine.metrics()["in_flight"] == 0, 5, "requests in flight stopped", celery_workers
+    )
+    # The queued tasks are delivered and skip: nothing is sent after the cancel (a negative,
+    # so it can only be watched for a while).
+    time.sleep(2.0)
+    assert engine.metrics()["requests"] == sent_by_then
+    summary = summary_of(env, job_id)
+    assert summary.job.state is State.CANCELLED
+    assert sum(s.billed_chars for s in summary.scripts) == engine.metrics()["billed_characters"]
+
+    # A cancelled job can be sent again; it finishes without redoing what was done.
+    engine.configure(ttfb_ms=0, pacing=0.0)
+    assert submit(job_id, app=env.app(), database_url=env.database_url) == job_id
+    wait_until(
+        lambda: summary_of(env, job_id).job.state is State.DONE, 60, "the job done", celery_workers
+    )
