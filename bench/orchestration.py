@@ -177,6 +177,8 @@ def run_celery(
         "RIME_API_URL": url,
         "RIME_API_KEY": KEY,
         "RIME_BATCH_CONCURRENCY": str(concurrency),
+        # A fixed cap, as the bare loop has: the adaptive one would start at half of it.
+        "RIME_BATCH_ADAPTIVE": "0",
         "RIME_BATCH_LIMIT_NAMESPACE": f"orchestration-{time.time_ns()}",
     }
     processes = []
