@@ -25,16 +25,7 @@ from pipeline.manifest.models import (
 from pipeline.markup import MAX_PAUSE_MS
 from pipeline.plan import JobPlan, plan_manifest
 from pipeline.storage.keys import first_clash
-
-
-def write(folder: Path, name: str, content: str | bytes) -> Path:
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8")
-    return path
+from tests.unit.test_manifest import write
 
 
 def refused(path: Path, **kwargs: str) -> ManifestError:
