@@ -100,9 +100,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segments")),
         sa.UniqueConstraint("script_pk", "index", name=op.f("uq_segments_script_pk_index")),
     )
-    op.create_index(
-        op.f("ix_segments_job_id_state"), "segments", ["job_id", "state"], unique=False
-    )
+    op.create_index(op.f("ix_segments_job_id_state"), "segments", ["job_id", "state"], unique=False)
 
 
 def downgrade() -> None:

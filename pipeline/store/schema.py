@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Double,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
@@ -132,6 +134,21 @@ EXECUTORS = Table(
     _required("heartbeat_at", UTCDateTime()),
 )
 
+# What a manifest renders at a destination, under its job name: every render of it is a job that
+# writes a release (`releases/<job id>/`), and publishing one makes it the stable set.
+PRODUCTIONS = Table(
+    "productions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _required("name", Text()),
+    _required("destination", Text()),
+    _required("created_at", UTCDateTime()),
+    # The job whose release the stable paths and the root results.json show, if any.
+    _optional("published_job", String(12)),
+    _optional("published_at", UTCDateTime()),
+    UniqueConstraint("name", "destination"),
+)
+
 # One run of a manifest.
 JOBS = Table(
     "jobs",
@@ -148,7 +165,27 @@ JOBS = Table(
     _optional("error", Text()),
     # The render process running it; None when the workers serve it (any live worker will do).
     _optional("executor", String(16)),
+    # The production it renders a release of (None for jobs recorded before releases existed).
+    Column(
+        "production_id",
+        Integer(),
+        ForeignKey("productions.id", ondelete="CASCADE"),
+        nullable=True,
+    ),
+    # How it was asked for: overrides (`set`, `voice_map`), `no_cache`, `publish` (auto or
+    # manual), `notify` (webhook URLs), the schedule that submitted it.
+    _optional("options", JSON()),
+    _optional("published_at", UTCDateTime()),  # when its release was last published
+    _optional("pruned_at", UTCDateTime()),  # when its release's files were deleted
     Index(None, "created_at"),
+    # One production renders at a time: at most one unfinished job per production.
+    Index(
+        "uq_jobs_one_active_per_production",
+        "production_id",
+        unique=True,
+        sqlite_where=text("state IN ('pending', 'running')"),
+        postgresql_where=text("state IN ('pending', 'running')"),
+    ),
 )
 
 # One script of a job: its parameters, its rollups, and its stitched outputs.
@@ -201,4 +238,55 @@ SEGMENTS = Table(
     *_claimed(),
     UniqueConstraint("script_pk", "index"),
     Index(None, "job_id", "state"),
+)
+
+# A manifest rendered on a cron schedule.
+SCHEDULES = Table(
+    "schedules",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _required("name", Text()),
+    _required("manifest", Text()),  # a path or an s3:// URI, read again at every run
+    _required("cron", Text()),
+    # Submitted with every run: overrides (`set`, `voice_map`), `publish`, `notify`.
+    _required("options", JSON()),
+    _required("only_if_changed", Boolean()),
+    _required("created_at", UTCDateTime()),
+    # The newest due time handled; the next run is the first cron time after it.
+    _optional("last_due_at", UTCDateTime()),
+    UniqueConstraint("name"),
+)
+
+# One due time of a schedule, handled once: the unique (schedule, due time) makes a second
+# beat, or a restarted one, unable to submit it again.
+SCHEDULE_RUNS = Table(
+    "schedule_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _required("schedule_id", Integer(), ForeignKey("schedules.id", ondelete="CASCADE")),
+    _required("due_at", UTCDateTime()),
+    _required("created_at", UTCDateTime()),
+    _required("outcome", String(16)),  # submitted, unchanged, failed
+    _optional("job_id", String(12)),
+    _optional("error", Text()),
+    UniqueConstraint("schedule_id", "due_at"),
+)
+
+# A webhook event of a job's end, and its delivery.
+DELIVERIES = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _required("job_id", String(12), ForeignKey("jobs.id", ondelete="CASCADE")),
+    _required("url", Text()),
+    _required("event", String(32)),  # job.published, job.done, job.failed, job.cancelled
+    _required("body", Text()),  # the exact bytes sent (and signed), as UTF-8 JSON
+    _required("state", String(16)),  # pending, delivered, failed
+    _required("attempts", Integer()),
+    _required("created_at", UTCDateTime()),
+    _optional("next_attempt_at", UTCDateTime()),
+    _optional("delivered_at", UTCDateTime()),
+    _optional("last_status", Integer()),
+    _optional("last_error", Text()),
+    Index(None, "state", "next_attempt_at"),
 )

@@ -19,7 +19,16 @@ from pipeline.store.database import HEAD_REVISION, MIGRATIONS_DIR, alembic_confi
 from pipeline.store.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "scripts", "segments", "executors"}
+TABLES = {
+    "jobs",
+    "scripts",
+    "segments",
+    "executors",
+    "productions",
+    "schedules",
+    "schedule_runs",
+    "deliveries",
+}
 
 
 def tables(url: str) -> set[str]:
