@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 from pipeline.rime.models import get_model
@@ -72,14 +73,60 @@ class ScriptPlan:
         return sum(s.chars for s in self.segments)
 
 
+class Publish(StrEnum):
+    """When a finished job's release becomes the published set."""
+
+    AUTO = "auto"  # as soon as every script of the job is done
+    MANUAL = "manual"  # by `rime-batch publish NAME RELEASE`
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job was asked for beyond its manifest; recorded on the job, kept by a resume."""
+
+    # `--set key=value` and `--voice-map old=new`, as given (already applied to the scripts).
+    set: tuple[tuple[str, str], ...] = ()
+    voice_map: tuple[tuple[str, str], ...] = ()
+    no_cache: bool = False  # synthesize every segment again, whatever the cache holds
+    publish: Publish = Publish.AUTO
+    notify: tuple[str, ...] = ()  # webhook URLs told of the job's end
+    schedule: str | None = None  # the schedule that submitted it
+
+    def to_json(self) -> dict[str, object]:
+        """The options as the job table stores them."""
+        return {
+            "set": [list(pair) for pair in self.set],
+            "voice_map": [list(pair) for pair in self.voice_map],
+            "no_cache": self.no_cache,
+            "publish": self.publish.value,
+            "notify": list(self.notify),
+            "schedule": self.schedule,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> JobOptions:
+        """The options of a stored job (None: a job recorded before options existed)."""
+        if not data:
+            return cls()
+        return cls(
+            set=tuple((str(k), str(v)) for k, v in data.get("set", ())),
+            voice_map=tuple((str(k), str(v)) for k, v in data.get("voice_map", ())),
+            no_cache=bool(data.get("no_cache", False)),
+            publish=Publish(data.get("publish", Publish.AUTO.value)),
+            notify=tuple(data.get("notify", ())),
+            schedule=data.get("schedule"),
+        )
+
+
 @dataclass(frozen=True)
 class JobPlan:
-    """A whole job: where it came from, where it goes, and its scripts."""
+    """A whole job: where it came from, where it goes, its scripts and how it was asked for."""
 
     name: str
     manifest: str
     destination: str  # a local folder or s3://bucket/prefix
     scripts: tuple[ScriptPlan, ...]
+    options: JobOptions = field(default_factory=JobOptions)
 
     @property
     def chars(self) -> int:

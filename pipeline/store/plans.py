@@ -10,7 +10,7 @@ from typing import Any, TypeVar, get_origin, get_type_hints
 
 from sqlalchemy import Connection, RowMapping, bindparam, insert, select
 
-from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.plan import JobOptions, JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.params import VoiceParams
 from pipeline.store.errors import JobNotFound, StoreError
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, utcnow
@@ -58,6 +58,7 @@ def record_plan(conn: Connection, plan: JobPlan) -> str:
             destination=plan.destination,
             state=State.PENDING,
             created_at=utcnow(),
+            options=plan.options.to_json(),
         )
     )
     if not plan.scripts:
@@ -154,6 +155,7 @@ def load_plan(conn: Connection, job_id: str) -> JobPlan:
         manifest=job["manifest"],
         destination=job["destination"],
         scripts=tuple(_script_plan(s, by_script[s["id"]]) for s in scripts),
+        options=JobOptions.from_json(job["options"]),
     )
 
 
