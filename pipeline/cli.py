@@ -250,13 +250,22 @@ def _first(group: BaseExceptionGroup[RimeBatchError]) -> RimeBatchError:
 
 def _finish(job_id: str, state: State) -> None:
     from pipeline.display import summary_table
-    from pipeline.results import RESULTS_KEY
-    from pipeline.store import State, views
+    from pipeline.storage.keys import RESULTS_KEY, release_key
+    from pipeline.store import State, productions, views
 
     with _database().begin() as conn:
         summary = views.job_summary(conn, job_id)
+        published = productions.is_published(conn, job_id)
     _out().print(summary_table(summary))
-    _out().print(f"outputs in {summary.job.destination} (results: {RESULTS_KEY})")
+    where = summary.job.destination
+    _out().print(f"release {job_id} in {where}/{release_key(job_id)}", markup=False)
+    if published:
+        _out().print(f"published: {where} ({RESULTS_KEY})", markup=False)
+    elif state is State.DONE:
+        _out().print(
+            f"not published; `rime-batch publish {summary.job.name} {job_id}` publishes it",
+            markup=False,
+        )
     raise typer.Exit(0 if state is State.DONE else 1)
 
 
@@ -284,6 +293,43 @@ ConcurrencyOpt = Annotated[
 RpmOpt = Annotated[
     int | None, typer.Option("--rpm", min=1, metavar="N", help="Requests-per-minute budget.")
 ]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache",
+        help="Synthesize every segment again, whatever is cached (Rime may update a model).",
+    ),
+]
+PublishOpt = Annotated[
+    str,
+    typer.Option(
+        "--publish",
+        metavar="auto|manual",
+        help="auto: publish the release when every script is done; manual: `publish` does.",
+    ),
+]
+NameArg = Annotated[
+    str, typer.Argument(metavar="NAME", help="A production: the manifest's job name.")
+]
+DestinationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--destination",
+        metavar="DEST",
+        help="Its destination, when productions of that name render to several.",
+    ),
+]
+
+
+def _with_options(job_plan: JobPlan, no_cache: bool, publish_mode: str) -> JobPlan:
+    from pipeline.plan import Publish
+
+    try:
+        mode = Publish(publish_mode)
+    except ValueError:
+        raise InputError(f"--publish: {publish_mode!r} is not auto or manual") from None
+    options = replace(job_plan.options, no_cache=no_cache, publish=mode)
+    return replace(job_plan, options=options)
 
 
 @app.command()
@@ -360,13 +406,16 @@ def render(
     output: OutputOpt = None,
     concurrency: ConcurrencyOpt = None,
     rpm: RpmOpt = None,
+    no_cache: NoCacheOpt = False,
+    publish_mode: PublishOpt = "auto",
 ) -> None:
-    """Render a manifest to audio here and now. The embedded executor: one process."""
+    """Render a manifest to audio here and now, into a new release that is then published.
+    The embedded executor: one process."""
     from pipeline.storage import open_store
     from pipeline.store import record_plan
 
     _setup_logging()
-    job_plan = _load_plan(manifest, output)
+    job_plan = _with_options(_load_plan(manifest, output), no_cache, publish_mode)
     # A destination that cannot be written fails here, before anything is billed.
     open_store(job_plan.destination).check()
 
@@ -390,13 +439,22 @@ def resume(
         typer.Option("--force", help="Resume even though the job's executor still looks alive."),
     ] = False,
 ) -> None:
-    """Finish an interrupted, failed or cancelled job. Finished segments are not done again."""
+    """Finish an interrupted, failed or cancelled job, and publish it. Finished segments are not
+    done again."""
     from pipeline.settings import get_settings
-    from pipeline.store import load_plan, transitions, views
+    from pipeline.store import State, load_plan, transitions, views
 
     _setup_logging()
     with _database().begin() as conn:
         job_id = views.resolve_job_id(conn, job)
+        done = transitions.job_state(conn, job_id) is State.DONE
+    if done:
+        # Finished, but its publish did not happen (it stopped halfway, or failed): finish it.
+        from pipeline.publish import publish_when_due
+
+        publish_when_due(_database(), job_id)
+        _finish(job_id, State.DONE)
+    with _database().begin() as conn:
         if not force:
             views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
         transitions.reset_for_resume(conn, job_id)
@@ -490,13 +548,15 @@ def submit(
             help="Check Rime's URL, key and voices from this host first (a character a voice)."
         ),
     ] = True,
+    no_cache: NoCacheOpt = False,
+    publish_mode: PublishOpt = "auto",
 ) -> None:
     """Send a job to the Celery workers; prints its id. See `worker` and `status -w`."""
     from workers.commands import submit as submit_job
 
     preflight = _check_rime if check else None
     if Path(manifest).is_file():
-        job_plan = _load_plan(Path(manifest), output)
+        job_plan = _with_options(_load_plan(Path(manifest), output), no_cache, publish_mode)
         job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
@@ -544,6 +604,114 @@ def cancel(job: JobArg) -> None:
 
     segments = cancel_job(job)
     _out().print(f"cancelled; {segments} segments will not be synthesized")
+
+
+def _production(name: str, destination: str | None) -> int:
+    """The id of the production the user named."""
+    from pipeline.store import productions
+
+    with _database().begin() as conn:
+        found = productions.find_productions(conn, name)
+    if destination is not None:
+        found = [p for p in found if p.destination == destination]
+    if not found:
+        where = f" at {destination}" if destination else ""
+        raise InputError(f"no production {name!r}{where}: render a manifest with `job: {name}`")
+    if len(found) > 1:
+        places = ", ".join(p.destination for p in found)
+        raise InputError(
+            f"production {name!r} renders to several places ({places}): add --destination"
+        )
+    return found[0].id
+
+
+@app.command()
+def releases(name: NameArg, destination: DestinationOpt = None) -> None:
+    """List a production's releases: when, voices, scripts, characters billed, published."""
+    from pipeline.display import releases_table
+    from pipeline.store import productions
+
+    production_id = _production(name, destination)
+    with _database().begin() as conn:
+        production = productions.get_production(conn, production_id)
+        rows = productions.releases(conn, production_id)
+    _out().print(releases_table(production, rows))
+
+
+@app.command()
+def publish(
+    name: NameArg,
+    release: Annotated[
+        str, typer.Argument(metavar="RELEASE", help="A release (job) id or prefix.")
+    ],
+    destination: DestinationOpt = None,
+) -> None:
+    """Publish a done release: the stable paths and results.json switch to it at once."""
+    _publish(name, release, destination, rollback=False)
+
+
+@app.command()
+def rollback(
+    name: NameArg,
+    release: Annotated[
+        str | None,
+        typer.Argument(metavar="RELEASE", help="Default: the release published before this one."),
+    ] = None,
+    destination: DestinationOpt = None,
+) -> None:
+    """Publish an earlier release again."""
+    from pipeline.store import productions
+
+    if release is None:
+        production_id = _production(name, destination)
+        with _database().begin() as conn:
+            release = productions.previously_published(conn, production_id)
+        if release is None:
+            raise InputError(
+                f"production {name!r} has no earlier published release to roll back to"
+            )
+    _publish(name, release, destination, rollback=True)
+
+
+def _publish(name: str, release: str, destination: str | None, *, rollback: bool) -> None:
+    from pipeline.publish import PublishRefused, publish
+    from pipeline.store import views
+
+    _setup_logging()
+    production_id = _production(name, destination)
+    with _database().begin() as conn:
+        job_id = views.resolve_job_id(conn, release)
+        belongs = views.job_production(conn, job_id) == production_id
+    if not belongs:
+        raise PublishRefused(f"job {job_id} is not a release of production {name!r}")
+    done = publish(_database(), job_id, rollback=rollback)
+    before = f" (was {done.previous})" if done.previous else ""
+    pruned = f"; pruned {', '.join(done.pruned)}" if done.pruned else ""
+    _out().print(
+        f"published release {job_id}{before}: {done.outputs} files at {done.destination}{pruned}",
+        markup=False,
+    )
+
+
+cache_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app.add_typer(cache_app, name="cache", help="The segment cache of a destination.")
+
+
+@cache_app.command("prune")
+def cache_prune(name: NameArg, destination: DestinationOpt = None) -> None:
+    """Delete cached segments no kept release (or unfinished job) at its destination uses."""
+    from pipeline.cache import prune_cache
+    from pipeline.storage import open_store
+    from pipeline.store import productions
+
+    production_id = _production(name, destination)
+    with _database().begin() as conn:
+        production = productions.get_production(conn, production_id)
+    freed = prune_cache(_database(), open_store(production.destination), production.destination)
+    _out().print(
+        f"freed {freed.entries} cached segments ({freed.bytes:,} bytes); kept {freed.kept}",
+        markup=False,
+    )
 
 
 @app.command(

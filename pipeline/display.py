@@ -1,4 +1,4 @@
-"""Rich tables for the command line: a plan, the job list, one job's scripts."""
+"""Rich tables for the command line: a plan, the job list, one job's scripts, releases."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
     from pipeline.plan import JobPlan, ScriptPlan
+    from pipeline.store.productions import Production, Release
     from pipeline.store.views import JobStatus, JobSummary
 
 # Rime voices speak roughly 15 characters a second at speed 1.0.
@@ -90,5 +91,31 @@ def summary_table(summary: JobSummary) -> Table:
             f"{s.billed_chars:,}",
             "" if s.audio_seconds is None else f"{s.audio_seconds:.2f}s",
             s.error or "",
+        )
+    return table
+
+
+def releases_table(production: Production, rows: list[Release]) -> Table:
+    """A production's releases, newest first, the published one marked."""
+    table = Table(title=f"releases of {production.name} at {production.destination}")
+    for name in ("release", "state", "created", "voices", "scripts", "billed", "published"):
+        table.add_column(name, no_wrap=name != "voices", overflow="fold")
+    for r in rows:
+        if r.published:
+            shown = "published"
+        elif r.pruned_at is not None:
+            shown = "pruned"
+        elif r.published_at is not None:
+            shown = f"earlier, {r.published_at:%Y-%m-%d %H:%M}"
+        else:
+            shown = ""
+        table.add_row(
+            r.job_id,
+            r.state.value,
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+            ", ".join(r.voices),
+            str(r.scripts),
+            f"{r.billed_chars:,}",
+            shown,
         )
     return table

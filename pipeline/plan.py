@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 # Bump when the request format or anything else that changes cached audio changes.
 CACHE_VERSION = 1
+# Releases of a production kept when a new one is published (the published one is never pruned).
+DEFAULT_KEEP_RELEASES = 3
 # Cuts inside a sentence get a shorter, natural gap than the configured sentence pause.
 WORD_GAP_MS = 80
 
@@ -91,6 +93,7 @@ class JobOptions:
     publish: Publish = Publish.AUTO
     notify: tuple[str, ...] = ()  # webhook URLs told of the job's end
     schedule: str | None = None  # the schedule that submitted it
+    keep_releases: int = DEFAULT_KEEP_RELEASES  # releases kept once this one is published
 
     def to_json(self) -> dict[str, object]:
         """The options as the job table stores them."""
@@ -101,6 +104,7 @@ class JobOptions:
             "publish": self.publish.value,
             "notify": list(self.notify),
             "schedule": self.schedule,
+            "keep_releases": self.keep_releases,
         }
 
     @classmethod
@@ -115,6 +119,7 @@ class JobOptions:
             publish=Publish(data.get("publish", Publish.AUTO.value)),
             notify=tuple(data.get("notify", ())),
             schedule=data.get("schedule"),
+            keep_releases=int(data.get("keep_releases", DEFAULT_KEEP_RELEASES)),
         )
 
 

@@ -1,23 +1,39 @@
-"""The results file of a job, `results.json` at its destination: what every output is.
+"""The results file of a release: what every output is.
 
-A reader (a phone system's sync, a publishing step) follows it to the outputs: per script its
-files with their checksums and sizes, its duration, and what it cost.
+Each job writes one into its release folder (`releases/<job id>/results.json`) when it ends;
+publishing a release writes it at the destination's root too, with each output's stable path
+(see `pipeline.publish`). A reader (a phone system's sync) follows it to the outputs: per script
+its files with their checksums and sizes, its duration, and what it cost.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
+from pipeline.store.schema import OutputFile
 from pipeline.store.views import JobSummary
 
-RESULTS_KEY = "results.json"
 
+def results_document(
+    summary: JobSummary, published_uri: Callable[[str, str], str] | None = None
+) -> dict[str, object]:
+    """The job's results file: per script its outputs, duration, checksum and billing.
 
-def results_document(summary: JobSummary) -> dict[str, object]:
-    """The job's results file: per script its outputs, duration, checksum and billing."""
+    With `published_uri(script_id, format)`, the root file of a published release: it names the
+    release, and each output also gives its stable path.
+    """
     job = summary.job
+
+    def output(script_id: str, file: OutputFile) -> dict[str, object]:
+        listed: dict[str, object] = asdict(file)
+        if published_uri is not None:
+            listed["published_uri"] = published_uri(script_id, file.format)
+        return listed
+
     return {
+        "release": job.job_id,
         "job_id": job.job_id,
         "name": job.name,
         "state": job.state.value,
@@ -30,7 +46,7 @@ def results_document(summary: JobSummary) -> dict[str, object]:
             {
                 "id": s.script_id,
                 "state": s.state.value,
-                "outputs": [asdict(o) for o in s.outputs],
+                "outputs": [output(s.script_id, o) for o in s.outputs],
                 "audio_seconds": None if s.audio_seconds is None else round(s.audio_seconds, 3),
                 "chars": s.chars,
                 "billed_chars": s.billed_chars,
@@ -42,6 +58,8 @@ def results_document(summary: JobSummary) -> dict[str, object]:
     }
 
 
-def results_bytes(summary: JobSummary) -> bytes:
-    """The results file's contents."""
-    return json.dumps(results_document(summary), indent=2).encode()
+def results_bytes(
+    summary: JobSummary, published_uri: Callable[[str, str], str] | None = None
+) -> bytes:
+    """The results file's contents (see `results_document`)."""
+    return json.dumps(results_document(summary, published_uri), indent=2).encode()

@@ -31,7 +31,8 @@ from pipeline.errors import RimeBatchError
 from pipeline.executor import Executor
 from pipeline.limits import Limiter
 from pipeline.plan import PlannedSegment
-from pipeline.results import RESULTS_KEY, results_bytes
+from pipeline.publish import publish_when_due
+from pipeline.results import results_bytes
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.checks import parse_wav
 from pipeline.rime.errors import AuthError, RimeError, StreamCut
@@ -44,8 +45,10 @@ from pipeline.storage import (
     content_type_for,
     open_store,
     output_key,
+    release_key,
 )
 from pipeline.storage import output_metadata as make_metadata
+from pipeline.storage.keys import RESULTS_KEY
 from pipeline.store import OutputFile, State, plans, transitions, views
 from pipeline.store.transitions import NOTHING, Next
 from pipeline.synth import Attempt, Synthesizer, synthesize_segment
@@ -237,7 +240,11 @@ async def synth_stage(
             # One at a time per cache entry: a second segment of the same text waits for the
             # first and finds its audio cached, rather than paying Rime for it twice.
             async with ctx.one_making(key):
-                cached_seconds = await _off_loop(store, key, _cached_seconds, store, key)
+                cached_seconds = (
+                    None
+                    if work.no_cache
+                    else await _off_loop(store, key, _cached_seconds, store, key)
+                )
                 if cached_seconds is not None:
                     take()
                     seconds, outcome = cached_seconds, Outcome.CACHED
@@ -425,7 +432,9 @@ def _stitch_into(
     folder, downloads in and uploads out.
     """
     plan = work.plan
-    in_place = store.local_path(plan.script_id)
+    # Into the job's release: the stable paths change only when the release is published.
+    release = partial(release_key, work.job_id)
+    in_place = store.local_path(release(plan.script_id))
     with contextlib.ExitStack() as stack:
         scratch = None if in_place else Path(stack.enter_context(_scratch_folder()))
 
@@ -447,7 +456,7 @@ def _stitch_into(
         result = stitch(parts_for(plan, fetch), spec)
         outputs = []
         for fmt, stitched in result.files.items():
-            key = output_key(plan.script_id, fmt)
+            key = release(output_key(plan.script_id, fmt))
             if in_place is not None:
                 uri = store.uri_for(key)
             else:
@@ -470,11 +479,17 @@ def _scratch_folder() -> tempfile.TemporaryDirectory[str]:
 
 
 def settle_stage(ctx: Context, job_id: str) -> State:
-    """Roll the job's state up and write its results file when it is over; the job's state."""
+    """Roll the job's state up; when it is over, write its release's results file, and publish
+    the release when every script is done (see `pipeline.publish`). The job's state."""
     with ctx.db.begin() as conn:
         state = transitions.settle_job(conn, job_id)
         summary = views.job_summary(conn, job_id)
     if state in (State.DONE, State.FAILED):
         store = ctx.store(summary.job.destination)
-        store.put_bytes(RESULTS_KEY, results_bytes(summary), content_type="application/json")
+        store.put_bytes(
+            release_key(job_id, RESULTS_KEY),
+            results_bytes(summary),
+            content_type="application/json",
+        )
+        publish_when_due(ctx.db, job_id, store_for=ctx.store)
     return state

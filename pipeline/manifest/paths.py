@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline.manifest.models import MAX_ID_CHARS, MAX_OUTPUT_CHARS, MAX_TEXT_FILE_BYTES
+from pipeline.storage.keys import RESERVED_NAMES
 
 _ID_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _S3_URL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?")
@@ -24,9 +25,6 @@ _S3_URL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<
 
 class PathProblem(ValueError):
     """A name or path the manifest cannot use; the message says why."""
-
-
-RESERVED_NAMES = frozenset({"cache", "results.json"})
 
 
 def check_script_id(script_id: str) -> None:
@@ -51,7 +49,7 @@ def check_script_id(script_id: str) -> None:
                 f"{script_id!r} may use only letters, digits, '.', '_' and '-' (with '/' "
                 "between sub-folders), and each part must start with a letter, digit or '_'"
             )
-    # The destination also holds the segment cache and the results file.
+    # The destination also holds the segment cache, the releases and the results file.
     if script_id.split("/")[0].lower() in RESERVED_NAMES:
         raise PathProblem(
             f"{script_id!r} starts with {script_id.split('/')[0]!r}, which is reserved"

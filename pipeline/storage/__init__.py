@@ -16,9 +16,11 @@ from pipeline.files import atomic_write, sha256_file
 from pipeline.storage.base import InvalidKey, ObjectNotFound, ObjectStore, StorageError
 from pipeline.storage.keys import (
     OUTPUT_EXTENSIONS,
+    RESULTS_KEY,
     cache_key_path,
     first_clash,
     output_key,
+    release_key,
     validate_key,
 )
 from pipeline.storage.local import LocalStore
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_TYPES",
     "OUTPUT_EXTENSIONS",
+    "RESULTS_KEY",
     "InvalidDestination",
     "InvalidKey",
     "LocalStore",
@@ -45,6 +48,7 @@ __all__ = [
     "output_key",
     "output_metadata",
     "parse_s3_uri",
+    "release_key",
     "sha256_file",
     "validate_key",
 ]

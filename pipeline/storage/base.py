@@ -93,6 +93,13 @@ class ObjectStore(Protocol):
         """Keys that start with `prefix`, in lexical order."""
         ...
 
+    def copy(self, source: str, target: str) -> str:
+        """Put the object at `source` under `target` too, atomically; the target's uri.
+
+        Inside the store, without downloading: how a release's outputs reach the stable paths.
+        """
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object under `key`; nothing happens when there is none."""
         ...

@@ -9,6 +9,12 @@ from typing import TypeVar
 from pipeline.storage.base import InvalidKey
 
 CACHE_PREFIX = "cache"
+# Every job's outputs, each job under its own id (its release): `releases/<job id>/...`.
+RELEASES_PREFIX = "releases"
+# The published set's index at the destination's root (and each release's own, in its folder).
+RESULTS_KEY = "results.json"
+# What a script id must not start with: the destination's own folders and files.
+RESERVED_NAMES = frozenset({CACHE_PREFIX, RELEASES_PREFIX, RESULTS_KEY})
 # Cache keys are digests; anything else (a slash, a dot) could address outside the cache.
 _CACHE_KEY = re.compile(r"[A-Za-z0-9_-]{2,}")
 
@@ -60,6 +66,11 @@ def cache_key_path(cache_key: str) -> str:
             f"cache key {cache_key!r} must be at least two letters, digits, '-' or '_'"
         )
     return f"{CACHE_PREFIX}/{cache_key[:2]}/{cache_key}.wav"
+
+
+def release_key(job_id: str, key: str = "") -> str:
+    """Where `key` of a job's release lives (the release's folder itself when `key` is empty)."""
+    return f"{RELEASES_PREFIX}/{job_id}/{key}" if key else f"{RELEASES_PREFIX}/{job_id}/"
 
 
 def output_key(script_id: str, fmt: str) -> str:

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from pipeline.files import atomic_write, is_temp_name
+from pipeline.files import atomic_write, fsync_path, is_temp_name, temp_path_for
 from pipeline.storage.base import ObjectNotFound, StorageError
 from pipeline.storage.keys import validate_key, validate_prefix
 
@@ -120,6 +120,31 @@ class LocalStore:
                 if key.startswith(prefix):
                     keys.append(key)
         yield from sorted(keys)
+
+    def copy(self, source: str, target: str) -> str:
+        """A hard link of `source` renamed over `target` (a copy where links are refused).
+
+        A link shares the bytes (no second copy on disk), and the rename replaces whatever the
+        target held in one step, so a reader opens the old file or the new one.
+        """
+        origin, destination = self.path_for(source), self.path_for(target)
+        uri = str(destination)
+        temp = temp_path_for(destination)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(origin, temp)
+            except FileNotFoundError as exc:
+                raise ObjectNotFound(f"no object at {origin}", uri=str(origin)) from exc
+            except OSError:
+                # Another file system, or one without hard links: copy the bytes.
+                shutil.copyfile(origin, temp)
+            os.replace(temp, destination)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise _os_error("cannot store", uri, exc) from exc
+        fsync_path(destination.parent)
+        return uri
 
     def delete(self, key: str) -> None:
         """Remove the file under `key` if there is one."""

@@ -151,6 +151,18 @@ class S3Store:
                 for item in page.get("Contents", []):
                     yield item["Key"][strip:]
 
+    def copy(self, source: str, target: str) -> str:
+        """A server-side copy (metadata and content type kept); multipart for large objects."""
+        uri = self.uri_for(target)
+        with _s3_errors(f"cannot copy {self.uri_for(source)} to", uri, self.bucket):
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self.object_key(source)},
+                self.bucket,
+                self.object_key(target),
+                Config=self.transfer,
+            )
+        return uri
+
     def delete(self, key: str) -> None:
         """Remove the object under `key`; S3 treats a missing one as deleted."""
         uri = self.uri_for(key)

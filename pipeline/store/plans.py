@@ -9,9 +9,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, get_origin, get_type_hints
 
 from sqlalchemy import Connection, RowMapping, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from pipeline.plan import JobOptions, JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.params import VoiceParams
+from pipeline.store import productions
 from pipeline.store.errors import JobNotFound, StoreError
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, utcnow
 from pipeline.store.states import State
@@ -48,19 +50,31 @@ def _from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
 
 
 def record_plan(conn: Connection, plan: JobPlan) -> str:
-    """Write a job with its scripts and segments, all pending; returns the new job id."""
+    """Write a job with its scripts and segments, all pending; returns the new job id.
+
+    `ProductionBusy` when another job of the same production (name and destination) is
+    unfinished.
+    """
     job_id = new_job_id()
-    conn.execute(
-        insert(JOBS).values(
-            id=job_id,
-            name=plan.name,
-            manifest=plan.manifest,
-            destination=plan.destination,
-            state=State.PENDING,
-            created_at=utcnow(),
-            options=plan.options.to_json(),
-        )
-    )
+    production_id = productions.ensure_production(conn, plan.name, plan.destination)
+    productions.guard_unique(conn, production_id, None)
+    try:
+        # A savepoint: on PostgreSQL a refused statement would abort the whole transaction.
+        with conn.begin_nested():
+            conn.execute(
+                insert(JOBS).values(
+                    id=job_id,
+                    name=plan.name,
+                    manifest=plan.manifest,
+                    destination=plan.destination,
+                    state=State.PENDING,
+                    created_at=utcnow(),
+                    production_id=production_id,
+                    options=plan.options.to_json(),
+                )
+            )
+    except IntegrityError as exc:
+        raise productions.translate_busy(conn, production_id, exc) from exc
     if not plan.scripts:
         return job_id
     script_rows = [
@@ -172,6 +186,7 @@ class SegmentWork:
     attempts: int
     params: VoiceParams
     segment: PlannedSegment
+    no_cache: bool = False  # the job asked for fresh synthesis: the cache is not read
 
 
 @dataclass(frozen=True)
@@ -192,6 +207,7 @@ _SEGMENTS_WORK = select(
     SEGMENTS.c.id,
     SEGMENTS.c.job_id,
     JOBS.c.destination,
+    JOBS.c.options,
     SEGMENTS.c.script_pk,
     SCRIPTS.c.script_id,
     SEGMENTS.c.state,
@@ -250,6 +266,7 @@ def _segment_work(found: RowMapping, params: VoiceParams) -> SegmentWork:
         attempts=found["attempts"],
         params=params,
         segment=_planned_segment(found),
+        no_cache=bool((found["options"] or {}).get("no_cache", False)),
     )
 
 

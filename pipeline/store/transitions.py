@@ -42,7 +42,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
+from pipeline.store import productions
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
 from pipeline.store.executors import alive
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile, utcnow
@@ -665,15 +667,24 @@ def reset_for_resume(conn: Connection, job_id: str) -> int:
         finished_at=None,
         **_UNCLAIMED,
     )
-    _cas(
-        conn,
-        JOBS,
-        JOBS.c.id == job_id,
-        expected=stuck,
-        target=State.PENDING,
-        error=None,
-        finished_at=None,
-    )
+    production_id = conn.execute(
+        select(JOBS.c.production_id).where(JOBS.c.id == job_id)
+    ).scalar_one()
+    if production_id is not None:
+        productions.guard_unique(conn, production_id, job_id)
+    try:
+        with conn.begin_nested():
+            _cas(
+                conn,
+                JOBS,
+                JOBS.c.id == job_id,
+                expected=stuck,
+                target=State.PENDING,
+                error=None,
+                finished_at=None,
+            )
+    except IntegrityError as exc:
+        raise productions.translate_busy(conn, production_id, exc) from exc
     return reset
 
 

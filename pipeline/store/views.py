@@ -255,6 +255,13 @@ def job_summary(
     return JobSummary(job=rows[0], scripts=scripts)
 
 
+def job_production(conn: Connection, job_id: str) -> int | None:
+    """The production a job renders a release of (None for a job older than productions)."""
+    return conn.execute(
+        select(JOBS.c.production_id).where(JOBS.c.id == job_id)
+    ).scalar_one_or_none()
+
+
 def list_segments(
     conn: Connection, job_id: str, states: Collection[State] | None = None
 ) -> list[SegmentRef]:

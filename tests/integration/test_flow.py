@@ -22,9 +22,9 @@ from sqlalchemy import Engine, select, update
 
 from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
-from pipeline.results import RESULTS_KEY
 from pipeline.settings import Settings
 from pipeline.stages import Outcome, StageResult
+from pipeline.storage.keys import RESULTS_KEY
 from pipeline.store import State, executors, record_plan, transitions
 from pipeline.store.schema import EXECUTORS, SEGMENTS, utcnow
 from pipeline.store.transitions import Claim, Next

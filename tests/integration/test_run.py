@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from pipeline.files import sha256_file
-from pipeline.results import RESULTS_KEY, results_document
+from pipeline.results import results_document
 from pipeline.retry import RetryPolicy
 from pipeline.rime.errors import AuthError, BadRequest, RateLimited, ServerError, StreamCut
 from pipeline.run import run_job
 from pipeline.stages import KEY_REFUSED, Context, Event, synth_stage
+from pipeline.storage.keys import RESULTS_KEY
 from pipeline.store import OutputFile, State, open_database, transitions
 from tests.fixtures.jobs import (
     ME,

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from pipeline import wav
 from pipeline.files import is_temp_name, sha256_file
-from pipeline.results import RESULTS_KEY, results_document
+from pipeline.results import results_document
 from pipeline.retry import RetryPolicy
 from pipeline.rime.errors import AuthError, BadRequest, RateLimited, RimeError, StreamCut
 from pipeline.stages import (
@@ -31,6 +31,7 @@ from pipeline.stages import (
     synth_stage,
 )
 from pipeline.storage import OUTPUT_EXTENSIONS, LocalStore, content_type_for, open_store
+from pipeline.storage.keys import RESULTS_KEY
 from pipeline.store import OutputFile, State, plans, transitions
 from pipeline.store.executors import WORKER
 from pipeline.store.transitions import NOTHING, Next
