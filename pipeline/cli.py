@@ -412,12 +412,15 @@ def render(
     """Render a manifest to audio here and now, into a new release that is then published.
     The embedded executor: one process."""
     from pipeline.storage import open_store
-    from pipeline.store import record_plan
+    from pipeline.store import productions, record_plan
 
     _setup_logging()
     job_plan = _with_options(_load_plan(manifest, output), no_cache, publish_mode)
-    # A destination that cannot be written fails here, before anything is billed.
+    # A destination that cannot be written, or a production another job is rendering, fails
+    # here, before anything is billed.
     open_store(job_plan.destination).check()
+    with _database().begin() as conn:
+        productions.refuse_if_busy(conn, job_plan.name, job_plan.destination)
 
     def record() -> str:
         with _database().begin() as conn:

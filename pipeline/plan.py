@@ -20,14 +20,13 @@ from pipeline.errors import InputError
 from pipeline.rime.models import get_model
 from pipeline.rime.params import VoiceParams
 from pipeline.segment import Boundary, TextSegment, lead_pause_ms, segment_text
+from pipeline.storage.keys import DEFAULT_KEEP_RELEASES
 
 if TYPE_CHECKING:
     from pipeline.manifest import JobSpec, ScriptSpec, Voice
 
 # Bump when the request format or anything else that changes cached audio changes.
 CACHE_VERSION = 1
-# Releases of a production kept when a new one is published (the published one is never pruned).
-DEFAULT_KEEP_RELEASES = 3
 # Cuts inside a sentence get a shorter, natural gap than the configured sentence pause.
 WORD_GAP_MS = 80
 
@@ -234,6 +233,7 @@ def build_plan(job: JobSpec) -> JobPlan:
         manifest=str(job.manifest),
         destination=job.destination,
         scripts=tuple(plan_script(s) for s in job.scripts),
+        options=JobOptions(keep_releases=job.keep_releases),
     )
 
 

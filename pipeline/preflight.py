@@ -211,10 +211,17 @@ def record(db: Engine, job_id: str, sent: Sequence[tuple[Probe, list[Sent]]]) ->
 async def preflight(
     client: Synthesizer, plan: JobPlan, url: str, cached: Callable[[PlannedSegment], bool]
 ) -> Record:
-    """Check Rime for the plan's voices with a segment not `cached`; what counts the probes."""
+    """Check Rime for the plan's voices with a segment not `cached` (every voice of a job that
+    skips the cache); what counts the probes."""
+    if plan.options.no_cache:
+        cached = _nothing_cached
     probes = await asyncio.to_thread(probes_for, plan, cached)
     sent = await check(client, probes, url=url, manifest=plan.manifest)
     return partial(record, sent=sent)
+
+
+def _nothing_cached(_segment: PlannedSegment) -> bool:
+    return False
 
 
 def cached_for(ctx: Context, plan: JobPlan) -> Callable[[PlannedSegment], bool]:

@@ -21,6 +21,7 @@ from pipeline.settings import get_settings
 from pipeline.store import (
     State,
     load_plan,
+    productions,
     record_plan,
     transitions,
     views,
@@ -84,11 +85,14 @@ def submit(
         check_broker(app)
         job_id: str | None = None
         plan = work if isinstance(work, JobPlan) else None
-        if isinstance(work, str):
-            with db.begin() as conn:
+        with db.begin() as conn:
+            if isinstance(work, str):
                 job_id = views.resolve_job_id(conn, work)
                 if preflight is not None:
                     plan = load_plan(conn, job_id)
+            if plan is not None:
+                # Refused before the preflight, which bills.
+                productions.refuse_if_busy(conn, plan.name, plan.destination, job_id=job_id)
         record = preflight(plan) if preflight is not None and plan is not None else None
         with db.begin() as conn:
             if job_id is None:

@@ -12,6 +12,7 @@ from pipeline.errors import ManifestError
 from pipeline.manifest.characters import character_problem, first_bad_value, where_in
 from pipeline.manifest.models import (
     MAX_JOB_NAME_CHARS,
+    MAX_KEEP_RELEASES,
     MAX_SCRIPTS,
     MAX_TEXT_CHARS,
     JobSpec,
@@ -36,7 +37,7 @@ from pipeline.manifest.readers import (
     RawManifest,
     unknown_key_message,
 )
-from pipeline.storage.keys import first_clash, output_key
+from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, first_clash, output_key
 
 
 def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
@@ -84,7 +85,18 @@ def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
         destination=destination,
         defaults=defaults,
         scripts=tuple(scripts),
+        keep_releases=_keep_releases(raw),
     )
+
+
+def _keep_releases(raw: RawManifest) -> int:
+    value = raw.data.get("keep_releases", DEFAULT_KEEP_RELEASES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_KEEP_RELEASES:
+        raise raw.locator.source(("keep_releases",)).error(
+            f"must be a whole number from 1 to {MAX_KEEP_RELEASES:,} (releases kept, the "
+            "published one among them)"
+        )
+    return value
 
 
 def _check_outputs(

@@ -24,6 +24,7 @@ from pydantic import (
 from pipeline.errors import ManifestError
 from pipeline.markup import MAX_PAUSE_MS
 from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS
+from pipeline.storage.keys import DEFAULT_KEEP_RELEASES
 
 Format = Literal["wav", "wav-mulaw", "mulaw", "mp3", "ogg"]
 
@@ -39,6 +40,7 @@ MAX_TEXT_CHARS = 1_000_000
 MAX_TEXT_FILE_BYTES = 4 * MAX_TEXT_CHARS
 MAX_ID_CHARS = 200
 MAX_JOB_NAME_CHARS = 200
+MAX_KEEP_RELEASES = 1_000
 MAX_OUTPUT_CHARS = 1_000
 MAX_SETTING_CHARS = 100  # speaker, lang
 # Lists and mappings inside one another; a manifest needs 4 (scripts, a script, formats).
@@ -239,3 +241,4 @@ class JobSpec(BaseModel):
     destination: str  # an absolute local folder, or s3://bucket[/prefix]
     defaults: Voice
     scripts: tuple[ScriptSpec, ...]
+    keep_releases: int = DEFAULT_KEEP_RELEASES  # releases kept when a new one is published

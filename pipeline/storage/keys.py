@@ -13,6 +13,9 @@ CACHE_PREFIX = "cache"
 RELEASES_PREFIX = "releases"
 # The published set's index at the destination's root (and each release's own, in its folder).
 RESULTS_KEY = "results.json"
+# Releases a production keeps when a new one is published, unless its manifest says (the
+# published one is never pruned).
+DEFAULT_KEEP_RELEASES = 3
 # What a script id must not start with: the destination's own folders and files.
 RESERVED_NAMES = frozenset({CACHE_PREFIX, RELEASES_PREFIX, RESULTS_KEY})
 # Cache keys are digests; anything else (a slash, a dot) could address outside the cache.

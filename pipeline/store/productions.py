@@ -128,6 +128,15 @@ def guard_unique(conn: Connection, production_id: int, job_id: str | None) -> No
         raise busy_error(conn, production_id, other)
 
 
+def refuse_if_busy(
+    conn: Connection, name: str, destination: str, *, job_id: str | None = None
+) -> None:
+    """`guard_unique` by name, before anything is recorded or sent (a preflight bills)."""
+    found = _find(conn, name, destination)
+    if found is not None:
+        guard_unique(conn, found, job_id)
+
+
 def translate_busy(conn: Connection, production_id: int, exc: IntegrityError) -> StoreError:
     """What the unique index's refusal means: a racer started a job of the production first."""
     other = unfinished_job(conn, production_id)
