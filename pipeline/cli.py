@@ -345,12 +345,44 @@ def plan(
 
     job_plan = _load_plan(manifest, output)
     _out().print(plan_table(job_plan))
+    _show_diff(job_plan, against_release=False)
     if save:
         from pipeline.store import record_plan
 
         with _database().begin() as conn:
             job_id = record_plan(conn, job_plan)
         _out().print(f"saved as job {job_id} (pending)")
+
+
+def _show_diff(job_plan: JobPlan, *, against_release: bool) -> None:
+    """What rendering `job_plan` would change and send, from the job table and the cache."""
+    from pipeline.diff import diff_plan
+    from pipeline.display import diff_lines
+    from pipeline.settings import get_settings
+    from pipeline.storage import open_store
+    from pipeline.storage.keys import namespaced_cache_path
+
+    settings = get_settings()
+    store = open_store(job_plan.destination)
+    # Where a render from here looks: Rime's audio, or the local engine's apart from it.
+    namespace = "" if settings.rime_api_key is not None else LOCAL_CACHE_NAMESPACE
+    found = diff_plan(
+        _database(),
+        job_plan,
+        lambda segment: store.exists(namespaced_cache_path(namespace, segment.cache_key)),
+        concurrency=settings.limits.concurrency,
+        price_per_1k_chars=settings.price_per_1k_chars,
+    )
+    for line in diff_lines(found, scripts=against_release):
+        _out().print(line, markup=False, highlight=False)
+
+
+@app.command()
+def diff(manifest: ManifestArg, output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
+    """Compare a manifest with its published release: what changed, what a render would send,
+    and its cost."""
+    job_plan = _with_options(_load_plan(manifest, output), no_cache, "auto")
+    _show_diff(job_plan, against_release=True)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from rich.table import Table
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
+    from pipeline.diff import PlanDiff
     from pipeline.plan import JobPlan, ScriptPlan
     from pipeline.store.productions import Production, Release
     from pipeline.store.views import JobStatus, JobSummary
@@ -119,3 +120,44 @@ def releases_table(production: Production, rows: list[Release]) -> Table:
             shown,
         )
     return table
+
+
+def diff_lines(found: PlanDiff, *, scripts: bool) -> list[str]:
+    """A diff in lines: the scripts that changed (when `scripts`), then what would be sent."""
+    lines = []
+    if scripts:
+        if found.published is None:
+            lines.append("nothing published yet: every script is new")
+        else:
+            lines.append(f"against published release {found.published}:")
+            lines += [f"  + {script_id}" for script_id in found.added]
+            lines += [f"  - {script_id}" for script_id in found.removed]
+            lines += [f"  ~ {c.script_id} ({', '.join(c.reasons)})" for c in found.changed]
+            lines.append(
+                f"  {len(found.added)} added, {len(found.removed)} removed, "
+                f"{len(found.changed)} changed, {found.unchanged} unchanged"
+            )
+    if found.cost is None:
+        cost = ""
+    elif 0 < found.cost < 0.01:
+        cost = ", under 0.01 at the configured price"
+    else:
+        cost = f", about {found.cost:,.2f} at the configured price"
+    lines.append(
+        f"to synthesize: {found.to_synthesize} of {found.segments} segments, "
+        f"{found.chars:,} characters{cost} (the rest is cached)"
+    )
+    lines.append(
+        f"estimated synthesis time: {_duration(found.seconds)} at {found.concurrency} at once"
+    )
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if 0 < seconds < 1:
+        return "under 1s"
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"

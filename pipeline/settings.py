@@ -147,6 +147,9 @@ class Settings(BaseModel):
     # Celery task events from the start (Flower turns them on by itself when it runs); each
     # task then publishes three more messages.
     task_events: bool = False
+    # What Rime charges for 1,000 characters on the account's plan, for `diff` and `plan`'s
+    # estimate (None: characters only; Rime's price depends on the plan).
+    price_per_1k_chars: NonNegativeFloat | None = None
     # How often one of the workers looks for dead workers' claims and stalled jobs.
     sweep_seconds: PositiveFloat = 15.0
     # A running job with no claim or finish for this long gets its work sent again;

@@ -41,14 +41,13 @@ from pipeline.stitch import StitchResult, parts_for, spec_for, stitch
 from pipeline.storage import (
     ObjectNotFound,
     ObjectStore,
-    cache_key_path,
     content_type_for,
     open_store,
     output_key,
     release_key,
 )
 from pipeline.storage import output_metadata as make_metadata
-from pipeline.storage.keys import RESULTS_KEY
+from pipeline.storage.keys import RESULTS_KEY, namespaced_cache_path
 from pipeline.store import OutputFile, State, plans, transitions, views
 from pipeline.store.transitions import NOTHING, Next
 from pipeline.synth import Attempt, Synthesizer, synthesize_segment
@@ -121,9 +120,7 @@ class Context:
 
     def cache_path(self, cache_key: str) -> str:
         """Where a segment's audio is cached in the destination."""
-        return cache_key_path(
-            f"{self.cache_namespace}-{cache_key}" if self.cache_namespace else cache_key
-        )
+        return namespaced_cache_path(self.cache_namespace, cache_key)
 
     @contextlib.asynccontextmanager
     async def one_making(self, cache_path: str) -> AsyncIterator[None]:

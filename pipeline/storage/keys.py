@@ -71,6 +71,11 @@ def cache_key_path(cache_key: str) -> str:
     return f"{CACHE_PREFIX}/{cache_key[:2]}/{cache_key}.wav"
 
 
+def namespaced_cache_path(namespace: str, cache_key: str) -> str:
+    """The cache path of a segment's audio from one synthesizer (`namespace`, "" for Rime)."""
+    return cache_key_path(f"{namespace}-{cache_key}" if namespace else cache_key)
+
+
 def release_key(job_id: str, key: str = "") -> str:
     """Where `key` of a job's release lives (the release's folder itself when `key` is empty)."""
     return f"{RELEASES_PREFIX}/{job_id}/{key}" if key else f"{RELEASES_PREFIX}/{job_id}/"

@@ -56,7 +56,7 @@ class Release:
 
 def ensure_production(conn: Connection, name: str, destination: str) -> int:
     """The id of the production `name` at `destination`, created on first use."""
-    found = _find(conn, name, destination)
+    found = find(conn, name, destination)
     if found is not None:
         return found
     try:
@@ -67,12 +67,13 @@ def ensure_production(conn: Connection, name: str, destination: str) -> int:
             )
     except IntegrityError:
         pass
-    found = _find(conn, name, destination)
+    found = find(conn, name, destination)
     assert found is not None, "the production was just created"
     return found
 
 
-def _find(conn: Connection, name: str, destination: str) -> int | None:
+def find(conn: Connection, name: str, destination: str) -> int | None:
+    """The id of the production `name` at `destination`, if it was ever rendered."""
     return conn.execute(
         select(PRODUCTIONS.c.id).where(
             PRODUCTIONS.c.name == name, PRODUCTIONS.c.destination == destination
@@ -132,7 +133,7 @@ def refuse_if_busy(
     conn: Connection, name: str, destination: str, *, job_id: str | None = None
 ) -> None:
     """`guard_unique` by name, before anything is recorded or sent (a preflight bills)."""
-    found = _find(conn, name, destination)
+    found = find(conn, name, destination)
     if found is not None:
         guard_unique(conn, found, job_id)
 

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest", "pipeline.logs"},
     {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
     {"pipeline.stitch", "pipeline.store"},
-    {"pipeline.results", "pipeline.reach", "pipeline.executor", "pipeline.cache"},
+    {"pipeline.results", "pipeline.reach", "pipeline.executor", "pipeline.cache", "pipeline.diff"},
     {"pipeline.publish"},
     {"pipeline.stages"},
     {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},
