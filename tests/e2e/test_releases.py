@@ -17,6 +17,7 @@ from pipeline.store import create_engine_for
 from rime_local.server import RunningEngine
 from tests.e2e.test_render import KEY, write
 from tests.fixtures.cli import Cli, CliResult, Running
+from tests.fixtures.s3 import S3Env
 from tests.fixtures.services import poll_until
 
 EngineFactory = Callable[..., RunningEngine]
@@ -303,3 +304,84 @@ def test_no_cache_synthesizes_everything_again(
 
     assert fresh.returncode == 0, fresh
     assert engine.metrics()["requests"] == PROMPTS + 1  # and the preflight of its one voice
+
+
+def test_diff_says_what_changed_and_what_a_render_would_send(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    engine = engine_factory(api_keys=[KEY])
+    run = cli.using(engine=engine, api_key=KEY, RIME_BATCH_PRICE_PER_1K_CHARS="40")
+    path = manifest(tmp_path)
+    nothing_yet = run.run("diff", path)
+    assert nothing_yet.returncode == 0, nothing_yet
+    assert "nothing published yet" in nothing_yet.stdout
+    assert f"to synthesize: {PROMPTS} of {PROMPTS} segments" in nothing_yet.stdout
+    assert run.run("render", path).returncode == 0
+
+    unchanged = run.run("diff", path)
+    assert "0 added, 0 removed, 0 changed, 10 unchanged" in unchanged.stdout, unchanged
+    assert f"to synthesize: 0 of {PROMPTS} segments, 0 characters" in unchanged.stdout
+
+    edited = path.read_text().replace("Prompt 3. Please hold", "Prompt 3. Kindly hold")
+    edited = edited.replace("  - id: prompts/p09", "  - id: prompts/p10")
+    write(tmp_path, edited)
+    engine.reset_metrics()
+    changed = run.run("diff", path)
+    assert changed.returncode == 0, changed
+    out = changed.stdout
+    assert "~ prompts/p03 (text)" in out and "+ prompts/p10" in out and "- prompts/p09" in out
+    assert "1 added, 1 removed, 1 changed, 8 unchanged" in out
+    # p03's new text is a miss; p10 says what p09 said, so its audio is cached.
+    chars = len("Prompt 3. Kindly hold while we connect you.")
+    assert f"to synthesize: 1 of {PROMPTS} segments, {chars} characters" in out
+    assert f"about {chars / 1000 * 40:,.2f} at the configured price" in out
+    assert engine.metrics()["requests"] == 0  # a diff sends nothing
+
+    voice = run.run("diff", manifest(tmp_path, "marsh"))
+    assert "~ prompts/p00 (voice)" in voice.stdout
+    assert f"to synthesize: {PROMPTS} of {PROMPTS} segments" in voice.stdout
+
+
+def test_on_s3_results_json_is_the_pointer_and_rollback_restores_the_objects(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path, s3: S3Env, s3_bucket: str
+) -> None:
+    engine = engine_factory(api_keys=[KEY])
+    run = cli.using(engine=engine, api_key=KEY)
+    destination = s3.uri(s3_bucket, "ivr")
+
+    def objects() -> dict[str, bytes]:
+        listed = s3.client.list_objects_v2(Bucket=s3_bucket, Prefix="ivr/")
+        return {
+            o["Key"]: s3.client.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read()
+            for o in listed.get("Contents", [])
+        }
+
+    def stable(found: dict[str, bytes]) -> dict[str, bytes]:
+        return {k: v for k, v in found.items() if not k.startswith(("ivr/releases/", "ivr/cache/"))}
+
+    assert run.run("render", manifest(tmp_path, "cove"), "-o", destination).returncode == 0
+    first = stable(objects())
+    old_release = json.loads(first["ivr/results.json"])["release"]
+    assert run.run("render", manifest(tmp_path, "marsh"), "-o", destination).returncode == 0
+    second = objects()
+    document = json.loads(second["ivr/results.json"])
+    assert document["release"] != old_release
+    for script in document["scripts"]:
+        for output in script["outputs"]:
+            released = output["uri"].removeprefix(f"s3://{s3_bucket}/")
+            published = output["published_uri"].removeprefix(f"s3://{s3_bucket}/")
+            assert released.startswith(f"ivr/releases/{document['release']}/")
+            assert second[published] == second[released]
+            assert hashlib.sha256(second[published]).hexdigest() == output["sha256"]
+            head = s3.client.head_object(Bucket=s3_bucket, Key=published)
+            assert head["ContentType"] == "audio/wav"
+            assert head["Metadata"]["speaker"] == "marsh"
+    assert {k for k in stable(second)} == set(first)
+    assert all(stable(second)[k] != first[k] for k in first if k != "ivr/results.json")
+
+    rolled = run.run("rollback", NAME)
+    assert rolled.returncode == 0, rolled
+    assert {k: v for k, v in stable(objects()).items() if k != "ivr/results.json"} == {
+        k: v for k, v in first.items() if k != "ivr/results.json"
+    }
+    assert json.loads(objects()["ivr/results.json"])["release"] == old_release
