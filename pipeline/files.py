@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_SUFFIX = ".tmp"
+# Opens of a temp file whose folder may be created, then removed by a concurrent delete.
+_CREATE_TRIES = 3
 
 
 def temp_path_for(target: Path) -> Path:
@@ -29,12 +31,14 @@ def create_temp(temp: Path) -> int:
     # os.open with 0o666 lets the umask decide the final mode, as a plain open() would;
     # mkstemp would leave every output readable only by its owner.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        return os.open(temp, flags, 0o666)
-    except FileNotFoundError:
-        # Only now: a mkdir of a folder that exists costs as much as the write itself.
-        temp.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(temp, flags, 0o666)
+    for _ in range(_CREATE_TRIES - 1):
+        try:
+            return os.open(temp, flags, 0o666)
+        except FileNotFoundError:
+            # Only now: a mkdir of a folder that exists costs as much as the write itself. A
+            # store's delete removes folders it empties, so one may vanish again in between.
+            temp.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(temp, flags, 0o666)
 
 
 def atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> Path:

@@ -128,6 +128,8 @@ def _publish_files(store: ObjectStore, summary: views.JobSummary, before: set[st
     stale = sorted(before - now)
     for key in stale:
         store.delete(key)
+    # Before results.json names the set: the renames must reach the disk first.
+    store.sync(now | set(stale))
     return _Stable(len(now), len(stale))
 
 

@@ -10,7 +10,7 @@ Messages name the uri and the provider's error code, never credentials.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -97,7 +97,12 @@ class ObjectStore(Protocol):
         """Put the object at `source` under `target` too, atomically; the target's uri.
 
         Inside the store, without downloading: how a release's outputs reach the stable paths.
+        Durable once `sync` has been called for the target.
         """
+        ...
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make the copies to `keys` durable (one flush per folder, however many files)."""
         ...
 
     def delete(self, key: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from pipeline.files import atomic_write, fsync_path, is_temp_name, temp_path_for
@@ -143,16 +143,31 @@ class LocalStore:
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise _os_error("cannot store", uri, exc) from exc
-        fsync_path(destination.parent)
         return uri
 
+    def sync(self, keys: Iterable[str]) -> None:
+        """Flush each folder the keys were renamed into, once."""
+        for folder in sorted({self.path_for(key).parent for key in keys}):
+            try:
+                fsync_path(folder)
+            except OSError as exc:
+                raise _os_error("cannot flush", str(folder), exc) from exc
+
     def delete(self, key: str) -> None:
-        """Remove the file under `key` if there is one."""
+        """Remove the file under `key` if there is one, and the folders it leaves empty (a
+        bucket has no folders either: a pruned release leaves nothing behind)."""
         target = self.path_for(key)
         try:
             target.unlink(missing_ok=True)
         except OSError as exc:
             raise _os_error("cannot delete", str(target), exc) from exc
+        folder = target.parent
+        while folder != self.root and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or gone): what is above is not empty either
+            folder = folder.parent
 
     def check(self) -> None:
         """Create the root folder if needed and make sure it can be written."""

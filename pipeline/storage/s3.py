@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,6 +162,9 @@ class S3Store:
                 Config=self.transfer,
             )
         return uri
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Nothing: an S3 write is durable once it returns."""
 
     def delete(self, key: str) -> None:
         """Remove the object under `key`; S3 treats a missing one as deleted."""

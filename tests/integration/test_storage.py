@@ -533,3 +533,63 @@ def test_s3_listing_pages_past_a_thousand_keys(s3: S3Env) -> None:
     assert list(store.list_keys("cache/03/")) == sorted(
         k for k in keys if k.startswith("cache/03/")
     )
+
+
+def test_local_copy_replaces_the_target_in_one_step_and_shares_the_bytes(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes("releases/a/intro.wav", b"old voice")
+    store.put_bytes("releases/b/intro.wav", b"new voice")
+    store.copy("releases/a/intro.wav", "intro.wav")
+    held = (tmp_path / "intro.wav").open("rb")  # a reader holding the old file open
+
+    uri = store.copy("releases/b/intro.wav", "intro.wav")
+    store.sync(["intro.wav"])
+
+    assert uri == str(tmp_path / "intro.wav")
+    assert store.get_bytes("intro.wav") == b"new voice"
+    assert held.read() == b"old voice"  # a rename never rewrites what a reader has open
+    held.close()
+    # A hard link: the stable file is the release's file, no second copy of the audio.
+    assert (
+        os.stat(tmp_path / "intro.wav").st_ino == os.stat(tmp_path / "releases/b/intro.wav").st_ino
+    )
+    assert _temp_files(tmp_path) == []
+    with pytest.raises(ObjectNotFound):
+        store.copy("releases/c/missing.wav", "missing.wav")
+    assert not (tmp_path / "missing.wav").exists() and _temp_files(tmp_path) == []
+
+
+def test_local_delete_leaves_no_empty_folder_behind(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes("releases/a/ivr/menu.wav", b"1")
+    store.put_bytes("releases/a/ivr/hold.wav", b"2")
+    store.put_bytes("releases/b/ivr/menu.wav", b"3")
+
+    store.delete("releases/a/ivr/menu.wav")
+    assert (tmp_path / "releases/a/ivr").is_dir()  # still holds hold.wav
+    store.delete("releases/a/ivr/hold.wav")
+
+    assert not (tmp_path / "releases/a").exists()
+    assert store.get_bytes("releases/b/ivr/menu.wav") == b"3"
+    assert tmp_path.is_dir()  # never the root itself
+    store.put_bytes("releases/a/ivr/menu.wav", b"again")  # a write recreates what it needs
+    assert store.get_bytes("releases/a/ivr/menu.wav") == b"again"
+
+
+def test_s3_copy_keeps_type_and_metadata(s3: S3Env, tmp_path: Path) -> None:
+    bucket = s3.bucket()
+    store = S3Store(bucket, "ivr", client_from_environment())
+    meta = output_metadata("job-1", "cove", "mistv2", 1.5, "ab" * 32)
+    store.put_bytes("releases/j1/intro.wav", b"RIFF-new", content_type="audio/wav", metadata=meta)
+    store.put_bytes("intro.wav", b"RIFF-old")
+
+    uri = store.copy("releases/j1/intro.wav", "intro.wav")
+    store.sync(["intro.wav"])
+
+    assert uri == f"s3://{bucket}/ivr/intro.wav"
+    assert store.get_bytes("intro.wav") == b"RIFF-new"
+    head = s3.client.head_object(Bucket=bucket, Key="ivr/intro.wav")
+    assert head["ContentType"] == "audio/wav"
+    assert head["Metadata"] == meta
+    with pytest.raises(ObjectNotFound):
+        store.copy("releases/j2/missing.wav", "missing.wav")
