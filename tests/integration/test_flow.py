@@ -24,7 +24,7 @@ from pipeline.manifest import load_manifest
 from pipeline.plan import build_plan
 from pipeline.settings import Settings
 from pipeline.stages import Outcome, StageResult
-from pipeline.storage.keys import RESULTS_KEY
+from pipeline.storage.keys import RESULTS_KEY, release_key
 from pipeline.store import State, executors, record_plan, transitions
 from pipeline.store.schema import EXECUTORS, SEGMENTS, utcnow
 from pipeline.store.transitions import Claim, Next
@@ -359,7 +359,10 @@ def test_finish_writes_results_json_for_a_failed_job(runtimes: Runtimes, tmp_pat
 
     assert flow.finish(rt, job_id) is State.FAILED
 
-    document = json.loads((destination(tmp_path) / RESULTS_KEY).read_text())
+    # In the job's release folder; a failed job publishes nothing.
+    released = destination(tmp_path) / release_key(job_id, RESULTS_KEY)
+    document = json.loads(released.read_text())
+    assert not (destination(tmp_path) / RESULTS_KEY).exists()
     assert document["state"] == "failed"
     assert [s["state"] for s in document["scripts"]] == ["done", "failed"]
     assert document["scripts"][1]["error"] == "stitching failed: disk"

@@ -22,7 +22,7 @@ from pipeline.retry import RetryPolicy
 from pipeline.rime.errors import AuthError, BadRequest, RateLimited, ServerError, StreamCut
 from pipeline.run import run_job
 from pipeline.stages import KEY_REFUSED, Context, Event, synth_stage
-from pipeline.storage.keys import RESULTS_KEY
+from pipeline.storage.keys import RESULTS_KEY, release_key
 from pipeline.store import OutputFile, State, open_database, transitions
 from tests.fixtures.jobs import (
     ME,
@@ -60,7 +60,9 @@ def stitched(events: list[Event]) -> Counter[str]:
 
 
 def results_match_the_table(db: Engine, job: Job) -> None:
-    written = json.loads((Path(job.plan.destination) / RESULTS_KEY).read_bytes())
+    # The job's own results file, in its release folder.
+    released = Path(job.plan.destination) / release_key(job.job_id, RESULTS_KEY)
+    written = json.loads(released.read_bytes())
     assert written == json.loads(json.dumps(results_document(summary(db, job.job_id))))
 
 

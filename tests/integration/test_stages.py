@@ -31,7 +31,7 @@ from pipeline.stages import (
     synth_stage,
 )
 from pipeline.storage import OUTPUT_EXTENSIONS, LocalStore, content_type_for, open_store
-from pipeline.storage.keys import RESULTS_KEY
+from pipeline.storage.keys import RESULTS_KEY, release_key
 from pipeline.store import OutputFile, State, plans, transitions
 from pipeline.store.executors import WORKER
 from pipeline.store.transitions import NOTHING, Next
@@ -76,8 +76,14 @@ def new_job(
     destination: Path | str,
     scripts: list[list[str]],
     formats: tuple[str, ...] = ("wav",),
+    name: str = "stage tests",
 ) -> Job:
-    return record(ctx.db, plan_of(str(destination), scripts, formats=formats))
+    return record(ctx.db, plan_of(str(destination), scripts, formats=formats, name=name))
+
+
+def released(dest: Path, job: Job, key: str) -> Path:
+    """Where a job's stitch writes `key` in a local destination: the job's release folder."""
+    return dest / release_key(job.job_id, key)
 
 
 async def synthesize(ctx: Context, *segment_pks: int) -> list[StageResult]:
@@ -173,7 +179,8 @@ async def test_a_second_job_over_the_same_destination_takes_its_audio_from_the_c
     first = new_job(ctx, dest, texts_of(1, 2))
     await synthesize(ctx, *first.all_segments)
     assert len(synthesizer.requests) == 2
-    second = new_job(ctx, dest, texts_of(1, 2))
+    # Another production at the same destination: the cache is the destination's.
+    second = new_job(ctx, dest, texts_of(1, 2), name="second production")
 
     results = await synthesize(ctx, *second.all_segments)
 
@@ -192,7 +199,7 @@ async def test_audio_from_another_synthesizer_is_not_taken_from_the_cache(
     other = Context(
         ctx.db, synthesizer, ctx.limiter, ctx.executor, policy=FAST, cache_namespace="local"
     )
-    same_text = new_job(ctx, dest, texts_of(1, 1))
+    same_text = new_job(ctx, dest, texts_of(1, 1), name="second production")
 
     result = await synth_stage(other, same_text.segments[0][0])
 
@@ -637,16 +644,17 @@ async def test_stitch_stage_writes_every_format_as_the_job_table_records_it(
     outputs = [OutputFile(**o) for o in row.outputs]
     assert [o.format for o in outputs] == list(ALL_FORMATS)
     for output in outputs:
-        path = dest / f"script-0{OUTPUT_EXTENSIONS[output.format]}"
+        path = released(dest, job, f"script-0{OUTPUT_EXTENSIONS[output.format]}")
         assert output.uri == str(path)
         assert output.sha256 == sha256_file(path)
         assert output.bytes == path.stat().st_size > 0
-    wav_file = (dest / "script-0.wav").read_bytes()
+    wav_file = released(dest, job, "script-0.wav").read_bytes()
     assert wav.parse(wav_file).duration == pytest.approx(seconds, abs=1e-6)
-    # The outputs and the cache, and nothing else: no temp files, no scratch folder.
-    assert files_in(dest) == {f"script-0{OUTPUT_EXTENSIONS[f]}" for f in ALL_FORMATS} | {
-        cache_path(ctx, dest, job, 0, i).relative_to(dest).as_posix() for i in (0, 1)
-    }
+    # The release's outputs and the cache, and nothing else: nothing at the stable paths
+    # before the release is published, no temp files, no scratch folder.
+    assert files_in(dest) == {
+        release_key(job.job_id, f"script-0{OUTPUT_EXTENSIONS[f]}") for f in ALL_FORMATS
+    } | {cache_path(ctx, dest, job, 0, i).relative_to(dest).as_posix() for i in (0, 1)}
     assert no_temp_files(dest)
     assert list(scratch.iterdir()) == []
     # Stitching is a phase of its own for a display: its start is told, then its end.
@@ -687,7 +695,9 @@ async def test_stitch_stage_uploads_every_format_to_s3_as_the_job_table_records_
         row = script_row(ctx.db, script_pk)
         assert row.audio_seconds == pytest.approx(expected_seconds(job, s), abs=0.01)
         for output in (OutputFile(**o) for o in row.outputs):
-            key = f"renders/2026/script-{s}{OUTPUT_EXTENSIONS[output.format]}"
+            key = "renders/2026/" + release_key(
+                job.job_id, f"script-{s}{OUTPUT_EXTENSIONS[output.format]}"
+            )
             assert output.uri == f"s3://{s3_bucket}/{key}"
             stored = s3.client.get_object(Bucket=s3_bucket, Key=key)
             body = stored["Body"].read()
@@ -698,7 +708,9 @@ async def test_stitch_stage_uploads_every_format_to_s3_as_the_job_table_records_
             assert stored["Metadata"]["job-id"] == job.job_id
     listed = s3.client.list_objects_v2(Bucket=s3_bucket)["Contents"]
     assert {o["Key"] for o in listed} == {
-        f"renders/2026/script-{s}{OUTPUT_EXTENSIONS[f]}" for s in (0, 1) for f in formats
+        "renders/2026/" + release_key(job.job_id, f"script-{s}{OUTPUT_EXTENSIONS[f]}")
+        for s in (0, 1)
+        for f in formats
     } | {
         "renders/2026/" + ctx.cache_path(seg.cache_key)
         for script in job.plan.scripts
@@ -718,15 +730,15 @@ async def test_a_script_is_stitched_only_once_every_segment_is_done_and_only_onc
 
     assert early == StageResult(Outcome.SKIPPED, NOTHING)
     assert script_row(ctx.db, job.scripts[0]).state is State.PENDING
-    assert not (dest / "script-0.wav").exists()
+    assert not released(dest, job, "script-0.wav").exists()
     await synth_stage(ctx, job.segments[0][1])
     assert stitch_stage(ctx, job.scripts[0]).outcome is Outcome.STITCHED
-    written = (dest / "script-0.wav").stat()
+    written = released(dest, job, "script-0.wav").stat()
 
     again = stitch_stage(ctx, job.scripts[0])
 
     assert again == StageResult(Outcome.SKIPPED, NOTHING)
-    assert (dest / "script-0.wav").stat().st_mtime_ns == written.st_mtime_ns
+    assert released(dest, job, "script-0.wav").stat().st_mtime_ns == written.st_mtime_ns
 
 
 async def test_a_stitch_that_cannot_find_a_segment_fails_its_script(
@@ -744,7 +756,7 @@ async def test_a_stitch_that_cannot_find_a_segment_fails_its_script(
     assert row.state is State.FAILED
     assert row.error == f"stitching failed: no object at {missing}"
     assert row.outputs == []
-    assert not (dest / "script-0.wav").exists()
+    assert not released(dest, job, "script-0.wav").exists()
     assert no_temp_files(dest)
     assert (events[-1].kind, events[-1].outcome) == ("script", Outcome.FAILED)
     assert settle_stage(ctx, job.job_id) is State.FAILED
@@ -753,8 +765,9 @@ async def test_a_stitch_that_cannot_find_a_segment_fails_its_script(
 # settle_stage
 
 
-def results_file(ctx: Context, job: Job) -> dict[str, object]:
-    data = ctx.store(job.plan.destination).get_bytes(RESULTS_KEY)
+def results_file(ctx: Context, job: Job, key: str | None = None) -> dict[str, object]:
+    """The job's own results file, in its release folder (or the file at `key`)."""
+    data = ctx.store(job.plan.destination).get_bytes(key or release_key(job.job_id, RESULTS_KEY))
     parsed: dict[str, object] = json.loads(data)
     return parsed
 
@@ -768,6 +781,7 @@ async def test_results_are_written_only_when_the_job_is_over_and_match_its_summa
 
     assert settle_stage(ctx, job.job_id) is State.RUNNING
     assert not (dest / RESULTS_KEY).exists()
+    assert not released(dest, job, RESULTS_KEY).exists()
 
     await synth_stage(ctx, job.segments[1][0])
     assert stitch_stage(ctx, job.scripts[1]).next == Next(settle=job.job_id)
@@ -782,9 +796,19 @@ async def test_results_are_written_only_when_the_job_is_over_and_match_its_summa
     scripts = document["scripts"]
     assert isinstance(scripts, list)
     assert [len(s["outputs"]) for s in scripts] == [2, 2]
+    # Done, so published: the root file names the release and each output's stable path.
+    published = results_file(ctx, job, RESULTS_KEY)
+    assert published["release"] == job.job_id
+    assert [
+        [(o["uri"], o["published_uri"]) for o in s["outputs"]] for s in published["scripts"]
+    ] == [
+        [(o["uri"], str(dest / f"{s['id']}{OUTPUT_EXTENSIONS[o['format']]}")) for o in s["outputs"]]
+        for s in scripts
+    ]
     # Settling again changes nothing.
     assert settle_stage(ctx, job.job_id) is State.DONE
     assert results_file(ctx, job) == document
+    assert results_file(ctx, job, RESULTS_KEY) == published
 
 
 async def test_a_failed_job_gets_its_results_too(
@@ -804,6 +828,11 @@ async def test_a_failed_job_gets_its_results_too(
     assert isinstance(scripts, list)
     assert [s["state"] for s in scripts] == ["failed", "done"]
     assert "unknown speaker" in scripts[0]["error"]
+    # Nothing of a failed job is published.
+    assert (
+        files_in(dest) - {p for p in files_in(dest) if p.startswith(("releases/", "cache/"))}
+        == set()
+    )
 
 
 def test_results_go_to_the_jobs_own_destination(
@@ -817,9 +846,11 @@ def test_results_go_to_the_jobs_own_destination(
 
     assert settle_stage(ctx, job.job_id) is State.FAILED
 
-    stored = open_store(job.plan.destination).get_bytes(RESULTS_KEY)
+    stored = open_store(job.plan.destination).get_bytes(release_key(job.job_id, RESULTS_KEY))
     assert json.loads(stored)["state"] == "failed"
-    assert s3.client.head_object(Bucket=s3_bucket, Key=f"jobs/a/{RESULTS_KEY}")
+    assert s3.client.head_object(
+        Bucket=s3_bucket, Key=f"jobs/a/{release_key(job.job_id, RESULTS_KEY)}"
+    )
 
 
 async def test_segments_of_one_text_in_flight_together_pay_for_it_once(

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine
 
-from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.plan import JobOptions, JobPlan, OutputSpec, PlannedSegment, Publish, ScriptPlan
 from pipeline.rime.models import MODELS
 from pipeline.rime.params import VoiceParams
 from pipeline.store import (
@@ -31,6 +32,7 @@ from pipeline.store import (
     record_plan,
 )
 from pipeline.store.plans import load_script, load_segment
+from pipeline.store.productions import ProductionBusy
 from pipeline.store.schema import EXECUTORS, JOBS, SCRIPTS, SEGMENTS, metadata
 from pipeline.store.states import TRANSITIONS, can_transition, check_transition
 from pipeline.store.transitions import (
@@ -215,13 +217,43 @@ def test_recorded_plan_loads_back_equal_and_all_pending(db: Engine) -> None:
     assert len(job_id) == 12 and int(job_id, 16) >= 0
 
 
-def test_two_jobs_of_the_same_plan_are_separate(db: Engine) -> None:
+def test_a_production_has_one_unfinished_job_and_its_jobs_are_separate(db: Engine) -> None:
     plan = make_plan(scripts=1, segments=2)
-    first, second = record(db, plan), record(db, plan)
-    assert first != second
+    first = record(db, plan)
+    with pytest.raises(ProductionBusy, match=f"already being rendered by job {first}"):
+        record(db, plan)
+    # Another production at the same destination is not held up.
+    other = record(db, replace(plan, name="another production"))
+    in_tx(db, lambda conn: cancel_job(conn, first))
+
+    second = record(db, plan)
+
+    assert len({first, second, other}) == 3
     with db.begin() as conn:
         assert load_plan(conn, first) == load_plan(conn, second) == plan
-        assert {j.job_id for j in list_jobs(conn)} == {first, second}
+        assert {j.job_id for j in list_jobs(conn)} == {first, second, other}
+    # While the second is unfinished, the first cannot be taken up again either.
+    with db.begin() as conn, pytest.raises(ProductionBusy, match=second):
+        reset_for_resume(conn, first)
+
+
+def test_racing_renders_of_one_production_start_exactly_one_job(db: Engine) -> None:
+    plan = make_plan(scripts=1, segments=1)
+    barrier = threading.Barrier(4)
+
+    def start() -> str | None:
+        barrier.wait()
+        try:
+            return record(db, plan)
+        except ProductionBusy:
+            return None
+
+    with ThreadPoolExecutor(4) as pool:
+        started = [job for job in pool.map(lambda _: start(), range(4)) if job is not None]
+
+    assert len(started) == 1
+    with db.begin() as conn:
+        assert [j.job_id for j in list_jobs(conn)] == started
 
 
 def test_loading_an_unknown_job_names_it(db: Engine) -> None:
@@ -292,7 +324,17 @@ def plans(draw: st.DrawFn) -> JobPlan:
             for i, text in enumerate(texts)
         )
         scripts.append(ScriptPlan(script_id, params, output, segments, draw(st.integers(0, 5000))))
-    return JobPlan(draw(_text), draw(_text), draw(_text), tuple(scripts))
+    pairs = st.lists(st.tuples(_text, _text), max_size=3).map(tuple)
+    options = JobOptions(
+        set=draw(pairs),
+        voice_map=draw(pairs),
+        no_cache=draw(st.booleans()),
+        publish=draw(st.sampled_from(Publish)),
+        notify=tuple(draw(st.lists(_text, max_size=2))),
+        schedule=draw(st.none() | _text),
+        keep_releases=draw(st.integers(1, 1000)),
+    )
+    return JobPlan(draw(_text), draw(_text), draw(_text), tuple(scripts), options)
 
 
 # Function-scoped fixtures are fine here: every example records a job of its own.
@@ -304,6 +346,8 @@ def test_any_plan_round_trips_exactly(db: Engine, plan: JobPlan) -> None:
     job_id = record(db, plan)
     with db.begin() as conn:
         assert load_plan(conn, job_id) == plan
+        # Ended, so the next example may record a job of the same production.
+        cancel_job(conn, job_id)
 
 
 # The state machine
