@@ -32,12 +32,15 @@ Word timestamps: one `timestamps` event per batch, after the batch's last chunk 
 `done`, times in seconds from the start of that batch's audio (seed 001: "measured from the
 beginning of the audio for the current synthesis"); a batch made of several pieces has its
 pieces' times shifted by the audio before them and merged. Readers differ: one adds to each
-event the last end time of the previous event of the utterance (starting again at zero with
-each new utterance, after its done), another adds nothing. With exactly one event per batch
-both read the same, right times, across any number of utterances on one connection. Several
-events per batch, each from the start of its own piece, would be right for the first reader
-only (and off by the silence after each piece's last word); several measured from the batch
-start, for the second only.
+event the last end time of the events before it in the same utterance, another adds nothing.
+With exactly one event per batch the first adds zero, so both read the same, right times.
+Several events per batch, each from the start of its own piece, would be right for the first
+reader only (and then off by the silence after each piece's last word); several measured from
+the batch start, for the second only. Across utterances on one connection, times start again
+at zero with each batch: the first reader's running total starts again with each new utterance
+(its context ends at the done, and the next text opens a new one), the second never adds, so
+both stay right; times running on across batches would put every later utterance's words past
+the end of its audio for both.
 
 Interpretations where the seeds are silent:
 - A text message without `contextId` sets the context to null ("the most recent context id at
