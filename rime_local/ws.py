@@ -22,15 +22,15 @@ wording: "After the last audio chunk for a synthesis batch has been sent, the se
 done event. This signals that the current synthesis is fully complete. If the client sends more
 text and triggers further synthesis, another done will follow" (seed 001): a done per batch,
 and a further one only for text that triggers a further synthesis, not for text already
-waiting. Seed 004 queues text that arrives while a synthesis runs and speaks it with no further
-word from the client: under `never` Rime "will hold the newly accumulated text and synthesize it
-as soon as the current synthesis finishes", and under `immediate`, "once the current synthesis
-finishes, Rime flushes the entire accumulated buffer as a single utterance". That queued text
-is part of what the client is waiting for, so it continues the running batch, and the done
-comes after it. A flush is the client's own end of an utterance ("Once flushed, Rime
-synthesizes the entire accumulated buffer as a single utterance"), so it ends its batch: under
-`never`, each non-empty flush gets one done, however many wait in the queue. The exact rules,
-context ids included, are in `batching`.
+waiting. Seed 004 has text that arrives while a synthesis runs queued and spoken with no
+further word from the client: under `immediate`, "once the current synthesis finishes, Rime
+flushes the entire accumulated buffer as a single utterance", so that text, and likewise under
+`bySentence` sentences that became due meanwhile, is part of what the client is waiting for: it
+continues the running batch, and the done comes after it. A flush is the client's own end of an
+utterance ("Once flushed, Rime synthesizes the entire accumulated buffer as a single
+utterance"), so it ends its batch; under `never` a flush that arrives while busy is one more
+utterance, which Rime "will hold ... and synthesize ... as soon as the current synthesis
+finishes": one done per non-empty flush, however many wait. The exact rules, context ids included, are in `batching`.
 
 Word timestamps: one `timestamps` event per batch, after the batch's last chunk and before its
 `done`, times in seconds from the start of that batch's audio (seed 001: "measured from the
