@@ -30,7 +30,8 @@ continues the running batch, and the done comes after it. A flush is the client'
 utterance ("Once flushed, Rime synthesizes the entire accumulated buffer as a single
 utterance"), so it ends its batch; under `never` a flush that arrives while busy is one more
 utterance, which Rime "will hold ... and synthesize ... as soon as the current synthesis
-finishes": one done per non-empty flush, however many wait. The exact rules, context ids included, are in `batching`.
+finishes": one done per non-empty flush, however many wait. The exact rules, context ids
+included, are in `batching`.
 
 Word timestamps: one `timestamps` event per batch, after the batch's last chunk and before its
 `done`, times in seconds from the start of that batch's audio (seed 001: "measured from the
