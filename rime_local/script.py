@@ -15,9 +15,10 @@ Each sentence becomes one espeak call, so long texts stream sentence by sentence
 Text from several WebSocket messages is planned as `Span`s, each with the markup options of the
 message it came in. Neighbouring spans with the same options are joined before the markup is
 read, so a bracket split across two messages still counts and the connection's
-`inlineSpeedAlpha` runs across them; a span with its own `inlineSpeedAlpha` is read on its own,
-so its values go to its own bracketed words, the first value to its first. Sentences run on
-across spans: an option change inside a sentence changes the markup, not the prosody.
+`inlineSpeedAlpha` runs across them (within one synthesis, as for one request); a span with its
+own `inlineSpeedAlpha` is read on its own, so its values go to its own bracketed words, the
+first value to its first. Sentences run on across spans: an option change inside a sentence
+does not cut it in two.
 """
 
 from __future__ import annotations
