@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rime_local.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
 from rime_local.codecs import Encoding
@@ -183,3 +183,16 @@ def parse_ws_format(value: object) -> Encoding:
         return WS_AUDIO_FORMATS[str(value)]
     except KeyError:
         raise ParamError("audioFormat must be one of mp3, mulaw, pcm") from None
+
+
+def message_markup(message: Mapping[str, object], base: MarkupOptions) -> MarkupOptions:
+    """A WebSocket text message's markup: its own `inlineSpeedAlpha` and
+    `phonemizeBetweenBrackets`, where it sends them, over the connection's `base`."""
+    options = base
+    if message.get("phonemizeBetweenBrackets") is not None:
+        phonemes = _bool("phonemizeBetweenBrackets", message["phonemizeBetweenBrackets"])
+        options = replace(options, phonemes=phonemes)
+    if message.get("inlineSpeedAlpha") not in (None, ""):
+        speeds = parse_inline_speeds(message["inlineSpeedAlpha"])
+        options = replace(options, inline_speeds=speeds)
+    return options

@@ -11,12 +11,21 @@ How the engine reads the markup (Rime documents the syntax, not every corner):
   `inlineSpeedAlpha` (above 1 slower, below 1 faster, through SSML `<prosody rate>`). Words
   beyond the list keep the normal speed; extra values are ignored.
 Each sentence becomes one espeak call, so long texts stream sentence by sentence.
+
+Text from several WebSocket messages is planned as `Span`s, each with the markup options of the
+message it came in. Neighbouring spans with the same options are joined before the markup is
+read, so a bracket split across two messages still counts and the connection's
+`inlineSpeedAlpha` runs across them (within one synthesis, as for one request); a span with its
+own `inlineSpeedAlpha` is read on its own, so its values go to its own bracketed words, the
+first value to its first. Sentences run on across spans: an option change inside a sentence
+does not cut it in two.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from xml.sax.saxutils import escape
 
 from rime_local.sentences import last_boundary, split_sentences
@@ -59,6 +68,29 @@ class MarkupOptions:
     pauses: bool = False
     phonemes: bool = False
     inline_speeds: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Span:
+    """Text and the markup options it was sent with.
+
+    `alone`: the options came with this text only (its own `inlineSpeedAlpha`), so the span is
+    never joined with its neighbours.
+    """
+
+    text: str
+    options: MarkupOptions
+    alone: bool = False
+
+
+def split_span(span: Span, at: int) -> tuple[Span, Span]:
+    """`span` cut at character `at`; a span's own speeds go with the bracketed words they fit."""
+    head, tail = span.text[:at], span.text[at:]
+    tail_options = span.options
+    if span.alone:
+        used = sum(match.group(3) is not None for match in _MARKUP.finditer(head))
+        tail_options = replace(span.options, inline_speeds=span.options.inline_speeds[used:])
+    return Span(head, span.options, span.alone), Span(tail, tail_options, span.alone)
 
 
 @dataclass(frozen=True)
@@ -133,8 +165,26 @@ class _Builder:
         return Sentence("".join([*self.parts, "</speak>"]), tuple(self.words))
 
 
+def _joined(spans: Sequence[Span]) -> list[Span]:
+    """Neighbouring spans with the same options as one, unless either stands alone."""
+    out: list[Span] = []
+    for span in spans:
+        last = out[-1] if out else None
+        if last is not None and not (last.alone or span.alone) and last.options == span.options:
+            out[-1] = Span(last.text + span.text, last.options)
+        else:
+            out.append(span)
+    return out
+
+
 def plan(text: str, options: MarkupOptions) -> list[PlanItem]:
     """The sentences and silences that speak `text`, in order."""
+    return plan_spans([Span(text, options)])
+
+
+def plan_spans(spans: Sequence[Span]) -> list[PlanItem]:
+    """The sentences and silences that speak the spans one after another, in order."""
+    tokens = [token for span in _joined(spans) for token in _tokens(span.text, span.options)]
     items: list[PlanItem] = []
     builder = _Builder()
 
@@ -144,7 +194,7 @@ def plan(text: str, options: MarkupOptions) -> list[PlanItem]:
             items.append(builder.build())
         builder = _Builder()
 
-    for token in _tokens(text, options):
+    for token in tokens:
         if isinstance(token, Silence):
             close()
             items.append(token)

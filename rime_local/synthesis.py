@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import audioop
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from rime_local.script import MarkupOptions, Sentence, Silence, plan
+from rime_local.script import MarkupOptions, Sentence, Silence, Span, plan, plan_spans
 from rime_local.voice import Espeak, EspeakChunk, EspeakVoice
 
 SAMPLE_WIDTH = 2  # 16-bit signed little-endian, mono, everywhere inside the engine
@@ -118,6 +118,14 @@ class Utterance:
         self.sentences_total = sum(isinstance(i, Sentence) for i in self.items)
         self.sentences_done = 0
         self._espeak = espeak
+
+    @classmethod
+    def of_spans(cls, spans: Sequence[Span], voicing: Voicing, espeak: Espeak) -> Utterance:
+        """An utterance of text whose spans carry their own markup options (WebSocket messages)."""
+        utterance = cls("", voicing, espeak)
+        utterance.items = plan_spans(spans)
+        utterance.sentences_total = sum(isinstance(i, Sentence) for i in utterance.items)
+        return utterance
 
     async def events(self) -> AsyncIterator[Audio | Words]:
         """Audio chunks as espeak makes them, each sentence followed by its word timings."""

@@ -1,21 +1,19 @@
 """Rime's JSON WebSocket API (`/ws3`), on the `websockets` library.
 
 The synthesis arguments are query parameters of the connection; the key goes in the upgrade
-request's Authorization header. Received messages become typed events. Failures become
-pipeline.rime.errors, and nothing is retried here.
+request's Authorization header. Received messages become typed events (`events`); `synthesize`
+gathers one utterance from them by the rules of `utterance`, whether the server answers a flush
+with one done or several. Failures become pipeline.rime.errors, and nothing is retried here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -33,7 +31,10 @@ from websockets.frames import CloseCode
 
 from pipeline import __version__
 from pipeline.rime import errors
+from pipeline.rime.checks import duration
+from pipeline.rime.events import ErrorEvent, Event, parse_event
 from pipeline.rime.params import AudioFormat, Segmenting, VoiceParams
+from pipeline.rime.utterance import SETTLE_SECONDS, Assembly, Synthesis
 
 log = logging.getLogger(__name__)
 
@@ -64,116 +65,6 @@ _wire_log = logging.getLogger(f"{__name__}.wire")
 _wire_log.addFilter(_RedactAuthorization())
 
 
-@dataclass(frozen=True)
-class WordTimestamp:
-    """One word and when it is spoken, in seconds from the start of its synthesis."""
-
-    word: str
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Audio bytes, in the connection's audio format."""
-
-    audio: bytes
-    context_id: str | None
-
-
-@dataclass(frozen=True)
-class Timestamps:
-    """Word timings for audio already sent; the three tuples are index-aligned."""
-
-    words: tuple[str, ...]
-    start: tuple[float, ...]
-    end: tuple[float, ...]
-    context_id: str | None
-
-    def items(self) -> list[WordTimestamp]:
-        """The timings as one record per word."""
-        triples = zip(self.words, self.start, self.end, strict=True)
-        return [WordTimestamp(w, s, e) for w, s, e in triples]
-
-
-@dataclass(frozen=True)
-class Done:
-    """The last chunk of a synthesis batch has been sent."""
-
-    context_id: str | None
-
-
-@dataclass(frozen=True)
-class ErrorEvent:
-    """The server refused a message; the connection stays open."""
-
-    message: str
-
-
-Event = Chunk | Timestamps | Done | ErrorEvent
-
-
-@dataclass(frozen=True)
-class Synthesis:
-    """The gathered result of one synthesis: its audio and its word timings."""
-
-    audio: bytes
-    words: tuple[WordTimestamp, ...]
-    context_id: str
-
-
-def _floats(value: object) -> tuple[float, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value
-    ):
-        raise errors.ProtocolError("timestamps event has a non-numeric time list")
-    return tuple(float(v) for v in value)
-
-
-def parse_event(raw: str | bytes, secret: str | None = None) -> Event | None:
-    """The typed event for one server message; None for an event type this client ignores.
-
-    An error event's message is cleaned of `secret`, the key the connection was opened with.
-    """
-    if isinstance(raw, bytes):
-        raise errors.ProtocolError("binary message on a JSON WebSocket")
-    try:
-        message = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise errors.ProtocolError(f"message is not JSON: {exc}") from exc
-    if not isinstance(message, dict):
-        raise errors.ProtocolError("message is not a JSON object")
-    kind = message.get("type")
-    context_id = message.get("contextId")
-    if context_id is not None and not isinstance(context_id, str):
-        context_id = str(context_id)
-    if kind == "chunk":
-        data = message.get("data")
-        if not isinstance(data, str):
-            raise errors.ProtocolError("chunk event without base64 data")
-        try:
-            audio = base64.b64decode(data, validate=True)
-        except binascii.Error as exc:
-            raise errors.StreamCut(f"chunk data is not valid base64: {exc}") from exc
-        return Chunk(audio, context_id)
-    if kind == "timestamps":
-        stamps = message.get("word_timestamps")
-        if not isinstance(stamps, dict):
-            raise errors.ProtocolError("timestamps event without word_timestamps")
-        words = stamps.get("words")
-        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise errors.ProtocolError("timestamps event has a non-text word list")
-        start, end = _floats(stamps.get("start")), _floats(stamps.get("end"))
-        if not len(words) == len(start) == len(end):
-            raise errors.ProtocolError("timestamps lists differ in length")
-        return Timestamps(tuple(words), start, end, context_id)
-    if kind == "done":
-        return Done(context_id)
-    if kind == "error":
-        return ErrorEvent(errors.clean_message(str(message.get("message", "")), secret))
-    return None
-
-
 def ws3_url(
     base: str,
     params: VoiceParams,
@@ -198,12 +89,16 @@ class RimeWsClient:
         segment: Segmenting | None,
         secret: str | None,
         receive_timeout: float | None,
+        audio_format: AudioFormat = AudioFormat.PCM,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> None:
         self._connection = connection
         self.params = params
         self.segment = segment
+        self.audio_format = audio_format
         self._secret = secret
         self._receive_timeout = receive_timeout
+        self._settle_seconds = settle_seconds
         self._received_any = False
 
     @classmethod
@@ -218,13 +113,14 @@ class RimeWsClient:
         segment: Segmenting | None = Segmenting.NEVER,
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
         receive_timeout: float | None = DEFAULT_RECEIVE_TIMEOUT,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> AsyncIterator[RimeWsClient]:
         """Open a connection to `url` (a host, or a full /ws3 URL) and close it after.
 
         No `api_key` (or an empty one) sends no Authorization header, as for a local engine.
 
         `segment` defaults to `never`: audio only on flush or eos, which is what `synthesize`
-        relies on. None leaves Rime's default (`bySentence`).
+        relies on. None leaves Rime's default (`bySentence`). `settle_seconds`: see `utterance`.
         """
         secret = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         target = ws3_url(url, params, audio_format, segment)
@@ -260,6 +156,8 @@ class RimeWsClient:
             segment=segment,
             secret=secret,
             receive_timeout=receive_timeout,
+            audio_format=audio_format,
+            settle_seconds=settle_seconds,
         )
         try:
             yield client
@@ -317,15 +215,20 @@ class RimeWsClient:
 
     async def recv(self) -> Event | None:
         """The next event; None once the server has closed the connection normally."""
+        try:
+            return await self._receive(self._receive_timeout)
+        except TimeoutError as exc:
+            raise errors.Timeout(
+                f"no message from the server in {self._receive_timeout:g}s",
+                billed=self._received_any,
+            ) from exc
+
+    async def _receive(self, timeout: float | None) -> Event | None:
+        """The next event, or None once closed normally; TimeoutError after `timeout` s."""
         while True:
             try:
-                async with asyncio.timeout(self._receive_timeout):
+                async with asyncio.timeout(timeout):
                     raw = await self._connection.recv()
-            except TimeoutError as exc:
-                raise errors.Timeout(
-                    f"no message from the server in {self._receive_timeout:g}s",
-                    billed=self._received_any,
-                ) from exc
             except ConnectionClosedOK:
                 return None
             except ConnectionClosed as exc:
@@ -342,10 +245,14 @@ class RimeWsClient:
             yield event
 
     async def synthesize(self, text: str, context_id: str | None = None) -> Synthesis:
-        """Send `text`, flush, and gather its audio and word timings up to its done event."""
+        """Send `text`, flush, and gather that utterance's audio and word times (see `utterance`).
+
+        Events of other contexts that come before its first done are a previous utterance's
+        leftovers and are skipped; so are error events tagged with another context.
+        """
         if self.segment is not Segmenting.NEVER:
             # Under the other settings the server may cut the text into several batches on
-            # its own, so one done would not mean the whole text.
+            # its own, and join text sent later to them.
             raise ValueError("synthesize() needs a connection opened with segment=never")
         if len(text) > self.params.max_chars:
             raise errors.InvalidRequest(
@@ -355,20 +262,35 @@ class RimeWsClient:
         context_id = context_id or uuid.uuid4().hex
         await self.send_text(text, context_id)
         await self.flush()
-        audio: list[bytes] = []
-        words: list[WordTimestamp] = []
-        while True:
-            event = await self.recv()
+        assembly = Assembly(text, context_id, self._seconds_of)
+        while not assembly.complete:
+            if not assembly.dones:
+                event = await self.recv()
+            else:
+                try:
+                    event = await self._receive(self._settle_seconds)
+                except TimeoutError:
+                    break  # nothing more of it after a done
             if event is None:
+                if assembly.dones:
+                    break
                 raise errors.StreamCut("connection closed before the synthesis finished")
             if isinstance(event, ErrorEvent):
-                raise errors.BadRequest(event.message or "the server refused the request")
+                if event.context_id in (None, context_id):
+                    raise errors.BadRequest(event.message or "the server refused the request")
+                log.debug("skipping an error of another context")
+                continue
             if event.context_id != context_id:
+                if assembly.dones:
+                    break  # the server has moved on
                 log.debug("skipping an event of another context")
                 continue
-            if isinstance(event, Chunk):
-                audio.append(event.audio)
-            elif isinstance(event, Timestamps):
-                words.extend(event.items())
-            else:
-                return Synthesis(b"".join(audio), tuple(words), context_id)
+            assembly.add(event)
+        return assembly.result()
+
+    def _seconds_of(self, audio: bytes) -> float | None:
+        """Seconds of received audio, for the formats whose length needs no decoding."""
+        params = self.params
+        model = params.model
+        rate = params.sampling_rate or (model.default_sampling_rate if model else None)
+        return duration(audio, self.audio_format, rate) if rate else None

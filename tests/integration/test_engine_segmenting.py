@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rime_local.script import MarkupOptions, Sentence, Silence, plan
+from rime_local.script import MarkupOptions, Sentence, Silence, Span, plan, plan_spans
 from rime_local.sentences import PHRASE_MARKS, last_boundary, split_sentences
 
 
@@ -78,3 +78,25 @@ def test_plan_escapes_ssml_and_keeps_word_spans() -> None:
     assert isinstance(sentence, Sentence)
     assert "&amp;" in sentence.ssml and "&lt;cheap&gt;" in sentence.ssml
     assert [w.word for w in sentence.words] == ["Fish", "&", "chips", "<cheap>"]
+
+
+def test_spans_with_their_own_speeds_plan_like_one_text_with_the_lists_joined() -> None:
+    spans = [
+        Span("Say [one] now. ", MarkupOptions(inline_speeds=(3.0,)), alone=True),
+        Span("Then [two] later.", MarkupOptions(inline_speeds=(0.5,)), alone=True),
+        Span(" And [three] plain.", MarkupOptions()),
+    ]
+    joined = plan(
+        "Say [one] now. Then [two] later. And [three] plain.",
+        MarkupOptions(inline_speeds=(3.0, 0.5)),
+    )
+    assert plan_spans(spans) == joined
+
+
+def test_spans_without_options_of_their_own_are_read_as_one_text() -> None:
+    # A bracket split across two messages still counts, and takes the connection's speed.
+    options = MarkupOptions(inline_speeds=(3.0,))
+    split = plan_spans([Span("This is [sl", options), Span("ow] speech.", options)])
+    assert split == plan("This is [slow] speech.", options)
+    [sentence] = split
+    assert isinstance(sentence, Sentence) and '<prosody rate="33%">slow</prosody>' in sentence.ssml

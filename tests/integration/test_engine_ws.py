@@ -85,16 +85,20 @@ def test_by_sentence_fires_at_sentence_ends_but_not_inside_numbers_or_abbreviati
 
     async def script(ws: Any) -> list[Event]:
         await send_all(ws, *({"text": t} for t in tokens))
-        first = await receive_events(ws, dones=2)
+        first = await receive_events(ws, dones=1)
         await send_all(ws, {"text": " then some"}, {"operation": "eos"})
         return first + await receive_events(ws)
 
+    busy_engine.reset_metrics()
     groups = batches(run(busy_engine, "/ws3?speaker=cove&segment=bySentence", script))
+    # The first sentence went to synthesis alone; the second was due before it finished, so it
+    # joined the same batch: one done for both. "And" waited for more text.
     assert [words(g) for g in groups] == [
-        ["Take", "2.5ml", "of", "the", "solution."],
-        ["Dr.", "Smith", "agrees."],
+        ["Take", "2.5ml", "of", "the", "solution.", "Dr.", "Smith", "agrees."],
         ["And", "then", "some"],
     ]
+    # Three syntheses: no early cut at "2." or "Dr.".
+    assert busy_engine.metrics()["completed"] == 3
     assert all(audio(g) for g in groups)
     assert all(g[-1] == {"type": "done", "contextId": None} for g in groups)
 
@@ -153,8 +157,12 @@ def test_immediate_synthesizes_on_receipt_and_joins_what_arrives_while_busy(
         "/ws3?speaker=astra&modelId=arcana&segment=immediate",
         "/ws3?speaker=astra&modelId=arcana&immediate=true",
     ):
+        busy_engine.reset_metrics()
         groups = batches(run(busy_engine, path, script))
-        assert [words(g) for g in groups] == [["One"], ["two", "three"]]
+        # "One" is synthesized on receipt, "two three" as one utterance once idle; both in the
+        # one batch that the eos ends.
+        assert [words(g) for g in groups] == [["One", "two", "three"]]
+        assert busy_engine.metrics()["completed"] == 2
 
 
 def test_context_ids_follow_the_most_recent_message_at_request_time(

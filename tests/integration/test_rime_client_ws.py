@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import logging
+import time
 import traceback
 from typing import Any
 
+import httpx
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from pipeline.rime.checks import duration
 from pipeline.rime.errors import (
@@ -17,8 +23,9 @@ from pipeline.rime.errors import (
     ServerError,
     StreamCut,
 )
+from pipeline.rime.events import Chunk, Done, ErrorEvent, Event, Timestamps
 from pipeline.rime.params import AudioFormat, Segmenting, VoiceParams
-from pipeline.rime.ws import Chunk, Done, ErrorEvent, Event, RimeWsClient, Timestamps
+from pipeline.rime.ws import RimeWsClient
 from tests.fixtures.services import closed_port
 
 RATE = 22050
@@ -205,3 +212,73 @@ async def test_a_connection_cut_mid_audio_is_a_stream_cut(engine_factory: Any) -
     async with RimeWsClient.connect(cutting.ws_url, COVE, "") as ws:
         with pytest.raises(StreamCut, match="1011"):
             await ws.synthesize("This synthesis is long enough to be cut off partway through.")
+
+
+async def test_synthesize_returns_at_the_engine_s_one_done_with_all_of_the_text(
+    engine: Any,
+) -> None:
+    text = "First of three sentences. The second one follows. And the third ends it."
+    async with RimeWsClient.connect(engine.ws_url, COVE, "", settle_seconds=5.0) as ws:
+        started = time.monotonic()
+        result = await ws.synthesize(text, "whole")
+        elapsed = time.monotonic() - started
+        again = await ws.synthesize("Once more.", "again")
+    # Returned at the done that timed the last word, without waiting to see if more follows.
+    assert elapsed < 4.0
+    reference = httpx.post(
+        engine.http_url,
+        json={"text": text, "speaker": "cove", "modelId": "mistv2", "samplingRate": RATE},
+        headers={"Accept": "audio/pcm"},
+        timeout=30,
+    )
+    assert _seconds(result.audio) == pytest.approx(_seconds(reference.content), abs=0.02)
+    assert [w.word for w in result.words] == text.split()
+    assert [w.word for w in again.words] == ["Once", "more."]
+
+
+# A server that answers one flush in pieces, each with its own timestamps (timed from the
+# piece's start) and its own done, a moment apart: as Rime's cloud may.
+_PIECES = [(["Alpha", "beta."], 0.8), (["Gamma", "delta."], 0.6)]
+
+
+async def _piecewise(ws: ServerConnection) -> None:
+    context = None
+    async for raw in ws:
+        message = json.loads(raw)
+        if "text" in message:
+            context = message.get("contextId")
+            continue
+        for words, seconds in _PIECES:
+            audio = b"\0\0" * round(seconds * RATE)
+            step = seconds / 2 / len(words)
+            events = [
+                {"type": "chunk", "data": base64.b64encode(audio).decode(), "contextId": context},
+                {
+                    "type": "timestamps",
+                    "word_timestamps": {
+                        "words": words,
+                        "start": [i * step for i in range(len(words))],
+                        "end": [(i + 1) * step for i in range(len(words))],
+                    },
+                    "contextId": context,
+                },
+                {"type": "done", "contextId": context},
+            ]
+            for event in events:
+                await ws.send(json.dumps(event))
+            await asyncio.sleep(0.2)  # the next piece starts a little later
+
+
+async def test_synthesize_gathers_an_utterance_sent_in_pieces_with_a_done_each() -> None:
+    async with serve(_piecewise, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with RimeWsClient.connect(f"ws://127.0.0.1:{port}", COVE, "") as ws:
+            first = await ws.synthesize("Alpha beta. Gamma delta.", "one")
+            second = await ws.synthesize("Alpha beta. Gamma delta.", "two")
+    for result in (first, second):
+        assert _seconds(result.audio) == pytest.approx(0.8 + 0.6)
+        assert [w.word for w in result.words] == ["Alpha", "beta.", "Gamma", "delta."]
+        # The second piece's times start where its audio does, 0.8 s in.
+        assert [round(w.start, 3) for w in result.words] == [0.0, 0.2, 0.8, 0.95]
+        assert [round(w.end, 3) for w in result.words] == [0.2, 0.4, 0.95, 1.1]
+    assert second.context_id == "two"

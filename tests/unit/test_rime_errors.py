@@ -27,7 +27,7 @@ from pipeline.rime.errors import (
     error_for_status,
     parse_retry_after,
 )
-from pipeline.rime.ws import ErrorEvent, parse_event
+from pipeline.rime.events import ErrorEvent, parse_event
 from tests.fixtures.leaks import leaked
 
 KEY = "rk_live_ZZTOPSECRET0123456789"
