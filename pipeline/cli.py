@@ -250,6 +250,7 @@ def _first(group: BaseExceptionGroup[RimeBatchError]) -> RimeBatchError:
 
 def _finish(job_id: str, state: State) -> None:
     from pipeline.display import summary_table
+    from pipeline.publish import publish_failed
     from pipeline.storage.keys import RESULTS_KEY, release_key
     from pipeline.store import State, productions, views
 
@@ -261,6 +262,9 @@ def _finish(job_id: str, state: State) -> None:
     _out().print(f"release {job_id} in {where}/{release_key(job_id)}", markup=False)
     if published:
         _out().print(f"published: {where} ({RESULTS_KEY})", markup=False)
+    elif publish_failed(summary.job.error):
+        # Every script is done, but what was asked for (a published set) is not there.
+        raise typer.Exit(1)
     elif state is State.DONE:
         _out().print(
             f"not published; `rime-batch publish {summary.job.name} {job_id}` publishes it",
@@ -379,8 +383,8 @@ def _show_diff(job_plan: JobPlan, *, against_release: bool) -> None:
 
 @app.command()
 def diff(manifest: ManifestArg, output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
-    """Compare a manifest with its published release: what changed, what a render would send,
-    and its cost."""
+    """Compare a manifest with its published release. What changed, and what a render would
+    send and cost."""
     job_plan = _with_options(_load_plan(manifest, output), no_cache, "auto")
     _show_diff(job_plan, against_release=True)
 
@@ -441,8 +445,8 @@ def render(
     no_cache: NoCacheOpt = False,
     publish_mode: PublishOpt = "auto",
 ) -> None:
-    """Render a manifest to audio here and now, into a new release that is then published.
-    The embedded executor: one process."""
+    """Render a manifest here and now, then publish it. A new release, by the embedded
+    executor: one process."""
     from pipeline.storage import open_store
     from pipeline.store import productions, record_plan
 
@@ -474,8 +478,8 @@ def resume(
         typer.Option("--force", help="Resume even though the job's executor still looks alive."),
     ] = False,
 ) -> None:
-    """Finish an interrupted, failed or cancelled job, and publish it. Finished segments are not
-    done again."""
+    """Finish an interrupted, failed or cancelled job, then publish it. Finished segments are
+    not done again."""
     from pipeline.settings import get_settings
     from pipeline.store import State, load_plan, transitions, views
 
@@ -662,7 +666,7 @@ def _production(name: str, destination: str | None) -> int:
 
 @app.command()
 def releases(name: NameArg, destination: DestinationOpt = None) -> None:
-    """List a production's releases: when, voices, scripts, characters billed, published."""
+    """List a production's releases. When, voices, scripts, characters billed, published."""
     from pipeline.display import releases_table
     from pipeline.store import productions
 
@@ -681,7 +685,7 @@ def publish(
     ],
     destination: DestinationOpt = None,
 ) -> None:
-    """Publish a done release: the stable paths and results.json switch to it at once."""
+    """Publish a done release. The stable paths and results.json switch to it at once."""
     _publish(name, release, destination, rollback=False)
 
 
@@ -734,7 +738,7 @@ app.add_typer(cache_app, name="cache", help="The segment cache of a destination.
 
 @cache_app.command("prune")
 def cache_prune(name: NameArg, destination: DestinationOpt = None) -> None:
-    """Delete cached segments no kept release (or unfinished job) at its destination uses."""
+    """Delete unused cached segments. Those no kept release (or unfinished job) uses."""
     from pipeline.cache import prune_cache
     from pipeline.storage import open_store
     from pipeline.store import productions

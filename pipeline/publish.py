@@ -42,6 +42,11 @@ from pipeline.store.schema import JOBS
 log = logging.getLogger(__name__)
 
 
+# How a done job that was not published says why (on the job, shown by `status`).
+NOT_PUBLISHED = "not published: "
+PUBLISH_FAILED = "publish failed: "
+
+
 class PublishRefused(InputError):
     """The release cannot be published: not done, pruned, or older than the published one."""
 
@@ -91,14 +96,16 @@ def publish(
         )
         productions.mark_published(conn, production_id, job_id)
     pruned = prune(db, production_id, keep=_options(db, job_id).keep_releases, store=store)
+    was = f" (was {previous})" if previous and previous != job_id else ""
+    gone = f"; pruned {len(pruned)} old releases" if pruned else ""
     log.info(
-        "published production=%s release=%s previous=%s outputs=%d removed=%d pruned=%d",
-        production.name,
+        "published release %s of %s%s: %d files at %s%s",
         job_id,
-        previous,
+        production.name,
+        was,
         stable.written,
-        stable.removed,
-        len(pruned),
+        production.destination,
+        gone,
     )
     return Published(
         production.name,
@@ -189,11 +196,20 @@ def publish_when_due(
         return None
     try:
         return publish(db, job_id, store_for=store_for)
+    except PublishRefused as exc:
+        why = f"{NOT_PUBLISHED}{exc}"
     except RimeBatchError as exc:
-        log.warning("release %s not published: %s", job_id, exc)
-        with db.begin() as conn:
-            productions.note_unpublished(conn, job_id, f"not published: {exc}")
-        return None
+        why = f"{PUBLISH_FAILED}{exc}; `rime-batch resume {job_id}` publishes it"
+    log.warning("release %s: %s", job_id, why)
+    with db.begin() as conn:
+        productions.note_unpublished(conn, job_id, why)
+    return None
+
+
+def publish_failed(error: str | None) -> bool:
+    """Whether a done job's error says its publish went wrong (and should be run again), as
+    opposed to being refused on purpose (an older release, a manual publish)."""
+    return error is not None and error.startswith(PUBLISH_FAILED)
 
 
 def _options(db: Engine, job_id: str) -> JobOptions:

@@ -140,6 +140,9 @@ class LocalStore:
                 # Another file system, or one without hard links: copy the bytes.
                 shutil.copyfile(origin, temp)
             os.replace(temp, destination)
+            # Renaming a link over another link of the same file does nothing (POSIX): the
+            # target is already in place, and the temp name is left over.
+            temp.unlink(missing_ok=True)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise _os_error("cannot store", uri, exc) from exc

@@ -155,7 +155,9 @@ def test_without_a_terminal_stitching_is_a_phase_with_its_own_count(
         stitching = messages.index(next(m for m in started if m.split()[1] == script))
         done = next(i for i, m in enumerate(messages) if m.startswith(f"script {script} done"))
         assert stitching < done, result
-    assert messages[-1].endswith("(3/3 scripts)"), result
+    assert messages[-2].endswith("(3/3 scripts)"), result
+    # Then the release is published, and says so.
+    assert messages[-1].startswith("published release "), result
 
 
 def test_retried_faults_name_their_segment_and_leave_no_traceback(

@@ -385,3 +385,41 @@ def test_on_s3_results_json_is_the_pointer_and_rollback_restores_the_objects(
         k: v for k, v in first.items() if k != "ivr/results.json"
     }
     assert json.loads(objects()["ivr/results.json"])["release"] == old_release
+
+
+def test_a_publish_that_fails_leaves_the_old_set_and_resume_finishes_it(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    engine = engine_factory(api_keys=[KEY])
+    run = cli.using(engine=engine, api_key=KEY)
+    out = tmp_path / "out"
+    assert run.run("render", manifest(tmp_path, "cove")).returncode == 0
+    before = published_set(out)
+    engine.configure(ttfb_ms=300)
+    known = job_ids(run.database_url)
+    running = run.start("render", manifest(tmp_path, "marsh"), "--concurrency", "2")
+    job_of(running, run, known)
+    # Once the job is under way (a folder there beforehand is refused as bad input), a folder
+    # where a stable file must go: the publish cannot put that file in place.
+    (out / "prompts" / "p05.mulaw.wav").unlink()
+    (out / "prompts" / "p05.mulaw.wav").mkdir()
+    before.pop("prompts/p05.mulaw.wav")
+
+    rendered = running.wait()
+
+    assert rendered.returncode == 1, rendered
+    assert "Traceback" not in rendered.output
+    job_id = rendered.stderr.split("job ")[1].split(":")[0]
+    assert "publish failed" in rendered.stdout and f"rime-batch resume {job_id}" in rendered.stdout
+    # results.json still names the old release, and says the same as before.
+    assert published_set(out)["results.json"] == before["results.json"]
+    (out / "prompts" / "p05.mulaw.wav").rmdir()
+    engine.configure(ttfb_ms=0)
+    engine.reset_metrics()
+
+    resumed = run.run("resume", job_id)
+
+    assert resumed.returncode == 0, resumed
+    assert engine.metrics()["requests"] == 0
+    assert_consistent(out, job_id)
+    assert len(published_set(out)) == PROMPTS + 1

@@ -141,8 +141,13 @@ def test_render_writes_every_output_and_its_results(
     assert results["state"] == "done"
     scripts = by_id(results)
     assert list(scripts) == ["ivr/welcome", "ivr/menu", "narration/chapter"]
-    listed = {Path(o["uri"]) for s in scripts.values() for o in s["outputs"]}
+    # Published: each output at its stable path, the same bytes as in the job's release.
+    listed = {Path(o["published_uri"]) for s in scripts.values() for o in s["outputs"]}
     assert listed == {(tmp_path / rel).resolve() for rel in EXPECTED_OUTPUTS}
+    release = (tmp_path / "out" / "releases" / job_id).resolve()
+    for output in (o for s in scripts.values() for o in s["outputs"]):
+        assert Path(output["uri"]).is_relative_to(release), output
+        assert Path(output["uri"]).read_bytes() == Path(output["published_uri"]).read_bytes()
 
     for rel, (codec, rate) in EXPECTED_OUTPUTS.items():
         audio = probe(tmp_path / rel)

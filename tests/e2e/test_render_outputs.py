@@ -74,6 +74,11 @@ def test_s3_destination_gets_objects_with_type_and_metadata(
     keys = {o["Key"] for o in listed.get("Contents", [])}
     outputs = {"renders/april/announcement.wav", "renders/april/announcement.mp3"}
     assert outputs | {"renders/april/results.json"} <= keys
+    job_id = json.loads(
+        s3.client.get_object(Bucket=s3_bucket, Key="renders/april/results.json")["Body"].read()
+    )["job_id"]
+    released = {k.replace("april/", f"april/releases/{job_id}/") for k in outputs}
+    assert released <= keys
     # The segment cache lives with the outputs, so a second machine rendering there reuses it.
     assert sum(k.startswith("renders/april/cache/") for k in keys) == 3
 
@@ -83,8 +88,11 @@ def test_s3_destination_gets_objects_with_type_and_metadata(
     assert results["state"] == "done"
     assert results["destination"] == destination
     (script,) = results["scripts"]
-    assert {o["uri"] for o in script["outputs"]} == {f"s3://{s3_bucket}/{key}" for key in outputs}
-    sha_by_uri = {o["uri"]: o["sha256"] for o in script["outputs"]}
+    assert {o["uri"] for o in script["outputs"]} == {f"s3://{s3_bucket}/{k}" for k in released}
+    assert {o["published_uri"] for o in script["outputs"]} == {
+        f"s3://{s3_bucket}/{key}" for key in outputs
+    }
+    sha_by_uri = {o["published_uri"]: o["sha256"] for o in script["outputs"]}
 
     for key, content_type in [
         ("renders/april/announcement.wav", "audio/wav"),

@@ -111,7 +111,10 @@ def test_audio_far_too_long_for_its_text_is_rejected_billed_and_recorded(
     metrics = engine.metrics()
     # The preflight's one character too: its audio is not checked for plausibility.
     assert (metrics["requests"], metrics["faults"]) == (1 + 2, {"implausible": 1 + 2})
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    # Failed, so not published: the job's results are in its release folder.
+    assert not (tmp_path / "out" / "results.json").exists()
+    (release,) = (tmp_path / "out" / "releases").iterdir()
+    results = json.loads((release / "results.json").read_text())
     [script] = results["scripts"]
     chars = len("Hello there. This is a short prompt.")
     assert (script["state"], script["attempts"], script["outputs"]) == ("failed", 1 + 2, [])

@@ -159,6 +159,16 @@ def _recorded(run: Cli) -> bool:
         return False  # the tables are not there yet
 
 
+def _only_job(run: Cli) -> str:
+    engine = create_engine_for(run.database_url)
+    try:
+        with engine.connect() as conn:
+            (job_id,) = conn.scalars(sa.text("SELECT id FROM jobs")).all()
+            return str(job_id)
+    finally:
+        engine.dispose()
+
+
 def test_a_failed_stitch_is_redone_by_resume_without_a_request(
     cli: Cli, engine_factory: EngineFactory, tmp_path: Path
 ) -> None:
@@ -171,21 +181,25 @@ def test_a_failed_stitch_is_redone_by_resume_without_a_request(
     # recorded (a folder there beforehand is refused as bad input): the encoder cannot put the
     # file in place.
     poll_until(lambda: _recorded(run), timeout=60, what="the job recorded")
-    blocker = tmp_path / "out" / "narration" / "chapter.mp3"
+    job_id = _only_job(run)
+    release = tmp_path / "out" / "releases" / job_id
+    blocker = release / "narration" / "chapter.mp3"
     blocker.mkdir(parents=True)
 
     failed = running.wait()
 
     assert failed.returncode == 1, failed
     assert "Traceback" not in failed.stderr
-    scripts = by_id(results_of(tmp_path / "out"))
+    # A failed job publishes nothing: its results are in its release folder only.
+    assert not (tmp_path / "out" / "results.json").exists()
+    scripts = by_id(results_of(release))
     narration = scripts["narration/chapter"]
     assert narration["state"] == "failed"
     assert narration["error"].startswith("stitching failed: "), narration
     assert narration["outputs"] == []
     assert {scripts[s]["state"] for s in ("ivr/welcome", "ivr/menu")} == {"done"}
     # Neither format was left behind, whole or half-written, nor any temporary file.
-    assert sorted(p.name for p in (tmp_path / "out" / "narration").iterdir()) == ["chapter.mp3"]
+    assert sorted(p.name for p in (release / "narration").iterdir()) == ["chapter.mp3"]
     assert blocker.is_dir() and not any(blocker.iterdir())
     requests = engine.metrics()["requests"]
     assert requests == 2 + 6 + 1  # the segments, and the preflight's check of the one voice

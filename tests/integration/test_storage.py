@@ -554,6 +554,10 @@ def test_local_copy_replaces_the_target_in_one_step_and_shares_the_bytes(tmp_pat
         os.stat(tmp_path / "intro.wav").st_ino == os.stat(tmp_path / "releases/b/intro.wav").st_ino
     )
     assert _temp_files(tmp_path) == []
+    # Again: the target is already that file (a publish run a second time).
+    store.copy("releases/b/intro.wav", "intro.wav")
+    assert store.get_bytes("intro.wav") == b"new voice"
+    assert _temp_files(tmp_path) == []
     with pytest.raises(ObjectNotFound):
         store.copy("releases/c/missing.wav", "missing.wav")
     assert not (tmp_path / "missing.wav").exists() and _temp_files(tmp_path) == []
