@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from sqlalchemy import Engine
 
-    from pipeline.plan import JobPlan, PlannedSegment
+    from pipeline.plan import JobOptions, JobPlan, PlannedSegment
     from pipeline.progress import Done
     from pipeline.store import State
 
@@ -260,10 +260,21 @@ def _finish(job_id: str, state: State) -> None:
     raise typer.Exit(0 if state is State.DONE else 1)
 
 
-def _load_plan(manifest: Path, output: str | None) -> JobPlan:
+def _options(sets: list[str] | None, voice_map: list[str] | None) -> JobOptions:
+    """The job's options from the command line, as they are recorded on it."""
+    from pipeline.manifest.overrides import SET, VOICE_MAP, split_assignment
+    from pipeline.plan import JobOptions
+
+    return JobOptions(
+        set=tuple(split_assignment(SET, text) for text in sets or ()),
+        voice_map=tuple(split_assignment(VOICE_MAP, text) for text in voice_map or ()),
+    )
+
+
+def _load_plan(manifest: Path, output: str | None, options: JobOptions) -> JobPlan:
     from pipeline.plan import plan_manifest
 
-    return plan_manifest(manifest, output=output)
+    return plan_manifest(manifest, output=output, options=options)
 
 
 # Flags have one name each (no --no-x twin), and every value a metavar saying what it is.
@@ -284,6 +295,25 @@ ConcurrencyOpt = Annotated[
 RpmOpt = Annotated[
     int | None, typer.Option("--rpm", min=1, metavar="N", help="Requests-per-minute budget.")
 ]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Change a job-wide default, as if written under defaults: (repeatable), e.g. "
+        "--set speaker=luna --set modelId=arcana; a script's own value still wins. Values read "
+        "as in a manifest: 8000, true, 'mp3|wav'. Recorded on the job.",
+    ),
+]
+VoiceMapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--voice-map",
+        metavar="OLD=NEW",
+        help="Rename a speaker wherever it appears, in the defaults and every script, after "
+        "--set (repeatable), e.g. --voice-map cove=luna. Recorded on the job.",
+    ),
+]
 
 
 @app.command()
@@ -293,11 +323,13 @@ def plan(
     save: Annotated[
         bool, typer.Option("--save", help="Record the job and its segments as pending.")
     ] = False,
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
 ) -> None:
     """Show how a manifest will be rendered. Segments, characters and minutes per script."""
     from pipeline.display import plan_table
 
-    job_plan = _load_plan(manifest, output)
+    job_plan = _load_plan(manifest, output, _options(sets, voice_map))
     _out().print(plan_table(job_plan))
     if save:
         from pipeline.store import record_plan
@@ -360,13 +392,15 @@ def render(
     output: OutputOpt = None,
     concurrency: ConcurrencyOpt = None,
     rpm: RpmOpt = None,
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
 ) -> None:
     """Render a manifest to audio here and now. The embedded executor: one process."""
     from pipeline.storage import open_store
     from pipeline.store import record_plan
 
     _setup_logging()
-    job_plan = _load_plan(manifest, output)
+    job_plan = _load_plan(manifest, output, _options(sets, voice_map))
     # A destination that cannot be written fails here, before anything is billed.
     open_store(job_plan.destination).check()
 
@@ -490,18 +524,27 @@ def submit(
             help="Check Rime's URL, key and voices from this host first (a character a voice)."
         ),
     ] = True,
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
 ) -> None:
     """Send a job to the Celery workers; prints its id. See `worker` and `status -w`."""
     from workers.commands import submit as submit_job
 
     preflight = _check_rime if check else None
+    options = _options(sets, voice_map)
     if Path(manifest).is_file():
-        job_plan = _load_plan(Path(manifest), output)
+        job_plan = _load_plan(Path(manifest), output, options)
         job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
         )
     else:
+        if options.set or options.voice_map:
+            # A recorded job is sent as it was planned; a change is a new job.
+            raise InputError(
+                f"{manifest!r} is not a manifest: --set and --voice-map change a manifest's "
+                "plan, and a saved job keeps the one it was recorded with"
+            )
         job_id = submit_job(manifest, preflight=preflight)
     _out().print(job_id)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
-    from pipeline.plan import JobPlan, ScriptPlan
+    from pipeline.plan import JobOptions, JobPlan, ScriptPlan
     from pipeline.store.views import JobStatus, JobSummary
 
 # Rime voices speak roughly 15 characters a second at speed 1.0.
@@ -72,11 +74,23 @@ def jobs_table(rows: list[JobStatus]) -> Table:
     return table
 
 
+def overrides_line(options: JobOptions) -> str | None:
+    """The job's `--set` and `--voice-map`, as a command line would give them again."""
+    words = [f"--set {shlex.quote(f'{k}={v}')}" for k, v in options.set]
+    words += [f"--voice-map {shlex.quote(f'{old}={new}')}" for old, new in options.voice_map]
+    return " ".join(words) or None
+
+
 def summary_table(summary: JobSummary) -> Table:
-    """One job's scripts with state, attempts, characters, durations and errors."""
+    """One job's scripts with state, attempts, characters, durations and errors; the title
+    names what the job was asked to change (`--set`, `--voice-map`)."""
     job = summary.job
     title = f"job {job.job_id} ({job.name}): {job.shown_state}"
-    table = Table(title=title, caption=job.error or None)
+    overrides = overrides_line(job.options)
+    if overrides is not None:
+        title += f"\n{overrides}"
+    # Plain text: a value such as inlineSpeedAlpha=[1, 2] is not rich markup.
+    table = Table(title=Text(title), caption=job.error or None)
     columns = ("script", "state", "segments", "attempts", "chars", "billed", "audio", "error")
     for name in columns:
         table.add_column(name, no_wrap=name != "error", overflow="fold")
