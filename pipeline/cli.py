@@ -22,8 +22,7 @@ from pipeline.errors import InputError, RimeBatchError
 # the engine, a status table only SQLAlchemy and rich.
 if TYPE_CHECKING:
     from pydantic import SecretStr
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console, RenderableType
     from sqlalchemy import Engine
 
     from pipeline.plan import JobOptions, JobPlan, PlannedSegment
@@ -457,7 +456,7 @@ def status(
     final = (State.DONE, State.FAILED, State.CANCELLED)
     db = _database()
 
-    def snapshot() -> tuple[Table, bool]:
+    def snapshot() -> tuple[RenderableType, bool]:
         since = executors.dead_before(get_settings().executor_timeout_seconds)
         with db.begin() as conn:
             if job is None:

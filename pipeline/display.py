@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -81,16 +82,12 @@ def overrides_line(options: JobOptions) -> str | None:
     return " ".join(words) or None
 
 
-def summary_table(summary: JobSummary) -> Table:
-    """One job's scripts with state, attempts, characters, durations and errors; the title
-    names what the job was asked to change (`--set`, `--voice-map`)."""
+def summary_table(summary: JobSummary) -> RenderableType:
+    """One job's scripts with state, attempts, characters, durations and errors, under a line
+    naming what the job was asked to change (`--set`, `--voice-map`) when it was."""
     job = summary.job
     title = f"job {job.job_id} ({job.name}): {job.shown_state}"
-    overrides = overrides_line(job.options)
-    if overrides is not None:
-        title += f"\n{overrides}"
-    # Plain text: a value such as inlineSpeedAlpha=[1, 2] is not rich markup.
-    table = Table(title=Text(title), caption=job.error or None)
+    table = Table(title=title, caption=job.error or None)
     columns = ("script", "state", "segments", "attempts", "chars", "billed", "audio", "error")
     for name in columns:
         table.add_column(name, no_wrap=name != "error", overflow="fold")
@@ -105,4 +102,8 @@ def summary_table(summary: JobSummary) -> Table:
             "" if s.audio_seconds is None else f"{s.audio_seconds:.2f}s",
             s.error or "",
         )
-    return table
+    overrides = overrides_line(job.options)
+    if overrides is None:
+        return table
+    # One line however long, as given (a value such as inlineSpeedAlpha=[1, 2] is not markup).
+    return Group(Text(f"overrides: {overrides}", no_wrap=True, overflow="ignore"), table)
