@@ -99,6 +99,10 @@ def build_job(
     )
 
 
+# Speakers a refused rename lists: enough to spot a typo, one line for a job of many voices.
+_NAMES_SHOWN = 10
+
+
 @dataclass
 class _Use:
     """What the scripts took from the overrides: an override nothing takes changes nothing,
@@ -118,9 +122,11 @@ class _Use:
                 )
         for rename in overrides.renames:
             if rename.old not in self.speakers:
+                names = sorted(self.speakers)
+                more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
                 raise rename.error(
                     f"no script speaks with {rename.old!r} (this job's speakers: "
-                    f"{', '.join(sorted(self.speakers))})"
+                    f"{', '.join(names[:_NAMES_SHOWN])}{more})"
                 )
 
 
