@@ -22,11 +22,10 @@ from pipeline.errors import InputError, RimeBatchError
 # the engine, a status table only SQLAlchemy and rich.
 if TYPE_CHECKING:
     from pydantic import SecretStr
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console, RenderableType
     from sqlalchemy import Engine
 
-    from pipeline.plan import JobPlan, PlannedSegment
+    from pipeline.plan import JobOptions, JobPlan, PlannedSegment
     from pipeline.progress import Done
     from pipeline.store import State
 
@@ -273,10 +272,33 @@ def _finish(job_id: str, state: State) -> None:
     raise typer.Exit(0 if state is State.DONE else 1)
 
 
-def _load_plan(manifest: Path, output: str | None) -> JobPlan:
+def _options(
+    sets: list[str] | None,
+    voice_map: list[str] | None,
+    *,
+    no_cache: bool = False,
+    publish: str = "auto",
+) -> JobOptions:
+    """The job's options from the command line, as they are recorded on it."""
+    from pipeline.manifest.overrides import SET, VOICE_MAP, split_assignment
+    from pipeline.plan import JobOptions, Publish
+
+    try:
+        mode = Publish(publish)
+    except ValueError:
+        raise InputError(f"--publish: {publish!r} is not auto or manual") from None
+    return JobOptions(
+        set=tuple(split_assignment(SET, text) for text in sets or ()),
+        voice_map=tuple(split_assignment(VOICE_MAP, text) for text in voice_map or ()),
+        no_cache=no_cache,
+        publish=mode,
+    )
+
+
+def _load_plan(manifest: Path, output: str | None, options: JobOptions) -> JobPlan:
     from pipeline.plan import plan_manifest
 
-    return plan_manifest(manifest, output=output)
+    return plan_manifest(manifest, output=output, options=options)
 
 
 # Flags have one name each (no --no-x twin), and every value a metavar saying what it is.
@@ -324,16 +346,25 @@ DestinationOpt = Annotated[
     ),
 ]
 
-
-def _with_options(job_plan: JobPlan, no_cache: bool, publish_mode: str) -> JobPlan:
-    from pipeline.plan import Publish
-
-    try:
-        mode = Publish(publish_mode)
-    except ValueError:
-        raise InputError(f"--publish: {publish_mode!r} is not auto or manual") from None
-    options = replace(job_plan.options, no_cache=no_cache, publish=mode)
-    return replace(job_plan, options=options)
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Change a job-wide default, as if written under defaults: (repeatable), e.g. "
+        "--set speaker=luna --set modelId=arcana; a script's own value still wins. Values read "
+        "as in a manifest: 8000, true, 'mp3|wav'. Recorded on the job.",
+    ),
+]
+VoiceMapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--voice-map",
+        metavar="OLD=NEW",
+        help="Rename a speaker wherever it appears, in the defaults and every script, after "
+        "--set (repeatable), e.g. --voice-map cove=luna. Recorded on the job.",
+    ),
+]
 
 
 @app.command()
@@ -343,11 +374,13 @@ def plan(
     save: Annotated[
         bool, typer.Option("--save", help="Record the job and its segments as pending.")
     ] = False,
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
 ) -> None:
     """Show how a manifest will be rendered. Segments, characters and minutes per script."""
     from pipeline.display import plan_table
 
-    job_plan = _load_plan(manifest, output)
+    job_plan = _load_plan(manifest, output, _options(sets, voice_map))
     _out().print(plan_table(job_plan))
     _show_diff(job_plan, against_release=False)
     if save:
@@ -382,10 +415,16 @@ def _show_diff(job_plan: JobPlan, *, against_release: bool) -> None:
 
 
 @app.command()
-def diff(manifest: ManifestArg, output: OutputOpt = None, no_cache: NoCacheOpt = False) -> None:
+def diff(
+    manifest: ManifestArg,
+    output: OutputOpt = None,
+    no_cache: NoCacheOpt = False,
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
+) -> None:
     """Compare a manifest with its published release. What changed, and what a render would
     send and cost."""
-    job_plan = _with_options(_load_plan(manifest, output), no_cache, "auto")
+    job_plan = _load_plan(manifest, output, _options(sets, voice_map, no_cache=no_cache))
     _show_diff(job_plan, against_release=True)
 
 
@@ -444,6 +483,8 @@ def render(
     rpm: RpmOpt = None,
     no_cache: NoCacheOpt = False,
     publish_mode: PublishOpt = "auto",
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
 ) -> None:
     """Render a manifest here and now, then publish it. A new release, by the embedded
     executor: one process."""
@@ -451,7 +492,9 @@ def render(
     from pipeline.store import productions, record_plan
 
     _setup_logging()
-    job_plan = _with_options(_load_plan(manifest, output), no_cache, publish_mode)
+    job_plan = _load_plan(
+        manifest, output, _options(sets, voice_map, no_cache=no_cache, publish=publish_mode)
+    )
     # A destination that cannot be written, or a production another job is rendering, fails
     # here, before anything is billed.
     open_store(job_plan.destination).check()
@@ -520,7 +563,7 @@ def status(
     final = (State.DONE, State.FAILED, State.CANCELLED)
     db = _database()
 
-    def snapshot() -> tuple[Table, bool]:
+    def snapshot() -> tuple[RenderableType, bool]:
         since = executors.dead_before(get_settings().executor_timeout_seconds)
         with db.begin() as conn:
             if job is None:
@@ -589,18 +632,27 @@ def submit(
     ] = True,
     no_cache: NoCacheOpt = False,
     publish_mode: PublishOpt = "auto",
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
 ) -> None:
     """Send a job to the Celery workers; prints its id. See `worker` and `status -w`."""
     from workers.commands import submit as submit_job
 
     preflight = _check_rime if check else None
+    options = _options(sets, voice_map, no_cache=no_cache, publish=publish_mode)
     if Path(manifest).is_file():
-        job_plan = _with_options(_load_plan(Path(manifest), output), no_cache, publish_mode)
+        job_plan = _load_plan(Path(manifest), output, options)
         job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
         )
     else:
+        if options.set or options.voice_map:
+            # A recorded job is sent as it was planned; a change is a new job.
+            raise InputError(
+                f"{manifest!r} is not a manifest: --set and --voice-map change a manifest's "
+                "plan, and a saved job keeps the one it was recorded with"
+            )
         job_id = submit_job(manifest, preflight=preflight)
     _out().print(job_id)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
     from pipeline.diff import PlanDiff
-    from pipeline.plan import JobPlan, ScriptPlan
+    from pipeline.plan import JobOptions, JobPlan, ScriptPlan
     from pipeline.store.productions import Production, Release
     from pipeline.store.views import JobStatus, JobSummary
 
@@ -74,8 +77,16 @@ def jobs_table(rows: list[JobStatus]) -> Table:
     return table
 
 
-def summary_table(summary: JobSummary) -> Table:
-    """One job's scripts with state, attempts, characters, durations and errors."""
+def overrides_line(options: JobOptions) -> str | None:
+    """The job's `--set` and `--voice-map`, as a command line would give them again."""
+    words = [f"--set {shlex.quote(f'{k}={v}')}" for k, v in options.set]
+    words += [f"--voice-map {shlex.quote(f'{old}={new}')}" for old, new in options.voice_map]
+    return " ".join(words) or None
+
+
+def summary_table(summary: JobSummary) -> RenderableType:
+    """One job's scripts with state, attempts, characters, durations and errors, under a line
+    naming what the job was asked to change (`--set`, `--voice-map`) when it was."""
     job = summary.job
     title = f"job {job.job_id} ({job.name}): {job.shown_state}"
     table = Table(title=title, caption=job.error or None)
@@ -93,7 +104,11 @@ def summary_table(summary: JobSummary) -> Table:
             "" if s.audio_seconds is None else f"{s.audio_seconds:.2f}s",
             s.error or "",
         )
-    return table
+    overrides = overrides_line(job.options)
+    if overrides is None:
+        return table
+    # One line however long, as given (a value such as inlineSpeedAlpha=[1, 2] is not markup).
+    return Group(Text(f"overrides: {overrides}", no_wrap=True, overflow="ignore"), table)
 
 
 def releases_table(production: Production, rows: list[Release]) -> Table:

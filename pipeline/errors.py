@@ -5,6 +5,7 @@
     │                         one line naming it and its URL, never its password
     ├── InputError            bad input from the user: one message, exit code 2, no traceback
     │   ├── ManifestError     a manifest field, with file, line (YAML) or row (CSV)
+    │   ├── OverrideError     a `--set` or `--voice-map` given on the command line, by its flag
     │   ├── MarkupError       malformed Rime inline markup, with its position
     │   └── SegmentationError text that cannot be cut under the character limit
     └── RimeError             talking to Rime; defined with its subtree in pipeline.rime.errors
@@ -114,6 +115,16 @@ class ManifestError(InputError):
         if self.field:
             where += f": {self.field}"
         return f"{where}: {self.message}"
+
+
+class OverrideError(InputError):
+    """A `--set key=value` or `--voice-map old=new` that cannot apply; named as it was given."""
+
+    def __init__(self, flag: str, given: str, message: str) -> None:
+        self.flag = flag
+        self.given = given  # `speed=9`, or the key alone when that is all there is to name
+        self.message = message
+        super().__init__(f"{flag} {given}: {message}")
 
 
 class MarkupError(InputError):

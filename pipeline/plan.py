@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -226,20 +226,27 @@ def _locate(message: str, script: ScriptSpec, exc: Exception) -> str:
     return f"{message} (line {line}, column {column} of {where})"
 
 
-def build_plan(job: JobSpec) -> JobPlan:
-    """The rendering plan of a validated manifest."""
+def build_plan(job: JobSpec, options: JobOptions | None = None) -> JobPlan:
+    """The rendering plan of a validated manifest, asked for with `options`."""
     return JobPlan(
         name=job.name,
         manifest=str(job.manifest),
         destination=job.destination,
         scripts=tuple(plan_script(s) for s in job.scripts),
-        options=JobOptions(keep_releases=job.keep_releases),
+        # The manifest's own say in how its releases are kept, with the flags' options.
+        options=replace(options or JobOptions(), keep_releases=job.keep_releases),
     )
 
 
-def plan_manifest(path: Path | str, *, output: str | None = None) -> JobPlan:
-    """Read, validate and plan a manifest; any problem is one InputError naming its place."""
+def plan_manifest(
+    path: Path | str, *, output: str | None = None, options: JobOptions | None = None
+) -> JobPlan:
+    """Read, validate and plan a manifest with the overrides of `options` applied; any problem
+    is one InputError naming its place (or its flag)."""
     # Imported here: the stages and workers use plans, never manifests.
     from pipeline.manifest import load_manifest
+    from pipeline.manifest.overrides import parse_overrides
 
-    return build_plan(load_manifest(path, output=output))
+    options = options or JobOptions()
+    overrides = parse_overrides(options.set, options.voice_map)
+    return build_plan(load_manifest(path, output=output, overrides=overrides), options)

@@ -4,7 +4,8 @@ Besides Rime's API:
 - `GET /health` -> `ok`.
 - `GET /metrics` -> JSON counts (requests, in flight, peak, 429s, faults by kind, characters,
   completed, mean request seconds, and `audio_started` / `billed_characters`: syntheses whose
-  audio began to go out, cut or not, and their characters, what Rime would bill);
+  audio began to go out, cut or not, and their characters, what Rime would bill; `voices`:
+  valid requests by `modelId/speaker`);
   `POST /metrics/reset` zeroes them.
 - `GET /admin/config` -> the knobs (key count only); `POST /admin/config` with a JSON object of
   knobs changes them at once and returns the result. The engine binds loopback only, so these

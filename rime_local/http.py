@@ -189,6 +189,7 @@ async def rime_tts(request: Request) -> Response:
     except ParamError as exc:
         state.metrics.rejected_400 += 1
         return plain(400, str(exc))
+    state.metrics.asked_for(params.model.id, params.speaker.name)
 
     rejection = state.admit(key)
     if rejection is not None:

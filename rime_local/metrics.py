@@ -26,6 +26,13 @@ class EngineMetrics:
     audio_seconds: float = 0.0
     request_seconds_total: float = 0.0
     faults: Counter[str] = field(default_factory=Counter)
+    # Valid requests by the voice they asked for, `modelId/speaker`: which voice a client
+    # really sent, whatever its own records say.
+    voices: Counter[str] = field(default_factory=Counter)
+
+    def asked_for(self, model_id: str, speaker: str) -> None:
+        """A request with valid parameters asked for this voice."""
+        self.voices[f"{model_id}/{speaker}"] += 1
 
     def started(self) -> None:
         """A generation began (it holds a slot)."""
@@ -71,4 +78,5 @@ class EngineMetrics:
             "mean_request_seconds": round(mean, 4),
             "faults": dict(self.faults),
             "faults_total": sum(self.faults.values()),
+            "voices": dict(self.voices),
         }

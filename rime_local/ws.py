@@ -452,6 +452,7 @@ async def _serve(websocket: WebSocket, endpoint: WsEndpoint) -> None:
         state.metrics.rejected_400 += 1
         await _deny(websocket, 400, str(exc))
         return
+    state.metrics.asked_for(params.model.id, params.speaker.name)
     rejection = state.admit(key)
     if rejection is not None:
         retry = str(rejection.retry_after)

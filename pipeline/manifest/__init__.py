@@ -11,7 +11,12 @@
         formats: [mp3]           # any default may be overridden per script
 
 A CSV has a header with `id,text` and optional columns named like any setting (empty cells use
-the default; lists are written `mp3|wav`). Its outputs go to `out/<stem>` beside it.
+the default; lists are written `mp3|wav`). Its outputs go to `out/<stem>` beside it. A YAML
+manifest may take its scripts from a CSV instead, with `scripts_csv: prompts.csv` in place of
+`scripts` (`pipeline.manifest.linked`): job-wide defaults for a spreadsheet's prompts.
+
+Overrides from the command line (`--set key=value`, `--voice-map old=new`) are applied as the
+manifest is loaded, and validated with it (`pipeline.manifest.overrides`).
 
 Every problem is one `ManifestError` naming the file, the line (and for CSV the data row) and
 the field. Every limit (sizes, counts, nesting, the range of each setting) is in
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from pipeline.errors import ManifestError
 from pipeline.manifest.build import build_job
+from pipeline.manifest.linked import with_csv_scripts
 from pipeline.manifest.models import (
     MAX_MANIFEST_BYTES,
     Format,
@@ -33,10 +39,11 @@ from pipeline.manifest.models import (
     Source,
     Voice,
 )
+from pipeline.manifest.overrides import NO_OVERRIDES, Overrides
 from pipeline.manifest.paths import describe_bad_byte
 from pipeline.manifest.readers import RawManifest, read_csv, read_yaml
 
-__all__ = ["Format", "JobSpec", "ScriptSpec", "Source", "Voice", "load_manifest"]
+__all__ = ["Format", "JobSpec", "Overrides", "ScriptSpec", "Source", "Voice", "load_manifest"]
 
 _READERS: dict[str, Callable[[Path, str], RawManifest]] = {
     ".yaml": read_yaml,
@@ -45,8 +52,11 @@ _READERS: dict[str, Callable[[Path, str], RawManifest]] = {
 }
 
 
-def load_manifest(path: Path | str, *, output: str | None = None) -> JobSpec:
-    """Read and validate a manifest; `output` replaces its destination."""
+def load_manifest(
+    path: Path | str, *, output: str | None = None, overrides: Overrides = NO_OVERRIDES
+) -> JobSpec:
+    """Read and validate a manifest; `output` replaces its destination, `overrides` change its
+    defaults and speakers."""
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
@@ -76,4 +86,4 @@ def load_manifest(path: Path | str, *, output: str | None = None) -> JobSpec:
             file=path,
             line=data.count(b"\n", 0, exc.start) + 1,
         ) from exc
-    return build_job(reader(path, text), output=output)
+    return build_job(with_csv_scripts(reader(path, text)), output=output, overrides=overrides)

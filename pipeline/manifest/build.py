@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pipeline.manifest.models import (
     Source,
     Voice,
 )
+from pipeline.manifest.overrides import NO_OVERRIDES, Overrides
 from pipeline.manifest.paths import (
     PathProblem,
     check_local_outputs,
@@ -40,8 +42,14 @@ from pipeline.manifest.readers import (
 from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, first_clash, output_key
 
 
-def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
-    """Validate `raw` and resolve every script's settings, text and the destination."""
+def build_job(
+    raw: RawManifest, *, output: str | None = None, overrides: Overrides = NO_OVERRIDES
+) -> JobSpec:
+    """Validate `raw` and resolve every script's settings, text and the destination.
+
+    `overrides` join the defaults (`--set`), then rename speakers (`--voice-map`); see
+    `pipeline.manifest.overrides`.
+    """
     data = raw.data
     where = raw.locator.source
     bad = first_bad_value(data)
@@ -55,7 +63,9 @@ def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
     defaults_data = data.get("defaults") or {}
     if not isinstance(defaults_data, dict):
         raise where(("defaults",)).error("must be a mapping of settings (e.g. speaker: cove)")
-    defaults = _validate_voice(raw, defaults_data, ("defaults",))
+    defaults = _validate_voice(
+        raw, {**defaults_data, **overrides.values}, ("defaults",), overrides=overrides
+    )
     entries = data.get("scripts")
     if entries is None:
         raise where(()).error("there is no 'scripts' list: add one script at least")
@@ -67,8 +77,9 @@ def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
         )
     scripts: list[ScriptSpec] = []
     first_seen: dict[str, Source] = {}
+    use = _Use()
     for index, entry in enumerate(entries):
-        script = _script(raw, defaults, entry, ("scripts", index))
+        script = _script(raw, defaults, entry, ("scripts", index), overrides, use)
         # Some file systems ignore case: Welcome.wav and welcome.wav would be one file.
         earlier = first_seen.setdefault(script.id.casefold(), script.source)
         if earlier is not script.source:
@@ -78,12 +89,13 @@ def build_job(raw: RawManifest, *, output: str | None = None) -> JobSpec:
                 "id",
             )
         scripts.append(script)
+    use.check(overrides)
     _check_outputs(raw, scripts, destination, overridden=output is not None)
     return JobSpec(
         name=name,
         manifest=raw.file.absolute(),
         destination=destination,
-        defaults=defaults,
+        defaults=_renamed(defaults, overrides),
         scripts=tuple(scripts),
         keep_releases=_keep_releases(raw),
     )
@@ -97,6 +109,45 @@ def _keep_releases(raw: RawManifest) -> int:
             "published one among them)"
         )
     return value
+
+
+# Speakers a refused rename lists: enough to spot a typo, one line for a job of many voices.
+_NAMES_SHOWN = 10
+
+
+@dataclass
+class _Use:
+    """What the scripts took from the overrides: an override nothing takes changes nothing,
+    and is refused rather than rendering the job as it was (a typo in a speaker's name)."""
+
+    inherited: set[str] = field(default_factory=set)  # keys some script takes from defaults
+    speakers: set[str] = field(default_factory=set)  # every script's speaker before renames
+
+    def check(self, overrides: Overrides) -> None:
+        """OverrideError for the first `--set` or `--voice-map` that no script takes."""
+        for setting in overrides.settings:
+            if setting.key not in self.inherited:
+                hint = "; rename a speaker with --voice-map" if setting.key == "speaker" else ""
+                raise setting.error(
+                    f"every script sets its own {setting.key}, so it changes nothing (a "
+                    f"script's own value wins{hint})"
+                )
+        for rename in overrides.renames:
+            if rename.old not in self.speakers:
+                names = sorted(self.speakers)
+                more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
+                raise rename.error(
+                    f"no script speaks with {rename.old!r} (this job's speakers: "
+                    f"{', '.join(names[:_NAMES_SHOWN])}{more})"
+                )
+
+
+def _renamed(voice: Voice, overrides: Overrides) -> Voice:
+    speaker = overrides.renamed(voice.speaker)
+    if speaker == voice.speaker:
+        return voice
+    # The new name was held to speaker's rules when it was parsed; nothing else changes.
+    return Voice.model_validate({**voice.model_dump(), "speaker": speaker})
 
 
 def _check_outputs(
@@ -169,7 +220,9 @@ def _destination(raw: RawManifest, override: str | None) -> str:
         raise raw.locator.source(("output",)).error(str(exc)) from exc
 
 
-def _script(raw: RawManifest, defaults: Voice, entry: Any, loc: Loc) -> ScriptSpec:
+def _script(
+    raw: RawManifest, defaults: Voice, entry: Any, loc: Loc, overrides: Overrides, use: _Use
+) -> ScriptSpec:
     source = raw.locator.source(loc)
     if not isinstance(entry, dict):
         raise source.error("each script must be a mapping with an id and a text")
@@ -183,8 +236,13 @@ def _script(raw: RawManifest, defaults: Voice, entry: Any, loc: Loc) -> ScriptSp
         check_script_id(script_id)
     except PathProblem as exc:
         raise raw.locator.source((*loc, "id")).error(str(exc)) from exc
-    overrides = {key: value for key, value in entry.items() if key not in SCRIPT_KEYS}
-    voice = _validate_voice(raw, {**defaults.model_dump(), **overrides}, loc, overrides)
+    own = {key: value for key, value in entry.items() if key not in SCRIPT_KEYS}
+    data = {**defaults.model_dump(), **own}
+    use.inherited.update(key for key in data if key not in own)
+    if isinstance(data["speaker"], str):
+        use.speakers.add(data["speaker"])
+    data["speaker"] = overrides.renamed(data["speaker"])
+    voice = _validate_voice(raw, data, loc, own, overrides)
     text = _text(raw, entry, loc)
     text_file = entry.get("text_file")
     return ScriptSpec(
@@ -240,23 +298,44 @@ def _within_limit(text: str, where: Source) -> str:
 
 
 def _validate_voice(
-    raw: RawManifest, data: dict[str, Any], loc: Loc, own: dict[str, Any] | None = None
+    raw: RawManifest,
+    data: dict[str, Any],
+    loc: Loc,
+    own: dict[str, Any] | None = None,
+    overrides: Overrides = NO_OVERRIDES,
 ) -> Voice:
-    """Voice from `data`; the first error (by line) becomes a ManifestError.
+    """Voice from `data`; the first error (by line) becomes a ManifestError, or an
+    OverrideError when the defaults' value came from `--set`.
 
     `own` holds the keys the script itself wrote; a problem with a value it inherited from the
-    defaults says so.
+    defaults (or from `--set`) says so.
     """
     try:
         return Voice.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         located = [(raw.locator.source((*loc, *err["loc"])), err) for err in errors]
+        if own is None and overrides.settings:
+            # A value given on the command line has no line of its own: it is named first.
+            given = [pair for pair in located if _key(pair[1]) in overrides.values]
+            located = given or located
         source, err = min(located, key=lambda pair: pair[0].line or 0)
         message = _message(err, SCRIPT_KEYS + VOICE_KEYS if own is not None else VOICE_KEYS)
-        if own is not None and err["loc"] and err["loc"][0] not in own:
+        key = _key(err)
+        inherited = key is not None and own is not None and key not in own
+        setting = overrides.setting(key) if key is not None else None
+        if setting is not None and own is None:
+            raise setting.error(message) from exc
+        if setting is not None and inherited:
+            message += f" (the value comes from --set {setting})"
+        elif inherited:
             message += " (the value comes from defaults)"
         raise source.error(message) from exc
+
+
+def _key(err: ErrorDetails) -> str | None:
+    """The setting an error is about."""
+    return str(err["loc"][0]) if err["loc"] else None
 
 
 def _message(err: ErrorDetails, known: tuple[str, ...]) -> str:

@@ -66,8 +66,11 @@ def normalize_text(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
-def read_text_file(relative: str, folder: Path) -> str:
-    """The UTF-8 text of `relative`, a file inside `folder`; PathProblem when it can't be."""
+def read_text_file(
+    relative: str, folder: Path, *, limit: int = MAX_TEXT_FILE_BYTES, what: str = "a text file"
+) -> str:
+    """The UTF-8 text of `relative`, a file inside `folder` of at most `limit` bytes;
+    PathProblem when it can't be."""
     if not relative.strip():
         raise PathProblem("is empty")
     if Path(relative).is_absolute() or relative.startswith(("/", "\\")):
@@ -87,11 +90,8 @@ def read_text_file(relative: str, folder: Path) -> str:
         raise PathProblem(f"{relative!r} is not a file")
     try:
         size = target.stat().st_size
-        if size > MAX_TEXT_FILE_BYTES:
-            raise PathProblem(
-                f"{relative!r} is {size:,} bytes; a text file may hold at most "
-                f"{MAX_TEXT_FILE_BYTES:,}"
-            )
+        if size > limit:
+            raise PathProblem(f"{relative!r} is {size:,} bytes; {what} may hold at most {limit:,}")
         data = target.read_bytes()
     except OSError as exc:
         raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc

@@ -30,7 +30,7 @@ from pipeline.manifest.models import (
 
 Loc = tuple[str | int, ...]
 
-TOP_KEYS = ("job", "output", "keep_releases", "defaults", "scripts")
+TOP_KEYS = ("job", "output", "keep_releases", "defaults", "scripts", "scripts_csv")
 SCRIPT_KEYS = ("id", "text", "text_file")
 VOICE_KEYS = tuple(Voice.model_fields)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select, union_all
 from sqlalchemy import false as sa_false
 
+from pipeline.plan import JobOptions
 from pipeline.store import executors
 from pipeline.store.errors import JobNotFound, JobStillRunning
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile
@@ -64,6 +65,7 @@ class JobStatus:
     audio_seconds: float
     # Running, but nothing runs it any more (its render was killed, no worker is alive).
     interrupted: bool = False
+    options: JobOptions = field(default_factory=JobOptions)  # as it was asked for
 
     @property
     def shown_state(self) -> str:
@@ -158,6 +160,7 @@ def _job_rows(
             billed_chars=int(row["billed"] or 0),
             audio_seconds=float(row["seconds"] or 0.0),
             interrupted=bool(row["interrupted"]),
+            options=JobOptions.from_json(row["options"]),
         )
         for row in conn.execute(query).mappings()
     ]

@@ -6,6 +6,7 @@ import contextlib
 import io
 import time
 import wave
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -215,3 +216,23 @@ def test_implausible_audio_is_whole_and_far_too_long(engine_factory) -> None:  #
     assert len(pcm.content) / 2 / 8000 > 10 + len(SHORT)
     assert decoded_seconds(wav.content) == pytest.approx(len(pcm.content) / 2 / 8000, abs=0.05)
     assert running.metrics()["faults"] == {"implausible": 2}
+
+
+def test_metrics_count_valid_requests_by_voice(
+    engine_factory: Callable[..., RunningEngine],
+) -> None:
+    running = engine_factory()
+    assert post(running, "audio/pcm").status_code == 200
+    assert post(running, "audio/pcm", speaker="marsh").status_code == 200
+    assert post(running, "audio/pcm", speaker="marsh").status_code == 200
+    assert post(running, "audio/pcm", modelId="arcana", speaker="luna").status_code == 200
+    # Refused before any synthesis: not a voice anyone heard.
+    assert post(running, "audio/pcm", modelId="arcana", speaker="cove").status_code == 400
+
+    metrics = running.metrics()
+
+    # Without a modelId, the HTTP endpoint speaks with its default model.
+    assert metrics["voices"] == {"mistv3/cove": 1, "mistv3/marsh": 2, "arcana/luna": 1}
+    assert metrics["rejected_400"] == 1
+    running.reset_metrics()
+    assert running.metrics()["voices"] == {}

@@ -364,3 +364,18 @@ def test_binary_ws_sends_only_audio_frames(engine: RunningEngine) -> None:
     frames = run(engine, "/ws?speaker=cove&audioFormat=mulaw&samplingRate=8000", script)
     assert frames and all(isinstance(f, bytes) for f in frames)
     assert sum(len(f) for f in frames if isinstance(f, bytes)) > 8000
+
+
+def test_metrics_count_each_connection_by_its_voice(
+    engine_factory: Callable[..., RunningEngine],
+) -> None:
+    running = engine_factory()
+
+    async def script(ws: Any) -> list[Event]:
+        await send_all(ws, {"operation": "eos"})
+        return await receive_events(ws)
+
+    run(running, "/ws3?speaker=luna&modelId=arcana", script)
+    run(running, "/ws2?speaker=marsh", script)
+
+    assert running.metrics()["voices"] == {"arcana/luna": 1, "mistv2/marsh": 1}
