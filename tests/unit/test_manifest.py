@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pipeline.errors import ManifestError
 from pipeline.manifest import JobSpec, Voice, load_manifest
 from pipeline.manifest.paths import PathProblem, check_script_id, normalize_text
+from pipeline.plan import plan_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -367,7 +368,8 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 1,
                 None,
                 None,
-                "the top level must be a mapping with job, output, defaults, scripts, scripts_csv, "
+                "the top level must be a mapping with job, output, keep_releases, defaults, scripts, "
+                "scripts_csv, "
                 "not a list",
             ),
         ),
@@ -377,7 +379,8 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 1,
                 None,
                 None,
-                "the top level must be a mapping with job, output, defaults, scripts, scripts_csv, "
+                "the top level must be a mapping with job, output, keep_releases, defaults, scripts, "
+                "scripts_csv, "
                 "not a single value ('hello')",
             ),
         ),
@@ -910,3 +913,22 @@ def test_yaml_texts_survive_the_round_trip(tmp_path: Path, texts: list[str]) -> 
     job: JobSpec = load_manifest(path)
 
     assert [s.text for s in job.scripts] == [normalize_text(t) for t in texts]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1001", "2.5", "true", "'3'", "[3]"])
+def test_keep_releases_must_be_a_whole_number_in_range(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(f"keep_releases: {value}\nscripts:\n  - id: a\n    text: Hi.\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    assert caught.value.field == "keep_releases"
+    assert caught.value.line == 1
+    assert "whole number from 1 to 1,000" in str(caught.value)
+
+
+def test_keep_releases_reaches_the_plan(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text("keep_releases: 7\nscripts:\n  - id: a\n    text: Hi.\n")
+    assert plan_manifest(path).options.keep_releases == 7
+    path.write_text("scripts:\n  - id: a\n    text: Hi.\n")
+    assert plan_manifest(path).options.keep_releases == 3
