@@ -13,7 +13,7 @@ from sqlalchemy import false as sa_false
 from pipeline.plan import JobOptions
 from pipeline.store import executors
 from pipeline.store.errors import JobNotFound, JobStillRunning
-from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile
+from pipeline.store.schema import JOBS, PRODUCTIONS, SCRIPTS, SEGMENTS, OutputFile
 from pipeline.store.states import State
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -66,11 +66,15 @@ class JobStatus:
     # Running, but nothing runs it any more (its render was killed, no worker is alive).
     interrupted: bool = False
     options: JobOptions = field(default_factory=JobOptions)  # as it was asked for
+    # Its release is the one its production has published now.
+    published: bool = False
 
     @property
     def shown_state(self) -> str:
         """The state as a person should read it."""
-        return "interrupted" if self.interrupted else self.state.value
+        if self.interrupted:
+            return "interrupted"
+        return f"{self.state.value}, published" if self.published else self.state.value
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,13 @@ def _job_rows(
         if dead_before is not None
         else sa_false()
     )
+    published = (
+        exists()
+        .where(PRODUCTIONS.c.id == JOBS.c.production_id, PRODUCTIONS.c.published_job == JOBS.c.id)
+        .label("published")
+    )
     query = (
-        select(JOBS, totals, interrupted.label("interrupted"))
+        select(JOBS, totals, interrupted.label("interrupted"), published)
         .outerjoin(totals, totals.c.job_id == JOBS.c.id)
         .where(*criteria)
         .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
@@ -161,6 +170,7 @@ def _job_rows(
             audio_seconds=float(row["seconds"] or 0.0),
             interrupted=bool(row["interrupted"]),
             options=JobOptions.from_json(row["options"]),
+            published=bool(row["published"]),
         )
         for row in conn.execute(query).mappings()
     ]

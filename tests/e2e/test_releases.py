@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -163,6 +164,10 @@ def test_a_voice_change_killed_halfway_leaves_the_published_set_and_its_resume_p
     assert {k: v for k, v in restored.items() if k != "results.json"} == {
         k: v for k, v in before.items() if k != "results.json"
     }
+
+    statuses = run.run("status").stdout
+    assert re.search(rf"{old_release}.*done, published", statuses), statuses
+    assert re.search(rf"{new_release}.*done\s", statuses), statuses
 
     listed = run.run("releases", NAME)
     assert listed.returncode == 0, listed
