@@ -257,7 +257,53 @@ def _finish(job_id: str, state: State) -> None:
         summary = views.job_summary(conn, job_id)
     _out().print(summary_table(summary))
     _out().print(f"outputs in {summary.job.destination} (results: {RESULTS_KEY})")
+    _tell_webhooks(job_id)
     raise typer.Exit(0 if state is State.DONE else 1)
+
+
+def _tell_webhooks(job_id: str) -> None:
+    """Try the job's webhooks for a few seconds once its end is recorded; whatever they answer,
+    the job's outcome is what it was."""
+    from pipeline.deliver import Sender
+    from pipeline.settings import get_settings
+    from pipeline.store import deliveries
+    from pipeline.store.deliveries import DeliveryState
+
+    settings = get_settings()
+    db = _database()
+    with db.begin() as conn:
+        if not deliveries.for_job(conn, job_id):
+            return
+    with Sender(db, settings.delivery, settings.webhook_secret) as sender:
+        sender.drain(job_id, settings.webhook_wait_seconds)
+    with db.begin() as conn:
+        rows = deliveries.for_job(conn, job_id)
+    pending = sum(row.state is DeliveryState.PENDING for row in rows)
+    if pending:
+        _err().print(
+            f"webhooks: {pending} not delivered yet; a worker's sweeper or "
+            "`rime-batch deliver` tries again (`rime-batch status` shows them)",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _with_notify(plan: JobPlan, urls: list[str] | None) -> JobPlan:
+    """The plan with `--notify` URLs after the manifest's (each once), checked for a secret to
+    sign with."""
+    from pipeline.deliver import require_secret
+    from pipeline.settings import get_settings
+    from pipeline.webhook import check_url
+
+    added = []
+    for url in urls or ():
+        try:
+            added.append(check_url(url))
+        except ValueError as exc:
+            raise InputError(f"--notify: {exc}") from None
+    notify = tuple(dict.fromkeys((*plan.options.notify, *added)))
+    require_secret(notify, get_settings().webhook_secret)
+    return replace(plan, options=replace(plan.options, notify=notify))
 
 
 def _load_plan(manifest: Path, output: str | None) -> JobPlan:
@@ -283,6 +329,14 @@ ConcurrencyOpt = Annotated[
 ]
 RpmOpt = Annotated[
     int | None, typer.Option("--rpm", min=1, metavar="N", help="Requests-per-minute budget.")
+]
+NotifyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--notify",
+        metavar="URL",
+        help="Tell this webhook of the job's end (repeatable; after the manifest's notify).",
+    ),
 ]
 
 
@@ -360,13 +414,14 @@ def render(
     output: OutputOpt = None,
     concurrency: ConcurrencyOpt = None,
     rpm: RpmOpt = None,
+    notify: NotifyOpt = None,
 ) -> None:
     """Render a manifest to audio here and now. The embedded executor: one process."""
     from pipeline.storage import open_store
     from pipeline.store import record_plan
 
     _setup_logging()
-    job_plan = _load_plan(manifest, output)
+    job_plan = _with_notify(_load_plan(manifest, output), notify)
     # A destination that cannot be written fails here, before anything is billed.
     open_store(job_plan.destination).check()
 
@@ -391,6 +446,7 @@ def resume(
     ] = False,
 ) -> None:
     """Finish an interrupted, failed or cancelled job. Finished segments are not done again."""
+    from pipeline.deliver import require_secret
     from pipeline.settings import get_settings
     from pipeline.store import load_plan, transitions, views
 
@@ -399,8 +455,9 @@ def resume(
         job_id = views.resolve_job_id(conn, job)
         if not force:
             views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
-        transitions.reset_for_resume(conn, job_id)
         job_plan = load_plan(conn, job_id)
+        require_secret(job_plan.options.notify, get_settings().webhook_secret)
+        transitions.reset_for_resume(conn, job_id)
     _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id, resuming=job_id))
 
 
@@ -415,22 +472,27 @@ def status(
         typer.Option(min=0.1, max=3600, metavar="SECONDS", help="Seconds between refreshes."),
     ] = 2.0,
 ) -> None:
-    """Show one job's scripts, or every job."""
-    from pipeline.display import jobs_table, summary_table
+    """Show one job's scripts and webhooks, or every job."""
+    from rich.console import Group
+
+    from pipeline.display import deliveries_table, jobs_table, summary_table
     from pipeline.settings import get_settings
-    from pipeline.store import State, executors, views
+    from pipeline.store import State, deliveries, executors, views
 
     final = (State.DONE, State.FAILED, State.CANCELLED)
     db = _database()
 
-    def snapshot() -> tuple[Table, bool]:
+    def snapshot() -> tuple[Table | Group, bool]:
         since = executors.dead_before(get_settings().executor_timeout_seconds)
         with db.begin() as conn:
             if job is None:
                 return jobs_table(views.list_jobs(conn, dead_before=since)), False
             job_id = views.resolve_job_id(conn, job)
             summary = views.job_summary(conn, job_id, dead_before=since)
-        return summary_table(summary), summary.job.state in final or summary.job.interrupted
+            sent = deliveries.for_job(conn, job_id)
+        over = summary.job.state in final or summary.job.interrupted
+        shown = summary_table(summary)
+        return (Group(shown, deliveries_table(sent)) if sent else shown), over
 
     table, over = snapshot()
     # Which job table this is: DATABASE_URL, or the default file in the user's data folder.
@@ -490,18 +552,23 @@ def submit(
             help="Check Rime's URL, key and voices from this host first (a character a voice)."
         ),
     ] = True,
+    notify: NotifyOpt = None,
 ) -> None:
     """Send a job to the Celery workers; prints its id. See `worker` and `status -w`."""
     from workers.commands import submit as submit_job
 
     preflight = _check_rime if check else None
     if Path(manifest).is_file():
-        job_plan = _load_plan(Path(manifest), output)
+        job_plan = _with_notify(_load_plan(Path(manifest), output), notify)
         job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
         )
     else:
+        if notify:
+            raise InputError(
+                "--notify: give it with a manifest; a recorded job keeps the webhooks it has"
+            )
         job_id = submit_job(manifest, preflight=preflight)
     _out().print(job_id)
 
@@ -540,10 +607,42 @@ def worker(
 @app.command()
 def cancel(job: JobArg) -> None:
     """Stop a job. Nothing more is sent, and requests in flight are stopped within a second."""
+    from pipeline.store import views
     from workers.commands import cancel as cancel_job
 
-    segments = cancel_job(job)
+    _setup_logging()
+    with _database().begin() as conn:
+        job_id = views.resolve_job_id(conn, job)
+    segments = cancel_job(job_id)
     _out().print(f"cancelled; {segments} segments will not be synthesized")
+    _tell_webhooks(job_id)
+
+
+@app.command()
+def deliver(
+    job: Annotated[
+        str | None, typer.Argument(metavar="JOB", help="Only this job's (an id or prefix).")
+    ] = None,
+) -> None:
+    """Send every webhook delivery whose time has come, now (failed ones wait their turn)."""
+    from pipeline.deliver import Sender
+    from pipeline.display import attempts_table
+    from pipeline.settings import get_settings
+    from pipeline.store import views
+
+    _setup_logging()
+    settings = get_settings()
+    db = _database()
+    job_id = None
+    if job is not None:
+        with db.begin() as conn:
+            job_id = views.resolve_job_id(conn, job)
+    with Sender(db, settings.delivery, settings.webhook_secret) as sender:
+        attempted = sender.due(job_id=job_id)
+    if not attempted:
+        _out().print("no webhook delivery is due")
+        return
+    _out().print(attempts_table(attempted))
 
 
 @app.command(

@@ -9,7 +9,9 @@ from rich.table import Table
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
+    from pipeline.deliver import Attempted
     from pipeline.plan import JobPlan, ScriptPlan
+    from pipeline.store.deliveries import DeliveryStatus
     from pipeline.store.views import JobStatus, JobSummary
 
 # Rime voices speak roughly 15 characters a second at speed 1.0.
@@ -91,4 +93,32 @@ def summary_table(summary: JobSummary) -> Table:
             "" if s.audio_seconds is None else f"{s.audio_seconds:.2f}s",
             s.error or "",
         )
+    return table
+
+
+def deliveries_table(rows: list[DeliveryStatus]) -> Table:
+    """A job's webhook deliveries: event, redacted URL, state, attempts, the last answer."""
+    table = Table(title="webhooks")
+    for name in ("event", "url", "state", "attempts", "last", "when"):
+        table.add_column(name, no_wrap=name != "last", overflow="fold")
+    for row in rows:
+        last = row.last_error or ("" if row.last_status is None else f"HTTP {row.last_status}")
+        if row.delivered_at is not None:
+            when = f"delivered {row.delivered_at:%H:%M:%S}"
+        elif row.next_attempt_at is not None:
+            when = f"next {row.next_attempt_at:%H:%M:%S}"
+        else:
+            when = ""
+        table.add_row(row.event, row.url, row.state.value, str(row.attempts), last, when)
+    return table
+
+
+def attempts_table(rows: list[Attempted]) -> Table:
+    """Webhook attempts just made: job, event, redacted URL, attempt, outcome."""
+    table = Table(title="webhook attempts")
+    for name in ("job", "event", "url", "attempt", "state", "answer"):
+        table.add_column(name, no_wrap=name != "answer", overflow="fold")
+    for row in rows:
+        answer = row.error or ("" if row.status is None else f"HTTP {row.status}")
+        table.add_row(row.job_id, row.event, row.url, str(row.attempt), row.state.value, answer)
     return table

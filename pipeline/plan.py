@@ -229,6 +229,7 @@ def build_plan(job: JobSpec) -> JobPlan:
         manifest=str(job.manifest),
         destination=job.destination,
         scripts=tuple(plan_script(s) for s in job.scripts),
+        options=JobOptions(notify=job.notify),
     )
 
 

@@ -30,6 +30,7 @@ from pipeline import wav
 from pipeline.errors import RimeBatchError
 from pipeline.executor import Executor
 from pipeline.limits import Limiter
+from pipeline.notify import ENDED_IN, job_ended
 from pipeline.plan import PlannedSegment
 from pipeline.results import RESULTS_KEY, results_bytes
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
@@ -472,7 +473,11 @@ def _scratch_folder() -> tempfile.TemporaryDirectory[str]:
 def settle_stage(ctx: Context, job_id: str) -> State:
     """Roll the job's state up and write its results file when it is over; the job's state."""
     with ctx.db.begin() as conn:
+        was = transitions.lock_job(conn, job_id)
         state = transitions.settle_job(conn, job_id)
+        # Its webhooks' event, recorded with the end itself, by the one settle that ended it.
+        if was is State.RUNNING and state in ENDED_IN:
+            job_ended(conn, job_id, ENDED_IN[state])
         summary = views.job_summary(conn, job_id)
     if state in (State.DONE, State.FAILED):
         store = ctx.store(summary.job.destination)

@@ -367,7 +367,8 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 1,
                 None,
                 None,
-                "the top level must be a mapping with job, output, defaults, scripts, not a list",
+                "the top level must be a mapping with job, output, notify, defaults, scripts, "
+                "not a list",
             ),
         ),
         (
@@ -376,7 +377,7 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 1,
                 None,
                 None,
-                "the top level must be a mapping with job, output, defaults, scripts, "
+                "the top level must be a mapping with job, output, notify, defaults, scripts, "
                 "not a single value ('hello')",
             ),
         ),
