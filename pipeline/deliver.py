@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -53,6 +54,28 @@ LEASE_MARGIN_SECONDS = 5.0
 # Less time than this left of a bounded wait is not worth a request.
 MIN_BUDGET_SECONDS = 0.05
 USER_AGENT = f"rime-batch/{__version__}"
+
+
+# The webhook this thread is POSTing, while it does.
+_sending: ContextVar[str | None] = ContextVar("webhook_sending", default=None)
+
+
+class _RedactWebhookUrls(logging.Filter):
+    """httpx logs every request's whole URL (at INFO: seen with RIME_BATCH_LOG_LEVEL=debug); a
+    webhook's is shown redacted, like everywhere else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _sending.get() is not None and isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
+def _redact_httpx_lines() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactWebhookUrls) for f in logger.filters):
+        logger.addFilter(_RedactWebhookUrls())
 
 
 def require_secret(urls: Iterable[str], secret: SecretStr | None) -> None:
@@ -89,6 +112,7 @@ class Sender:
         self.db = db
         self.policy = policy
         self._secret = secret
+        _redact_httpx_lines()
         # Redirects are not followed: a receiver that moved answers 3xx, which is retried and
         # shown, rather than the signed event going somewhere nobody configured.
         self._client = client or httpx.Client(
@@ -130,6 +154,7 @@ class Sender:
             EVENT_ID_HEADER: json.loads(delivery.body)["id"],
             EVENT_HEADER: delivery.event,
         }
+        sending = _sending.set(delivery.url)
         try:
             # Only the status is read: a receiver's body is none of our business.
             with self._client.stream(
@@ -139,6 +164,8 @@ class Sender:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             told = (str(exc).splitlines() or [""])[0] or "no detail"
             return None, scrub(f"{type(exc).__name__}: {told}", delivery.url)
+        finally:
+            _sending.reset(sending)
         return status, None if 200 <= status < 300 else f"HTTP {status}"
 
     def _record(self, delivery: Delivery, status: int | None, error: str | None) -> Attempted:
