@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -216,3 +221,33 @@ def test_the_schedule_is_bounded_by_the_give_up_time(
         assert when is None
     else:
         assert when is not None and now < when <= created + timedelta(seconds=give_up)
+
+
+# The README's receiver
+
+
+@cache
+def readme_verify() -> Callable[..., bool]:
+    """The verification snippet of the README's Notifications section, as a receiver copies it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Notifications", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    verify_: Callable[..., bool] = namespace["verify"]
+    return verify_
+
+
+@settings(max_examples=100, deadline=None)
+@given(secret=secrets_, body=bodies.filter(bool), data=st.data())
+def test_the_readmes_snippet_verifies_what_we_sign_and_nothing_changed(
+    secret: str, body: bytes, data: st.DataObject
+) -> None:
+    check = readme_verify()
+    now = int(time.time())
+    header = sign(secret, body, now)
+    assert check(secret, body, header)
+    index = data.draw(st.integers(0, len(body) - 1), label="index")
+    changed = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]
+    assert not check(secret, changed, header)
+    assert not check(secret, body, sign(secret, body, now - TOLERANCE_SECONDS - 5))
