@@ -471,7 +471,8 @@ def _scratch_folder() -> tempfile.TemporaryDirectory[str]:
 
 
 def settle_stage(ctx: Context, job_id: str) -> State:
-    """Roll the job's state up and write its results file when it is over; the job's state."""
+    """Roll the job's state up and write its results file when it is over (recording its
+    webhooks' event with the end); the job's state."""
     with ctx.db.begin() as conn:
         was = transitions.lock_job(conn, job_id)
         state = transitions.settle_job(conn, job_id)

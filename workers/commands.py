@@ -115,7 +115,8 @@ def submit(
 
 
 def cancel(job: str, *, database_url: str | None = None) -> int:
-    """Cancel a job; the number of its segments that will not run.
+    """Cancel a job, recording its webhooks' `job.cancelled` with it; the number of its segments
+    that will not run.
 
     Queued tasks then skip, and every executor stops its requests in flight for the job within
     a heartbeat (their claims are gone).
