@@ -624,7 +624,7 @@ def deliver(
         str | None, typer.Argument(metavar="JOB", help="Only this job's (an id or prefix).")
     ] = None,
 ) -> None:
-    """Send every webhook delivery whose time has come, now (failed ones wait their turn)."""
+    """Send every webhook delivery whose time has come, now. One backing off waits its turn."""
     from pipeline.deliver import Sender
     from pipeline.display import attempts_table
     from pipeline.settings import get_settings
