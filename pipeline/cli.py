@@ -259,6 +259,7 @@ def _finish(job_id: str, state: State) -> None:
     _out().print(summary_table(summary))
     where = summary.job.destination
     _out().print(f"release {job_id} in {where}/{release_key(job_id)}", markup=False)
+    _tell_webhooks(job_id)
     if published:
         _out().print(f"published: {where} ({RESULTS_KEY})", markup=False)
     elif publish_failed(summary.job.error):
@@ -272,26 +273,71 @@ def _finish(job_id: str, state: State) -> None:
     raise typer.Exit(0 if state is State.DONE else 1)
 
 
+def _tell_webhooks(job_id: str) -> None:
+    """Try the job's webhooks for a few seconds once its end is recorded; whatever they answer,
+    the job's outcome is what it was."""
+    from pipeline.deliver import Sender
+    from pipeline.settings import get_settings
+    from pipeline.store import deliveries
+    from pipeline.store.deliveries import DeliveryState
+
+    settings = get_settings()
+    db = _database()
+    with db.begin() as conn:
+        if not deliveries.for_job(conn, job_id):
+            return
+    with Sender(db, settings.delivery, settings.webhook_secret) as sender:
+        sender.drain(job_id, settings.webhook_wait_seconds)
+    with db.begin() as conn:
+        rows = deliveries.for_job(conn, job_id)
+    pending = sum(row.state is DeliveryState.PENDING for row in rows)
+    if pending:
+        _err().print(
+            f"webhooks: {pending} not delivered yet; a worker's sweeper or "
+            "`rime-batch deliver` tries again (`rime-batch status` shows them)",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _check_webhooks(plan: JobPlan) -> JobPlan:
+    """The plan, once a job that notifies anyone has a secret to sign its webhooks with."""
+    from pipeline.deliver import require_secret
+    from pipeline.settings import get_settings
+
+    require_secret(plan.options.notify, get_settings().webhook_secret)
+    return plan
+
+
 def _options(
     sets: list[str] | None,
     voice_map: list[str] | None,
     *,
     no_cache: bool = False,
     publish: str = "auto",
+    notify: list[str] | None = None,
 ) -> JobOptions:
     """The job's options from the command line, as they are recorded on it."""
     from pipeline.manifest.overrides import SET, VOICE_MAP, split_assignment
     from pipeline.plan import JobOptions, Publish
+    from pipeline.webhook import check_url
 
     try:
         mode = Publish(publish)
     except ValueError:
         raise InputError(f"--publish: {publish!r} is not auto or manual") from None
+    urls = []
+    for url in notify or ():
+        try:
+            urls.append(check_url(url))
+        except ValueError as exc:
+            raise InputError(f"--notify: {exc}") from None
     return JobOptions(
         set=tuple(split_assignment(SET, text) for text in sets or ()),
         voice_map=tuple(split_assignment(VOICE_MAP, text) for text in voice_map or ()),
         no_cache=no_cache,
         publish=mode,
+        notify=tuple(dict.fromkeys(urls)),
     )
 
 
@@ -363,6 +409,14 @@ VoiceMapOpt = Annotated[
         metavar="OLD=NEW",
         help="Rename a speaker wherever it appears, in the defaults and every script, after "
         "--set (repeatable), e.g. --voice-map cove=luna. Recorded on the job.",
+    ),
+]
+NotifyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--notify",
+        metavar="URL",
+        help="Tell this webhook of the job's end (repeatable; after the manifest's notify).",
     ),
 ]
 
@@ -485,6 +539,7 @@ def render(
     publish_mode: PublishOpt = "auto",
     sets: SetOpt = None,
     voice_map: VoiceMapOpt = None,
+    notify: NotifyOpt = None,
 ) -> None:
     """Render a manifest here and now, then publish it. A new release, by the embedded
     executor: one process."""
@@ -492,8 +547,12 @@ def render(
     from pipeline.store import productions, record_plan
 
     _setup_logging()
-    job_plan = _load_plan(
-        manifest, output, _options(sets, voice_map, no_cache=no_cache, publish=publish_mode)
+    job_plan = _check_webhooks(
+        _load_plan(
+            manifest,
+            output,
+            _options(sets, voice_map, no_cache=no_cache, publish=publish_mode, notify=notify),
+        )
     )
     # A destination that cannot be written, or a production another job is rendering, fails
     # here, before anything is billed.
@@ -523,6 +582,7 @@ def resume(
 ) -> None:
     """Finish an interrupted, failed or cancelled job, then publish it. Finished segments are
     not done again."""
+    from pipeline.deliver import require_secret
     from pipeline.settings import get_settings
     from pipeline.store import State, load_plan, transitions, views
 
@@ -539,8 +599,9 @@ def resume(
     with _database().begin() as conn:
         if not force:
             views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
-        transitions.reset_for_resume(conn, job_id)
         job_plan = load_plan(conn, job_id)
+        require_secret(job_plan.options.notify, get_settings().webhook_secret)
+        transitions.reset_for_resume(conn, job_id)
     _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id, resuming=job_id))
 
 
@@ -555,10 +616,12 @@ def status(
         typer.Option(min=0.1, max=3600, metavar="SECONDS", help="Seconds between refreshes."),
     ] = 2.0,
 ) -> None:
-    """Show one job's scripts, or every job."""
-    from pipeline.display import jobs_table, summary_table
+    """Show one job's scripts and webhooks, or every job."""
+    from rich.console import Group
+
+    from pipeline.display import deliveries_table, jobs_table, summary_table
     from pipeline.settings import get_settings
-    from pipeline.store import State, executors, views
+    from pipeline.store import State, deliveries, executors, views
 
     final = (State.DONE, State.FAILED, State.CANCELLED)
     db = _database()
@@ -570,7 +633,10 @@ def status(
                 return jobs_table(views.list_jobs(conn, dead_before=since)), False
             job_id = views.resolve_job_id(conn, job)
             summary = views.job_summary(conn, job_id, dead_before=since)
-        return summary_table(summary), summary.job.state in final or summary.job.interrupted
+            sent = deliveries.for_job(conn, job_id)
+        over = summary.job.state in final or summary.job.interrupted
+        shown = summary_table(summary)
+        return (Group(shown, deliveries_table(sent)) if sent else shown), over
 
     table, over = snapshot()
     # Which job table this is: DATABASE_URL, or the default file in the user's data folder.
@@ -634,14 +700,15 @@ def submit(
     publish_mode: PublishOpt = "auto",
     sets: SetOpt = None,
     voice_map: VoiceMapOpt = None,
+    notify: NotifyOpt = None,
 ) -> None:
     """Send a job to the Celery workers; prints its id. See `worker` and `status -w`."""
     from workers.commands import submit as submit_job
 
     preflight = _check_rime if check else None
-    options = _options(sets, voice_map, no_cache=no_cache, publish=publish_mode)
+    options = _options(sets, voice_map, no_cache=no_cache, publish=publish_mode, notify=notify)
     if Path(manifest).is_file():
-        job_plan = _load_plan(Path(manifest), output, options)
+        job_plan = _check_webhooks(_load_plan(Path(manifest), output, options))
         job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"
@@ -652,6 +719,10 @@ def submit(
             raise InputError(
                 f"{manifest!r} is not a manifest: --set and --voice-map change a manifest's "
                 "plan, and a saved job keeps the one it was recorded with"
+            )
+        if notify:
+            raise InputError(
+                "--notify: give it with a manifest; a recorded job keeps the webhooks it has"
             )
         job_id = submit_job(manifest, preflight=preflight)
     _out().print(job_id)
@@ -691,10 +762,42 @@ def worker(
 @app.command()
 def cancel(job: JobArg) -> None:
     """Stop a job. Nothing more is sent, and requests in flight are stopped within a second."""
+    from pipeline.store import views
     from workers.commands import cancel as cancel_job
 
-    segments = cancel_job(job)
+    _setup_logging()
+    with _database().begin() as conn:
+        job_id = views.resolve_job_id(conn, job)
+    segments = cancel_job(job_id)
     _out().print(f"cancelled; {segments} segments will not be synthesized")
+    _tell_webhooks(job_id)
+
+
+@app.command()
+def deliver(
+    job: Annotated[
+        str | None, typer.Argument(metavar="JOB", help="Only this job's (an id or prefix).")
+    ] = None,
+) -> None:
+    """Send every webhook delivery whose time has come, now. One backing off waits its turn."""
+    from pipeline.deliver import Sender
+    from pipeline.display import attempts_table
+    from pipeline.settings import get_settings
+    from pipeline.store import views
+
+    _setup_logging()
+    settings = get_settings()
+    db = _database()
+    job_id = None
+    if job is not None:
+        with db.begin() as conn:
+            job_id = views.resolve_job_id(conn, job)
+    with Sender(db, settings.delivery, settings.webhook_secret) as sender:
+        attempted = sender.due(job_id=job_id)
+    if not attempted:
+        _out().print("no webhook delivery is due")
+        return
+    _out().print(attempts_table(attempted))
 
 
 def _production(name: str, destination: str | None) -> int:

@@ -12,8 +12,10 @@ from rich.text import Text
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
+    from pipeline.deliver import Attempted
     from pipeline.diff import PlanDiff
     from pipeline.plan import JobOptions, JobPlan, ScriptPlan
+    from pipeline.store.deliveries import DeliveryStatus
     from pipeline.store.productions import Production, Release
     from pipeline.store.views import JobStatus, JobSummary
 
@@ -176,3 +178,31 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def deliveries_table(rows: list[DeliveryStatus]) -> Table:
+    """A job's webhook deliveries: event, redacted URL, state, attempts, the last answer."""
+    table = Table(title="webhooks")
+    for name in ("event", "url", "state", "attempts", "last", "when"):
+        table.add_column(name, no_wrap=name != "last", overflow="fold")
+    for row in rows:
+        last = row.last_error or ("" if row.last_status is None else f"HTTP {row.last_status}")
+        if row.delivered_at is not None:
+            when = f"delivered {row.delivered_at:%H:%M:%S}"
+        elif row.next_attempt_at is not None:
+            when = f"next {row.next_attempt_at:%H:%M:%S}"
+        else:
+            when = ""
+        table.add_row(row.event, row.url, row.state.value, str(row.attempts), last, when)
+    return table
+
+
+def attempts_table(rows: list[Attempted]) -> Table:
+    """Webhook attempts just made: job, event, redacted URL, attempt, outcome."""
+    table = Table(title="webhook attempts")
+    for name in ("job", "event", "url", "attempt", "state", "answer"):
+        table.add_column(name, no_wrap=name != "answer", overflow="fold")
+    for row in rows:
+        answer = row.error or ("" if row.status is None else f"HTTP {row.status}")
+        table.add_row(row.job_id, row.event, row.url, str(row.attempt), row.state.value, answer)
+    return table

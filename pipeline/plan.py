@@ -233,8 +233,13 @@ def build_plan(job: JobSpec, options: JobOptions | None = None) -> JobPlan:
         manifest=str(job.manifest),
         destination=job.destination,
         scripts=tuple(plan_script(s) for s in job.scripts),
-        # The manifest's own say in how its releases are kept, with the flags' options.
-        options=replace(options or JobOptions(), keep_releases=job.keep_releases),
+        # The manifest's own say in how its releases are kept and whom they tell, with the
+        # flags' options (their webhooks after the manifest's, each once).
+        options=replace(
+            options or JobOptions(),
+            keep_releases=job.keep_releases,
+            notify=tuple(dict.fromkeys((*job.notify, *(options.notify if options else ())))),
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, select
 
 from pipeline.errors import InputError, RimeBatchError
+from pipeline.notify import JobEvent, job_ended
 from pipeline.plan import JobOptions, Publish
 from pipeline.results import results_bytes
 from pipeline.storage import (
@@ -95,6 +96,8 @@ def publish(
             content_type="application/json",
         )
         productions.mark_published(conn, production_id, job_id)
+        # Its webhooks hear of it with the publish itself (a rollback's too).
+        job_ended(conn, job_id, JobEvent.PUBLISHED)
     pruned = prune(db, production_id, keep=_options(db, job_id).keep_releases, store=store)
     was = f" (was {previous})" if previous and previous != job_id else ""
     gone = f"; pruned {len(pruned)} old releases" if pruned else ""

@@ -46,6 +46,7 @@ from pipeline.errors import InputError
 if TYPE_CHECKING:
     from pipeline.limits import LimitConfig
     from pipeline.retry import RetryPolicy
+    from pipeline.webhook import DeliveryPolicy
 
 RIME_CLOUD_HTTP_URL = "https://users.rime.ai/v1/rime-tts"
 RIME_CLOUD_WS_URL = "wss://users-ws.rime.ai"
@@ -63,6 +64,8 @@ _WELL_KNOWN = {
     "database_url": ("DATABASE_URL",),
     "celery_broker_url": ("CELERY_BROKER_URL",),
 }
+# Fields whose value an error never echoes.
+_SECRETS = ("rime_api_key", "webhook_secret")
 
 
 def _names(field: str) -> tuple[str, ...]:
@@ -156,6 +159,26 @@ class Settings(BaseModel):
     # None = the visibility timeout.
     stall_seconds: PositiveFloat | None = None
 
+    # Every webhook event is signed with this (see pipeline.webhook); a job that notifies
+    # anyone is refused without it.
+    webhook_secret: SecretStr | None = None
+    # One delivery's policy (None: pipeline.webhook.DeliveryPolicy's defaults).
+    webhook_timeout_seconds: PositiveFloat | None = None
+    webhook_initial_wait: NonNegativeFloat | None = None
+    webhook_max_wait: NonNegativeFloat | None = None
+    webhook_jitter: NonNegativeFloat | None = None
+    webhook_give_up_seconds: PositiveFloat | None = None
+    # How long the process that ends a job (a render, a cancel) tries its webhooks before it
+    # exits; what is left stays pending for the workers' sweeper or `rime-batch deliver`.
+    webhook_wait_seconds: NonNegativeFloat = 5.0
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:
@@ -172,8 +195,9 @@ class Settings(BaseModel):
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]
             variable = str(first["loc"][0]) if first["loc"] else "the environment"
-            # Never echo the key, whatever went wrong with it.
-            shown = "" if variable in _WELL_KNOWN["rime_api_key"] else f" (got {first['input']!r})"
+            # Never echo a secret, whatever went wrong with it.
+            secret = known.get(variable, variable) in _SECRETS
+            shown = "" if secret else f" (got {first['input']!r})"
             raise SettingsError(f"{variable}: {first['msg']}{shown}") from None
 
     @property
@@ -206,6 +230,20 @@ class Settings(BaseModel):
             "jitter": self.retry_jitter,
         }
         return replace(DEFAULT_POLICY, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def delivery(self) -> DeliveryPolicy:
+        """The policy of one webhook delivery, with any overrides from the environment."""
+        from pipeline.webhook import DEFAULT_DELIVERY
+
+        overrides: dict[str, Any] = {
+            "timeout_seconds": self.webhook_timeout_seconds,
+            "initial_wait": self.webhook_initial_wait,
+            "max_wait": self.webhook_max_wait,
+            "jitter": self.webhook_jitter,
+            "give_up_seconds": self.webhook_give_up_seconds,
+        }
+        return replace(DEFAULT_DELIVERY, **{k: v for k, v in overrides.items() if v is not None})
 
     @property
     def threads(self) -> int:

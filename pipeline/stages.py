@@ -30,6 +30,7 @@ from pipeline import wav
 from pipeline.errors import RimeBatchError
 from pipeline.executor import Executor
 from pipeline.limits import Limiter
+from pipeline.notify import ENDED_IN, JobEvent, job_ended
 from pipeline.plan import PlannedSegment
 from pipeline.publish import publish_when_due
 from pipeline.results import results_bytes
@@ -476,10 +477,18 @@ def _scratch_folder() -> tempfile.TemporaryDirectory[str]:
 
 
 def settle_stage(ctx: Context, job_id: str) -> State:
-    """Roll the job's state up; when it is over, write its release's results file, and publish
-    the release when every script is done (see `pipeline.publish`). The job's state."""
+    """Roll the job's state up; when it is over, write its release's results file, publish the
+    release when every script is done (see `pipeline.publish`), and record the end's webhook
+    event. The job's state."""
     with ctx.db.begin() as conn:
+        was = transitions.lock_job(conn, job_id)
         state = transitions.settle_job(conn, job_id)
+        # Only the one settle that ended the job tells its webhooks. A failed end does so in
+        # the change that ends it; a done one once its publish is decided (a publish records
+        # `job.published` with itself).
+        ended = was is State.RUNNING and state in ENDED_IN
+        if ended and state is not State.DONE:
+            job_ended(conn, job_id, ENDED_IN[state])
         summary = views.job_summary(conn, job_id)
     if state in (State.DONE, State.FAILED):
         store = ctx.store(summary.job.destination)
@@ -488,5 +497,8 @@ def settle_stage(ctx: Context, job_id: str) -> State:
             results_bytes(summary),
             content_type="application/json",
         )
-        publish_when_due(ctx.db, job_id, store_for=ctx.store)
+    published = state is State.DONE and publish_when_due(ctx.db, job_id, store_for=ctx.store)
+    if ended and state is State.DONE and not published:
+        with ctx.db.begin() as conn:
+            job_ended(conn, job_id, JobEvent.DONE)
     return state

@@ -3,6 +3,7 @@
 # A module is listed before any module that imports it, so pytest rewrites its asserts.
 pytest_plugins = [
     "tests.fixtures.services",
+    "tests.fixtures.webhooks",
     "tests.fixtures.engine",
     "tests.fixtures.s3",
     "tests.fixtures.cli",

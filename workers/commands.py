@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 
 from pipeline.errors import Unreachable, first_line
+from pipeline.notify import JobEvent, job_ended
 from pipeline.plan import JobPlan
 from pipeline.reach import open_job_table
 from pipeline.settings import get_settings
@@ -118,13 +119,17 @@ def submit(
 
 
 def cancel(job: str, *, database_url: str | None = None) -> int:
-    """Cancel a job; the number of its segments that will not run.
+    """Cancel a job, recording its webhooks' `job.cancelled` with it; the number of its segments
+    that will not run.
 
     Queued tasks then skip, and every executor stops its requests in flight for the job within
     a heartbeat (their claims are gone).
     """
     with _database(database_url) as db, db.begin() as conn:
-        return transitions.cancel_job(conn, views.resolve_job_id(conn, job))
+        job_id = views.resolve_job_id(conn, job)
+        cancelled = transitions.cancel_job(conn, job_id)
+        job_ended(conn, job_id, JobEvent.CANCELLED)
+        return cancelled
 
 
 def run_worker(

@@ -19,10 +19,11 @@ log = logging.getLogger(__name__)
 SYNTHESIZE = "rime_batch.synthesize"
 STITCH = "rime_batch.stitch"
 FINISH = "rime_batch.finish"
+DELIVER = "rime_batch.deliver"
 
-# Segments wait in one long first-in-first-out queue. Stitches and job rollups have their own
-# short queue, so a finished script is stitched while other scripts are still synthesizing,
-# and hosts can be given to one kind of work or the other.
+# Segments wait in one long first-in-first-out queue. Stitches, job rollups and webhooks have
+# their own short queue, so a finished script is stitched (and a finished job told) while other
+# scripts are still synthesizing, and hosts can be given to one kind of work or the other.
 SYNTH_QUEUE = "rime-batch"
 STITCH_QUEUE = "rime-batch.stitch"
 QUEUES = (SYNTH_QUEUE, STITCH_QUEUE)
@@ -30,6 +31,7 @@ ROUTES = {
     SYNTHESIZE: {"queue": SYNTH_QUEUE},
     STITCH: {"queue": STITCH_QUEUE},
     FINISH: {"queue": STITCH_QUEUE},
+    DELIVER: {"queue": STITCH_QUEUE},
 }
 
 
@@ -55,6 +57,11 @@ class Dispatcher:
     def finish(self, job_id: str) -> None:
         """A task that rolls the job up and writes its results file when it is over."""
         self.app.send_task(FINISH, args=[job_id])
+
+    def deliver(self, delivery_id: int) -> None:
+        """A task that makes one attempt of a webhook delivery (its claim makes a second one
+        harmless)."""
+        self.app.send_task(DELIVER, args=[delivery_id])
 
     def outstanding(self, db: Engine, job_id: str) -> int:
         """Send everything the job still needs: pending segments, due stitches, the rollup."""

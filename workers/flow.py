@@ -19,7 +19,8 @@ import logging
 from contextlib import AbstractContextManager
 
 from pipeline.stages import StageResult, settle_stage, stitch_stage, synth_stage
-from pipeline.store import State
+from pipeline.store import State, deliveries
+from pipeline.store.schema import utcnow
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,19 @@ def _stitch(
 
 
 def finish(rt: Runtime, job_id: str) -> State:
-    """Roll the job up; when it is over, write its results file."""
+    """Roll the job up; when it is over, write its results file and send its webhooks."""
     state = settle_stage(rt.ctx, job_id)
     if state in (State.DONE, State.FAILED, State.CANCELLED):
         log.info("job %s job=%s", state.value, job_id)
+        with rt.db.begin() as conn:
+            due = deliveries.due(conn, utcnow(), job_id=job_id)
+        for row in due:
+            rt.dispatch.deliver(row.delivery_id)
     return state
+
+
+def deliver(rt: Runtime, delivery_id: int) -> str:
+    """One attempt of a webhook delivery: its state afterwards, or "skipped" (not due, or
+    another process has it)."""
+    attempted = rt.sender.attempt(delivery_id)
+    return "skipped" if attempted is None else attempted.state.value

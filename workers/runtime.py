@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery
 
+from pipeline.deliver import Sender
 from pipeline.executor import Executor
 from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
@@ -82,6 +83,8 @@ class Runtime:
         )
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.dispatch = Dispatcher(app)
+        # Webhooks are sent from the task's own thread: a short blocking POST, like a stitch.
+        self.sender = Sender(self.db, settings.delivery, settings.webhook_secret)
         self.stitching = threading.BoundedSemaphore(settings.stitch_parallelism)
         # None means every queue; a worker started with --queues consumes only those.
         consumed = app.amqp.queues.consume_from
@@ -145,6 +148,7 @@ class Runtime:
             if not self.loop.is_running():
                 self.loop.close()
             self.executor.close()
+            self.sender.close()
             self.redis.close()
             self.db.dispose()
 

@@ -10,7 +10,9 @@ The sweeper does not wait for that. It trusts only the job table:
   takes it over within about a minute. A claim whose executor still beats is never touched,
   however long it runs, so nothing live is synthesized (and billed) twice;
 - a running job with no claim or finish for `stall` seconds has lost its messages, so
-  everything it still needs is sent again (at most once per stall window).
+  everything it still needs is sent again (at most once per stall window);
+- a webhook delivery whose time has come (its first attempt, or a retry after a failed one)
+  gets a `deliver` task, once per attempt unless that task is lost (then again a minute later).
 
 Sending twice is safe: every step claims its row first. Every worker runs the sweeper on a
 thread, but a lock in Redis lets only one of them sweep per interval. A worker that starts
@@ -29,7 +31,7 @@ import redis
 import redis.exceptions
 from sqlalchemy import Engine
 
-from pipeline.store import State, executors, transitions, views
+from pipeline.store import State, deliveries, executors, transitions, views
 from pipeline.store.schema import utcnow
 from workers.dispatch import Dispatcher
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "rime-batch:sweep"
 KICK_PREFIX = "rime-batch:kick"
+DELIVER_PREFIX = "rime-batch:deliver"
+# A delivery's task not taken up in this long (lost, or stuck behind a long queue) is sent again.
+DELIVER_RESEND_SECONDS = 60.0
 # Jobs looked at per sweep; more than any one deployment runs at once.
 MAX_JOBS = 10_000
 
@@ -105,6 +110,20 @@ class Sweeper:
             )
         return Swept(job_id, segments, stitches, stalled, sent)
 
+    def sweep_deliveries(self) -> int:
+        """Send a `deliver` task for every webhook delivery whose time has come; the count."""
+        with self.db.begin() as conn:
+            due = deliveries.due(conn, utcnow())
+        sent = 0
+        ms = round(DELIVER_RESEND_SECONDS * 1000)
+        for row in due:
+            # One task per attempt: the key names the attempt the task is for.
+            key = f"{DELIVER_PREFIX}:{row.delivery_id}:{row.attempts}"
+            if self.redis.set(key, 1, nx=True, px=ms):
+                self.dispatch.deliver(row.delivery_id)
+                sent += 1
+        return sent
+
     def _first_kick(self, job_id: str) -> bool:
         # A stalled job is resent once per stall window, not at every sweep.
         ms = max(1, round(self.stall.total_seconds() * 1000))
@@ -121,6 +140,7 @@ class Sweeper:
             try:
                 if self._turn():
                     self.sweep()
+                    self.sweep_deliveries()
             except Exception as exc:
                 # Redis, the database or the broker away: this sweep is skipped, the next
                 # one tries again. The thread must outlive any of them.

@@ -16,7 +16,7 @@ from pipeline import logs
 from pipeline.settings import get_settings
 from workers import flow
 from workers.app import app
-from workers.dispatch import FINISH, STITCH, SYNTHESIZE
+from workers.dispatch import DELIVER, FINISH, STITCH, SYNTHESIZE
 from workers.runtime import Runtime, get_runtime
 
 # Infrastructure that comes back by itself: worth retrying the whole step.
@@ -59,3 +59,9 @@ def stitch(self: Any, script_pk: int) -> str:
 def finish(self: Any, job_id: str) -> str:
     """Roll a job up and write its results file when it is over."""
     return flow.finish(_runtime(), job_id).value
+
+
+@app.task(name=DELIVER, **RETRYING)  # type: ignore[untyped-decorator]
+def deliver(self: Any, delivery_id: int) -> str:
+    """Make one attempt of a webhook delivery; a failed one is tried again by the sweeper."""
+    return flow.deliver(_runtime(), delivery_id)

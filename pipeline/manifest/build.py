@@ -14,6 +14,7 @@ from pipeline.manifest.characters import character_problem, first_bad_value, whe
 from pipeline.manifest.models import (
     MAX_JOB_NAME_CHARS,
     MAX_KEEP_RELEASES,
+    MAX_NOTIFY_URLS,
     MAX_SCRIPTS,
     MAX_TEXT_CHARS,
     JobSpec,
@@ -40,6 +41,7 @@ from pipeline.manifest.readers import (
     unknown_key_message,
 )
 from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, first_clash, output_key
+from pipeline.webhook import check_url
 
 
 def build_job(
@@ -60,6 +62,7 @@ def build_job(
             raise where((key,)).error(unknown_key_message(key, TOP_KEYS))
     name = _job_name(raw)
     destination = _destination(raw, output)
+    notify = _notify(raw)
     defaults_data = data.get("defaults") or {}
     if not isinstance(defaults_data, dict):
         raise where(("defaults",)).error("must be a mapping of settings (e.g. speaker: cove)")
@@ -98,6 +101,7 @@ def build_job(
         defaults=_renamed(defaults, overrides),
         scripts=tuple(scripts),
         keep_releases=_keep_releases(raw),
+        notify=notify,
     )
 
 
@@ -218,6 +222,30 @@ def _destination(raw: RawManifest, override: str | None) -> str:
         return resolve_destination(value, folder)
     except PathProblem as exc:
         raise raw.locator.source(("output",)).error(str(exc)) from exc
+
+
+def _notify(raw: RawManifest) -> tuple[str, ...]:
+    """The webhook URLs of `notify:`, one URL or a list of them; each written once."""
+    value = raw.data.get("notify")
+    if value is None:
+        return ()
+    where = raw.locator.source
+    urls: list[Any] = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list):
+        raise where(("notify",)).error("must be a URL or a list of URLs")
+    if len(urls) > MAX_NOTIFY_URLS:
+        raise where(("notify",)).error(
+            f"lists {len(urls)} URLs; a job may notify at most {MAX_NOTIFY_URLS}"
+        )
+    for index, url in enumerate(urls):
+        loc: tuple[str | int, ...] = ("notify",) if isinstance(value, str) else ("notify", index)
+        try:
+            check_url(url)
+        except ValueError as exc:
+            raise where(loc).error(str(exc)) from exc
+        if url in urls[:index]:
+            raise where(loc).error("lists this URL twice")
+    return tuple(urls)
 
 
 def _script(

@@ -43,6 +43,8 @@ MAX_JOB_NAME_CHARS = 200
 MAX_KEEP_RELEASES = 1_000
 MAX_OUTPUT_CHARS = 1_000
 MAX_SETTING_CHARS = 100  # speaker, lang
+# Webhooks one job tells of its end (each URL at most pipeline.webhook.MAX_URL_CHARS long).
+MAX_NOTIFY_URLS = 10
 # Lists and mappings inside one another; a manifest needs 4 (scripts, a script, formats).
 MAX_YAML_DEPTH = 32
 # Values after YAML aliases are expanded: aliases can make a small file describe billions.
@@ -242,3 +244,4 @@ class JobSpec(BaseModel):
     defaults: Voice
     scripts: tuple[ScriptSpec, ...]
     keep_releases: int = DEFAULT_KEEP_RELEASES  # releases kept when a new one is published
+    notify: tuple[str, ...] = ()  # webhook URLs told of the job's end

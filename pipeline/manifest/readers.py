@@ -30,7 +30,15 @@ from pipeline.manifest.models import (
 
 Loc = tuple[str | int, ...]
 
-TOP_KEYS = ("job", "output", "keep_releases", "defaults", "scripts", "scripts_csv")
+TOP_KEYS = (
+    "job",
+    "output",
+    "keep_releases",
+    "notify",
+    "defaults",
+    "scripts",
+    "scripts_csv",
+)
 SCRIPT_KEYS = ("id", "text", "text_file")
 VOICE_KEYS = tuple(Voice.model_fields)
 
@@ -48,7 +56,7 @@ class Locator(Protocol):
 
 @dataclass(frozen=True)
 class RawManifest:
-    """A manifest's plain data: {job, output, defaults, scripts}, and where each part is."""
+    """A manifest's plain data: {job, output, notify, defaults, scripts}, and where each part is."""
 
     file: Path
     data: dict[str, Any]
@@ -351,6 +359,8 @@ _ALIASES = {
     "format": "formats",
     "name": "job",
     "destination": "output",
+    "webhook": "notify",
+    "webhooks": "notify",
 }
 
 

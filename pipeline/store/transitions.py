@@ -591,6 +591,15 @@ def start_job(conn: Connection, job_id: str, executor: str | None = None) -> boo
     return started
 
 
+def lock_job(conn: Connection, job_id: str) -> State:
+    """The job's state, its row locked until the transaction ends (so a change made next in it
+    is known to be this transaction's); JobNotFound when there is no such job."""
+    state = conn.scalar(select(JOBS.c.state).where(JOBS.c.id == job_id).with_for_update())
+    if state is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    return State(state)
+
+
 def job_state(conn: Connection, job_id: str) -> State:
     """The job's state; JobNotFound when there is no such job."""
     state = conn.scalar(select(JOBS.c.state).where(JOBS.c.id == job_id))

@@ -15,11 +15,19 @@ ROOT = Path(__file__).resolve().parents[2]
 # TYPE_CHECKING count too: they are a dependency all the same.
 LAYERS: list[set[str]] = [
     {"pipeline", "pipeline.errors", "pipeline.files", "pipeline.wav", "pipeline.g711"},
-    {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio"},
+    {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio", "pipeline.webhook"},
     {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest", "pipeline.logs"},
     {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
     {"pipeline.stitch", "pipeline.store"},
-    {"pipeline.results", "pipeline.reach", "pipeline.executor", "pipeline.cache", "pipeline.diff"},
+    {
+        "pipeline.results",
+        "pipeline.reach",
+        "pipeline.executor",
+        "pipeline.cache",
+        "pipeline.diff",
+        "pipeline.notify",
+        "pipeline.deliver",
+    },
     {"pipeline.publish"},
     {"pipeline.stages"},
     {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},

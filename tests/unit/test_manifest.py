@@ -368,8 +368,8 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 1,
                 None,
                 None,
-                "the top level must be a mapping with job, output, keep_releases, defaults, "
-                "scripts, scripts_csv, "
+                "the top level must be a mapping with job, output, keep_releases, notify, "
+                "defaults, scripts, scripts_csv, "
                 "not a list",
             ),
         ),
@@ -379,8 +379,8 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 1,
                 None,
                 None,
-                "the top level must be a mapping with job, output, keep_releases, defaults, "
-                "scripts, scripts_csv, "
+                "the top level must be a mapping with job, output, keep_releases, notify, "
+                "defaults, scripts, scripts_csv, "
                 "not a single value ('hello')",
             ),
         ),

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pipeline.limits import LimitConfig
 from pipeline.retry import DEFAULT_POLICY
 from pipeline.settings import Settings, SettingsError
+from pipeline.webhook import DEFAULT_DELIVERY, DeliveryPolicy
 
 
 def test_unset_settings_take_the_defaults_of_the_parts_they_configure() -> None:
@@ -68,3 +69,34 @@ def test_the_key_never_appears_in_a_settings_error(key: str, bad: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_environment({"RIME_API_KEY": key, "RIME_BATCH_CONCURRENCY": bad})
     assert key not in str(info.value)
+
+
+def test_webhook_settings_reach_the_delivery_policy_and_keep_the_secret_out_of_repr() -> None:
+    assert Settings.from_environment({}).delivery == DEFAULT_DELIVERY
+    settings = Settings.from_environment(
+        {
+            "RIME_BATCH_WEBHOOK_SECRET": "whsec_value_0f9e8d",
+            "RIME_BATCH_WEBHOOK_TIMEOUT_SECONDS": "2.5",
+            "RIME_BATCH_WEBHOOK_INITIAL_WAIT": "0.1",
+            "RIME_BATCH_WEBHOOK_MAX_WAIT": "9",
+            "RIME_BATCH_WEBHOOK_JITTER": "0",
+            "RIME_BATCH_WEBHOOK_GIVE_UP_SECONDS": "60",
+            "RIME_BATCH_WEBHOOK_WAIT_SECONDS": "1",
+        }
+    )
+    assert settings.delivery == DeliveryPolicy(
+        timeout_seconds=2.5, initial_wait=0.1, max_wait=9.0, jitter=0.0, give_up_seconds=60.0
+    )
+    assert settings.webhook_wait_seconds == 1.0
+    assert settings.webhook_secret is not None
+    assert settings.webhook_secret.get_secret_value() == "whsec_value_0f9e8d"
+    assert "whsec_value_0f9e8d" not in repr(settings)
+
+
+@pytest.mark.parametrize("secret", ["", "   ", "\t"])
+def test_an_empty_webhook_secret_is_refused_without_echoing_it(secret: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_environment({"RIME_BATCH_WEBHOOK_SECRET": secret})
+    message = str(info.value)
+    assert message.startswith("RIME_BATCH_WEBHOOK_SECRET: ")
+    assert "got" not in message
