@@ -63,13 +63,15 @@ def _when(row: JobStatus) -> str:
 def jobs_table(rows: list[JobStatus]) -> Table:
     """All jobs, newest first."""
     table = Table(title="jobs")
-    for name in ("job", "name", "state", "scripts", "chars", "billed", "audio", "created"):
+    columns = ("job", "name", "state", "release", "scripts", "chars", "billed", "audio", "created")
+    for name in columns:
         table.add_column(name, justify="right" if name in {"chars", "billed", "audio"} else "left")
     for row in rows:
         table.add_row(
             row.job_id,
             row.name,
             row.shown_state,
+            "published" if row.published else "",
             f"{row.scripts_done}/{row.scripts}",
             f"{row.chars:,}",
             f"{row.billed_chars:,}",
@@ -90,7 +92,8 @@ def summary_table(summary: JobSummary) -> RenderableType:
     """One job's scripts with state, attempts, characters, durations and errors, under a line
     naming what the job was asked to change (`--set`, `--voice-map`) when it was."""
     job = summary.job
-    title = f"job {job.job_id} ({job.name}): {job.shown_state}"
+    published = ", published" if job.published else ""
+    title = f"job {job.job_id} ({job.name}): {job.shown_state}{published}"
     table = Table(title=title, caption=job.error or None)
     columns = ("script", "state", "segments", "attempts", "chars", "billed", "audio", "error")
     for name in columns:

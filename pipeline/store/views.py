@@ -72,9 +72,7 @@ class JobStatus:
     @property
     def shown_state(self) -> str:
         """The state as a person should read it."""
-        if self.interrupted:
-            return "interrupted"
-        return f"{self.state.value}, published" if self.published else self.state.value
+        return "interrupted" if self.interrupted else self.state.value
 
 
 @dataclass(frozen=True)

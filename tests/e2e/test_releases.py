@@ -166,8 +166,8 @@ def test_a_voice_change_killed_halfway_leaves_the_published_set_and_its_resume_p
     }
 
     statuses = run.run("status").stdout
-    assert re.search(rf"{old_release}.*done, published", statuses), statuses
-    assert re.search(rf"{new_release}.*done\s", statuses), statuses
+    assert re.search(rf"{old_release}\s.*done\s.*published", statuses), statuses
+    assert re.search(rf"{new_release}\s.*done\s+│\s+│", statuses), statuses
 
     listed = run.run("releases", NAME)
     assert listed.returncode == 0, listed
