@@ -5,6 +5,13 @@ keeps global state and is not thread-safe, so one process-wide `Espeak` owns it 
 call on its own single worker thread; callers on the event loop await `stream()`, which hands
 audio over chunk by chunk while the sentence is still being synthesized.
 
+Some of that state outlives an utterance and no call resets it, not even `espeak_Terminate`:
+the position in the pitch-flutter table and the count of pitch cycles (static variables of its
+wave generator) carry on, so the same sentence came out a few samples longer or shorter, and
+different, each time. Every utterance therefore runs on the library loaded afresh (closed, then
+opened again, about 2 ms), and the noise of breathy voices is drawn from a fixed seed rather than
+the clock's, so a voice says the same text in the same bytes every time, in every process.
+
 Input is SSML (`espeakSSML`), which gives `<prosody rate>` for inline speed words and keeps
 espeak's `[[...]]` phoneme input working. Word events carry the character position in that SSML
 string and the sample index where the word starts, so timestamps match the audio exactly.
@@ -12,6 +19,7 @@ string and the sample index where the word starts, so timestamps match the audio
 
 from __future__ import annotations
 
+import _ctypes
 import asyncio
 import ctypes
 import threading
@@ -37,6 +45,8 @@ _PARAM_PITCH = 3
 _PARAM_RANGE = 4
 # Milliseconds of audio per callback: small enough that the first bytes leave early.
 _BUFFER_MS = 60
+# espeak-ng seeds its noise (breathy variants) from the clock at start; any fixed seed will do.
+_RAND_SEED = 1
 
 # espeak's own limits for the speaking rate, in words per minute.
 MIN_RATE_WPM = 80
@@ -101,12 +111,14 @@ class Espeak:
         self._lib: ctypes.CDLL | None = None
         self._callback_ref: object = None
         self._sink: Callable[[EspeakChunk], bool] | None = None
-        self._voice: EspeakVoice | None = None
         self.sample_rate = 22050
 
-    def _ensure_initialized(self) -> ctypes.CDLL:
+    def _load_afresh(self) -> ctypes.CDLL:
+        """espeak-ng loaded anew, its static state as at first start, ready to synthesize."""
         if self._lib is not None:
-            return self._lib
+            self._lib.espeak_Terminate()
+            _ctypes.dlclose(self._lib._handle)
+            self._lib = None
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
@@ -127,9 +139,12 @@ class Espeak:
         if rate <= 0:
             raise RuntimeError("espeak-ng failed to initialize")
         self.sample_rate = int(rate)
-        callback = _Callback(self._on_audio)
-        lib.espeak_SetSynthCallback(callback)
-        self._callback_ref = callback  # ctypes callbacks die with their last Python reference
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed(_RAND_SEED)
+        if self._callback_ref is None:
+            # ctypes callbacks die with their last Python reference
+            self._callback_ref = _Callback(self._on_audio)
+        lib.espeak_SetSynthCallback(self._callback_ref)
         self._lib = lib
         return lib
 
@@ -159,12 +174,9 @@ class Espeak:
     ) -> None:
         """Synthesize one SSML utterance on this thread; `sink` returns False to stop."""
         with self._lock:
-            lib = self._ensure_initialized()
-            if voice != self._voice:
-                name = voice.name.encode()
-                if lib.espeak_SetVoiceByName(name) != 0:
-                    raise RuntimeError(f"espeak-ng has no voice {voice.name!r}")
-                self._voice = voice
+            lib = self._load_afresh()
+            if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+                raise RuntimeError(f"espeak-ng has no voice {voice.name!r}")
             lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
             lib.espeak_SetParameter(_PARAM_RANGE, voice.pitch_range, 0)
             rate = max(MIN_RATE_WPM, min(MAX_RATE_WPM, rate_wpm))
