@@ -9,6 +9,8 @@ it. The languages are those of Rime's voice list (see `catalogue`).
 The espeak voice is the variety most of Rime's voices of that language speak, by the country
 Rime's voice details give them: American English, Latin American Spanish (most are US, Colombian
 and Mexican voices), Brazilian Portuguese, Egyptian voices for Arabic (espeak has one Arabic).
+It is named by its file under espeak-ng's `lang/` folder, which spares espeak a scan of every
+voice file each time the library is loaded afresh (see `voice`); the audio is the same.
 """
 
 from __future__ import annotations
@@ -22,21 +24,21 @@ class Language:
 
     code: str  # ISO 639-2/3, as Rime's voice list writes it
     short: str  # ISO 639-1
-    espeak: str
+    espeak: str  # espeak-ng's voice file for it, under `lang/`
 
 
 LANGUAGES: dict[str, Language] = {
     language.code: language
     for language in (
-        Language("eng", "en", "en-us"),
-        Language("spa", "es", "es-419"),
-        Language("fra", "fr", "fr"),
-        Language("ger", "de", "de"),
-        Language("por", "pt", "pt-br"),
-        Language("jpn", "ja", "ja"),
-        Language("heb", "he", "he"),
-        Language("hin", "hi", "hi"),
-        Language("ara", "ar", "ar"),
+        Language("eng", "en", "gmw/en-US"),
+        Language("spa", "es", "roa/es-419"),
+        Language("fra", "fr", "roa/fr"),
+        Language("ger", "de", "gmw/de"),
+        Language("por", "pt", "roa/pt-BR"),
+        Language("jpn", "ja", "jpx/ja"),
+        Language("heb", "he", "sem/he"),
+        Language("hin", "hi", "inc/hi"),
+        Language("ara", "ar", "sem/ar"),
     )
 }
 _BY_SPELLING = {

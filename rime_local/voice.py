@@ -8,9 +8,11 @@ audio over chunk by chunk while the sentence is still being synthesized.
 Some of that state outlives an utterance and no call resets it, not even `espeak_Terminate`:
 the position in the pitch-flutter table and the count of pitch cycles (static variables of its
 wave generator) carry on, so the same sentence came out a few samples longer or shorter, and
-different, each time. Every utterance therefore runs on the library loaded afresh (closed, then
-opened again, about 2 ms), and the noise of breathy voices is drawn from a fixed seed rather than
-the clock's, so a voice says the same text in the same bytes every time, in every process.
+different, each time. Every utterance therefore runs on a library loaded afresh, and the noise
+of breathy voices is drawn from a fixed seed rather than the clock's, so a voice says the same
+text in the same bytes every time, in every process. Loading it afresh (closing, reopening, and
+reading the voice's dictionary again) takes about 2.5 ms, so `Espeak` keeps two private copies
+of the library: one speaks while a second thread reloads the other with the voice just used.
 
 Input is SSML (`espeakSSML`), which gives `<prosody rate>` for inline speed words and keeps
 espeak's `[[...]]` phoneme input working. Word events carry the character position in that SSML
@@ -21,7 +23,11 @@ from __future__ import annotations
 
 import _ctypes
 import asyncio
+import contextlib
 import ctypes
+import queue
+import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +53,10 @@ _PARAM_RANGE = 4
 _BUFFER_MS = 60
 # espeak-ng seeds its noise (breathy variants) from the clock at start; any fixed seed will do.
 _RAND_SEED = 1
+# Copies of the library: one speaks while the other is loaded afresh.
+_COPIES = 2
+# The voice a copy is first loaded with; any other is set when asked for.
+_FIRST_VOICE = "gmw/en-US"
 
 # espeak's own limits for the speaking rate, in words per minute.
 MIN_RATE_WPM = 80
@@ -102,28 +112,24 @@ class SynthesisAborted(Exception):
     """The consumer stopped listening; espeak was told to stop."""
 
 
-class Espeak:
-    """The process-wide espeak-ng instance."""
+class _Library:
+    """A private copy of libespeak-ng: its own static state, loaded afresh after each use."""
 
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
-        self._lock = threading.Lock()
-        self._lib: ctypes.CDLL | None = None
-        self._callback_ref: object = None
-        self._sink: Callable[[EspeakChunk], bool] | None = None
-        self.sample_rate = 22050
+    def __init__(self, path: str, callback: object) -> None:
+        self.path = path
+        self._callback = callback
+        self.lib: ctypes.CDLL | None = None
+        self.voice: str | None = None  # the voice set since it was loaded
 
-    def _load_afresh(self) -> ctypes.CDLL:
-        """espeak-ng loaded anew, its static state as at first start, ready to synthesize."""
-        if self._lib is not None:
-            self._lib.espeak_Terminate()
-            _ctypes.dlclose(self._lib._handle)
-            self._lib = None
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    def reload(self, voice_name: str) -> int:
+        """Close and reopen the library, with `voice_name` set; espeak's sample rate."""
+        self.close()
+        lib = ctypes.CDLL(self.path)
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_Synth.argtypes = [
             ctypes.c_void_p,
             ctypes.c_size_t,
@@ -137,16 +143,67 @@ class Espeak:
         data_path = espeakng_loader.get_data_path().encode()
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, data_path, 0)
         if rate <= 0:
+            _ctypes.dlclose(lib._handle)
             raise RuntimeError("espeak-ng failed to initialize")
-        self.sample_rate = int(rate)
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_ng_SetRandSeed(_RAND_SEED)
-        if self._callback_ref is None:
-            # ctypes callbacks die with their last Python reference
-            self._callback_ref = _Callback(self._on_audio)
-        lib.espeak_SetSynthCallback(self._callback_ref)
-        self._lib = lib
-        return lib
+        lib.espeak_SetSynthCallback(self._callback)
+        self.lib = lib
+        self.set_voice(voice_name)
+        return int(rate)
+
+    def set_voice(self, name: str) -> None:
+        """Make `name` the current voice (setting voices leaves no trace in the audio)."""
+        if self.lib is None or name == self.voice:
+            return
+        if self.lib.espeak_SetVoiceByName(name.encode()) != 0:
+            raise RuntimeError(f"espeak-ng has no voice {name!r}")
+        self.voice = name
+
+    def close(self) -> None:
+        """Unload the library, its static state with it."""
+        if self.lib is not None:
+            self.lib.espeak_Terminate()
+            _ctypes.dlclose(self.lib._handle)
+        self.lib = None
+        self.voice = None
+
+
+class Espeak:
+    """The process-wide espeak-ng: synthesis on one thread, fresh libraries from another."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak-load")
+        self._lock = threading.Lock()
+        self._ready: queue.Queue[_Library] = queue.Queue()
+        self._copies: tempfile.TemporaryDirectory[str] | None = None
+        # ctypes callbacks die with their last Python reference
+        self._callback_ref = _Callback(self._on_audio)
+        self._sink: Callable[[EspeakChunk], bool] | None = None
+        self.sample_rate = 22050
+
+    def _start(self) -> None:
+        """Copy the library and load every copy, once (under the lock)."""
+        if self._copies is not None:
+            return
+        # A copy at its own path is a separate library to the loader, with its own state.
+        self._copies = tempfile.TemporaryDirectory(prefix="rime-local-espeak-")
+        for index in range(_COPIES):
+            path = f"{self._copies.name}/libespeak-ng-{index}.so"
+            shutil.copyfile(espeakng_loader.get_library_path(), path)
+            library = _Library(path, self._callback_ref)
+            self.sample_rate = library.reload(_FIRST_VOICE)
+            self._ready.put(library)
+
+    def _recycle(self, library: _Library) -> None:
+        """Load `library` afresh with the voice it last spoke, and make it ready again."""
+        try:
+            library.reload(library.voice or _FIRST_VOICE)
+        except Exception:
+            # Left unloaded: the next synthesis reloads it itself and reports what fails.
+            with contextlib.suppress(Exception):
+                library.close()
+        self._ready.put(library)
 
     def _on_audio(
         self, wav: ctypes._Pointer[ctypes.c_short], count: int, evs: ctypes._Pointer[_Event]
@@ -174,20 +231,25 @@ class Espeak:
     ) -> None:
         """Synthesize one SSML utterance on this thread; `sink` returns False to stop."""
         with self._lock:
-            lib = self._load_afresh()
-            if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
-                raise RuntimeError(f"espeak-ng has no voice {voice.name!r}")
-            lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
-            lib.espeak_SetParameter(_PARAM_RANGE, voice.pitch_range, 0)
-            rate = max(MIN_RATE_WPM, min(MAX_RATE_WPM, rate_wpm))
-            lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
-            data = ssml.encode("utf-8") + b"\0"
-            flags = _CHARS_UTF8 | _SSML | _PHONEMES | _ENDPAUSE
-            self._sink = sink
+            self._start()
+            library = self._ready.get()
             try:
+                if library.lib is None:
+                    library.reload(voice.name)
+                library.set_voice(voice.name)
+                lib = library.lib
+                assert lib is not None
+                lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
+                lib.espeak_SetParameter(_PARAM_RANGE, voice.pitch_range, 0)
+                rate = max(MIN_RATE_WPM, min(MAX_RATE_WPM, rate_wpm))
+                lib.espeak_SetParameter(_PARAM_RATE, rate, 0)
+                data = ssml.encode("utf-8") + b"\0"
+                flags = _CHARS_UTF8 | _SSML | _PHONEMES | _ENDPAUSE
+                self._sink = sink
                 lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, flags, None, None)
             finally:
                 self._sink = None
+                self._loader.submit(self._recycle, library)
 
     async def stream(
         self, ssml: str, voice: EspeakVoice, rate_wpm: int
