@@ -23,7 +23,7 @@ from pydantic import (
 
 from pipeline.errors import ManifestError
 from pipeline.markup import MAX_PAUSE_MS
-from pipeline.rime.languages import canonical_lang, spellings
+from pipeline.rime.languages import spellings
 from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS
 
 Format = Literal["wav", "wav-mulaw", "mulaw", "mp3", "ogg"]
@@ -121,11 +121,12 @@ class Voice(BaseModel):
         model_id = info.data.get("modelId")
         if model_id is None:
             return lang
-        known = MODELS[model_id].languages
-        code = canonical_lang(lang)
-        if code is None or code not in known:
+        model = MODELS[model_id]
+        code = model.language(lang)
+        if code is None:
             raise ValueError(
-                f"{lang!r} is not a language {model_id} speaks: expected one of {spellings(known)}"
+                f"{lang!r} is not a language {model_id} speaks: expected one of "
+                f"{spellings(model.languages)}"
             )
         return code
 

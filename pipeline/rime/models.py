@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.rime.languages import canonical_lang
+
 # Rime's per-request text limit through the API (the dashboard allows 1,000).
 DEFAULT_MAX_CHARS = 500
 
@@ -61,6 +63,11 @@ class ModelInfo:
             return "one of " + ", ".join(str(r) for r in sorted(self.rate_set))
         assert self.rate_range is not None
         return f"between {self.rate_range[0]} and {self.rate_range[1]}"
+
+    def language(self, lang: str) -> str | None:
+        """`lang` in either spelling as the three-letter code, if this model's voices speak it."""
+        code = canonical_lang(lang)
+        return code if code in self.languages else None
 
     def speed_alpha(self, speed: float) -> float:
         """Map a user speed (higher is faster, 1.0 normal) to this model's `speedAlpha`."""
