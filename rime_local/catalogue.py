@@ -25,7 +25,7 @@ from importlib import resources
 
 from rime_local.languages import LANGUAGES
 from rime_local.models import MODELS
-from rime_local.voice import EspeakVoice
+from rime_local.voice import FEMALE_VARIANTS, MALE_VARIANTS, EspeakVoice
 
 
 class Gender(StrEnum):
@@ -37,14 +37,11 @@ class Gender(StrEnum):
     UNSPECIFIED = "unspecified"  # the details leave it empty
 
 
-# espeak-ng's bundled variants: f1-f5 are its female voices, m1-m8 its male ones.
-_FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
-_MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 VARIANTS: dict[Gender, tuple[str, ...]] = {
-    Gender.FEMALE: _FEMALE_VARIANTS,
-    Gender.MALE: _MALE_VARIANTS,
-    Gender.NONBINARY: _FEMALE_VARIANTS + _MALE_VARIANTS,
-    Gender.UNSPECIFIED: _FEMALE_VARIANTS + _MALE_VARIANTS,
+    Gender.FEMALE: FEMALE_VARIANTS,
+    Gender.MALE: MALE_VARIANTS,
+    Gender.NONBINARY: FEMALE_VARIANTS + MALE_VARIANTS,
+    Gender.UNSPECIFIED: FEMALE_VARIANTS + MALE_VARIANTS,
 }
 # espeak's pitch (0-100, 50 its default), kept near the middle: the variant carries the gender.
 _PITCH_LOW, _PITCH_SPAN = 40, 21
