@@ -65,7 +65,6 @@ class RequestParams:
     sampling_rate: int
     speed_alpha: float
     voicing: Voicing
-    time_scale: float = 1.0  # `timeScaleFactor` as asked, whether or not the model honours it
 
 
 def _bool(name: str, value: object) -> bool:
@@ -192,7 +191,7 @@ def parse_params(
         markup,
         time_scale if model.honours_time_scale else 1.0,
     )
-    return RequestParams(model, speaker, lang, rate, speed_alpha, voicing, time_scale)
+    return RequestParams(model, speaker, lang, rate, speed_alpha, voicing)
 
 
 def parse_lang(value: object, speaker: Speaker) -> str:
