@@ -2,15 +2,32 @@
 
 The HTTP body (JSON values) and WebSocket query strings (all strings) share these rules. What
 each model accepts (sampling rates and their default, speed convention, pause markup, SSE, text
-length) comes from the engine's own `models`.
+length, `timeScaleFactor`) comes from the engine's own `models`; who speaks which language, from
+its `catalogue`; the spellings of `lang`, from `languages`.
 Interpretations where Rime's documents are silent:
 - `modelId` defaults to `mistv3` (seed 002), except on `/ws2`, the Mist v2 endpoint, where it
   defaults to `mistv2` and other model families are refused.
-- `lang` defaults to `eng` and must be the speaker's language.
+- `lang` takes either of Rime's spellings (`eng` or `en`, `spa` or `es`, ...) and must be a
+  language the speaker is filed under. Without it, the default is `eng` (seeds 001-003) for a
+  voice that speaks English, and the voice's own language for one that doesn't: the documents
+  make `lang` match the speaker only "if provided". Rime's later pages wrote `language` in some
+  examples and corrected them to `lang`; `language` is no parameter, and like every name the
+  engine doesn't know it is ignored.
 - `speedAlpha` must be a positive number; it becomes espeak's words-per-minute around 175,
   divided by it on Mist v2 / mist ("lower is faster") and multiplied on the newer models.
-- `temperature`, `top_p`, `repetition_penalty` and `noTextNormalization` are checked for type and
-  otherwise have no effect on espeak.
+- `timeScaleFactor` (a number from 0.4 to 2.5, "A value above 1.0 slows down the audio, a value
+  below 1.0 speeds up the audio") stretches the audio to that many times its duration, at the
+  same pitch, on the models Rime documents it for (Coda, Arcana, Mist v3), over HTTP and
+  WebSockets alike ("works over both HTTP and WebSocket endpoints", Rime's Playback speed page,
+  August 2026). Rime clamps a value outside the range without an error; the engine refuses it,
+  so a client learns of a value Rime would silently change. On Mist and Mist v2 it is checked
+  and has no effect.
+- Accepted, checked for type, and without effect on espeak: `temperature`, `top_p`,
+  `repetition_penalty` and `noTextNormalization`; `reduceLatency` (true or false: the earlier
+  name of `noTextNormalization`, and espeak always normalizes text); `saveOovs` (true or false:
+  it logged out-of-vocabulary words to Rime's Speech QA dashboard, since retired, and is still
+  accepted "for backward compatibility"); `max_tokens` (a whole number from 200 to 5000, Arcana's
+  documented range: it capped the tokens Arcana generated, and espeak generates none).
 """
 
 from __future__ import annotations
@@ -19,14 +36,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from rime_local.catalogue import LANGUAGES, SPEAKERS, Speaker, find_speaker
+from rime_local.catalogue import SPEAKERS, Speaker, find_speaker
 from rime_local.codecs import Encoding
-from rime_local.models import MODELS, ModelFacts
+from rime_local.languages import find_language, known_spellings
+from rime_local.models import MODELS, TIME_SCALE_RANGE, ModelFacts
 from rime_local.script import MarkupOptions
 from rime_local.synthesis import Voicing
 from rime_local.voice import DEFAULT_RATE_WPM
 
 DEFAULT_MODEL = "mistv3"
+
+# Arcana's `max_tokens`: "The max tokens. Range is 200 to 5000" (its HTTP reference until March
+# 2026, when the sampling parameters left it).
+MAX_TOKENS_RANGE = (200, 5000)
 
 
 class ParamError(ValueError):
@@ -39,7 +61,7 @@ class RequestParams:
 
     model: ModelFacts
     speaker: Speaker
-    lang: str
+    lang: str  # Rime's three-letter code, whichever spelling the request used
     sampling_rate: int
     speed_alpha: float
     voicing: Voicing
@@ -137,11 +159,7 @@ def parse_params(
         some = ", ".join(SPEAKERS[model_id][:6])
         raise ParamError(f"unknown speaker {name!r} for modelId {model_id!r} (e.g. {some})")
 
-    lang = raw.get("lang") or "eng"
-    if lang not in LANGUAGES:
-        raise ParamError(f"unknown lang {lang!r}; known: {', '.join(sorted(LANGUAGES))}")
-    if lang != speaker.lang:
-        raise ParamError(f"speaker {speaker.name!r} speaks {speaker.lang!r}, not {lang!r}")
+    lang = parse_lang(raw.get("lang"), speaker)
 
     rate_value = raw.get("samplingRate")
     rate = (
@@ -157,10 +175,8 @@ def parse_params(
     if speed_alpha <= 0:
         raise ParamError("speedAlpha must be greater than 0")
 
-    for knob in ("temperature", "top_p", "repetition_penalty"):
-        if raw.get(knob) not in (None, ""):
-            _number(knob, raw.get(knob))
-    _bool("noTextNormalization", raw.get("noTextNormalization"))
+    time_scale = parse_time_scale(raw.get("timeScaleFactor"))
+    check_no_ops(raw)
 
     markup = MarkupOptions(
         pauses=_bool("pauseBetweenBrackets", raw.get("pauseBetweenBrackets"))
@@ -168,8 +184,52 @@ def parse_params(
         phonemes=_bool("phonemizeBetweenBrackets", raw.get("phonemizeBetweenBrackets")),
         inline_speeds=parse_inline_speeds(raw.get("inlineSpeedAlpha")),
     )
-    voicing = Voicing(speaker.espeak_voice(), rate_wpm(model, speed_alpha), rate, markup)
-    return RequestParams(model, speaker, str(lang), rate, speed_alpha, voicing)
+    voicing = Voicing(
+        speaker.espeak_voice(lang),
+        rate_wpm(model, speed_alpha),
+        rate,
+        markup,
+        time_scale if model.honours_time_scale else 1.0,
+    )
+    return RequestParams(model, speaker, lang, rate, speed_alpha, voicing)
+
+
+def parse_lang(value: object, speaker: Speaker) -> str:
+    """`lang` as Rime's three-letter code, which `speaker` must speak; its own when absent."""
+    if value in (None, ""):
+        return speaker.default_lang
+    language = find_language(value) if isinstance(value, str) else None
+    if language is None:
+        raise ParamError(f"unknown lang {value!r}; known: {known_spellings()}")
+    if not speaker.speaks(language.code):
+        spoken = " and ".join(repr(code) for code in speaker.languages)
+        raise ParamError(f"speaker {speaker.name!r} speaks {spoken}, not {value!r}")
+    return language.code
+
+
+def parse_time_scale(value: object) -> float:
+    """`timeScaleFactor`: 1.0 when absent, else a number within Rime's range."""
+    if value in (None, ""):
+        return 1.0
+    factor = _number("timeScaleFactor", value)
+    lo, hi = TIME_SCALE_RANGE
+    if not lo <= factor <= hi:
+        raise ParamError(f"timeScaleFactor must be between {lo} and {hi}")
+    return factor
+
+
+def check_no_ops(raw: Mapping[str, object]) -> None:
+    """Check the parameters that espeak has no use for; ParamError for a malformed one."""
+    for knob in ("temperature", "top_p", "repetition_penalty"):
+        if raw.get(knob) not in (None, ""):
+            _number(knob, raw.get(knob))
+    for flag in ("noTextNormalization", "reduceLatency", "saveOovs"):
+        _bool(flag, raw.get(flag))
+    if raw.get("max_tokens") not in (None, ""):
+        tokens = _int("max_tokens", raw.get("max_tokens"))
+        lo, hi = MAX_TOKENS_RANGE
+        if not lo <= tokens <= hi:
+            raise ParamError(f"max_tokens must be between {lo} and {hi}")
 
 
 WS_AUDIO_FORMATS = {"mp3": Encoding.MP3, "mulaw": Encoding.MULAW, "pcm": Encoding.PCM}

@@ -2,7 +2,8 @@
 
 The next sentence goes to espeak only when the consumer has taken the previous one's audio, so
 a long text streams its first bytes before its last sentence exists, and a client that hangs up
-stops the work.
+stops the work. A time scale other than 1 stretches every sentence and every silence by that
+factor (`stretch`), and the word timings with them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from rime_local.script import MarkupOptions, Sentence, Silence, Span, plan, plan_spans
+from rime_local.stretch import Stretcher, stretched_length
 from rime_local.voice import Espeak, EspeakChunk, EspeakVoice
 
 SAMPLE_WIDTH = 2  # 16-bit signed little-endian, mono, everywhere inside the engine
@@ -20,12 +22,14 @@ SAMPLE_WIDTH = 2  # 16-bit signed little-endian, mono, everywhere inside the eng
 
 @dataclass(frozen=True)
 class Voicing:
-    """How to speak: espeak voice, speaking rate, output rate and markup switches."""
+    """How to speak: espeak voice, speaking rate, output rate, markup switches, time scale."""
 
     voice: EspeakVoice
     rate_wpm: int
     sampling_rate: int
     markup: MarkupOptions
+    # The audio's duration over espeak's: above 1 longer, below 1 shorter, at the same pitch.
+    time_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,28 +135,40 @@ class Utterance:
         """Audio chunks as espeak makes them, each sentence followed by its word timings."""
         source_rate = self._espeak.sample_rate
         resampler = Resampler(source_rate, self.voicing.sampling_rate)
-        offset = 0  # source samples already emitted
+        scale = self.voicing.time_scale
+        offset = 0  # samples at the source rate already emitted, stretched
         for item in self.items:
             if isinstance(item, Silence):
-                samples = source_rate * item.ms // 1000
+                samples = stretched_length(source_rate * item.ms // 1000, scale)
                 yield Audio(resampler.convert(b"\0\0" * samples))
                 offset += samples
                 continue
             chunks: list[EspeakChunk] = []
             produced = 0
+            stretcher = Stretcher(scale, source_rate) if scale != 1 else None
             async for chunk in self._espeak.stream(
                 item.ssml, self.voicing.voice, self.voicing.rate_wpm
             ):
                 chunks.append(chunk)
                 produced += len(chunk.pcm) // SAMPLE_WIDTH
-                if chunk.pcm:
-                    yield Audio(resampler.convert(chunk.pcm))
+                pcm = stretcher.feed(chunk.pcm) if stretcher and chunk.pcm else chunk.pcm
+                if pcm:
+                    yield Audio(resampler.convert(pcm))
+            if stretcher is not None:
+                tail = stretcher.finish()
+                if tail:
+                    yield Audio(resampler.convert(tail))
             self.sentences_done += 1
             timed = word_times(item, chunks, produced)
             if timed:
                 yield Words(
                     tuple(w for w, _, _ in timed),
-                    tuple(round((offset + s) / source_rate, 3) for _, s, _ in timed),
-                    tuple(round((offset + e) / source_rate, 3) for _, _, e in timed),
+                    tuple(self._seconds(offset, s, scale, source_rate) for _, s, _ in timed),
+                    tuple(self._seconds(offset, e, scale, source_rate) for _, _, e in timed),
                 )
-            offset += produced
+            offset += stretched_length(produced, scale)
+
+    @staticmethod
+    def _seconds(offset: int, sample: int, scale: float, source_rate: int) -> float:
+        """Seconds from the start of the utterance to `sample` of the current sentence."""
+        return round((offset + stretched_length(sample, scale)) / source_rate, 3)

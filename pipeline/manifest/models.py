@@ -23,6 +23,7 @@ from pydantic import (
 
 from pipeline.errors import ManifestError
 from pipeline.markup import MAX_PAUSE_MS
+from pipeline.rime.languages import spellings
 from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS
 from pipeline.storage.keys import DEFAULT_KEEP_RELEASES
 
@@ -120,16 +121,18 @@ class Voice(BaseModel):
     @field_validator("lang")
     @classmethod
     def _language_of_model(cls, lang: str, info: ValidationInfo) -> str:
+        # Either of Rime's spellings; the three-letter code is what the plan keeps and sends.
         model_id = info.data.get("modelId")
         if model_id is None:
             return lang
-        known = MODELS[model_id].languages
-        if lang not in known:
+        model = MODELS[model_id]
+        code = model.language(lang)
+        if code is None:
             raise ValueError(
                 f"{lang!r} is not a language {model_id} speaks: expected one of "
-                f"{', '.join(sorted(known))}"
+                f"{spellings(model.languages)}"
             )
-        return lang
+        return code
 
     @field_validator("max_chars")
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pipeline.rime.errors import InvalidRequest
+from pipeline.rime.languages import canonical_lang
 from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS, ModelInfo
 
 # `[word]` groups that `inlineSpeedAlpha` applies to, in order.
@@ -79,7 +80,7 @@ class VoiceParams:
 
     speaker: str
     model_id: str
-    lang: str | None = None  # None leaves Rime's default, "eng"
+    lang: str | None = None  # None leaves Rime's default, "eng"; kept as the three-letter code
     sampling_rate: int | None = None  # None leaves the model's default
     speed_alpha: float | None = None  # in the model's own convention (see ModelInfo.speed_alpha)
     pause_between_brackets: bool = False
@@ -92,6 +93,12 @@ class VoiceParams:
     def __post_init__(self) -> None:
         _require(bool(self.speaker.strip()), "speaker is required")
         _require(bool(self.model_id.strip()), "modelId is required")
+        if self.lang is not None:
+            # Either of Rime's spellings; the three-letter one is sent and is in the cache key.
+            model = self.model
+            code = model.language(self.lang) if model else canonical_lang(self.lang)
+            _require(code is not None, f"lang {self.lang!r} is not one {self.model_id} speaks")
+            object.__setattr__(self, "lang", code)
         if self.sampling_rate is not None:
             model = self.model
             if model is not None:

@@ -70,7 +70,7 @@ def test_phoneme_brackets_change_what_is_said(engine: RunningEngine) -> None:
 def _voicing(rate: int = 22050) -> Voicing:
     speaker = find_speaker("mistv3", "cove")
     assert speaker is not None
-    return Voicing(speaker.espeak_voice(), DEFAULT_RATE_WPM, rate, MarkupOptions(pauses=True))
+    return Voicing(speaker.espeak_voice("eng"), DEFAULT_RATE_WPM, rate, MarkupOptions(pauses=True))
 
 
 async def _collect(synthesis: Utterance) -> tuple[bytes, list[Words], list[int]]:

@@ -3,7 +3,8 @@
 The engine keeps its own facts, written from Rime's documents (`rime_local.models`), so this is
 the test that catches a wrong fact in the client's table: rates the client allows that Rime
 refuses (or the reverse), a default rate the client assumes but Rime doesn't use, a speed
-convention the wrong way round, a text limit that differs.
+convention the wrong way round, a text limit that differs, a language no voice of the model
+speaks (or one the client refuses that some voice speaks).
 
 A disagreement that Rime's documents settle against the client is a strict xfail below, with
 the document that settles it: the fix belongs in `pipeline/rime/models.py`, and once it is made
@@ -18,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from pipeline.rime.languages import SHORT_CODES
 from pipeline.rime.models import MODELS, ModelInfo
-from rime_local.catalogue import SPEAKERS
+from rime_local.catalogue import CATALOGUE
 from rime_local.server import RunningEngine
 
 TEXT = "The quick brown fox jumps over the lazy dog, twice before breakfast."
@@ -38,10 +40,15 @@ def models(check: str) -> list[Any]:
     return params
 
 
+def _speaker(model_id: str, lang: str = "eng") -> str:
+    """The first of the engine's voices of `model_id` that speaks `lang`."""
+    speakers = [s.name for s in CATALOGUE.get(model_id, {}).values() if s.speaks(lang)]
+    assert speakers, f"the engine has no {lang!r} voice of {model_id!r}, which the client knows"
+    return speakers[0]
+
+
 def _body(model_id: str, **fields: object) -> dict[str, object]:
-    speakers = SPEAKERS.get(model_id)
-    assert speakers, f"the engine serves no {model_id!r}, which the client knows"
-    return {"text": TEXT, "speaker": speakers[0], "modelId": model_id, **fields}
+    return {"text": TEXT, "speaker": _speaker(model_id), "modelId": model_id, **fields}
 
 
 def status(engine: RunningEngine, body: dict[str, object]) -> tuple[int, str]:
@@ -117,3 +124,16 @@ def test_the_clients_max_chars_is_the_engines_limit(engine: RunningEngine, model
     assert code == 200, f"{limit} characters refused: {message}"
     code, message = status(engine, _body(model_id, text=longest[: limit + 1]))
     assert code == 400 and str(limit) in message, f"{limit + 1} characters: {code} {message}"
+
+
+@pytest.mark.parametrize("model_id", models("languages"))
+def test_the_clients_languages_are_those_the_engines_voices_speak(
+    engine: RunningEngine, model_id: str
+) -> None:
+    spoken = {lang for s in CATALOGUE[model_id].values() for lang in s.languages}
+    assert spoken <= MODELS[model_id].languages, "some voice speaks a language the client refuses"
+    for lang in sorted(MODELS[model_id].languages):
+        speaker = _speaker(model_id, lang)
+        for spelling in (lang, SHORT_CODES[lang]):
+            code, message = status(engine, _body(model_id, speaker=speaker, lang=spelling))
+            assert code == 200, f"{model_id} {speaker} in {spelling!r}: {code} {message}"

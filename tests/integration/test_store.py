@@ -296,7 +296,7 @@ def plans(draw: st.DrawFn) -> JobPlan:
         params = VoiceParams(
             speaker=draw(_text.filter(str.strip)),
             model_id=model,
-            lang=draw(st.sampled_from(["eng", "spa"])),
+            lang=draw(st.none() | st.sampled_from(sorted(facts.languages))),
             sampling_rate=draw(rates),
             speed_alpha=draw(_maybe_positive),
             pause_between_brackets=draw(st.booleans()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from pipeline.manifest.paths import PathProblem, check_script_id, normalize_text
 from pipeline.plan import plan_manifest
 
 REPO = Path(__file__).resolve().parents[2]
+_ONE_SCRIPT = "scripts:\n  - id: a\n    text: Hello there. How are you?\n"
 
 
 def write(folder: Path, name: str, content: str | bytes) -> Path:
@@ -858,6 +860,51 @@ def test_the_voice_model_rejects_a_rate_its_model_refuses() -> None:
     assert Voice(modelId="arcana", samplingRate=48000).effective_sampling_rate == 48000
     with pytest.raises(ValueError, match="not a sampling rate arcana accepts"):
         Voice(modelId="arcana", samplingRate=44000)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "spelled", "code"),
+    [
+        ("mistv2", "en", "eng"),
+        ("mistv2", "eng", "eng"),
+        ("mistv3", "es", "spa"),
+        ("coda", "ja", "jpn"),
+        ("coda", "hi", "hin"),
+        ("coda", "ara", "ara"),
+        ("arcana", "he", "heb"),
+    ],
+)
+def test_lang_takes_either_of_rimes_spellings_and_keeps_the_three_letter_code(
+    model_id: str, spelled: str, code: str
+) -> None:
+    assert Voice(modelId=model_id, lang=spelled).lang == code
+
+
+@pytest.mark.parametrize(
+    ("model_id", "lang", "known"),
+    [
+        ("coda", "he", "ara/ar, eng/en, fra/fr, ger/de, hin/hi, jpn/ja, por/pt, spa/es"),
+        ("mistv3", "pt", "eng/en, fra/fr, ger/de, spa/es"),
+        ("mist", "spa", "eng/en"),
+        ("mistv2", "EN", "eng/en, fra/fr, ger/de, spa/es"),
+    ],
+)
+def test_a_language_no_voice_of_the_model_speaks_is_refused_with_both_spellings(
+    model_id: str, lang: str, known: str
+) -> None:
+    message = f"{lang!r} is not a language {model_id} speaks: expected one of {known}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Voice(modelId=model_id, lang=lang)
+
+
+def test_en_and_eng_are_one_voice_and_one_cache_key(tmp_path: Path) -> None:
+    keys = []
+    for lang in ("en", "eng"):
+        path = write(tmp_path, f"{lang}.yaml", f"defaults:\n  lang: {lang}\n" + _ONE_SCRIPT)
+        [script] = plan_manifest(path).scripts
+        assert script.params.lang == "eng"
+        keys.append([segment.cache_key for segment in script.segments])
+    assert keys[0] == keys[1]
 
 
 # --- properties -------------------------------------------------------------------------------

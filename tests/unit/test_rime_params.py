@@ -168,6 +168,8 @@ def test_an_unknown_model_is_left_to_the_server_within_basic_sanity() -> None:
         ({"top_p": 1.5}, "top_p"),
         ({"temperature": -0.1}, "temperature"),
         ({"repetition_penalty": -1.0}, "repetition_penalty"),
+        ({"lang": "tlh"}, "lang 'tlh' is not one arcana speaks"),
+        ({"lang": "EN"}, "lang 'EN' is not one arcana speaks"),
     ],
 )
 def test_out_of_range_parameters_are_refused(changes: dict[str, object], message: str) -> None:
@@ -178,6 +180,31 @@ def test_out_of_range_parameters_are_refused(changes: dict[str, object], message
     assert isinstance(info.value, BadRequest)
     assert isinstance(info.value, PermanentError)
     assert info.value.status is None
+
+
+@pytest.mark.parametrize(
+    ("model", "lang", "sent"),
+    [
+        ("mistv2", "en", "eng"),
+        ("mistv2", "eng", "eng"),
+        ("coda", "ja", "jpn"),
+        ("mistv9", "es", "spa"),
+    ],
+)
+def test_lang_in_either_spelling_goes_out_as_the_three_letter_code(
+    model: str, lang: str, sent: str
+) -> None:
+    voice = VoiceParams("cove", model, lang=lang)
+    assert voice.lang == sent
+    assert voice.to_json()["lang"] == sent
+    assert voice.to_query(AudioFormat.PCM)["lang"] == sent
+    assert voice == VoiceParams("cove", model, lang=sent)
+
+
+def test_a_language_the_models_voices_do_not_speak_is_refused_before_sending() -> None:
+    with pytest.raises(InvalidRequest, match="lang 'he' is not one coda speaks"):
+        VoiceParams("lyra", "coda", lang="he")
+    assert VoiceParams("lyra", "arcana", lang="he").lang == "heb"
 
 
 def test_inline_speeds_must_match_the_bracketed_words() -> None:
