@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 SYNTHESIZE = "rime_batch.synthesize"
 STITCH = "rime_batch.stitch"
 FINISH = "rime_batch.finish"
+# Fires the schedules that are due (see `pipeline.scheduler`); sent by `rime-batch beat`.
+TICK = "rime_batch.tick"
 
-# Segments wait in one long first-in-first-out queue. Stitches and job rollups have their own
-# short queue, so a finished script is stitched while other scripts are still synthesizing,
-# and hosts can be given to one kind of work or the other.
+# Segments wait in one long first-in-first-out queue. Stitches, job rollups and schedule ticks
+# have their own short queue, so a finished script is stitched (and a due schedule fired) while
+# other scripts are still synthesizing, and hosts can be given to one kind of work or the other.
 SYNTH_QUEUE = "rime-batch"
 STITCH_QUEUE = "rime-batch.stitch"
 QUEUES = (SYNTH_QUEUE, STITCH_QUEUE)
@@ -30,6 +32,7 @@ ROUTES = {
     SYNTHESIZE: {"queue": SYNTH_QUEUE},
     STITCH: {"queue": STITCH_QUEUE},
     FINISH: {"queue": STITCH_QUEUE},
+    TICK: {"queue": STITCH_QUEUE},
 }
 
 

@@ -18,8 +18,10 @@ import contextlib
 import logging
 from contextlib import AbstractContextManager
 
+from pipeline import scheduler
 from pipeline.stages import StageResult, settle_stage, stitch_stage, synth_stage
 from pipeline.store import State
+from workers.commands import submitter
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -67,3 +69,8 @@ def finish(rt: Runtime, job_id: str) -> State:
     if state in (State.DONE, State.FAILED, State.CANCELLED):
         log.info("job %s job=%s", state.value, job_id)
     return state
+
+
+def tick(rt: Runtime) -> list[scheduler.Fired]:
+    """Fire the schedules that are due, each run a job submitted to the workers."""
+    return scheduler.tick(rt.db, submitter(rt.dispatch.app))

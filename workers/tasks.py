@@ -16,7 +16,7 @@ from pipeline import logs
 from pipeline.settings import get_settings
 from workers import flow
 from workers.app import app
-from workers.dispatch import FINISH, STITCH, SYNTHESIZE
+from workers.dispatch import FINISH, STITCH, SYNTHESIZE, TICK
 from workers.runtime import Runtime, get_runtime
 
 # Infrastructure that comes back by itself: worth retrying the whole step.
@@ -59,3 +59,10 @@ def stitch(self: Any, script_pk: int) -> str:
 def finish(self: Any, job_id: str) -> str:
     """Roll a job up and write its results file when it is over."""
     return flow.finish(_runtime(), job_id).value
+
+
+# Not retried: the next tick comes `tick_seconds` later, and does whatever this one could not.
+@app.task(name=TICK)  # type: ignore[untyped-decorator]
+def tick() -> int:
+    """Fire the schedules that are due; how many due times this tick handled."""
+    return len(flow.tick(_runtime()))
