@@ -6,6 +6,7 @@
     plans        a JobPlan into rows and back, and the work one stage loads by row id
     transitions  compare-and-set state changes, each saying what it made due (`Next`)
     views        read-only: job lists, status summaries, what is left to do
+    schedules    schedules and their runs: each due time claimed exactly once
     errors       StoreError, IllegalTransition, JobNotFound
 
 Every process starts with `open_database(url)`; the modules take a Connection and never

@@ -34,9 +34,7 @@ def _field(low: int, high: int) -> st.SearchStrategy[str]:
 # Days of the month up to 28: every month has them, so every expression is due some time.
 crons = st.builds(
     lambda fields, seconds: " ".join(fields + ([seconds] if seconds else [])),
-    st.tuples(_field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 6)).map(
-        list
-    ),
+    st.tuples(_field(0, 59), _field(0, 23), _field(1, 28), _field(1, 12), _field(0, 6)).map(list),
     st.one_of(st.none(), _field(0, 59)),
 )
 moments = st.datetimes(
