@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from pipeline.store import create_engine_for
 from rime_local.server import RunningEngine
-from tests.e2e.test_render import KEY, write
 from tests.e2e.test_releases import job_ids, job_of, published_set, results
+from tests.e2e.test_render import KEY, write
 from tests.fixtures.cli import Cli, CliResult
 from tests.fixtures.services import closed_port, poll_until
 

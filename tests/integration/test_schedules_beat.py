@@ -5,6 +5,7 @@ once per missed slot."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -86,7 +87,7 @@ def slots(after: datetime, until: datetime) -> list[datetime]:
 
 
 def consecutive(dues: list[datetime]) -> bool:
-    return all(b == next_due(CRON, a) for a, b in zip(dues, dues[1:], strict=False))
+    return all(b == next_due(CRON, a) for a, b in itertools.pairwise(dues))
 
 
 def after(moment: datetime, env: CeleryEnv) -> list[Run]:

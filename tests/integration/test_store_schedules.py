@@ -116,6 +116,8 @@ def test_names_are_unique_and_removal_takes_the_runs(job_table: Engine) -> None:
         assert last_runs(conn) == {}
         # A tick still holding the removed schedule claims nothing.
         assert claim_run(conn, added.id, DUE + timedelta(days=1), advance=True) is None
-    with pytest.raises(ScheduleNotFound, match="no schedule named 'nightly'"):
-        with job_table.begin() as conn:
-            remove_schedule(conn, "nightly")
+    with (
+        pytest.raises(ScheduleNotFound, match="no schedule named 'nightly'"),
+        job_table.begin() as conn,
+    ):
+        remove_schedule(conn, "nightly")

@@ -137,4 +137,4 @@ def test_bad_names_are_refused_in_one_line(name: str) -> None:
 
 def test_naive_times_are_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
-        due_to_handle("0 2 * * *", START, datetime(2026, 1, 2))  # noqa: DTZ001
+        due_to_handle("0 2 * * *", START, datetime(2026, 1, 2))
