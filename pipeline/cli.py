@@ -806,6 +806,9 @@ def schedule_add(
 
     check_name(name)
     expression = check_cron(cron)
+    if str(manifest).startswith("s3:"):
+        # The loader reads local files only (a manifest's text files sit beside it).
+        raise InputError(f"{manifest}: a schedule's manifest must be a local file for now")
     # Planned once now: a manifest that cannot be rendered is refused with its own message.
     job_plan = _with_options(_load_plan(manifest, output), False, publish_mode)
     with _database().begin() as conn:

@@ -93,6 +93,8 @@ def run_now(db: Engine, name: str, submitter: Submitter) -> Fired:
 
 def plan_run(schedule: Schedule) -> JobPlan:
     """The plan of one run: the manifest as it reads now, with the schedule's options."""
+    # Overrides among the options (`set`, `voice_map`) belong where the manifest is loaded,
+    # as for `render`: the loader takes them from `schedule.options` here.
     plan = plan_manifest(schedule.manifest, output=schedule.output)
     # The manifest says how many releases to keep; the job says which schedule asked for it.
     options = replace(

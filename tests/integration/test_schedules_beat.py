@@ -23,6 +23,7 @@ from pipeline.store.schedules import Outcome, Run, get_schedule, runs_of
 from pipeline.store.schema import JOBS
 from rime_local.server import RunningEngine
 from tests.fixtures.celery_workers import (
+    ROOT,
     Beat,
     CeleryEnv,
     WorkerPool,
@@ -177,6 +178,8 @@ def test_each_due_time_fires_once_across_two_beats_a_kill_and_a_restart(
     jobs = scheduled_jobs(env)
     assert sorted(jobs) == sorted(submitted), (jobs, submitted)
     assert (tmp_path / "job" / "out" / "hold.wav").is_file()
+    # Beat kept no schedule file where it ran (the job table holds what it needs).
+    assert not list(ROOT.glob("celerybeat-schedule*"))
 
 
 def test_schedule_run_submits_through_the_workers_now(
