@@ -799,8 +799,10 @@ def schedule_add(
     publish_mode: PublishOpt = "auto",
     output: OutputOpt = None,
 ) -> None:
-    """Render MANIFEST at every due time of a cron expression (UTC). The manifest is read
-    again at every run; `beat` (with workers) or `schedule serve` fires the runs."""
+    """Render MANIFEST at every due time of a cron expression (UTC).
+
+    The manifest is read again at every run; `beat` (with workers) or `schedule serve` fires
+    the runs."""
     from pipeline.schedules import check_cron, check_name, next_due
     from pipeline.store.schedules import add_schedule
 
@@ -832,7 +834,9 @@ def schedule_add(
 
 @schedule_app.command("list")
 def schedule_list() -> None:
-    """List the schedules: cron, next due time (UTC), and the last run's outcome and job."""
+    """List the schedules, when each is next due and its last run.
+
+    Times are UTC; the last run shows its outcome and its job (or why it failed)."""
     from pipeline.display import schedules_table
     from pipeline.store.schedules import last_runs, list_schedules
     from pipeline.store.schema import utcnow
@@ -855,8 +859,10 @@ def schedule_remove(name: ScheduleArg) -> None:
 
 @schedule_app.command("run")
 def schedule_run(name: ScheduleArg, here: HereOpt = False) -> None:
-    """Run a schedule now, as a due time would (only-if-changed too): its job goes to the
-    workers, or is rendered here with --here."""
+    """Run a schedule now, as if it were due.
+
+    Only-if-changed applies. The job goes to the workers, or is rendered here with --here.
+    The schedule's cron times are left as they are."""
     from pipeline.scheduler import run_now
     from pipeline.store import State
 
@@ -869,8 +875,10 @@ def schedule_run(name: ScheduleArg, here: HereOpt = False) -> None:
 
 @schedule_app.command("serve")
 def schedule_serve() -> None:
-    """Fire due schedules from this process until Ctrl-C, rendering each job here, one at a
-    time: no broker or workers. Looks every RIME_BATCH_TICK_SECONDS (30); times are UTC."""
+    """Fire due schedules here, rendering each job in this process.
+
+    One job at a time, with no broker or workers, until Ctrl-C. It looks every
+    RIME_BATCH_TICK_SECONDS (30); times are UTC."""
     from sqlalchemy.exc import InterfaceError, OperationalError
 
     from pipeline.scheduler import tick
@@ -907,8 +915,10 @@ def beat(
         str, typer.Option(metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
     ] = "INFO",
 ) -> None:
-    """Run Celery beat here until stopped: every RIME_BATCH_TICK_SECONDS (30) it has a worker
-    fire the due schedules. Any number of beats may run: each due time fires once."""
+    """Run Celery beat here: the workers fire due schedules.
+
+    Every RIME_BATCH_TICK_SECONDS (30), and once at start, it sends a tick that a worker runs.
+    Any number of beats may run: each due time fires once. Ctrl-C or SIGTERM stops it."""
     from workers.commands import run_beat
 
     run_beat(loglevel=loglevel)
