@@ -21,12 +21,15 @@ from pipeline.errors import InputError, RimeBatchError
 # Imports inside the commands keep `--help` and `status` quick: a render needs httpx, numpy and
 # the engine, a status table only SQLAlchemy and rich.
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from pydantic import SecretStr
     from rich.console import Console, RenderableType
     from sqlalchemy import Engine
 
     from pipeline.plan import JobOptions, JobPlan, PlannedSegment
     from pipeline.progress import Done
+    from pipeline.scheduler import Fired, Submitter
     from pipeline.store import State
 
 # The segment cache of renders spoken by the in-process engine, apart from Rime's audio.
@@ -110,6 +113,14 @@ def _database() -> Engine:
     from pipeline.settings import get_settings
 
     return open_job_table(get_settings().database_url)
+
+
+def _cache_namespace() -> str:
+    """Where a render from here finds cached segments: Rime's audio, or the local engine's
+    apart from it."""
+    from pipeline.settings import get_settings
+
+    return "" if get_settings().rime_api_key is not None else LOCAL_CACHE_NAMESPACE
 
 
 @contextmanager
@@ -447,23 +458,11 @@ def plan(
 
 def _show_diff(job_plan: JobPlan, *, against_release: bool) -> None:
     """What rendering `job_plan` would change and send, from the job table and the cache."""
-    from pipeline.diff import diff_plan
+    from pipeline.diff import diff_at_destination
     from pipeline.display import diff_lines
     from pipeline.settings import get_settings
-    from pipeline.storage import open_store
-    from pipeline.storage.keys import namespaced_cache_path
 
-    settings = get_settings()
-    store = open_store(job_plan.destination)
-    # Where a render from here looks: Rime's audio, or the local engine's apart from it.
-    namespace = "" if settings.rime_api_key is not None else LOCAL_CACHE_NAMESPACE
-    found = diff_plan(
-        _database(),
-        job_plan,
-        lambda segment: store.exists(namespaced_cache_path(namespace, segment.cache_key)),
-        concurrency=settings.limits.concurrency,
-        price_per_1k_chars=settings.price_per_1k_chars,
-    )
+    found = diff_at_destination(_database(), job_plan, _cache_namespace(), get_settings())
     for line in diff_lines(found, scripts=against_release):
         _out().print(line, markup=False, highlight=False)
 
@@ -529,6 +528,35 @@ def segment(
         _out().print(f"{i:>3} ({len(s.text)} chars, {s.boundary}{pause}) {s.text!r}", markup=False)
 
 
+def _render_plan(
+    job_plan: JobPlan,
+    concurrency: int | None,
+    rpm: int | None,
+    recorded: Callable[[str], None] | None = None,
+) -> tuple[str, State]:
+    """Render a new job of `job_plan` in this process (the embedded executor): its id and
+    state. `recorded` is told the id as soon as the job is recorded."""
+    from pipeline.storage import open_store
+    from pipeline.store import productions, record_plan
+
+    # A destination that cannot be written, or a production another job is rendering, fails
+    # here, before anything is billed.
+    open_store(job_plan.destination).check()
+    with _database().begin() as conn:
+        productions.refuse_if_busy(conn, job_plan.name, job_plan.destination)
+
+    def record() -> str:
+        with _database().begin() as conn:
+            job_id = record_plan(conn, job_plan)
+        scripts, chars = len(job_plan.scripts), job_plan.chars
+        _err().print(f"job {job_id}: {scripts} scripts, {chars:,} characters")
+        if recorded is not None:
+            recorded(job_id)
+        return job_id
+
+    return _execute(job_plan, concurrency, rpm, record)
+
+
 @app.command()
 def render(
     manifest: ManifestArg,
@@ -543,31 +571,10 @@ def render(
 ) -> None:
     """Render a manifest here and now, then publish it. A new release, by the embedded
     executor: one process."""
-    from pipeline.storage import open_store
-    from pipeline.store import productions, record_plan
-
     _setup_logging()
-    job_plan = _check_webhooks(
-        _load_plan(
-            manifest,
-            output,
-            _options(sets, voice_map, no_cache=no_cache, publish=publish_mode, notify=notify),
-        )
-    )
-    # A destination that cannot be written, or a production another job is rendering, fails
-    # here, before anything is billed.
-    open_store(job_plan.destination).check()
-    with _database().begin() as conn:
-        productions.refuse_if_busy(conn, job_plan.name, job_plan.destination)
-
-    def record() -> str:
-        with _database().begin() as conn:
-            job_id = record_plan(conn, job_plan)
-        scripts, chars = len(job_plan.scripts), job_plan.chars
-        _err().print(f"job {job_id}: {scripts} scripts, {chars:,} characters")
-        return job_id
-
-    _finish(*_execute(job_plan, concurrency, rpm, record))
+    options = _options(sets, voice_map, no_cache=no_cache, publish=publish_mode, notify=notify)
+    job_plan = _check_webhooks(_load_plan(manifest, output, options))
+    _finish(*_render_plan(job_plan, concurrency, rpm))
 
 
 @app.command()
@@ -906,6 +913,219 @@ def cache_prune(name: NameArg, destination: DestinationOpt = None) -> None:
         f"freed {freed.entries} cached segments ({freed.bytes:,} bytes); kept {freed.kept}",
         markup=False,
     )
+
+
+# --- Schedules: cron re-renders, fired by `beat` through the workers or by `schedule serve` ----
+
+schedule_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app.add_typer(
+    schedule_app, name="schedule", help="Render manifests on cron schedules (times in UTC)."
+)
+ScheduleArg = Annotated[str, typer.Argument(metavar="NAME", help="The schedule's name.")]
+CronOpt = Annotated[
+    str,
+    typer.Option(
+        "--cron",
+        metavar="EXPR",
+        help='When, in UTC: "minute hour day month weekday" (e.g. "0 2 * * *" is 02:00 UTC '
+        "daily), or six fields with seconds last.",
+    ),
+]
+OnlyIfChangedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--only-if-changed",
+        help="Submit a run only when `diff` finds something to synthesize or publish.",
+    ),
+]
+HereOpt = Annotated[
+    bool,
+    typer.Option("--here", help="Render in this process (as `render` does), not on the workers."),
+]
+
+
+@schedule_app.command("add")
+def schedule_add(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Letters, digits, '.', '_' and '-'.")],
+    manifest: ManifestArg,
+    cron: CronOpt,
+    only_if_changed: OnlyIfChangedOpt = False,
+    publish_mode: PublishOpt = "auto",
+    output: OutputOpt = None,
+    sets: SetOpt = None,
+    voice_map: VoiceMapOpt = None,
+    notify: NotifyOpt = None,
+) -> None:
+    """Render MANIFEST at every due time of a cron expression (UTC).
+
+    The manifest is read again at every run; `beat` (with workers) or `schedule serve` fires
+    the runs."""
+    from pipeline.schedules import check_cron, check_name, next_due
+    from pipeline.store.schedules import add_schedule
+
+    check_name(name)
+    expression = check_cron(cron)
+    if str(manifest).startswith("s3:"):
+        # The loader reads local files only (a manifest's text files sit beside it).
+        raise InputError(f"{manifest}: a schedule's manifest must be a local file for now")
+    # Planned once now: a manifest that cannot be rendered is refused with its own message.
+    options = _options(sets, voice_map, publish=publish_mode, notify=notify)
+    job_plan = _check_webhooks(_load_plan(manifest, output, options))
+    with _database().begin() as conn:
+        schedule = add_schedule(
+            conn,
+            name,
+            str(manifest.absolute()),
+            expression,
+            only_if_changed=only_if_changed,
+            # Resolved now: relative to where this command runs, not where a worker does.
+            output=job_plan.destination if output is not None else None,
+            options=job_plan.options,
+        )
+    due = next_due(schedule.cron, schedule.since)
+    _out().print(
+        f"schedule {name}: {schedule.manifest} at {expression!r}, first run {_utc(due)}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """List the schedules, when each is next due and its last run.
+
+    Times are UTC; the last run shows its outcome and its job (or why it failed)."""
+    from pipeline.display import schedules_table
+    from pipeline.store.schedules import last_runs, list_schedules
+    from pipeline.store.schema import utcnow
+
+    with _database().begin() as conn:
+        schedules = list_schedules(conn)
+        last = last_runs(conn)
+    _out().print(schedules_table(schedules, last, utcnow()))
+
+
+@schedule_app.command("remove")
+def schedule_remove(name: ScheduleArg) -> None:
+    """Delete a schedule and its runs; the jobs it submitted stay."""
+    from pipeline.store.schedules import remove_schedule
+
+    with _database().begin() as conn:
+        remove_schedule(conn, name)
+    _out().print(f"removed schedule {name}", markup=False, highlight=False)
+
+
+@schedule_app.command("run")
+def schedule_run(name: ScheduleArg, here: HereOpt = False) -> None:
+    """Run a schedule now, as if it were due.
+
+    Only-if-changed applies. The job goes to the workers, or is rendered here with --here.
+    The schedule's cron times are left as they are."""
+    from pipeline.scheduler import run_now
+    from pipeline.store import State
+
+    _setup_logging()
+    fired = run_now(_database(), name, _here_submitter() if here else _workers_submitter())
+    state = _report(fired)
+    failed = fired.error is not None or state in (State.FAILED, State.CANCELLED)
+    raise typer.Exit(1 if failed else 0)
+
+
+@schedule_app.command("serve")
+def schedule_serve() -> None:
+    """Fire due schedules here, rendering each job in this process.
+
+    One job at a time, with no broker or workers, until Ctrl-C. It looks every
+    RIME_BATCH_TICK_SECONDS (30); times are UTC."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from pipeline.scheduler import tick
+    from pipeline.settings import get_settings
+
+    _setup_logging()
+    db = _database()
+    submitter = _here_submitter()
+    interval = get_settings().tick_seconds
+    _err().print(
+        f"firing schedules of {_where(get_settings().database_url)} every {interval:g}s; "
+        "Ctrl-C stops",
+        markup=False,
+        highlight=False,
+    )
+    try:
+        while True:
+            try:
+                for fired in tick(db, submitter):
+                    _report(fired)
+            except (OperationalError, InterfaceError) as exc:
+                # The job table away for a moment: the next tick tries again.
+                from pipeline.errors import first_line
+
+                log.warning("tick skipped: the job table did not answer: %s", first_line(exc))
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        _err().print("stopped")
+
+
+@app.command()
+def beat(
+    loglevel: Annotated[
+        str, typer.Option(metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "INFO",
+) -> None:
+    """Run Celery beat here: the workers fire due schedules.
+
+    Every RIME_BATCH_TICK_SECONDS (30), and once at start, it sends a tick that a worker runs.
+    Any number of beats may run: each due time fires once. Ctrl-C or SIGTERM stops it."""
+    from workers.commands import run_beat
+
+    run_beat(loglevel=loglevel)
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _workers_submitter() -> Submitter:
+    from workers.commands import submitter
+
+    return submitter()
+
+
+def _here_submitter() -> Submitter:
+    """Runs rendered in this process, one at a time, by `render`'s own machinery."""
+    from pipeline.scheduler import Recorded, Submitter
+
+    def render_here(job_plan: JobPlan, recorded: Recorded) -> None:
+        try:
+            _render_plan(job_plan, None, None, recorded)
+        except typer.Exit as exc:
+            if exc.exit_code == 130:  # Ctrl-C: the render said how to resume its job
+                raise KeyboardInterrupt from None
+            raise
+
+    return Submitter(render_here, cache_namespace=_cache_namespace())
+
+
+def _report(fired: Fired) -> State | None:
+    """One line for what a due time of a schedule came to; the state of its job, if any."""
+    from pipeline.store import transitions
+    from pipeline.store.schedules import Outcome
+
+    head = f"schedule {fired.schedule} ({_utc(fired.due_at)})"
+    state = None
+    if fired.job_id is not None:
+        with _database().begin() as conn:
+            state = transitions.job_state(conn, fired.job_id)
+        line = f"{head}: job {fired.job_id} ({state.value})"
+        if fired.error:
+            line += f": {fired.error}"
+    elif fired.outcome is Outcome.UNCHANGED:
+        line = f"{head}: unchanged, nothing submitted"
+    else:
+        line = f"{head}: failed: {fired.error}"
+    _out().print(line, markup=False, highlight=False, soft_wrap=True)
+    return state
 
 
 @app.command(

@@ -19,6 +19,9 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, select
 
 from pipeline.plan import JobPlan, PlannedSegment, ScriptPlan
+from pipeline.settings import Settings
+from pipeline.storage import open_store
+from pipeline.storage.keys import namespaced_cache_path
 from pipeline.store import State, load_plan, productions
 from pipeline.store.schema import JOBS, SEGMENTS
 
@@ -54,7 +57,10 @@ class PlanDiff:
 
     @property
     def anything(self) -> bool:
-        """Whether rendering the plan would send anything or change the published set."""
+        """Whether rendering the plan would send anything or change the published set (with
+        nothing published yet, a render publishes its first release)."""
+        if self.published is None:
+            return True
         return bool(self.to_synthesize or self.added or self.removed or self.changed)
 
 
@@ -118,6 +124,21 @@ def diff_plan(
         cost=None if price_per_1k_chars is None else chars / 1000 * price_per_1k_chars,
         seconds=math.ceil(len(missing) / concurrency) * request_seconds,
         concurrency=concurrency,
+    )
+
+
+def diff_at_destination(
+    db: Engine, plan: JobPlan, cache_namespace: str, settings: Settings
+) -> PlanDiff:
+    """`diff_plan` against the segment cache at the plan's destination (`cache_namespace`: whose
+    audio, "" for Rime's), at the configured cap and price."""
+    store = open_store(plan.destination)
+    return diff_plan(
+        db,
+        plan,
+        lambda segment: store.exists(namespaced_cache_path(cache_namespace, segment.cache_key)),
+        concurrency=settings.limits.concurrency,
+        price_per_1k_chars=settings.price_per_1k_chars,
     )
 
 

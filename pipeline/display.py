@@ -1,4 +1,5 @@
-"""Rich tables for the command line: a plan, the job list, one job's scripts, releases."""
+"""Rich tables for the command line: a plan, the job list, one job's scripts, releases,
+schedules."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from rich.text import Text
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from pipeline.deliver import Attempted
     from pipeline.diff import PlanDiff
     from pipeline.plan import JobOptions, JobPlan, ScriptPlan
     from pipeline.store.deliveries import DeliveryStatus
     from pipeline.store.productions import Production, Release
+    from pipeline.store.schedules import Run, Schedule
     from pipeline.store.views import JobStatus, JobSummary
 
 # Rime voices speak roughly 15 characters a second at speed 1.0.
@@ -138,6 +142,33 @@ def releases_table(production: Production, rows: list[Release]) -> Table:
             str(r.scripts),
             f"{r.billed_chars:,}",
             shown,
+        )
+    return table
+
+
+def schedules_table(schedules: list[Schedule], last: dict[int, Run], now: datetime) -> Table:
+    """Every schedule: its cron, when it is next due, and what its last run came to (UTC)."""
+    from pipeline.schedules import due_to_handle, next_due
+
+    table = Table(title="schedules (times in UTC)")
+    for name in ("schedule", "cron", "manifest", "next due", "last run", "outcome", "job"):
+        table.add_column(name, no_wrap=name not in ("manifest", "job"), overflow="fold")
+    for schedule in schedules:
+        pending = due_to_handle(schedule.cron, schedule.since, now)
+        if pending is not None:
+            upcoming = f"{pending:%Y-%m-%d %H:%M:%S} (due)"
+        else:
+            upcoming = f"{next_due(schedule.cron, max(schedule.since, now)):%Y-%m-%d %H:%M:%S}"
+        run = last.get(schedule.id)
+        flags = " (only if changed)" if schedule.only_if_changed else ""
+        table.add_row(
+            schedule.name,
+            schedule.cron + flags,
+            schedule.manifest,
+            upcoming,
+            "" if run is None else f"{run.due_at:%Y-%m-%d %H:%M:%S}",
+            "" if run is None else run.outcome.value,
+            "" if run is None else (run.job_id or run.error or ""),
         )
     return table
 

@@ -158,6 +158,9 @@ class Settings(BaseModel):
     # A running job with no claim or finish for this long gets its work sent again;
     # None = the visibility timeout.
     stall_seconds: PositiveFloat | None = None
+    # How often the schedules are looked at (times are UTC): `rime-batch beat` sends the
+    # workers a tick this often, `rime-batch schedule serve` ticks itself.
+    tick_seconds: PositiveFloat = 30.0
 
     # Every webhook event is signed with this (see pipeline.webhook); a job that notifies
     # anyone is refused without it.

@@ -1,6 +1,7 @@
 """The Celery app: broker, queues, and the settings that make tasks crash-proof.
 
     celery -A workers.app worker            # or: rime-batch worker
+    celery -A workers.app beat              # or: rime-batch beat (schedules' ticks)
 
 - Acknowledged late, after the task ran: a message is only gone once its work is recorded.
   If its worker dies the broker hands it out again (Redis: after the visibility timeout;
@@ -23,6 +24,7 @@ from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    beat_init,
     worker_ready,
     worker_shutdown,
 )
@@ -30,11 +32,15 @@ from kombu.entity import Exchange, Queue
 
 from pipeline.logs import one_line_faults, quiet_other_libraries
 from pipeline.settings import Settings, get_settings
-from workers.dispatch import QUEUES, ROUTES, SYNTH_QUEUE
+from workers.dispatch import QUEUES, ROUTES, SYNTH_QUEUE, TICK
 from workers.runtime import close_runtime, get_runtime
 
 # How often, at most, a worker looks for messages of dead workers to put back on the queue.
 MAX_RESTORE_INTERVAL = 10
+# A tick not taken within this many intervals (or a minute) is dropped: workers that come back
+# after a while run one tick, not every one they missed; a minute leaves room for clock skew.
+TICK_EXPIRY_INTERVALS = 10
+MIN_TICK_EXPIRY_SECONDS = 60.0
 
 
 def _queue(name: str) -> Queue:
@@ -79,6 +85,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": ROUTES,
         "worker_pool": "threads",
         "worker_concurrency": settings.threads,
+        # Beat sends one task, the tick. The schedules and what each has fired live in the job
+        # table, so beat keeps no state (the in-memory scheduler: no schedule file anywhere),
+        # and two beats, or one restarted, never fire a due time twice.
+        "beat_scheduler": "celery.beat:Scheduler",
+        "beat_schedule": {
+            TICK: {
+                "task": TICK,
+                "schedule": settings.tick_seconds,
+                "options": {
+                    "expires": max(
+                        MIN_TICK_EXPIRY_SECONDS, TICK_EXPIRY_INTERVALS * settings.tick_seconds
+                    )
+                },
+            }
+        },
     }
 
 
@@ -122,7 +143,13 @@ def _close(**_: Any) -> None:
     close_runtime()
 
 
+def _tick_at_start(**_: Any) -> None:
+    # A beat that was down fires what it missed at once, not one interval after it starts.
+    app.send_task(TICK)
+
+
 after_setup_logger.connect(_setup_logs)
 after_setup_task_logger.connect(_setup_logs)
 worker_ready.connect(_start_sweeper)
 worker_shutdown.connect(_close)
+beat_init.connect(_tick_at_start)

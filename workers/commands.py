@@ -1,4 +1,4 @@
-"""Plain functions behind the command line's `submit`, `worker` and `cancel`.
+"""Plain functions behind the command line's `submit`, `worker`, `beat` and `cancel`.
 
 Each checks the services it needs before it changes anything: the job table (one line naming
 it when it does not answer, from `pipeline.reach`) and, for `submit`, the broker, so a job is
@@ -18,6 +18,7 @@ from pipeline.errors import Unreachable, first_line
 from pipeline.notify import JobEvent, job_ended
 from pipeline.plan import JobPlan
 from pipeline.reach import open_job_table
+from pipeline.scheduler import Recorded, Submitter
 from pipeline.settings import get_settings
 from pipeline.store import (
     State,
@@ -118,6 +119,17 @@ def submit(
     return job_id
 
 
+def submitter(app: Celery | None = None, *, database_url: str | None = None) -> Submitter:
+    """Where a schedule's runs go from worker land: `submit`, to the workers of `app`."""
+
+    def send(plan: JobPlan, recorded: Recorded) -> None:
+        # No preflight: no one waits for its answer, and the job itself says what Rime refused.
+        recorded(submit(plan, app=app, database_url=database_url))
+
+    # The workers' stages cache without a namespace.
+    return Submitter(send, cache_namespace="")
+
+
 def cancel(job: str, *, database_url: str | None = None) -> int:
     """Cancel a job, recording its webhooks' `job.cancelled` with it; the number of its segments
     that will not run.
@@ -157,3 +169,9 @@ def run_worker(
     if hostname:
         argv.append(f"--hostname={hostname}")
     _app(app).worker_main(argv)
+
+
+def run_beat(*, loglevel: str = "INFO", app: Celery | None = None) -> None:
+    """Run Celery beat in this process until stopped: a tick for the workers every
+    `tick_seconds`, and one at once (see `workers.app`)."""
+    _app(app).start(["beat", f"--loglevel={loglevel}"])

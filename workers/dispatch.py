@@ -20,10 +20,13 @@ SYNTHESIZE = "rime_batch.synthesize"
 STITCH = "rime_batch.stitch"
 FINISH = "rime_batch.finish"
 DELIVER = "rime_batch.deliver"
+# Fires the schedules that are due (see `pipeline.scheduler`); sent by `rime-batch beat`.
+TICK = "rime_batch.tick"
 
-# Segments wait in one long first-in-first-out queue. Stitches, job rollups and webhooks have
-# their own short queue, so a finished script is stitched (and a finished job told) while other
-# scripts are still synthesizing, and hosts can be given to one kind of work or the other.
+# Segments wait in one long first-in-first-out queue. Stitches, job rollups, webhooks and
+# schedule ticks have their own short queue, so a finished script is stitched (and a finished
+# job told, a due schedule fired) while other scripts are still synthesizing, and hosts can be
+# given to one kind of work or the other.
 SYNTH_QUEUE = "rime-batch"
 STITCH_QUEUE = "rime-batch.stitch"
 QUEUES = (SYNTH_QUEUE, STITCH_QUEUE)
@@ -32,6 +35,7 @@ ROUTES = {
     STITCH: {"queue": STITCH_QUEUE},
     FINISH: {"queue": STITCH_QUEUE},
     DELIVER: {"queue": STITCH_QUEUE},
+    TICK: {"queue": STITCH_QUEUE},
 }
 
 

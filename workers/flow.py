@@ -18,9 +18,11 @@ import contextlib
 import logging
 from contextlib import AbstractContextManager
 
+from pipeline import scheduler
 from pipeline.stages import StageResult, settle_stage, stitch_stage, synth_stage
 from pipeline.store import State, deliveries
 from pipeline.store.schema import utcnow
+from workers.commands import submitter
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -79,3 +81,8 @@ def deliver(rt: Runtime, delivery_id: int) -> str:
     another process has it)."""
     attempted = rt.sender.attempt(delivery_id)
     return "skipped" if attempted is None else attempted.state.value
+
+
+def tick(rt: Runtime) -> list[scheduler.Fired]:
+    """Fire the schedules that are due, each run a job submitted to the workers."""
+    return scheduler.tick(rt.db, submitter(rt.dispatch.app))

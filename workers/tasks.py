@@ -16,7 +16,7 @@ from pipeline import logs
 from pipeline.settings import get_settings
 from workers import flow
 from workers.app import app
-from workers.dispatch import DELIVER, FINISH, STITCH, SYNTHESIZE
+from workers.dispatch import DELIVER, FINISH, STITCH, SYNTHESIZE, TICK
 from workers.runtime import Runtime, get_runtime
 
 # Infrastructure that comes back by itself: worth retrying the whole step.
@@ -65,3 +65,10 @@ def finish(self: Any, job_id: str) -> str:
 def deliver(self: Any, delivery_id: int) -> str:
     """Make one attempt of a webhook delivery; a failed one is tried again by the sweeper."""
     return flow.deliver(_runtime(), delivery_id)
+
+
+# Not retried: the next tick comes `tick_seconds` later, and does whatever this one could not.
+@app.task(name=TICK)  # type: ignore[untyped-decorator]
+def tick() -> int:
+    """Fire the schedules that are due; how many due times this tick handled."""
+    return len(flow.tick(_runtime()))

@@ -7,6 +7,7 @@
     transitions  compare-and-set state changes, each saying what it made due (`Next`)
     views        read-only: job lists, status summaries, what is left to do
     deliveries   webhook deliveries: recorded, claimed for one attempt, answered
+    schedules    schedules and their runs: each due time claimed exactly once
     errors       StoreError, IllegalTransition, JobNotFound
 
 Every process starts with `open_database(url)`; the modules take a Connection and never

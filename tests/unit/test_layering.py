@@ -16,7 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[set[str]] = [
     {"pipeline", "pipeline.errors", "pipeline.files", "pipeline.wav", "pipeline.g711"},
     {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio", "pipeline.webhook"},
-    {"pipeline.retry", "pipeline.limits", "pipeline.segment", "pipeline.manifest", "pipeline.logs"},
+    {
+        "pipeline.retry",
+        "pipeline.limits",
+        "pipeline.segment",
+        "pipeline.manifest",
+        "pipeline.logs",
+        "pipeline.schedules",
+    },
     {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
     {"pipeline.stitch", "pipeline.store"},
     {
@@ -28,7 +35,7 @@ LAYERS: list[set[str]] = [
         "pipeline.notify",
         "pipeline.deliver",
     },
-    {"pipeline.publish"},
+    {"pipeline.publish", "pipeline.scheduler"},
     {"pipeline.stages"},
     {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},
     {"pipeline.cli"},
