@@ -109,7 +109,7 @@ def assert_consistent(out: Path, release: str) -> None:
 def one_line_refusal(result: CliResult, *needles: str) -> None:
     assert result.returncode != 0, result
     assert "Traceback" not in result.output, result
-    assert len(result.stderr.strip().splitlines()) >= 1
+    assert len(result.stderr.strip().splitlines()) == 1, result
     for needle in needles:
         assert needle in result.stderr, result
 
