@@ -10,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.results import seconds
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def jobs_table(rows: list[JobStatus]) -> Table:
             f"{row.scripts_done}/{row.scripts}",
             f"{row.chars:,}",
             f"{row.billed_chars:,}",
-            f"{row.audio_seconds:.1f}s",
+            f"{seconds(row.audio_seconds):.1f}s",
             _when(row),
         )
     return table
@@ -110,7 +111,7 @@ def summary_table(summary: JobSummary) -> RenderableType:
             str(s.attempts),
             f"{s.chars:,}",
             f"{s.billed_chars:,}",
-            "" if s.audio_seconds is None else f"{s.audio_seconds:.2f}s",
+            "" if s.audio_seconds is None else f"{seconds(s.audio_seconds):.2f}s",
             s.error or "",
         )
     overrides = overrides_line(job.options)

@@ -16,6 +16,12 @@ from pipeline.store.schema import OutputFile
 from pipeline.store.views import JobSummary
 
 
+def seconds(value: float) -> float:
+    """A duration as every report gives it (results files, events, status): to the millisecond,
+    so a figure shown shorter is rounded from the same number everywhere."""
+    return round(value, 3)
+
+
 def results_document(
     summary: JobSummary, published_uri: Callable[[str, str], str] | None = None
 ) -> dict[str, object]:
@@ -41,13 +47,13 @@ def results_document(
         "destination": job.destination,
         "chars": job.chars,
         "billed_chars": job.billed_chars,
-        "audio_seconds": round(job.audio_seconds, 3),
+        "audio_seconds": seconds(job.audio_seconds),
         "scripts": [
             {
                 "id": s.script_id,
                 "state": s.state.value,
                 "outputs": [output(s.script_id, o) for o in s.outputs],
-                "audio_seconds": None if s.audio_seconds is None else round(s.audio_seconds, 3),
+                "audio_seconds": None if s.audio_seconds is None else seconds(s.audio_seconds),
                 "chars": s.chars,
                 "billed_chars": s.billed_chars,
                 "attempts": s.attempts,
