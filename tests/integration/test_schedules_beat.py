@@ -204,13 +204,16 @@ def test_schedule_run_submits_through_the_workers_now(
     assert only.outcome is Outcome.SUBMITTED and only.job_id is not None
     assert before <= only.due_at <= now()
     assert f"job {only.job_id}" in fired.stdout
+    # Done, then published by the same rollup: the stable file appears once the publish ends.
     wait_until(
-        lambda: scheduled_jobs(env) == {only.job_id: State.DONE},
+        lambda: (
+            scheduled_jobs(env) == {only.job_id: State.DONE}
+            and (tmp_path / "job" / "out" / "hold.wav").is_file()
+        ),
         60,
-        "the job to finish",
+        "the job to finish and its release to be published",
         celery_workers,
     )
-    assert (tmp_path / "job" / "out" / "hold.wav").is_file()
 
 
 def test_ticks_racing_at_one_due_time_submit_one_job(
