@@ -655,6 +655,12 @@ def reset_for_resume(conn: Connection, job_id: str) -> int:
     if current is State.DONE:
         raise IllegalTransition(f"job {job_id}", current.value, State.PENDING.value)
     stuck = (State.RUNNING, State.FAILED, State.CANCELLED)
+    # Refused before anything changes: another job of the production is unfinished.
+    production_id = conn.execute(
+        select(JOBS.c.production_id).where(JOBS.c.id == job_id)
+    ).scalar_one()
+    if production_id is not None:
+        productions.guard_unique(conn, production_id, job_id)
     reset = _cas(
         conn,
         SEGMENTS,
@@ -676,11 +682,6 @@ def reset_for_resume(conn: Connection, job_id: str) -> int:
         finished_at=None,
         **_UNCLAIMED,
     )
-    production_id = conn.execute(
-        select(JOBS.c.production_id).where(JOBS.c.id == job_id)
-    ).scalar_one()
-    if production_id is not None:
-        productions.guard_unique(conn, production_id, job_id)
     try:
         with conn.begin_nested():
             _cas(
