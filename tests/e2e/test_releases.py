@@ -345,6 +345,12 @@ def test_diff_says_what_changed_and_what_a_render_would_send(
     voice = run.run("diff", manifest(tmp_path, "marsh"))
     assert "~ prompts/p00 (voice)" in voice.stdout
     assert f"to synthesize: {PROMPTS} of {PROMPTS} segments" in voice.stdout
+    # The same voice change asked for with a flag, as the README's walk-through does.
+    flagged = run.run("diff", manifest(tmp_path), "--set", "speaker=marsh")
+    assert flagged.returncode == 0, flagged
+    assert flagged.stdout.count("(voice)") == PROMPTS
+    assert f"to synthesize: {PROMPTS} of {PROMPTS} segments" in flagged.stdout
+    assert engine.metrics()["requests"] == 0
 
 
 def test_on_s3_results_json_is_the_pointer_and_rollback_restores_the_objects(
