@@ -43,6 +43,7 @@ bench: install-bench
 	$(BIN)/python bench/throughput.py --celery
 	$(BIN)/python bench/takeover.py
 	$(BIN)/python bench/segment.py
+	$(BIN)/python bench/edit_locality.py
 	$(BIN)/python bench/stitch.py --hours 1
 
 clean:

@@ -14,8 +14,17 @@ before a number), after a list number at a line start (`1.`), and a gap of no-br
 never split; a dash between digits (`1990–2000`) does not end an atom, and no dash or CJK mark
 ends one inside a URL or e-mail address.
 
-Packing: from a segment's start, among the cuts whose text fits the limit, take the highest
-level, and the farthest cut of that level. If the rest of the text fits, it is one segment.
+Packing: a gap's strength is its level, then a hash of the two atoms either side of it. A gap
+is a cut when the stretch of text between the nearest stronger gaps on its left and on its right
+(or the text's ends) is longer than the limit. That is the same as splitting the text at its
+strongest gap, and each part again at its own strongest gap, until every part fits; so a weaker
+gap is cut only where the stronger ones around it are more than a request apart (a word gap only
+inside a sentence longer than the limit). Whether a gap is a cut depends only on the text within
+`limit` characters of it: an edit moves no cut farther away than that, so changing one sentence
+of a book re-synthesizes the segment it is in and at most a neighbour or two
+(`bench/edit_locality.py`), where packing each segment as full as it goes from the previous cut
+would shift every later cut of a long paragraph. With `pauses_as_cuts`, every pause marker is a
+cut and the rule applies between them.
 
 Decisions where a script is odd:
 - A text with nothing to speak (empty, or only whitespace, invisible characters such as
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -309,68 +319,103 @@ def _pack(
     pauses_as_cuts: bool,
 ) -> tuple[TextSegment, ...]:
     starts, ends = layout.starts, layout.ends
-    last = len(starts) - 1
-    by_level: dict[int, list[int]] = {_RANK[b]: [] for b in _LEVELS}
-    for k, level in enumerate(levels):
-        if level != _NO_CUT:
-            by_level[level].append(k)
-    forced = [k for k, ms in enumerate(layout.gap_ms) if ms is not None] if pauses_as_cuts else []
-    ranked = sorted(by_level, reverse=True)
-
+    cuts = _cuts(text, layout, levels, limit, pauses_as_cuts)
     segments: list[TextSegment] = []
     seg_start = 0
-    i = 0
-    while True:
-        reach = bisect_right(ends, starts[i] + limit) - 1  # farthest atom that still fits
-        if reach < i:
-            raise SegmentationError(
-                f"a single word of {ends[i] - starts[i]} characters is longer than the limit "
-                f"of {limit} ({_preview(text, starts[i])})",
-                starts[i],
-            )
-        f = bisect_left(forced, i)
-        cut: int | None = None
-        if f < len(forced) and forced[f] <= reach:
-            cut = forced[f]
-        elif reach < last:
-            cut = _best_cut(by_level, ranked, i, reach)
-            if cut is None:
-                raise SegmentationError(
-                    f"no place to cut within the limit of {limit} characters "
-                    f"({_preview(text, starts[i])})",
-                    starts[i],
-                )
+    first = 0
+    for cut in [*cuts, None]:
         if cut is None:
-            seg_end, last_atom, pause, boundary = len(text), last, layout.trailing_ms, Boundary.END
+            seg_end, last_atom, pause, boundary = (
+                len(text),
+                len(starts) - 1,
+                layout.trailing_ms,
+                Boundary.END,
+            )
         else:
             seg_end, last_atom, pause = starts[cut + 1], cut, layout.gap_ms[cut]
             boundary = _LEVELS[levels[cut] - 1]
+        if ends[last_atom] - starts[first] > limit:
+            raise _too_long(text, layout, first, last_atom, limit)
         lo = bisect_left(layout.speed_starts, seg_start)
         hi = bisect_left(layout.speed_starts, seg_end)
         segments.append(
             TextSegment(
                 source=text[seg_start:seg_end],
                 start=seg_start,
-                text=text[starts[i] : ends[last_atom]],
+                text=text[starts[first] : ends[last_atom]],
                 pause_after_ms=pause,
                 boundary=boundary,
                 inline_speed_alpha=alpha[lo:hi],
             )
         )
-        if cut is None:
-            return tuple(segments)
-        seg_start = seg_end
-        i = cut + 1
+        if cut is not None:
+            seg_start, first = seg_end, cut + 1
+    return tuple(segments)
 
 
-def _best_cut(by_level: dict[int, list[int]], ranked: list[int], i: int, reach: int) -> int | None:
-    """The farthest gap in [i, reach] of the highest level present there."""
-    for level in ranked:
-        gaps = by_level[level]
-        k = bisect_right(gaps, reach) - 1
-        if k >= 0 and gaps[k] >= i:
-            return gaps[k]
-    return None
+def _cuts(
+    text: str, layout: _Layout, levels: list[int], limit: int, pauses_as_cuts: bool
+) -> list[int]:
+    """The gaps that are cuts, in order (see the packing rule in the module docstring)."""
+    starts, ends = layout.starts, layout.ends
+    forced = _FORCED if pauses_as_cuts else None
+    gaps: list[int] = []
+    strength: list[tuple[int, int, int]] = []
+    seen: dict[tuple[int, int], int] = {}  # how often each (level, hash) came before
+    for k, level in enumerate(levels):
+        if level == _NO_CUT:
+            continue
+        if forced is not None and layout.gap_ms[k] is not None:
+            key = (forced, 0)
+        else:
+            key = (level, zlib.crc32(text[starts[k] : ends[k + 1]].encode()))
+        count = seen[key] = seen.get(key, 0) + 1
+        gaps.append(k)
+        # Where the same two words meet again ("a a a a", a refrain) the hashes tie; the
+        # ruler of the occurrence (its trailing zeros) splits such a run in halves, as
+        # nothing in the text itself can tell those gaps apart.
+        strength.append((*key, (count & -count).bit_length()))
+    # Nearest stronger gap either side, by one pass with a stack of ever weaker gaps; equal
+    # strengths (a hash collision) count the left one as stronger.
+    left = [-1] * len(gaps)  # index into `gaps`, -1 for the text's start
+    right = [len(gaps)] * len(gaps)
+    stack: list[int] = []
+    for j, s in enumerate(strength):
+        while stack and strength[stack[-1]] < s:
+            right[stack.pop()] = j
+        left[j] = stack[-1] if stack else -1
+        stack.append(j)
+    last = len(starts) - 1
+    cuts = []
+    for j, k in enumerate(gaps):
+        if strength[j][0] == forced:
+            cuts.append(k)
+            continue
+        first = 0 if left[j] < 0 else gaps[left[j]] + 1
+        end_atom = last if right[j] == len(gaps) else gaps[right[j]]
+        if ends[end_atom] - starts[first] > limit:
+            cuts.append(k)
+    return cuts
+
+
+# Above every level: with pauses_as_cuts a pause marker is always a cut.
+_FORCED = _RANK[Boundary.PARAGRAPH] + 1
+
+
+def _too_long(text: str, layout: _Layout, first: int, last: int, limit: int) -> SegmentationError:
+    """Why atoms first..last, with no gap to cut between them, cannot be one request."""
+    starts, ends = layout.starts, layout.ends
+    for k in range(first, last + 1):
+        if ends[k] - starts[k] > limit:
+            return SegmentationError(
+                f"a single word of {ends[k] - starts[k]} characters is longer than the limit "
+                f"of {limit} ({_preview(text, starts[k])})",
+                starts[k],
+            )
+    return SegmentationError(
+        f"no place to cut within the limit of {limit} characters ({_preview(text, starts[first])})",
+        starts[first],
+    )
 
 
 def _preview(text: str, start: int) -> str:

@@ -56,7 +56,8 @@ def test_limit_is_configurable(limit: int) -> None:
     text = " ".join(f"Sentence number {i} says a few words." for i in range(300))
     segments = segment_text(text, limit=limit)
     check_lossless(text, segments, limit)
-    assert max(len(s.text) for s in segments) > limit - 40
+    assert max(len(s.text) for s in segments) > limit // 2
+    assert len(segments) < len(segment_text(text, limit=limit // 2))
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\n\t", "<200>", "  <200> <300>\n"])
@@ -72,7 +73,7 @@ def test_limit_below_one_is_refused() -> None:
         segment_text("Hi.", limit=0)
 
 
-# --- boundary levels and greedy packing ----------------------------------------------------------
+# --- boundary levels and packing ----------------------------------------------------------------
 
 
 def test_sentence_boundary_beats_a_farther_word_boundary() -> None:
@@ -92,10 +93,13 @@ def test_paragraph_beats_farther_sentences() -> None:
     assert segments[0].source == "Short para.\n\n"
 
 
-def test_farthest_boundary_of_the_best_level_is_taken() -> None:
+def test_a_weaker_gap_is_cut_only_where_the_stronger_ones_are_a_request_apart() -> None:
     text = "One. Two. Three. Four five six seven"
     segments = segment_text(text, limit=20)
-    assert texts(segments) == ["One. Two. Three.", "Four five six seven"]
+    # The last sentence fits, so none of its word gaps is cut; the sentence ends are.
+    assert texts(segments)[-1] == "Four five six seven"
+    assert all(s.boundary == Boundary.SENTENCE for s in segments[:-1])
+    check_lossless(text, segments, 20)
 
 
 def test_rest_that_fits_is_one_segment_even_across_paragraphs() -> None:
@@ -141,7 +145,7 @@ def test_sentence_end_with_closing_quotes(ending: str) -> None:
     assert segments[0].boundary == Boundary.SENTENCE
 
 
-def test_a_chapter_packs_into_few_full_segments() -> None:
+def test_a_chapter_is_cut_only_at_sentence_ends_into_well_filled_segments() -> None:
     # Its speed is bench/segment.py's to measure: a time limit here fails on a busy machine.
     sentences = [
         "The river ran cold and fast under the old stone bridge.",
@@ -156,11 +160,10 @@ def test_a_chapter_packs_into_few_full_segments() -> None:
         i += 1
     segments = segment_text(chapter, limit=500)
     check_lossless(chapter, segments, 500)
-    longest_sentence = max(len(s) for s in sentences)
-    # Each cut is the farthest sentence end in reach, so the next sentence did not fit.
-    assert all(len(s.text) > 500 - longest_sentence - 1 for s in segments[:-1])
     assert all(s.boundary == Boundary.SENTENCE for s in segments[:-1])
-    assert len(segments) <= len(chapter) // (500 - longest_sentence) + 1
+    # A refrain repeats the same sentence ends, which no hash tells apart; they are split in
+    # halves, so the segments stay well filled rather than one refrain long.
+    assert sum(len(s.text) for s in segments) / len(segments) > 0.6 * 500
 
 
 # --- protected spans --------------------------------------------------------------------------
@@ -212,7 +215,8 @@ def test_abbreviations_are_never_cut_after(phrase: str) -> None:
 
 def test_abbreviation_would_have_been_the_best_cut() -> None:
     segments = segment_text("Please ask Dr. Smith now.", limit=14)
-    assert texts(segments) == ["Please ask", "Dr. Smith now."]
+    assert "Dr." not in texts(segments)[0]
+    assert any(t.startswith("Dr. Smith") for t in texts(segments))
 
 
 def test_initials_stay_with_the_name() -> None:
@@ -225,7 +229,8 @@ def test_etc_before_a_capital_ends_a_sentence() -> None:
     assert texts(segments)[0] == "We had apples etc."
     assert segments[0].boundary == Boundary.SENTENCE
     segments = segment_text("We had apples etc. and then left.", limit=20)
-    assert texts(segments)[0] == "We had apples"
+    assert not any(t.endswith("etc.") for t in texts(segments))
+    assert all(s.boundary == Boundary.WORD for s in segments[:-1])
 
 
 def test_no_is_an_abbreviation_only_before_a_number() -> None:
