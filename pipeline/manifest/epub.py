@@ -106,13 +106,15 @@ class _Book:
         try:
             return self.archive.read(info)
         except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError) as exc:
-            raise EpubProblem(f"{name!r} cannot be read from the archive: {exc}") from exc
+            raise EpubProblem(
+                f"cannot be read: {name!r} is damaged in the archive ({exc})"
+            ) from exc
 
     def xml(self, name: str, what: str) -> etree._Element:
         try:
             return parse_document(self.read(name, what))
         except BrokenDocument as exc:
-            raise EpubProblem(f"{what} {name!r} is broken XML ({exc})") from exc
+            raise EpubProblem(f"has broken XML in {what} {name!r} ({exc})") from exc
 
     def chapters(self) -> tuple[Chapter, ...]:
         self._refuse_drm()
@@ -127,7 +129,9 @@ class _Book:
         for ref in spine.iter(f"{_OPF}itemref"):
             item = items.get(ref.get("idref") or "")
             if item is None:
-                raise EpubProblem(f"its spine names {ref.get('idref')!r}, which its manifest lacks")
+                raise EpubProblem(
+                    f"names {ref.get('idref')!r} in its spine, which its manifest lacks"
+                )
             if (ref.get("linear") or "yes").strip().lower() != "no":
                 order.append(item)
         if not order:
@@ -156,14 +160,14 @@ class _Book:
             try:
                 found = extract(self.read(item.path, "a chapter"))
             except BrokenDocument as exc:
-                raise EpubProblem(f"{item.path!r} is broken XHTML ({exc})") from exc
+                raise EpubProblem(f"has a broken XHTML document {item.path!r} ({exc})") from exc
             if found.types & _NOT_CHAPTERS:
                 continue
             listed = item.path in titles
             if not found.text:
                 if listed and not found.has_image:
                     raise EpubProblem(
-                        f"chapter {titles[item.path]!r} ({item.path!r}) holds no text"
+                        f"has an empty chapter: {titles[item.path]!r} ({item.path!r}) holds no text"
                     )
                 continue
             if named and not listed:
@@ -205,7 +209,7 @@ class _Book:
     def _manifest(self, opf: etree._Element, base: str) -> dict[str, _Item]:
         manifest = opf.find(f"{_OPF}manifest")
         if manifest is None:
-            raise EpubProblem("its package document has no manifest")
+            raise EpubProblem("has no manifest in its package document")
         return {
             item.get("id") or "": _Item(
                 path=_join(base, item.get("href") or ""),

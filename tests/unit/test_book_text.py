@@ -183,7 +183,11 @@ Done **soon**.
 def test_markdown_splits_at_top_level_headings_and_strips_its_syntax() -> None:
     chapters = split_text(COURSE, parse_split("headings"))
 
-    assert [c.title for c in chapters] == ["Welcome to the course.", "Getting started", "Next <300> steps"]
+    assert [c.title for c in chapters] == [
+        "Welcome to the course.",
+        "Getting started",
+        "Next <300> steps",
+    ]
     assert chapters[0].text == "Welcome to the course."
     assert chapters[1].text == (
         "Getting started\n\nInstall the tool first.\n\nnor this, in a list\n\nnor this, in a "
