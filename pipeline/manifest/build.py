@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from pipeline.errors import ManifestError
-from pipeline.manifest.chapters import (
-    Chapter,
-    SplitProblem,
-    chapter_ids,
-    parse_split,
-    split_text,
-)
 from pipeline.manifest.characters import character_problem, first_bad_value, where_in
-from pipeline.manifest.epub import EpubProblem, read_chapters
 from pipeline.manifest.models import (
     MAX_EPUB_BYTES,
     MAX_JOB_NAME_CHARS,
@@ -52,6 +44,9 @@ from pipeline.manifest.readers import (
 )
 from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, first_clash, output_key
 from pipeline.webhook import check_url
+
+if TYPE_CHECKING:
+    from pipeline.manifest.chapters import Chapter
 
 
 def build_job(
@@ -313,14 +308,27 @@ def _scripts(
             text_source=text_source,
             voice=voice,
         )
-        for chapter_id, chapter in zip(chapter_ids(script_id, chapters), chapters, strict=True)
+        for chapter_id, chapter in zip(_chapter_ids(script_id, chapters), chapters, strict=True)
     ]
+
+
+def _chapter_ids(script_id: str, chapters: tuple[Chapter, ...]) -> list[str]:
+    from pipeline.manifest.chapters import chapter_ids
+
+    return chapter_ids(script_id, chapters)
 
 
 def _chapters(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> tuple[Chapter, ...] | None:
     """The chapters of an entry's EPUB or `split:` text; None for an entry of one script."""
     text_file = entry.get("text_file")
     is_book = isinstance(text_file, str) and text_file.lower().endswith(".epub")
+    if not is_book and "split" not in entry:
+        return None
+    # Imported only for such entries: lxml, markdown-it and regex cost a manifest of prompts
+    # nothing.
+    from pipeline.manifest.chapters import SplitProblem, parse_split, split_text
+    from pipeline.manifest.epub import EpubProblem, read_chapters
+
     if "split" in entry and is_book:
         raise raw.locator.source((*loc, "split")).error(
             "an EPUB is always read as its chapters; remove split"
@@ -340,8 +348,6 @@ def _chapters(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> tuple[Chapte
             raise where.error(str(exc)) from exc
         except EpubProblem as exc:
             raise where.error(f"{text_file!r} {exc}") from exc
-    if "split" not in entry:
-        return None
     where = raw.locator.source((*loc, "split"))
     try:
         split = parse_split(entry["split"])
