@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import ManifestError
 from pipeline.manifest import load_manifest
-from pipeline.manifest.models import MAX_EPUB_READ_BYTES
+from pipeline.manifest.models import MAX_EPUB_READ_BYTES, MAX_SCRIPTS
 from pipeline.plan import plan_manifest
 from tests.fixtures.books import THREE_CHAPTERS, entry_named, rezip, write_book
 
@@ -252,3 +252,12 @@ def test_chapters_whose_ids_clash_with_a_script_are_refused(tmp_path: Path) -> N
     entry = BOOK_ENTRY + "  - id: book/02-the-letter\n    text: Again.\n"
 
     assert "'book/02-the-letter' is used again (first at line 5)" in _refused(tmp_path, entry)
+
+
+def test_chapters_count_towards_the_limit_of_scripts(tmp_path: Path) -> None:
+    (tmp_path / "many.txt").write_text("Lesson\n" * MAX_SCRIPTS, encoding="utf-8")
+    entry = "  - id: many\n    text_file: many.txt\n    split: {regex: '^Lesson'}\n"
+
+    refused = _refused(tmp_path, entry)
+
+    assert f"{tmp_path / 'jobs.yaml'}:5: scripts[1]: brings the job to more than" in refused
