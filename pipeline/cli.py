@@ -442,11 +442,15 @@ def plan(
     sets: SetOpt = None,
     voice_map: VoiceMapOpt = None,
 ) -> None:
-    """Show how a manifest will be rendered. Segments, characters and minutes per script."""
+    """Show how a manifest will be rendered. Segments, characters and minutes per script, and
+    the chapters found in books and split texts."""
     from pipeline.display import plan_table
+    from pipeline.plan import build_plan, load_job
 
-    job_plan = _load_plan(manifest, output, _options(sets, voice_map))
-    _out().print(plan_table(job_plan))
+    options = _options(sets, voice_map)
+    job = load_job(manifest, output=output, options=options)
+    job_plan = build_plan(job, options)
+    _out().print(plan_table(job_plan, {s.id: s.title for s in job.scripts if s.title}))
     _show_diff(job_plan, against_release=False)
     if save:
         from pipeline.store import record_plan

@@ -14,6 +14,7 @@ from pipeline.results import seconds
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from datetime import datetime
 
     from pipeline.deliver import Attempted
@@ -36,11 +37,14 @@ def estimated_seconds(script: ScriptPlan) -> float:
     return script.chars / CHARS_PER_SECOND / speed + pauses / 1000.0
 
 
-def plan_table(plan: JobPlan) -> Table:
-    """One row per script: segments, characters, estimated minutes; totals in the footer."""
+def plan_table(plan: JobPlan, titles: Mapping[str, str] | None = None) -> Table:
+    """One row per script: segments, characters, estimated minutes; totals in the footer.
+    With `titles` (chapters' titles by script id), a title column too."""
     table = Table(title=f"{plan.name} -> {plan.destination}", show_footer=True)
     seconds = [estimated_seconds(s) for s in plan.scripts]
     table.add_column("script", footer="total", no_wrap=True)
+    if titles:
+        table.add_column("title")
     table.add_column("voice")
     table.add_column(
         "segments", justify="right", footer=str(sum(len(s.segments) for s in plan.scripts))
@@ -52,6 +56,7 @@ def plan_table(plan: JobPlan) -> Table:
         p = script.params
         table.add_row(
             script.script_id,
+            *([titles.get(script.script_id, "")] if titles else []),
             f"{p.speaker} / {p.model_id} @ {p.sampling_rate}",
             str(len(script.segments)),
             f"{script.chars:,}",

@@ -8,6 +8,10 @@ lone one in prose, as in "a < b") is a MarkupError naming its position. Passing 
 send Rime something it reads as broken markup; one clear message is safer. Prose can say "less
 than". Markup cannot nest, and `[]`, `{}` and `<>` must not be empty (whitespace counts as empty).
 
+Text that is not a script (a book's prose, `as_prose`) holds these characters as punctuation:
+brackets become parentheses and angle brackets single guillemets, so nothing in it reads as
+markup and what is left is still punctuation to a voice.
+
 A pause is at most `MAX_PAUSE_MS`, the same limit as the manifest's `pause_ms`: an unbounded
 `<99999999999>` would be hours of silence on disk, or a request Rime cannot finish.
 """
@@ -68,6 +72,13 @@ _PAUSE = re.compile(r"<([0-9]+)>")  # ASCII digits: Rime reads no others
 _CLOSERS = {"{": "}", "[": "]"}
 _OPENERS = {"}": "{", "]": "["}
 _PREVIEW = 20
+# What each character markup reads becomes in prose: the same shape of punctuation, never markup.
+_PROSE = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", "<": "\u2039", ">": "\u203a"})
+
+
+def as_prose(text: str) -> str:
+    """`text` with every character markup reads replaced by punctuation that is not markup."""
+    return text.translate(_PROSE)
 
 
 def parse(text: str) -> tuple[Token, ...]:

@@ -223,6 +223,8 @@ def _locate(message: str, script: ScriptSpec, exc: Exception) -> str:
     line = before.count("\n") + 1
     column = position - (before.rfind("\n") + 1) + 1
     where = f"{script.text_file}" if script.text_file else "the text"
+    if script.title is not None:
+        where = f"chapter {script.title!r} of {where}"
     return f"{message} (line {line}, column {column} of {where})"
 
 
@@ -248,10 +250,18 @@ def plan_manifest(
 ) -> JobPlan:
     """Read, validate and plan a manifest with the overrides of `options` applied; any problem
     is one InputError naming its place (or its flag)."""
+    return build_plan(load_job(path, output=output, options=options), options)
+
+
+def load_job(
+    path: Path | str, *, output: str | None = None, options: JobOptions | None = None
+) -> JobSpec:
+    """The validated manifest with the overrides of `options` applied (what `plan_manifest`
+    plans; `plan` also shows its chapters' titles)."""
     # Imported here: the stages and workers use plans, never manifests.
     from pipeline.manifest import load_manifest
     from pipeline.manifest.overrides import parse_overrides
 
     options = options or JobOptions()
     overrides = parse_overrides(options.set, options.voice_map)
-    return build_plan(load_manifest(path, output=output, overrides=overrides), options)
+    return load_manifest(path, output=output, overrides=overrides)

@@ -10,6 +10,10 @@
         text_file: chapters/chapter-01.txt
         formats: [mp3]           # any default may be overridden per script
 
+A script whose text_file is an EPUB, or that has `split:` (Markdown headings or a regex),
+becomes one script per chapter, `<id>/<nn>-<slug>`, titled (`pipeline.manifest.chapters`,
+`pipeline.manifest.epub`).
+
 A CSV has a header with `id,text` and optional columns named like any setting (empty cells use
 the default; lists are written `mp3|wav`). Its outputs go to `out/<stem>` beside it. A YAML
 manifest may take its scripts from a CSV instead, with `scripts_csv: prompts.csv` in place of

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -12,6 +12,7 @@ from pydantic_core import ErrorDetails
 from pipeline.errors import ManifestError
 from pipeline.manifest.characters import character_problem, first_bad_value, where_in
 from pipeline.manifest.models import (
+    MAX_EPUB_BYTES,
     MAX_JOB_NAME_CHARS,
     MAX_KEEP_RELEASES,
     MAX_NOTIFY_URLS,
@@ -28,6 +29,7 @@ from pipeline.manifest.paths import (
     check_local_outputs,
     check_script_id,
     default_job_name,
+    file_inside,
     normalize_text,
     read_text_file,
     resolve_destination,
@@ -42,6 +44,9 @@ from pipeline.manifest.readers import (
 )
 from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, first_clash, output_key
 from pipeline.webhook import check_url
+
+if TYPE_CHECKING:
+    from pipeline.manifest.chapters import Chapter
 
 
 def build_job(
@@ -79,19 +84,24 @@ def build_job(
             f"holds {len(entries):,} scripts; a job may hold at most {MAX_SCRIPTS:,} (split it)"
         )
     scripts: list[ScriptSpec] = []
-    first_seen: dict[str, Source] = {}
+    first_seen: dict[str, ScriptSpec] = {}
     use = _Use()
     for index, entry in enumerate(entries):
-        script = _script(raw, defaults, entry, ("scripts", index), overrides, use)
-        # Some file systems ignore case: Welcome.wav and welcome.wav would be one file.
-        earlier = first_seen.setdefault(script.id.casefold(), script.source)
-        if earlier is not script.source:
-            raise script.source.error(
-                f"{script.id!r} is used again (first at {_place(earlier)}); ids must differ "
-                "in more than letter case",
-                "id",
+        for script in _scripts(raw, defaults, entry, ("scripts", index), overrides, use):
+            # Some file systems ignore case: Welcome.wav and welcome.wav would be one file.
+            earlier = first_seen.setdefault(script.id.casefold(), script)
+            if earlier is not script:
+                raise script.source.error(
+                    f"{script.id!r} is used again (first at {_place(earlier.source)}); ids must "
+                    "differ in more than letter case",
+                    "id",
+                )
+            scripts.append(script)
+        if len(scripts) > MAX_SCRIPTS:
+            raise raw.locator.source(("scripts", index)).error(
+                f"brings the job to more than {MAX_SCRIPTS:,} scripts with its chapters; a job "
+                f"may hold at most {MAX_SCRIPTS:,} (split it)"
             )
-        scripts.append(script)
     use.check(overrides)
     _check_outputs(raw, scripts, destination, overridden=output is not None)
     return JobSpec(
@@ -248,9 +258,11 @@ def _notify(raw: RawManifest) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _script(
+def _scripts(
     raw: RawManifest, defaults: Voice, entry: Any, loc: Loc, overrides: Overrides, use: _Use
-) -> ScriptSpec:
+) -> list[ScriptSpec]:
+    """An entry's script, or one script per chapter of its book or split text, each with the
+    entry's settings."""
     source = raw.locator.source(loc)
     if not isinstance(entry, dict):
         raise source.error("each script must be a mapping with an id and a text")
@@ -271,16 +283,78 @@ def _script(
         use.speakers.add(data["speaker"])
     data["speaker"] = overrides.renamed(data["speaker"])
     voice = _validate_voice(raw, data, loc, own, overrides)
-    text = _text(raw, entry, loc)
     text_file = entry.get("text_file")
-    return ScriptSpec(
-        id=script_id,
-        text=text,
-        text_file=text_file,
-        source=source,
-        text_source=raw.locator.source((*loc, "text" if text_file is None else "text_file")),
-        voice=voice,
-    )
+    text_source = raw.locator.source((*loc, "text" if text_file is None else "text_file"))
+    chapters = _chapters(raw, entry, loc)
+    if chapters is None:
+        text = _text(raw, entry, loc)
+        return [
+            ScriptSpec(
+                id=script_id,
+                text=text,
+                text_file=text_file,
+                source=source,
+                text_source=text_source,
+                voice=voice,
+            )
+        ]
+    return [
+        ScriptSpec(
+            id=chapter_id,
+            text=_within_limit(chapter.text, text_source, chapter),
+            text_file=text_file,
+            title=chapter.title,
+            source=source,
+            text_source=text_source,
+            voice=voice,
+        )
+        for chapter_id, chapter in zip(_chapter_ids(script_id, chapters), chapters, strict=True)
+    ]
+
+
+def _chapter_ids(script_id: str, chapters: tuple[Chapter, ...]) -> list[str]:
+    from pipeline.manifest.chapters import chapter_ids
+
+    return chapter_ids(script_id, chapters)
+
+
+def _chapters(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> tuple[Chapter, ...] | None:
+    """The chapters of an entry's EPUB or `split:` text; None for an entry of one script."""
+    text_file = entry.get("text_file")
+    is_book = isinstance(text_file, str) and text_file.lower().endswith(".epub")
+    if not is_book and "split" not in entry:
+        return None
+    # Imported only for such entries: lxml, markdown-it and regex cost a manifest of prompts
+    # nothing.
+    from pipeline.manifest.chapters import SplitProblem, parse_split, split_text
+    from pipeline.manifest.epub import EpubProblem, read_chapters
+
+    if "split" in entry and is_book:
+        raise raw.locator.source((*loc, "split")).error(
+            "an EPUB is always read as its chapters; remove split"
+        )
+    if is_book:
+        assert isinstance(text_file, str)
+        where = raw.locator.source((*loc, "text_file"))
+        if "text" in entry:
+            raise where.error("give either text or text_file, not both")
+        try:
+            return read_chapters(
+                file_inside(
+                    text_file, raw.file.absolute().parent, limit=MAX_EPUB_BYTES, what="an EPUB"
+                )
+            )
+        except PathProblem as exc:
+            raise where.error(str(exc)) from exc
+        except EpubProblem as exc:
+            raise where.error(f"{text_file!r} {exc}") from exc
+    where = raw.locator.source((*loc, "split"))
+    try:
+        split = parse_split(entry["split"])
+        return split_text(_text(raw, entry, loc), split)
+    except SplitProblem as exc:
+        what = f"{text_file!r}: " if isinstance(text_file, str) else ""
+        raise where.error(f"{what}{exc}") from exc
 
 
 def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:
@@ -317,10 +391,11 @@ def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:
     return _within_limit(normalize_text(value), where)
 
 
-def _within_limit(text: str, where: Source) -> str:
+def _within_limit(text: str, where: Source, chapter: Chapter | None = None) -> str:
     if len(text) > MAX_TEXT_CHARS:
+        which = f"chapter {chapter.title!r} ({chapter.origin})" if chapter else "the text"
         raise where.error(
-            f"the text is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}"
+            f"{which} is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}"
         )
     return text
 

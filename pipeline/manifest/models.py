@@ -40,6 +40,16 @@ MAX_TEXT_CHARS = 1_000_000
 # A text file is refused unread above this: UTF-8 spends at most 4 bytes on a character.
 MAX_TEXT_FILE_BYTES = 4 * MAX_TEXT_CHARS
 MAX_ID_CHARS = 200
+# A book (`text_file: book.epub`): the file, its entries, and what is read of it uncompressed
+# (the package, its contents and its XHTML chapters; images are never read).
+MAX_EPUB_BYTES = 512 * 1024 * 1024
+MAX_EPUB_ENTRIES = 20_000
+MAX_EPUB_READ_BYTES = 256 * 1024 * 1024
+# A chapter's title (from a book's contents, a heading or a line), and a `split:` regex with
+# the time its matching may take over a whole text.
+MAX_TITLE_CHARS = 200
+MAX_SPLIT_PATTERN_CHARS = 500
+SPLIT_SECONDS = 2.0
 MAX_JOB_NAME_CHARS = 200
 MAX_KEEP_RELEASES = 1_000
 MAX_OUTPUT_CHARS = 1_000
@@ -231,6 +241,8 @@ class ScriptSpec(BaseModel):
     id: str  # also the output's relative path (without extension)
     text: str  # newlines normalized to \n, surrounding whitespace removed
     text_file: str | None = None  # as written in the manifest, when the text came from a file
+    # A chapter's title (a book's, or a split text's); None for a script that is not a chapter.
+    title: str | None = None
     source: Source  # the script's entry
     text_source: Source  # its text or text_file key: where a problem in the text is reported
     voice: Voice  # the job's defaults merged with this script's overrides

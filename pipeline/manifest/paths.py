@@ -71,6 +71,22 @@ def read_text_file(
 ) -> str:
     """The UTF-8 text of `relative`, a file inside `folder` of at most `limit` bytes;
     PathProblem when it can't be."""
+    target = file_inside(relative, folder, limit=limit, what=what)
+    try:
+        data = target.read_bytes()
+    except OSError as exc:
+        raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PathProblem(
+            f"{relative!r} is not UTF-8 text ({describe_bad_byte(data, exc)}); save it as UTF-8"
+        ) from exc
+
+
+def file_inside(relative: str, folder: Path, *, limit: int, what: str) -> Path:
+    """The path of `relative`, an existing file inside `folder` of at most `limit` bytes;
+    PathProblem when it is not."""
     if not relative.strip():
         raise PathProblem("is empty")
     if Path(relative).is_absolute() or relative.startswith(("/", "\\")):
@@ -90,17 +106,11 @@ def read_text_file(
         raise PathProblem(f"{relative!r} is not a file")
     try:
         size = target.stat().st_size
-        if size > limit:
-            raise PathProblem(f"{relative!r} is {size:,} bytes; {what} may hold at most {limit:,}")
-        data = target.read_bytes()
     except OSError as exc:
         raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PathProblem(
-            f"{relative!r} is not UTF-8 text ({describe_bad_byte(data, exc)}); save it as UTF-8"
-        ) from exc
+    if size > limit:
+        raise PathProblem(f"{relative!r} is {size:,} bytes; {what} may hold at most {limit:,}")
+    return target
 
 
 def describe_bad_byte(data: bytes, exc: UnicodeDecodeError) -> str:

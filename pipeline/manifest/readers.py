@@ -39,7 +39,7 @@ TOP_KEYS = (
     "scripts",
     "scripts_csv",
 )
-SCRIPT_KEYS = ("id", "text", "text_file")
+SCRIPT_KEYS = ("id", "text", "text_file", "split")
 VOICE_KEYS = tuple(Voice.model_fields)
 
 _STR_TAG = "tag:yaml.org,2002:str"

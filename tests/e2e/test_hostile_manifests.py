@@ -9,14 +9,17 @@ an engine of their own, whose request counter says whether anything was sent.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import itertools
 import json
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -28,6 +31,7 @@ from pipeline.plan import JobPlan, plan_manifest
 from pipeline.rime.models import MODELS
 from pipeline.storage.keys import output_key
 from rime_local.server import RunningEngine
+from tests.fixtures.books import rezip, write_book
 from tests.fixtures.cli import Cli
 
 FORMATS = ("wav", "wav-mulaw", "mulaw", "mp3", "ogg")
@@ -303,3 +307,112 @@ def test_the_command_line_refuses_before_sending_or_renders(
         results = json.loads((Path(expected.destination) / "results.json").read_text())
         uris = [o["uri"] for s in results["scripts"] for o in s["outputs"]]
         assert len(set(uris)) == len(uris) == len(keys), uris  # no file listed twice
+
+
+# --- books: EPUBs broken in generated ways, and long texts split by hostile rules -----------
+
+_BODIES = st.one_of(
+    _PROSE.map(lambda t: f"<p>{html.escape(t, quote=False)}</p>"),
+    # Unescaped text: markup's characters, and what is not XML at all.
+    _ANY_TEXTS.map(lambda t: f"<p>{t}</p>"),
+    st.sampled_from(
+        [
+            "<p/>",
+            "<img src='x.png'/>",
+            "<h1>Only a heading</h1>",
+            "<p>&nbsp;&amp;&undefined;</p>",
+            "<div><p>unclosed</div>",
+            "<aside epub:type='footnote'><p>Only a note.</p></aside>",
+            "<p>" + "<span>" * 300 + "deep" + "</span>" * 300 + "</p>",
+        ]
+    ),
+)
+# Titles ebooklib can write (XML holds no control characters or lone surrogates).
+_TITLES = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=20)
+_BREAKAGES = st.sampled_from(
+    ["none", "drop", "garbage", "truncate", "rights", "encryption", "empty spine", "bad idref"]
+)
+
+
+@st.composite
+def _books(draw: st.DrawFn) -> tuple[list[tuple[str, str]], str, list[bool], int]:
+    chapters = [(draw(_TITLES), draw(_BODIES)) for _ in range(draw(st.integers(1, 4)))]
+    listed = [draw(st.booleans()) for _ in chapters]
+    return chapters, draw(_BREAKAGES), listed, draw(st.integers(0, 1 << 16))
+
+
+def _break(book: Path, target: Path, breakage: str, seed: int) -> None:
+    with zipfile.ZipFile(book) as archive:
+        names = archive.namelist()
+        opf_name = next(n for n in names if n.endswith(".opf"))
+        opf = archive.read(opf_name)
+    name = names[seed % len(names)]
+    if breakage == "none":
+        rezip(book, target)
+    elif breakage == "drop":
+        rezip(book, target, drop=[name])
+    elif breakage == "garbage":
+        rezip(book, target, replace={name: seed.to_bytes(3, "big") * 7})
+    elif breakage == "truncate":
+        data = book.read_bytes()
+        target.write_bytes(data[: seed % len(data)])
+    elif breakage == "rights":
+        rezip(book, target, replace={"META-INF/rights.xml": b"<rights/>"})
+    elif breakage == "encryption":
+        rezip(book, target, replace={"META-INF/encryption.xml": b"<not closed"})
+    elif breakage == "empty spine":
+        spine = re.sub(rb"<spine([^>]*)>.*</spine>", rb"<spine\1></spine>", opf, flags=re.S)
+        rezip(book, target, replace={opf_name: spine})
+    else:
+        rezip(book, target, replace={opf_name: opf.replace(b'idref="', b'idref="x', 1)})
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(book=_books(), split=st.sampled_from([None, "headings", "{regex: '^('}", "{regex: 'a'}"]))
+def test_a_hostile_book_is_refused_with_one_line_or_plans_soundly(
+    tmp_path: Path, book: tuple[list[tuple[str, str]], str, list[bool], int], split: str | None
+) -> None:
+    chapters, breakage, listed, seed = book
+    folder = tmp_path / f"m{next(_folders)}"
+    folder.mkdir()
+    good = write_book(folder / "good.epub", chapters, in_toc=listed)
+    _break(good, folder / "book.epub", breakage, seed)
+    (folder / "text.md").write_text("".join(t for t, _ in chapters) or "#", encoding="utf-8")
+    entries = "  - id: book\n    text_file: book.epub\n"
+    if split is not None:
+        entries += f"  - id: notes\n    text_file: text.md\n    split: {split}\n"
+    path = folder / "job.yaml"
+    path.write_text(f"output: out\nscripts:\n{entries}", encoding="utf-8")
+
+    result = _validate(path)
+
+    event(f"{breakage}: {'planned' if isinstance(result, JobPlan) else 'refused'}")
+    if isinstance(result, JobPlan):
+        _assert_sound(result)
+        for script in result.scripts:
+            assert not any(c in s.text for s in script.segments for c in "<>[]{}") or (
+                script.script_id.startswith("notes/")
+            )
+
+
+@pytest.mark.parametrize("breakage", ["truncate", "rights"])
+def test_the_command_line_refuses_a_bad_book_before_sending(
+    tmp_path: Path, cli: Cli, engine_factory: Callable[..., RunningEngine], breakage: str
+) -> None:
+    engine = engine_factory()
+    good = write_book(tmp_path / "good.epub")
+    _break(good, tmp_path / "book.epub", breakage, 100)
+    path = tmp_path / "job.yaml"
+    path.write_text("scripts:\n  - id: book\n    text_file: book.epub\n", encoding="utf-8")
+    expected = _validate(path)
+    assert isinstance(expected, ManifestError)
+
+    for command in ("plan", "render"):
+        result = cli.using(engine=engine).run(command, path)
+        assert result.returncode == 2, result
+        assert result.stderr.strip().splitlines() == [f"error: {expected}"], result
+    assert engine.metrics()["requests"] == 0
