@@ -10,7 +10,10 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from pipeline.errors import ManifestError
+from pipeline.lexicon import Lexicon, LexiconProblem, overlay
 from pipeline.manifest.characters import character_problem, first_bad_value, where_in
+from pipeline.manifest.lexicons import KEY as LEXICON
+from pipeline.manifest.lexicons import read_lexicon
 from pipeline.manifest.models import (
     MAX_JOB_NAME_CHARS,
     MAX_KEEP_RELEASES,
@@ -78,11 +81,12 @@ def build_job(
         raise where(("scripts",)).error(
             f"holds {len(entries):,} scripts; a job may hold at most {MAX_SCRIPTS:,} (split it)"
         )
+    lexicon = read_lexicon(raw, data[LEXICON], (LEXICON,)) if LEXICON in data else None
     scripts: list[ScriptSpec] = []
     first_seen: dict[str, Source] = {}
     use = _Use()
     for index, entry in enumerate(entries):
-        script = _script(raw, defaults, entry, ("scripts", index), overrides, use)
+        script = _script(raw, defaults, entry, ("scripts", index), overrides, use, lexicon)
         # Some file systems ignore case: Welcome.wav and welcome.wav would be one file.
         earlier = first_seen.setdefault(script.id.casefold(), script.source)
         if earlier is not script.source:
@@ -249,7 +253,13 @@ def _notify(raw: RawManifest) -> tuple[str, ...]:
 
 
 def _script(
-    raw: RawManifest, defaults: Voice, entry: Any, loc: Loc, overrides: Overrides, use: _Use
+    raw: RawManifest,
+    defaults: Voice,
+    entry: Any,
+    loc: Loc,
+    overrides: Overrides,
+    use: _Use,
+    lexicon: Lexicon | None,
 ) -> ScriptSpec:
     source = raw.locator.source(loc)
     if not isinstance(entry, dict):
@@ -280,7 +290,23 @@ def _script(
         source=source,
         text_source=raw.locator.source((*loc, "text" if text_file is None else "text_file")),
         voice=voice,
+        lexicon=_script_lexicon(raw, entry, loc, lexicon),
     )
+
+
+def _script_lexicon(
+    raw: RawManifest, entry: dict[str, Any], loc: Loc, job: Lexicon | None
+) -> Lexicon | None:
+    """The job's lexicon with the script's own entries over it."""
+    if entry.get(LEXICON) is None:
+        return job
+    own = read_lexicon(raw, entry[LEXICON], (*loc, LEXICON))
+    if job is None:
+        return own
+    try:
+        return overlay(job, own)
+    except LexiconProblem as exc:  # together they hold too many entries
+        raise raw.locator.source((*loc, LEXICON)).error(str(exc)) from exc
 
 
 def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:
