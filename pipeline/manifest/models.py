@@ -3,7 +3,8 @@
 Every limit a manifest is held to lives here (the README's table states the same ranges): sizes
 of the manifest, of texts and text files, the number of scripts, how deep YAML may nest and how
 far its aliases may expand, and the range of every setting. The pause limit is the markup's
-(`pipeline.markup.MAX_PAUSE_MS`), so `pause_ms` and `<ms>` markup share one.
+(`pipeline.markup.MAX_PAUSE_MS`), so `pause_ms` and `<ms>` markup share one; a lexicon's limits
+are the lexicon's (`pipeline.lexicon`).
 """
 
 from __future__ import annotations
