@@ -298,10 +298,9 @@ def apply(lexicon: Lexicon, text: str) -> Rewritten:
             if start < pos or _joined_before(text, start):
                 continue
             for candidate in lexicon.candidates(word.group()):
-                found = _pattern(candidate.key, candidate.exact).match(text, start, hi)
-                if found is None:
+                end = _match_end(candidate, text, start, hi)
+                if end is None:
                     continue
-                end = found.end()
                 replacement = candidate.replacement
                 pieces.append(text[pos:start])
                 pieces.append(replacement)
@@ -358,17 +357,32 @@ def _is_word(ch: str) -> bool:
     return _WORD_CHAR.fullmatch(ch) is not None
 
 
-# A space in a key: spaces and tabs with at most one line break among them.
-_GAP = r"[^\S\n]*\n?[^\S\n]*"
+def _match_end(e: Entry, text: str, start: int, hi: int) -> int | None:
+    """Where `e`'s key ends when it matches text[start:hi] at `start` as a whole word."""
+    key = e.key
+    if " " in key:
+        found = _spaced(key, e.exact).match(text, start, hi)
+        if found is None:
+            return None
+        end = found.end()
+    else:
+        end = start + len(key)
+        written = text[start:end]
+        if end > hi or (written != key and (e.exact or written.casefold() != key.casefold())):
+            return None
+    if end < hi and _is_word(key[-1]):
+        after = text[end]
+        if _is_word(after) or (after in _JOINERS and end + 1 < hi and _is_word(text[end + 1])):
+            return None
+    return end
 
 
-@functools.lru_cache(maxsize=MAX_ENTRIES)
-def _pattern(key: str, exact: bool) -> regex.Pattern[str]:
-    """The key at a position, with the whole-word rule at its end."""
-    word = _WORD_CLASS
-    # A gap must hold some whitespace: `New York` never matches "NewYork".
-    body = f"(?=\\s){_GAP}".join(re.escape(part) for part in key.split(" "))
-    if _is_word(key[-1]):
-        joiners = "".join(re.escape(c) for c in sorted(_JOINERS))
-        body += f"(?![{word}])(?![{joiners}][{word}])"
-    return regex.compile(body, 0 if exact else regex.IGNORECASE)
+# A space in a key: some whitespace, with at most one line break in it.
+_GAP = r"(?=\s)[^\S\n]*\n?[^\S\n]*"
+
+
+@functools.lru_cache(maxsize=1024)
+def _spaced(key: str, exact: bool) -> re.Pattern[str]:
+    """A key of several words, its spaces matching the spacing of the text."""
+    body = _GAP.join(re.escape(part) for part in key.split(" "))
+    return re.compile(body, 0 if exact else re.IGNORECASE)

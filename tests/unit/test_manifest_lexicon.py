@@ -207,3 +207,11 @@ def test_the_lexicon_of_a_spec_is_shared_by_its_scripts(tmp_path: Path) -> None:
     first, second = job.scripts
     assert first.lexicon is second.lexicon is not None
     assert load_manifest(manifest(tmp_path / "none", "")).scripts[0].lexicon is None
+
+
+def test_broken_markup_is_located_in_the_written_text_before_any_rewrite(tmp_path: Path) -> None:
+    scripts = 'scripts:\n  - id: a\n    text: "SQL is < b"\n'
+    err = problem(manifest(tmp_path, "lexicon: {SQL: sequel}\n", scripts))
+    assert err.field == "scripts[0].text"
+    assert "'<' that is not pause markup" in err.message
+    assert "(line 1, column 8 of the text)" in err.message
