@@ -217,7 +217,14 @@ def overlay(base: Lexicon, own: Lexicon) -> Lexicon:
     clashes with (a script's own entry wins over the job's)."""
     if not own.entries:
         return base
-    kept = [b for b in base.entries if not any(_clashes(b, o) for o in own.entries)]
+    by_fold: dict[str, list[Entry]] = defaultdict(list)
+    for o in own.entries:
+        by_fold[o.key.casefold()].append(o)
+    kept = [
+        b
+        for b in base.entries
+        if not any(_clashes(b, o) for o in by_fold.get(b.key.casefold(), ()))
+    ]
     return Lexicon((*kept, *own.entries))
 
 
