@@ -52,6 +52,11 @@ def plan_table(plan: JobPlan, titles: Mapping[str, str] | None = None) -> Table:
     table.add_column("chars", justify="right", footer=f"{plan.chars:,}")
     table.add_column("est. min", justify="right", footer=f"{sum(seconds) / 60:.1f}")
     table.add_column("formats")
+    # Words the lexicon rewrote, when a lexicon rewrote any.
+    hits = any(s.lexicon_hits for s in plan.scripts)
+    if hits:
+        total = sum(s.lexicon_hits for s in plan.scripts)
+        table.add_column("lexicon", justify="right", footer=f"{total:,}")
     for script, secs in zip(plan.scripts, seconds, strict=True):
         p = script.params
         table.add_row(
@@ -62,6 +67,7 @@ def plan_table(plan: JobPlan, titles: Mapping[str, str] | None = None) -> Table:
             f"{script.chars:,}",
             f"{secs / 60:.1f}",
             ", ".join(script.output.formats),
+            *([f"{script.lexicon_hits:,}"] if hits else []),
         )
     return table
 

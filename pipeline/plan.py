@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
+from pipeline.lexicon import Rewritten, apply
 from pipeline.rime.models import get_model
 from pipeline.rime.params import VoiceParams
 from pipeline.segment import Boundary, TextSegment, lead_pause_ms, segment_text
@@ -51,11 +53,19 @@ class PlannedSegment:
     pause_after_ms: int  # silence inserted after this segment at stitch time
     inline_speed_alpha: tuple[float, ...]
     cache_key: str
+    # It holds `{phonemes}` a lexicon wrote: sent with phonemizeBetweenBrackets on.
+    phonemes: bool = False
 
     @property
     def chars(self) -> int:
         """Characters billed for one request of this segment."""
         return len(self.text)
+
+    def request_params(self, params: VoiceParams) -> VoiceParams:
+        """The parameters this segment is synthesized with: its script's, and phoneme markup
+        read when a lexicon wrote phonemes into it (only then, so other segments keep their
+        cache keys)."""
+        return replace(params, phonemize_between_brackets=True) if self.phonemes else params
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class ScriptPlan:
     output: OutputSpec
     segments: tuple[PlannedSegment, ...]
     lead_pause_ms: int = 0  # a pause marker at the very start of the script
+    # Words the lexicon rewrote: shown by `plan`, not part of the work (not stored).
+    lexicon_hits: int = field(default=0, compare=False)
 
     @property
     def chars(self) -> int:
@@ -183,49 +195,108 @@ def gap_ms(segment: TextSegment, voice: Voice) -> int:
 
 
 def plan_script(script: ScriptSpec) -> ScriptPlan:
-    """Segment one script; markup and length problems name the manifest place of its text."""
+    """Apply the lexicon and segment one script; markup, lexicon and length problems name the
+    manifest place of its text."""
     voice = script.voice
     params = synth_params(voice)
+    rewritten = _rewrite(script)
     try:
         segments = segment_text(
-            script.text,
+            rewritten.text,
             limit=voice.max_chars,
             inline_speed_alpha=voice.inlineSpeedAlpha or (),
             pauses_as_cuts=voice.pauses_as_cuts,
         )
     except InputError as exc:
-        raise script.text_source.error(_locate(str(exc), script, exc)) from exc
-    planned = tuple(
-        PlannedSegment(
+        raise script.text_source.error(_locate(str(exc), script, exc, rewritten)) from exc
+    # Where the lexicon wrote phonemes; markup is never cut, so each group is in one segment.
+    phoneme_starts = [a for a, _ in rewritten.phoneme_spans()]
+    planned = []
+    for i, seg in enumerate(segments):
+        first = bisect_left(phoneme_starts, seg.start)
+        phonemes = first < len(phoneme_starts) and phoneme_starts[first] < seg.end
+        segment = PlannedSegment(
             index=i,
             source=seg.source,
             text=seg.text,
             pause_after_ms=gap_ms(seg, voice),
             inline_speed_alpha=seg.inline_speed_alpha,
-            cache_key=cache_key(params, seg.text, seg.inline_speed_alpha),
+            cache_key="",
+            phonemes=phonemes and not params.phonemize_between_brackets,
         )
-        for i, seg in enumerate(segments)
-    )
+        key = cache_key(segment.request_params(params), seg.text, seg.inline_speed_alpha)
+        planned.append(replace(segment, cache_key=key))
     output = OutputSpec(
         formats=tuple(voice.formats),
         loudness_lufs=voice.loudness_lufs,
         mp3_bitrate=voice.mp3_bitrate,
     )
-    return ScriptPlan(script.id, params, output, planned, lead_pause_ms(segments))
+    return ScriptPlan(
+        script.id,
+        params,
+        output,
+        tuple(planned),
+        lead_pause_ms(segments),
+        lexicon_hits=len(rewritten.substitutions),
+    )
 
 
-def _locate(message: str, script: ScriptSpec, exc: Exception) -> str:
-    """Add the line and column inside the script's text to a message with a character offset."""
+def _rewrite(script: ScriptSpec) -> Rewritten:
+    """The script's text with its lexicon applied; a phoneme entry its model cannot read, or a
+    text the lexicon makes too long, is the manifest's error."""
+    from pipeline.manifest.models import MAX_TEXT_CHARS
+
+    if script.lexicon is None:
+        return Rewritten(script.text)
+    try:
+        rewritten = apply(script.lexicon, script.text)
+    except InputError as exc:
+        raise script.text_source.error(_locate(str(exc), script, exc)) from exc
+    model = get_model(script.voice.modelId)
+    unread = next(
+        (
+            s
+            for s in rewritten.substitutions
+            if s.entry.phonemes and not model.honours_phoneme_markup
+        ),
+        None,
+    )
+    if unread is not None:
+        origin = f" ({unread.entry.origin})" if unread.entry.origin else ""
+        raise script.text_source.error(
+            f"the lexicon gives {unread.entry.key!r} the phonemes {unread.entry.replacement}"
+            f"{origin}, but {model.id} does not read phoneme markup (Mist and Mist v2 do); give "
+            f"this script an alias for it in its own lexicon{_where(script, unread.start)}"
+        )
+    if len(rewritten.text) > MAX_TEXT_CHARS:
+        raise script.text_source.error(
+            f"with its lexicon applied the text is {len(rewritten.text):,} characters long; the "
+            f"limit is {MAX_TEXT_CHARS:,}"
+        )
+    return rewritten
+
+
+def _locate(
+    message: str, script: ScriptSpec, exc: Exception, rewritten: Rewritten | None = None
+) -> str:
+    """Add the line and column inside the script's text to a message with a character offset
+    (an offset in the rewritten text is mapped back to where the script wrote it)."""
     position = getattr(exc, "position", None)
     if position is None:
         return message
+    if rewritten is not None:
+        position = rewritten.original_position(position)
+    return message + _where(script, position)
+
+
+def _where(script: ScriptSpec, position: int) -> str:
     before = script.text[:position]
     line = before.count("\n") + 1
     column = position - (before.rfind("\n") + 1) + 1
     where = f"{script.text_file}" if script.text_file else "the text"
     if script.title is not None:
         where = f"chapter {script.title!r} of {where}"
-    return f"{message} (line {line}, column {column} of {where})"
+    return f" (line {line}, column {column} of {where})"
 
 
 def build_plan(job: JobSpec, options: JobOptions | None = None) -> JobPlan:

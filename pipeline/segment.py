@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.addresses import is_address
 from pipeline.errors import SegmentationError
 from pipeline.markup import (
     MAX_PAUSE_MS,
@@ -104,7 +105,6 @@ _SPACES = re.compile(r"\s+")
 # Split points inside an atom: after a dash run or after CJK punctuation (which takes no space).
 _SPLIT = re.compile(rf"[—–]+|[。！？｡，、；：]+[{_CLOSING}]*")
 _SPLIT_CHARS = re.compile(r"[—–。！？｡，、；：]")
-_URL_OR_EMAIL = re.compile(r"://|www\.|@", re.IGNORECASE)
 _PAUSE_MARK = re.compile(r"<([0-9]+)>")
 _LEAD = re.compile(r"(?:\s|<[0-9]+>)*")
 
@@ -228,7 +228,7 @@ def _split_atoms(text: str, layout: _Layout) -> None:
         if k:
             gap_ms.append(layout.gap_ms[k - 1])
         piece = a
-        if _SPLIT_CHARS.search(text, a, b) and not _URL_OR_EMAIL.search(text, a, b):
+        if _SPLIT_CHARS.search(text, a, b) and not is_address(text, a, b):
             for m in _SPLIT.finditer(text, a, b):
                 cut = m.end()
                 if cut >= b or _inside_markup(layout, cut) or _between_digits(text, m):

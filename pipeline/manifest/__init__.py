@@ -19,6 +19,10 @@ the default; lists are written `mp3|wav`). Its outputs go to `out/<stem>` beside
 manifest may take its scripts from a CSV instead, with `scripts_csv: prompts.csv` in place of
 `scripts` (`pipeline.manifest.linked`): job-wide defaults for a spreadsheet's prompts.
 
+A `lexicon:` (job-wide, or a script's own) says how words are said: inline, or YAML and CSV
+files (`pipeline.manifest.lexicons`); each script's spec carries its checked lexicon, which the
+plan applies (`pipeline.lexicon`).
+
 Overrides from the command line (`--set key=value`, `--voice-map old=new`) are applied as the
 manifest is loaded, and validated with it (`pipeline.manifest.overrides`).
 

@@ -10,7 +10,10 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from pipeline.errors import ManifestError
+from pipeline.lexicon import Lexicon, LexiconProblem, overlay
 from pipeline.manifest.characters import character_problem, first_bad_value, where_in
+from pipeline.manifest.lexicons import KEY as LEXICON
+from pipeline.manifest.lexicons import read_lexicon
 from pipeline.manifest.models import (
     MAX_EPUB_BYTES,
     MAX_JOB_NAME_CHARS,
@@ -83,11 +86,12 @@ def build_job(
         raise where(("scripts",)).error(
             f"holds {len(entries):,} scripts; a job may hold at most {MAX_SCRIPTS:,} (split it)"
         )
+    lexicon = read_lexicon(raw, data[LEXICON], (LEXICON,)) if LEXICON in data else None
     scripts: list[ScriptSpec] = []
     first_seen: dict[str, ScriptSpec] = {}
     use = _Use()
     for index, entry in enumerate(entries):
-        for script in _scripts(raw, defaults, entry, ("scripts", index), overrides, use):
+        for script in _scripts(raw, defaults, entry, ("scripts", index), overrides, use, lexicon):
             # Some file systems ignore case: Welcome.wav and welcome.wav would be one file.
             earlier = first_seen.setdefault(script.id.casefold(), script)
             if earlier is not script:
@@ -259,7 +263,13 @@ def _notify(raw: RawManifest) -> tuple[str, ...]:
 
 
 def _scripts(
-    raw: RawManifest, defaults: Voice, entry: Any, loc: Loc, overrides: Overrides, use: _Use
+    raw: RawManifest,
+    defaults: Voice,
+    entry: Any,
+    loc: Loc,
+    overrides: Overrides,
+    use: _Use,
+    lexicon: Lexicon | None,
 ) -> list[ScriptSpec]:
     """An entry's script, or one script per chapter of its book or split text, each with the
     entry's settings."""
@@ -285,6 +295,7 @@ def _scripts(
     voice = _validate_voice(raw, data, loc, own, overrides)
     text_file = entry.get("text_file")
     text_source = raw.locator.source((*loc, "text" if text_file is None else "text_file"))
+    script_lexicon = _script_lexicon(raw, entry, loc, lexicon)
     chapters = _chapters(raw, entry, loc)
     if chapters is None:
         text = _text(raw, entry, loc)
@@ -296,6 +307,7 @@ def _scripts(
                 source=source,
                 text_source=text_source,
                 voice=voice,
+                lexicon=script_lexicon,
             )
         ]
     return [
@@ -307,6 +319,7 @@ def _scripts(
             source=source,
             text_source=text_source,
             voice=voice,
+            lexicon=script_lexicon,
         )
         for chapter_id, chapter in zip(_chapter_ids(script_id, chapters), chapters, strict=True)
     ]
@@ -355,6 +368,21 @@ def _chapters(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> tuple[Chapte
     except SplitProblem as exc:
         what = f"{text_file!r}: " if isinstance(text_file, str) else ""
         raise where.error(f"{what}{exc}") from exc
+
+
+def _script_lexicon(
+    raw: RawManifest, entry: dict[str, Any], loc: Loc, job: Lexicon | None
+) -> Lexicon | None:
+    """The job's lexicon with the script's own entries over it."""
+    if entry.get(LEXICON) is None:
+        return job
+    own = read_lexicon(raw, entry[LEXICON], (*loc, LEXICON))
+    if job is None:
+        return own
+    try:
+        return overlay(job, own)
+    except LexiconProblem as exc:  # together they hold too many entries
+        raise raw.locator.source((*loc, LEXICON)).error(str(exc)) from exc
 
 
 def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:

@@ -3,7 +3,8 @@
 Every limit a manifest is held to lives here (the README's table states the same ranges): sizes
 of the manifest, of texts and text files, the number of scripts, how deep YAML may nest and how
 far its aliases may expand, and the range of every setting. The pause limit is the markup's
-(`pipeline.markup.MAX_PAUSE_MS`), so `pause_ms` and `<ms>` markup share one.
+(`pipeline.markup.MAX_PAUSE_MS`), so `pause_ms` and `<ms>` markup share one; a lexicon's limits
+are the lexicon's (`pipeline.lexicon`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ManifestError
+from pipeline.lexicon import Lexicon
 from pipeline.markup import MAX_PAUSE_MS
 from pipeline.rime.languages import spellings
 from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS
@@ -236,7 +238,8 @@ class Source(BaseModel):
 class ScriptSpec(BaseModel):
     """One script to render: its id, its text and its resolved settings."""
 
-    model_config = ConfigDict(frozen=True)
+    # A Lexicon is checked when it is made (pipeline.manifest.lexicons) and shared, not copied.
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     id: str  # also the output's relative path (without extension)
     text: str  # newlines normalized to \n, surrounding whitespace removed
@@ -246,6 +249,7 @@ class ScriptSpec(BaseModel):
     source: Source  # the script's entry
     text_source: Source  # its text or text_file key: where a problem in the text is reported
     voice: Voice  # the job's defaults merged with this script's overrides
+    lexicon: Lexicon | None = None  # the job's lexicon with the script's own entries over it
 
 
 class JobSpec(BaseModel):

@@ -38,8 +38,9 @@ TOP_KEYS = (
     "defaults",
     "scripts",
     "scripts_csv",
+    "lexicon",
 )
-SCRIPT_KEYS = ("id", "text", "text_file", "split")
+SCRIPT_KEYS = ("id", "text", "text_file", "split", "lexicon")
 VOICE_KEYS = tuple(Voice.model_fields)
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -107,10 +108,15 @@ class CsvLocator:
         return Source(file=str(self.file), line=1, field=field_path(loc))
 
 
-def read_yaml(file: Path, text: str) -> RawManifest:
-    """Parse YAML safely; ManifestError with the line for syntax, tags, duplicate keys."""
+def read_yaml(
+    file: Path, text: str, *, what: str = "manifest", top: str | None = None
+) -> RawManifest:
+    """Parse YAML safely; ManifestError with the line for syntax, tags, duplicate keys.
+
+    `what` names the file and `top` what its top-level mapping holds, for a file that is not a
+    manifest (a lexicon)."""
     try:
-        data, lines = _compose(file, text)
+        data, lines = _compose(file, text, what, top or f"a mapping with {', '.join(TOP_KEYS)}")
     except yaml.MarkedYAMLError as exc:
         raise _yaml_error(file, exc) from exc
     except yaml.reader.ReaderError as exc:
@@ -158,15 +164,15 @@ def _too_deep(file: Path, line: int) -> ManifestError:
     )
 
 
-def _compose(file: Path, text: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+def _compose(file: Path, text: str, what: str, top: str) -> tuple[dict[str, Any], dict[Loc, int]]:
     loader = _Loader(file, text)  # checks for unprintable characters already
     try:
         root = loader.get_single_node()
         if root is None:
-            raise ManifestError("the manifest is empty", file=file, line=1)
+            raise ManifestError(f"the {what} is empty", file=file, line=1)
         if not isinstance(root, MappingNode):
             raise ManifestError(
-                f"the top level must be a mapping with {', '.join(TOP_KEYS)}, not {_kind(root)}",
+                f"the top level must be {top}, not {_kind(root)}",
                 file=file,
                 line=root.start_mark.line + 1,
             )

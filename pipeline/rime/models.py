@@ -48,6 +48,9 @@ class ModelInfo:
     # The three-letter codes of the languages its voices speak.
     languages: frozenset[str]
     max_chars: int = DEFAULT_MAX_CHARS
+    # `{phonemes}` markup, read with phonemizeBetweenBrackets: "Custom pronunciation is
+    # supported on Mist v1 and v2 only" (Rime's phonetic alphabet page).
+    honours_phoneme_markup: bool = False
 
     def accepts_rate(self, rate: int) -> bool:
         """Whether `samplingRate=rate` is valid for this model on Rime's cloud."""
@@ -80,8 +83,28 @@ _ARCANA_RATES = frozenset({8000, 16000, 22050, 24000, 44100, 48000, 96000})
 MODELS: dict[str, ModelInfo] = {
     m.id: m
     for m in (
-        ModelInfo("mist", _MIST_RATES, None, 22050, True, True, False, _MIST_V1_LANGUAGES),
-        ModelInfo("mistv2", _MIST_RATES, None, 22050, True, True, True, _MIST_LANGUAGES),
+        ModelInfo(
+            "mist",
+            _MIST_RATES,
+            None,
+            22050,
+            True,
+            True,
+            False,
+            _MIST_V1_LANGUAGES,
+            honours_phoneme_markup=True,
+        ),
+        ModelInfo(
+            "mistv2",
+            _MIST_RATES,
+            None,
+            22050,
+            True,
+            True,
+            True,
+            _MIST_LANGUAGES,
+            honours_phoneme_markup=True,
+        ),
         ModelInfo("mistv3", _MIST_RATES, None, 22050, False, True, False, _MIST_LANGUAGES),
         # Rime's Arcana page gives 22050 as the samplingRate default.
         ModelInfo("arcana", None, _ARCANA_RATES, 22050, False, False, False, _ARCANA_LANGUAGES),

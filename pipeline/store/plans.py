@@ -105,6 +105,7 @@ def record_plan(conn: Connection, plan: JobPlan) -> str:
             "pause_after_ms": segment.pause_after_ms,
             "inline_speed_alpha": list(segment.inline_speed_alpha),
             "cache_key": segment.cache_key,
+            "phonemes": segment.phonemes,
             "chars": segment.chars,
             "state": State.PENDING,
             "attempts": 0,
@@ -125,6 +126,7 @@ _PLANNED_COLUMNS = (
     "pause_after_ms",
     "inline_speed_alpha",
     "cache_key",
+    "phonemes",
 )
 
 
@@ -136,6 +138,7 @@ def _planned_segment(row: RowMapping) -> PlannedSegment:
         pause_after_ms=row["pause_after_ms"],
         inline_speed_alpha=tuple(row["inline_speed_alpha"]),
         cache_key=row["cache_key"],
+        phonemes=row["phonemes"],
     )
 
 
@@ -184,7 +187,7 @@ class SegmentWork:
     script_id: str
     state: State
     attempts: int
-    params: VoiceParams
+    params: VoiceParams  # the segment's own: its script's, with any it needs (request_params)
     segment: PlannedSegment
     no_cache: bool = False  # the job asked for fresh synthesis: the cache is not read
 
@@ -256,6 +259,7 @@ def load_pending_segments(conn: Connection, job_id: str) -> list[SegmentWork]:
 
 
 def _segment_work(found: RowMapping, params: VoiceParams) -> SegmentWork:
+    segment = _planned_segment(found)
     return SegmentWork(
         segment_pk=found["id"],
         job_id=found["job_id"],
@@ -264,8 +268,8 @@ def _segment_work(found: RowMapping, params: VoiceParams) -> SegmentWork:
         script_id=found["script_id"],
         state=found["state"],
         attempts=found["attempts"],
-        params=params,
-        segment=_planned_segment(found),
+        params=segment.request_params(params),
+        segment=segment,
         no_cache=bool((found["options"] or {}).get("no_cache", False)),
     )
 

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -105,8 +106,8 @@ def _state() -> Column[State]:
     )
 
 
-def _required(name: str, kind: TypeEngine[Any], *extra: Any) -> Column[Any]:
-    return Column(name, kind, *extra, nullable=False)
+def _required(name: str, kind: TypeEngine[Any], *extra: Any, **options: Any) -> Column[Any]:
+    return Column(name, kind, *extra, nullable=False, **options)
 
 
 def _optional(name: str, kind: TypeEngine[Any]) -> Column[Any]:
@@ -227,6 +228,8 @@ SEGMENTS = Table(
     _required("pause_after_ms", Integer()),
     _required("inline_speed_alpha", JSON()),
     _required("cache_key", Text()),
+    # Sent with phonemizeBetweenBrackets: it holds phonemes a lexicon wrote (pipeline.plan).
+    _required("phonemes", Boolean(), server_default=false()),
     _required("chars", Integer()),
     _state(),
     _required("attempts", Integer()),

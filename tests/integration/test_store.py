@@ -31,7 +31,7 @@ from pipeline.store import (
     normalize_url,
     record_plan,
 )
-from pipeline.store.plans import load_script, load_segment
+from pipeline.store.plans import load_pending_segments, load_script, load_segment
 from pipeline.store.productions import ProductionBusy
 from pipeline.store.schema import EXECUTORS, JOBS, SCRIPTS, SEGMENTS, metadata
 from pipeline.store.states import TRANSITIONS, can_transition, check_transition
@@ -275,6 +275,26 @@ def test_segment_and_script_work_load_by_row_id(db: Engine) -> None:
         assert script.plan == plan.scripts[1]
 
 
+def test_a_segment_with_lexicon_phonemes_is_sent_with_phoneme_markup_read(db: Engine) -> None:
+    """Only the segment that holds a lexicon's phonemes gets phonemizeBetweenBrackets."""
+    plan = make_plan(scripts=1, segments=2)
+    script = plan.scripts[0]
+    first, second = script.segments
+    marked = replace(
+        plan, scripts=(replace(script, segments=(replace(first, phonemes=True), second)),)
+    )
+    job_id = record(db, marked)
+    with db.begin() as conn:
+        refs = list_segments(conn, job_id)
+        works = [load_segment(conn, ref.segment_pk) for ref in refs]
+        pending = load_pending_segments(conn, job_id)
+    assert [w.params.phonemize_between_brackets for w in works] == [True, False]
+    assert works[0].params == replace(PARAMS, phonemize_between_brackets=True)
+    assert works[1].params == PARAMS
+    assert [w.params for w in pending] == [w.params for w in works]
+    assert [w.segment.phonemes for w in works] == [True, False]
+
+
 _text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=30)
 _maybe_float = st.none() | st.floats(allow_nan=False, allow_infinity=False)
 _maybe_positive = st.none() | st.floats(min_value=0, exclude_min=True, allow_infinity=False)
@@ -320,6 +340,7 @@ def plans(draw: st.DrawFn) -> JobPlan:
                 pause_after_ms=draw(st.integers(0, 10_000)),
                 inline_speed_alpha=tuple(draw(st.lists(st.floats(0.1, 3.0), max_size=3))),
                 cache_key=draw(_text),
+                phonemes=draw(st.booleans()),
             )
             for i, text in enumerate(texts)
         )
