@@ -48,7 +48,8 @@ def prune_cache(db: Engine, store: ObjectStore, destination: str) -> Freed:
     deleted, size, kept = 0, 0, 0
     local = True
     for key in list(store.list_keys(f"{CACHE_PREFIX}/")):
-        digest = PurePosixPath(key).stem[-_DIGEST_CHARS:]
+        # `<digest>.wav` and its word timestamps, `<digest>.words.json`, go together.
+        digest = PurePosixPath(key).name.split(".")[0][-_DIGEST_CHARS:]
         if digest in used:
             kept += 1
             continue

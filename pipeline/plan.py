@@ -39,6 +39,7 @@ class OutputSpec:
     loudness_lufs: float | None = None
     true_peak_db: float = -1.0
     mp3_bitrate: str = "128k"
+    captions: tuple[str, ...] = ()  # srt | vtt: subtitles beside the audio, from word times
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
         formats=tuple(voice.formats),
         loudness_lufs=voice.loudness_lufs,
         mp3_bitrate=voice.mp3_bitrate,
+        captions=tuple(voice.captions),
     )
     return ScriptPlan(script.id, params, output, planned, lead_pause_ms(segments))
 

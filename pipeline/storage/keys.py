@@ -28,6 +28,9 @@ OUTPUT_EXTENSIONS: Mapping[str, str] = {
     "mulaw": ".ulaw",
     "mp3": ".mp3",
     "ogg": ".ogg",
+    # Captions (OutputSpec.captions), published, pruned and rolled back with the audio.
+    "srt": ".srt",
+    "vtt": ".vtt",
 }
 
 Owner = TypeVar("Owner")
@@ -69,6 +72,11 @@ def cache_key_path(cache_key: str) -> str:
             f"cache key {cache_key!r} must be at least two letters, digits, '-' or '_'"
         )
     return f"{CACHE_PREFIX}/{cache_key[:2]}/{cache_key}.wav"
+
+
+def words_path(cache_path: str) -> str:
+    """The key of a cached segment's word timestamps, beside its audio: `<key>.words.json`."""
+    return cache_path.removesuffix(".wav") + ".words.json"
 
 
 def namespaced_cache_path(namespace: str, cache_key: str) -> str:
