@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -57,7 +58,7 @@ def test_cues_follow_the_subtitle_rules(words: list[TimedWord]) -> None:
         assert 1 <= len(cue.lines) <= MAX_LINES
         assert all(0 < len(line) <= MAX_LINE_CHARS for line in cue.lines), cue
         assert MIN_SECONDS - 1e-9 <= cue.end - cue.start <= MAX_SECONDS + 1e-9, cue
-    for a, b in zip(cues, cues[1:], strict=False):
+    for a, b in itertools.pairwise(cues):
         assert a.end <= b.start  # never two on screen at once
     # Every word shows once, in order (a word longer than a line in line-long pieces).
     assert "".join(_shown_words(cues)) == "".join(w.text for w in words)
@@ -74,7 +75,7 @@ def _inside_a_long_word(cue: Cue, words: list[TimedWord]) -> bool:
 @given(spoken())
 def test_no_cue_is_held_over_a_long_silence(words: list[TimedWord]) -> None:
     cues = layout(words)
-    for before, after in zip(words, words[1:], strict=False):
+    for before, after in itertools.pairwise(words):
         if after.start - before.end >= HOLD_SECONDS:
             assert any(c.start == after.start for c in cues), (before, after)
 
@@ -183,7 +184,7 @@ def test_markup_never_shows_and_every_shown_word_is_timed_in_order(
     words = timed_words(text, stamps)
     assert [w.text for w in words] == shown
     assert not any(re.search(r"[<>{}\[\]]", w.text) for w in words)
-    for a, b in zip(words, words[1:], strict=False):
+    for a, b in itertools.pairwise(words):
         assert a.start <= a.end <= b.start + 1e-9
     cues = layout(words)
     assert _shown_words(cues) == shown

@@ -11,8 +11,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.plan import OutputSpec
 from pipeline.audio import decode
+from pipeline.plan import OutputSpec
 from pipeline.stitch import Part, Placement, StitchSpec, render, split_keeps, stitch
 from tests.unit.test_stitch import decode_file, noise, padded, silence, silent_runs, tone, write_wav
 
