@@ -18,6 +18,8 @@ RESULTS_KEY = "results.json"
 DEFAULT_KEEP_RELEASES = 3
 # What a script id must not start with: the destination's own folders and files.
 RESERVED_NAMES = frozenset({CACHE_PREFIX, RELEASES_PREFIX, RESULTS_KEY})
+# A cached segment's word timestamps, beside its `.wav` (see `words_path`).
+WORDS_SUFFIX = ".words.json"
 # Cache keys are digests; anything else (a slash, a dot) could address outside the cache.
 _CACHE_KEY = re.compile(r"[A-Za-z0-9_-]{2,}")
 
@@ -76,7 +78,7 @@ def cache_key_path(cache_key: str) -> str:
 
 def words_path(cache_path: str) -> str:
     """The key of a cached segment's word timestamps, beside its audio: `<key>.words.json`."""
-    return cache_path.removesuffix(".wav") + ".words.json"
+    return cache_path.removesuffix(".wav") + WORDS_SUFFIX
 
 
 def namespaced_cache_path(namespace: str, cache_key: str) -> str:
