@@ -38,7 +38,7 @@ async def test_words_come_with_the_audio_and_speeds_travel_with_the_text(
     assert result.words[-1].end <= result.seconds + 0.001
     after = engine.metrics()
     assert after["requests"] - before["requests"] == 1
-    # A slower [word] (Mist v2: a higher alpha is slower) makes the audio longer than the same text at one speed.
+    # A slower [word] (Mist v2: a higher alpha is slower) makes the audio longer.
     plain = await synthesize_segment(
         object(),  # type: ignore[arg-type]
         _limiter(),
