@@ -673,17 +673,21 @@ def _check_rime(plan: JobPlan) -> Callable[[Engine, str], None]:
     """`submit`'s preflight, from this host, with the settings every host shares."""
     import asyncio
 
+    from pipeline.plan import timed_keys
     from pipeline.preflight import preflight
     from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
     from pipeline.settings import get_settings
     from pipeline.storage import cache_key_path, open_store
+    from pipeline.storage.keys import is_cached
 
     settings = get_settings()
     store = open_store(plan.destination)
+    timed = timed_keys(plan)
 
     def cached(segment: PlannedSegment) -> bool:
         # Where the workers look: their stages cache without a namespace.
-        return store.exists(cache_key_path(segment.cache_key))
+        path = cache_key_path(segment.cache_key)
+        return is_cached(store, path, words=segment.cache_key in timed)
 
     async def go() -> Callable[[Engine, str], None]:
         key, url = settings.rime_api_key, settings.rime_api_url

@@ -139,6 +139,12 @@ class JobPlan:
         return sum(s.chars for s in self.scripts)
 
 
+def timed_keys(plan: JobPlan) -> frozenset[str]:
+    """The cache keys whose audio is wanted with word timestamps (their scripts ask for
+    captions)."""
+    return frozenset(s.cache_key for c in plan.scripts if c.output.captions for s in c.segments)
+
+
 def cache_key(params: VoiceParams, text: str, inline_speed_alpha: tuple[float, ...]) -> str:
     """Content address of one segment's audio: same inputs, same key, on every machine."""
     payload = {

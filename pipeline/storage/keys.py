@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from pipeline.storage.base import InvalidKey
+from pipeline.storage.base import InvalidKey, ObjectStore
 
 CACHE_PREFIX = "cache"
 # Every job's outputs, each job under its own id (its release): `releases/<job id>/...`.
@@ -79,6 +79,12 @@ def cache_key_path(cache_key: str) -> str:
 def words_path(cache_path: str) -> str:
     """The key of a cached segment's word timestamps, beside its audio: `<key>.words.json`."""
     return cache_path.removesuffix(".wav") + WORDS_SUFFIX
+
+
+def is_cached(store: ObjectStore, cache_path: str, *, words: bool = False) -> bool:
+    """Whether a segment's audio is cached (and, with `words`, its word timestamps beside it),
+    as a plan, a diff or a preflight counts it; the stage checks the words match the audio."""
+    return store.exists(cache_path) and (not words or store.exists(words_path(cache_path)))
 
 
 def namespaced_cache_path(namespace: str, cache_key: str) -> str:
