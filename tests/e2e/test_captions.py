@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from rime_local.server import RunningEngine
 from tests.e2e.test_render import write
 from tests.fixtures.cli import Cli, probe
+from tests.fixtures.s3 import S3Env
 
 RATE = 22050
 SILENCE = 10 ** (-50 / 20) * 32768
@@ -174,11 +175,17 @@ def test_audio_cached_without_word_times_is_spoken_again_and_stays_valid_for_aud
     out = tmp_path / "out"
     assert not (out / "course/lesson-1.srt").exists()
 
-    # The cache entries have no word times: the three segments go over /ws3 once each.
+    # The cache entries have no word times: the three segments go over /ws3 once each (and
+    # the voice is checked first, as for any render that sends something). `diff` says so.
     before = engine.metrics()["requests"]
+    diff = run.run("diff", manifest(tmp_path))
+    assert diff.returncode == 0, diff
+    assert "~ course/lesson-1 (output)" in diff.stdout, diff
+    assert "to synthesize: 3 of 3 segments" in diff.stdout, diff
+    assert engine.metrics()["requests"] == before
     with_captions = run.run("render", manifest(tmp_path))
     assert with_captions.returncode == 0, with_captions
-    assert engine.metrics()["requests"] - before == 3
+    assert engine.metrics()["requests"] - before == 3 + 1
     assert [t for _, _, t in parse_srt(caption_files(out)["srt"])] == SENTENCES
 
     # The cache key is the same for audio-only renders: they still find every segment.
@@ -198,3 +205,25 @@ def test_a_bad_captions_setting_is_one_clear_error(cli: Cli, tmp_path: Path, val
     assert result.returncode != 0
     assert "captions" in result.output, result
     assert "Traceback" not in result.output
+
+
+def test_on_s3_captions_are_objects_of_the_release_and_their_words_are_cached(
+    cli: Cli, engine: RunningEngine, tmp_path: Path, s3: S3Env, s3_bucket: str
+) -> None:
+    run = cli.using(engine=engine, RIME_WS_URL=engine.ws_url)
+    destination = s3.uri(s3_bucket, "courses")
+    local = run.run("render", manifest(tmp_path), "-o", str(tmp_path / "local"))
+    assert local.returncode == 0, local
+
+    result = run.run("render", manifest(tmp_path), "-o", destination)
+
+    assert result.returncode == 0, result
+    listed = s3.client.list_objects_v2(Bucket=s3_bucket, Prefix="courses/")
+    keys = {o["Key"] for o in listed.get("Contents", [])}
+    assert sum(k.endswith(".words.json") for k in keys) == 3
+    for ext, content_type in [("srt", "application/x-subrip"), ("vtt", "text/vtt")]:
+        obj = s3.client.get_object(Bucket=s3_bucket, Key=f"courses/course/lesson-1.{ext}")
+        assert obj["ContentType"] == content_type
+        # The same words and the same timeline as in a folder.
+        expected = (tmp_path / "local" / f"course/lesson-1.{ext}").read_text()
+        assert obj["Body"].read().decode() == expected
