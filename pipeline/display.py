@@ -56,7 +56,7 @@ def plan_table(plan: JobPlan) -> Table:
             str(len(script.segments)),
             f"{script.chars:,}",
             f"{secs / 60:.1f}",
-            ", ".join(script.output.formats),
+            ", ".join((*script.output.formats, *script.output.captions)),
         )
     return table
 

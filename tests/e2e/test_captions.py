@@ -227,3 +227,9 @@ def test_on_s3_captions_are_objects_of_the_release_and_their_words_are_cached(
         # The same words and the same timeline as in a folder.
         expected = (tmp_path / "local" / f"course/lesson-1.{ext}").read_text()
         assert obj["Body"].read().decode() == expected
+
+
+def test_plan_lists_the_caption_files_with_the_formats(cli: Cli, tmp_path: Path) -> None:
+    result = cli.run("plan", manifest(tmp_path))
+    assert result.returncode == 0, result
+    assert "wav, mp3, srt, vtt" in result.stdout, result
