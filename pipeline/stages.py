@@ -38,7 +38,7 @@ from pipeline.publish import publish_when_due
 from pipeline.results import results_bytes
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.checks import parse_wav
-from pipeline.rime.errors import AuthError, RimeError, StreamCut
+from pipeline.rime.errors import AuthError, PermanentError, RimeError, StreamCut
 from pipeline.rime.events import WordTimestamp
 from pipeline.rime.params import TtsRequest
 from pipeline.stitch import Part, StitchResult, parts_for, spec_for, stitch
@@ -257,7 +257,10 @@ async def synth_stage(
                         work.segment.text, work.params, work.segment.inline_speed_alpha
                     )
                     if work.timed and ctx.timed_client is None:
-                        raise RimeBatchError("captions need word timestamps: no /ws3 client")
+                        raise PermanentError(
+                            "captions need word timestamps, which only Rime's /ws3 gives, "
+                            "and this executor has no WebSocket client"
+                        )
                     result = await synthesize_segment(
                         ctx.client,
                         ctx.limiter,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -198,17 +198,18 @@ class RimeWsClient:
         self,
         text: str,
         context_id: str | None = None,
-        inline_speed_alpha: Sequence[float] = (),
+        inline_speed_alpha: str | None = None,
     ) -> None:
         """Add text to the server's buffer; later events are tagged with `context_id`.
 
-        `inline_speed_alpha` is the speeds of this text's own `[word]`s (a per-message option).
+        `inline_speed_alpha` is the speeds of this text's own `[word]`s, as Rime writes them
+        (`TtsRequest.inline_speed_alpha_text`): a per-message option.
         """
         message: dict[str, Any] = {"text": text}
         if context_id is not None:
             message["contextId"] = context_id
         if inline_speed_alpha:
-            message["inlineSpeedAlpha"] = ", ".join(f"{v:g}" for v in inline_speed_alpha)
+            message["inlineSpeedAlpha"] = inline_speed_alpha
         await self.send_json(message)
 
     async def flush(self) -> None:
@@ -259,7 +260,7 @@ class RimeWsClient:
         text: str,
         context_id: str | None = None,
         *,
-        inline_speed_alpha: Sequence[float] = (),
+        inline_speed_alpha: str | None = None,
         on_audio: Callable[[], None] | None = None,
     ) -> Synthesis:
         """Send `text`, flush, and gather that utterance's audio and word times (see `utterance`).
@@ -348,7 +349,7 @@ class WsSynthesizer:
             receive_timeout=self._receive_timeout,
         ) as ws:
             result = await ws.synthesize(
-                req.text, inline_speed_alpha=req.inline_speed_alpha, on_audio=on_audio
+                req.text, inline_speed_alpha=req.inline_speed_alpha_text, on_audio=on_audio
             )
         check_audio(result.audio, fmt)
         return result
