@@ -233,3 +233,25 @@ def test_plan_lists_the_caption_files_with_the_formats(cli: Cli, tmp_path: Path)
     result = cli.run("plan", manifest(tmp_path))
     assert result.returncode == 0, result
     assert "wav, mp3, srt, vtt" in result.stdout, result
+
+
+def test_pruning_the_cache_takes_each_segments_word_times_with_its_audio(
+    cli: Cli, engine: RunningEngine, tmp_path: Path
+) -> None:
+    run = cli.using(engine=engine, RIME_WS_URL=engine.ws_url)
+    path = manifest(tmp_path)
+    assert run.run("render", path).returncode == 0
+    # The last sentence changes; with one release kept, the old one's segment is unused.
+    edited = path.read_text().replace("in the rain", "in the snow")
+    path.write_text("keep_releases: 1\n" + edited)
+    assert run.run("render", path).returncode == 0
+    cache = tmp_path / "out" / "cache"
+    assert len(list(cache.rglob("*.wav"))) == len(list(cache.rglob("*.words.json"))) == 4
+
+    pruned = run.run("cache", "prune", "lessons")
+
+    assert pruned.returncode == 0, pruned
+    assert "freed 1 cached segments" in pruned.stdout and "kept 3" in pruned.stdout, pruned
+    stems = {p.name.split(".")[0] for p in cache.rglob("*") if p.is_file()}
+    assert len(stems) == 3
+    assert len(list(cache.rglob("*.words.json"))) == 3
