@@ -187,14 +187,19 @@ def test_audio_cached_without_word_times_is_spoken_again_and_stays_valid_for_aud
     assert with_captions.returncode == 0, with_captions
     assert engine.metrics()["requests"] - before == 3 + 1
     assert [t for _, _, t in parse_srt(caption_files(out)["srt"])] == SENTENCES
+    captioned, captions = results(out)["release"], caption_files(out)
 
     # The cache key is the same for audio-only renders: they still find every segment.
     before = engine.metrics()["requests"]
     again = run.run("render", manifest(tmp_path, captions=False))
     assert again.returncode == 0, again
     assert engine.metrics()["requests"] == before
-    # A release without captions unpublishes them with the rest of the old set.
+    # A release without captions unpublishes them with the rest of the old set, and a
+    # rollback brings them back with its audio.
     assert not (out / "course/lesson-1.srt").exists()
+    rolled = run.run("rollback", "lessons", captioned)
+    assert rolled.returncode == 0, rolled
+    assert caption_files(out) == captions
 
 
 @pytest.mark.parametrize("value", ["[txt]", "[srt, srt]"])
