@@ -2,7 +2,8 @@
 
 Cached segments live under `cache/` at the destination, beside `releases/`, shared by every
 production rendering there: a sync of the published prompts leaves both folders out. An entry
-is kept while a release that still has its files (or a job not yet finished) uses it.
+is kept while a release that still has its files (or a job not yet finished) uses it, and so is
+its word timestamps file (`pipeline.captions.sidecar`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import PurePosixPath
 from sqlalchemy import Engine, select
 
 from pipeline.storage import ObjectStore
-from pipeline.storage.keys import CACHE_PREFIX
+from pipeline.storage.keys import CACHE_PREFIX, WORDS_SUFFIX
 from pipeline.store.schema import JOBS, SEGMENTS
 
 # A cache entry's name ends in its key, a SHA-256 digest (an executor may prefix a namespace).
@@ -48,9 +49,12 @@ def prune_cache(db: Engine, store: ObjectStore, destination: str) -> Freed:
     deleted, size, kept = 0, 0, 0
     local = True
     for key in list(store.list_keys(f"{CACHE_PREFIX}/")):
-        digest = PurePosixPath(key).stem[-_DIGEST_CHARS:]
+        # `<digest>.wav` and its word timestamps, `<digest>.words.json`, go together.
+        name = PurePosixPath(key).name
+        digest = name.split(".")[0][-_DIGEST_CHARS:]
+        segment = not name.endswith(WORDS_SUFFIX)  # entries are counted by their audio
         if digest in used:
-            kept += 1
+            kept += segment
             continue
         path = store.local_path(key)
         if path is None:
@@ -58,5 +62,5 @@ def prune_cache(db: Engine, store: ObjectStore, destination: str) -> Freed:
         else:
             size += path.stat().st_size
         store.delete(key)
-        deleted += 1
+        deleted += segment
     return Freed(deleted, size if local else None, kept)

@@ -124,13 +124,14 @@ def _cache_namespace() -> str:
 
 
 @contextmanager
-def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
-    """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process."""
+def _rime_endpoint() -> Iterator[tuple[str, str, SecretStr | None, str]]:
+    """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process: the
+    HTTP URL, the /ws3 URL, the key and the cache namespace."""
     from pipeline.settings import get_settings
 
     settings = get_settings()
     if settings.rime_api_key is not None:
-        yield settings.rime_api_url, settings.rime_api_key, ""
+        yield settings.rime_api_url, settings.rime_ws_url, settings.rime_api_key, ""
         return
     from rime_local.config import EngineConfig
     from rime_local.server import start_in_thread
@@ -138,7 +139,7 @@ def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
     engine = start_in_thread(EngineConfig())
     _err().print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
     try:
-        yield engine.http_url, None, LOCAL_CACHE_NAMESPACE
+        yield engine.http_url, engine.ws_url, None, LOCAL_CACHE_NAMESPACE
     finally:
         engine.stop()
 
@@ -159,6 +160,7 @@ def _execute(
     from pipeline.preflight import cached_for, preflight
     from pipeline.progress import Done, ProgressReporter
     from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
+    from pipeline.rime.ws import WsSynthesizer
     from pipeline.run import run_job
     from pipeline.settings import get_settings
     from pipeline.stages import Context
@@ -176,6 +178,7 @@ def _execute(
 
     async def go(
         http_url: str,
+        ws_url: str,
         key: SecretStr | None,
         namespace: str,
         reporter: ProgressReporter,
@@ -198,6 +201,9 @@ def _execute(
                 policy=settings.policy,
                 on_event=reporter,
                 cache_namespace=namespace,
+                timed_client=WsSynthesizer(
+                    ws_url, key, receive_timeout=settings.read_timeout_seconds
+                ),
             )
             # Before the job is recorded or started: a wrong URL, key or voice leaves nothing.
             count_probes = await preflight(client, plan, http_url, cached_for(ctx, plan))
@@ -211,7 +217,7 @@ def _execute(
             )
 
     with (
-        _rime_endpoint() as (http_url, key, namespace),
+        _rime_endpoint() as (http_url, ws_url, key, namespace),
         ProgressReporter(
             _err(),
             segments=segments,
@@ -223,7 +229,7 @@ def _execute(
     ):
         try:
             try:
-                state = asyncio.run(go(http_url, key, namespace, reporter, executor))
+                state = asyncio.run(go(http_url, ws_url, key, namespace, reporter, executor))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None
@@ -671,17 +677,21 @@ def _check_rime(plan: JobPlan) -> Callable[[Engine, str], None]:
     """`submit`'s preflight, from this host, with the settings every host shares."""
     import asyncio
 
+    from pipeline.plan import timed_keys
     from pipeline.preflight import preflight
     from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
     from pipeline.settings import get_settings
     from pipeline.storage import cache_key_path, open_store
+    from pipeline.storage.keys import is_cached
 
     settings = get_settings()
     store = open_store(plan.destination)
+    timed = timed_keys(plan)
 
     def cached(segment: PlannedSegment) -> bool:
         # Where the workers look: their stages cache without a namespace.
-        return store.exists(cache_key_path(segment.cache_key))
+        path = cache_key_path(segment.cache_key)
+        return is_cached(store, path, words=segment.cache_key in timed)
 
     async def go() -> Callable[[Engine, str], None]:
         key, url = settings.rime_api_key, settings.rime_api_url

@@ -18,10 +18,10 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, select
 
-from pipeline.plan import JobPlan, PlannedSegment, ScriptPlan
+from pipeline.plan import JobPlan, PlannedSegment, ScriptPlan, timed_keys
 from pipeline.settings import Settings
 from pipeline.storage import open_store
-from pipeline.storage.keys import namespaced_cache_path
+from pipeline.storage.keys import is_cached, namespaced_cache_path
 from pipeline.store import State, load_plan, productions
 from pipeline.store.schema import JOBS, SEGMENTS
 
@@ -133,10 +133,15 @@ def diff_at_destination(
     """`diff_plan` against the segment cache at the plan's destination (`cache_namespace`: whose
     audio, "" for Rime's), at the configured cap and price."""
     store = open_store(plan.destination)
+    timed = timed_keys(plan)
     return diff_plan(
         db,
         plan,
-        lambda segment: store.exists(namespaced_cache_path(cache_namespace, segment.cache_key)),
+        lambda segment: is_cached(
+            store,
+            namespaced_cache_path(cache_namespace, segment.cache_key),
+            words=segment.cache_key in timed,
+        ),
         concurrency=settings.limits.concurrency,
         price_per_1k_chars=settings.price_per_1k_chars,
     )

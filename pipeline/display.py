@@ -66,7 +66,7 @@ def plan_table(plan: JobPlan, titles: Mapping[str, str] | None = None) -> Table:
             str(len(script.segments)),
             f"{script.chars:,}",
             f"{secs / 60:.1f}",
-            ", ".join(script.output.formats),
+            ", ".join((*script.output.formats, *script.output.captions)),
             *([f"{script.lexicon_hits:,}"] if hits else []),
         )
     return table

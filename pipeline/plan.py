@@ -41,6 +41,7 @@ class OutputSpec:
     loudness_lufs: float | None = None
     true_peak_db: float = -1.0
     mp3_bitrate: str = "128k"
+    captions: tuple[str, ...] = ()  # srt | vtt: subtitles beside the audio, from word times
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,12 @@ class JobPlan:
         return sum(s.chars for s in self.scripts)
 
 
+def timed_keys(plan: JobPlan) -> frozenset[str]:
+    """The cache keys whose audio is wanted with word timestamps (their scripts ask for
+    captions)."""
+    return frozenset(s.cache_key for c in plan.scripts if c.output.captions for s in c.segments)
+
+
 def cache_key(params: VoiceParams, text: str, inline_speed_alpha: tuple[float, ...]) -> str:
     """Content address of one segment's audio: same inputs, same key, on every machine."""
     payload = {
@@ -230,6 +237,7 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
         formats=tuple(voice.formats),
         loudness_lufs=voice.loudness_lufs,
         mp3_bitrate=voice.mp3_bitrate,
+        captions=tuple(voice.captions),
     )
     return ScriptPlan(
         script.id,

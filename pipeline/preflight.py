@@ -40,7 +40,7 @@ from functools import partial
 from sqlalchemy import Engine
 
 from pipeline.errors import InputError, RimeBatchError, Unreachable, first_line, without_credentials
-from pipeline.plan import JobPlan, PlannedSegment
+from pipeline.plan import JobPlan, PlannedSegment, timed_keys
 from pipeline.retry import RetryPolicy
 from pipeline.rime.errors import (
     AuthError,
@@ -52,6 +52,7 @@ from pipeline.rime.errors import (
 )
 from pipeline.rime.params import TtsRequest, VoiceParams
 from pipeline.stages import Context
+from pipeline.storage.keys import is_cached
 from pipeline.store import State, transitions, views
 from pipeline.synth import REQUEST_FORMAT, Synthesizer
 
@@ -227,4 +228,7 @@ def _nothing_cached(_segment: PlannedSegment) -> bool:
 def cached_for(ctx: Context, plan: JobPlan) -> Callable[[PlannedSegment], bool]:
     """Whether a segment's audio is in the plan's segment cache, as `ctx`'s stages look it up."""
     store = ctx.store(plan.destination)
-    return lambda segment: store.exists(ctx.cache_path(segment.cache_key))
+    timed = timed_keys(plan)
+    return lambda segment: is_cached(
+        store, ctx.cache_path(segment.cache_key), words=segment.cache_key in timed
+    )

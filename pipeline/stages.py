@@ -22,24 +22,28 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from sqlalchemy import Engine
 
 from pipeline import wav
+from pipeline.captions import caption_texts, programme_words, sidecar
 from pipeline.errors import RimeBatchError
 from pipeline.executor import Executor
+from pipeline.files import atomic_write, sha256_file
 from pipeline.limits import Limiter
 from pipeline.notify import ENDED_IN, JobEvent, job_ended
-from pipeline.plan import PlannedSegment
+from pipeline.plan import PlannedSegment, ScriptPlan
 from pipeline.publish import publish_when_due
 from pipeline.results import results_bytes
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.checks import parse_wav
-from pipeline.rime.errors import AuthError, RimeError, StreamCut
+from pipeline.rime.errors import AuthError, PermanentError, RimeError, StreamCut
+from pipeline.rime.events import WordTimestamp
 from pipeline.rime.params import TtsRequest
-from pipeline.stitch import StitchResult, parts_for, spec_for, stitch
+from pipeline.stitch import Part, StitchResult, parts_for, spec_for, stitch
 from pipeline.storage import (
+    OUTPUT_EXTENSIONS,
     ObjectNotFound,
     ObjectStore,
     content_type_for,
@@ -48,10 +52,10 @@ from pipeline.storage import (
     release_key,
 )
 from pipeline.storage import output_metadata as make_metadata
-from pipeline.storage.keys import RESULTS_KEY, namespaced_cache_path
+from pipeline.storage.keys import RESULTS_KEY, namespaced_cache_path, words_path
 from pipeline.store import OutputFile, State, plans, transitions, views
 from pipeline.store.transitions import NOTHING, Next
-from pipeline.synth import Attempt, Synthesizer, synthesize_segment
+from pipeline.synth import Attempt, Synthesizer, TimedSynthesizer, synthesize_segment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,6 +120,8 @@ class Context:
     # Audio from different synthesizers never shares a cache entry: a render against the local
     # engine must not be shipped later as if Rime had spoken it.
     cache_namespace: str = ""
+    # Rime's /ws3 client, for the segments of scripts that ask for captions (word timestamps).
+    timed_client: TimedSynthesizer | None = None
     _stores: dict[str, ObjectStore] = field(default_factory=dict)
     _making: dict[str, _Making] = field(default_factory=dict)
 
@@ -241,7 +247,7 @@ async def synth_stage(
                 cached_seconds = (
                     None
                     if work.no_cache
-                    else await _off_loop(store, key, _cached_seconds, store, key)
+                    else await _off_loop(store, key, _cached_seconds, store, key, work.timed)
                 )
                 if cached_seconds is not None:
                     take()
@@ -250,6 +256,11 @@ async def synth_stage(
                     req = TtsRequest(
                         work.segment.text, work.params, work.segment.inline_speed_alpha
                     )
+                    if work.timed and ctx.timed_client is None:
+                        raise PermanentError(
+                            "captions need word timestamps, which only Rime's /ws3 gives, "
+                            "and this executor has no WebSocket client"
+                        )
                     result = await synthesize_segment(
                         ctx.client,
                         ctx.limiter,
@@ -258,6 +269,7 @@ async def synth_stage(
                         on_attempt=lambda attempt: _record_failure(ctx, work, event, attempt),
                         on_slot=on_slot,
                         on_audio=on_audio,
+                        timed=ctx.timed_client if work.timed else None,
                     )
                     produced = True
                     step = "storing audio"
@@ -265,6 +277,15 @@ async def synth_stage(
                     await _off_loop(
                         store, key, partial(store.put_bytes, content_type="audio/wav"), key, cached
                     )
+                    if result.words is not None:
+                        # After the audio: a word file names the audio it belongs to.
+                        await _off_loop(
+                            store,
+                            key,
+                            partial(store.put_bytes, content_type="application/json"),
+                            words_path(key),
+                            sidecar.encode(cached, result.words),
+                        )
                     seconds, outcome = result.seconds, Outcome.SYNTHESIZED
             watch.active = False
     except ClaimLost:
@@ -364,18 +385,33 @@ def _record_failure(ctx: Context, work: plans.SegmentWork, event: Event, attempt
         )
 
 
-def _cached_seconds(store: ObjectStore, key: str) -> float | None:
-    """The duration of a cached segment, or None on a miss; a damaged entry counts as a miss."""
+def _cached_seconds(store: ObjectStore, key: str, timed: bool = False) -> float | None:
+    """The duration of a cached segment, or None on a miss; a damaged entry counts as a miss,
+    and so, when `timed`, does one without word timestamps made with its audio."""
     try:
         data = store.get_bytes(key)
     except ObjectNotFound:
         return None
     try:
-        return parse_wav(data).duration
+        seconds = parse_wav(data).duration
     except StreamCut as exc:
         # Content-addressed: left in place, a damaged file would fail this segment forever.
         log.warning("cached segment %s is damaged (%s); synthesizing it again", key, exc)
         store.delete(key)
+        return None
+    if timed and _cached_words(store, key, data) is None:
+        log.info("cached segment %s has no word timestamps; synthesizing it over /ws3", key)
+        return None
+    return seconds
+
+
+def _cached_words(
+    store: ObjectStore, key: str, audio_entry: bytes
+) -> tuple[WordTimestamp, ...] | None:
+    """The word timestamps cached with the audio entry `audio_entry` of `key`, if any."""
+    try:
+        return sidecar.decode(store.get_bytes(words_path(key)), audio_entry)
+    except ObjectNotFound:
         return None
 
 
@@ -451,9 +487,15 @@ def _stitch_into(
         else:
             assert scratch is not None
             spec = spec_for(plan, scratch / "out", stem="output")
-        result = stitch(parts_for(plan, fetch), spec)
+        parts = parts_for(plan, fetch)
+        result = stitch(parts, spec)
+        files = {fmt: (f.path, f.sha256, f.size_bytes) for fmt, f in result.files.items()}
+        if plan.output.captions:
+            files.update(
+                _write_captions(ctx, store, plan, parts, result, spec.directory, spec.stem)
+            )
         outputs = []
-        for fmt, stitched in result.files.items():
+        for fmt, (path, sha256, size) in files.items():
             key = release(output_key(plan.script_id, fmt))
             if in_place is not None:
                 uri = store.uri_for(key)
@@ -462,14 +504,50 @@ def _stitch_into(
                     work.job_id,
                     plan.params.speaker,
                     plan.params.model_id,
-                    stitched.duration_seconds,
-                    stitched.sha256,
+                    result.duration_seconds,
+                    sha256,
                 )
                 uri = store.put_file(
-                    key, stitched.path, content_type=content_type_for(fmt), metadata=metadata
+                    key, path, content_type=content_type_for(fmt), metadata=metadata
                 )
-            outputs.append(OutputFile(fmt, uri, stitched.sha256, stitched.size_bytes))
+            outputs.append(OutputFile(fmt, uri, sha256, size))
     return result, outputs
+
+
+def _write_captions(
+    ctx: Context,
+    store: ObjectStore,
+    plan: ScriptPlan,
+    parts: list[Part],
+    result: StitchResult,
+    directory: Path,
+    stem: str,
+) -> dict[str, tuple[Path, str, int]]:
+    """Write the script's caption files beside its audio: each format's (path, sha256, size).
+
+    Each segment's words are those cached with the very audio file that was stitched.
+    """
+    segments = []
+    for segment, part in zip(plan.segments, parts, strict=True):
+        key = ctx.cache_path(segment.cache_key)
+        words = _cached_words(store, key, part.path.read_bytes())
+        if words is None:
+            raise RimeBatchError(
+                f"segment {segment.index} has no word timestamps cached with its audio; "
+                "render the script again"
+            )
+        segments.append((segment.text, words))
+    texts = caption_texts(programme_words(segments, result.placements), plan.output.captions)
+    files = {}
+    for fmt, text in texts.items():
+        path = directory / f"{stem}{OUTPUT_EXTENSIONS[fmt]}"
+        atomic_write(path, partial(_write_all, text.encode()))
+        files[fmt] = (path, sha256_file(path), path.stat().st_size)
+    return files
+
+
+def _write_all(data: bytes, fh: BinaryIO) -> None:
+    fh.write(data)
 
 
 def _scratch_folder() -> tempfile.TemporaryDirectory[str]:

@@ -7,7 +7,9 @@ keep (10 ms) either side so soft word edges survive. The requested pause is the 
 two 10 ms keeps, and a pause shorter than two keeps shrinks the keeps. So the programme lasts
 exactly lead pause + every segment's speech + every pause_after_ms (the last segment's too),
 and a segment that is all silence contributes only its pause. Every join gets a short fade
-(5 ms) in and out so a cut through low-level noise cannot click.
+(5 ms) in and out so a cut through low-level noise cannot click. `render` reports where each
+part's kept samples land in the programme (a `Placement`), so anything timed against a segment
+(its word timestamps) is moved by the same arithmetic that placed its audio.
 
 Memory is bounded by two segments: segments are decoded one at a time, with one segment of
 look-ahead because the keep after a segment depends on the head room of the next. Loudness
@@ -68,6 +70,24 @@ class StitchSpec:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where one part's kept samples landed: source [source_start, source_start + length) is
+    programme [programme_start, programme_start + length), in samples at the stitch rate."""
+
+    part: int  # the part's index in the parts given to render()
+    source_start: int
+    programme_start: int
+    length: int
+    rate: int
+
+    def programme_seconds(self, source_seconds: float) -> float:
+        """A time in the part's own audio as a time in the programme, held inside what was kept
+        (a time in trimmed silence lands on the kept edge nearest to it)."""
+        offset = round(source_seconds * self.rate) - self.source_start
+        return (self.programme_start + min(max(offset, 0), self.length)) / self.rate
+
+
+@dataclass(frozen=True)
 class StitchedFile:
     """One encoded output file."""
 
@@ -87,6 +107,7 @@ class StitchResult:
     measured: Loudness | None = None  # before gain; None when normalization is off
     gain_db: float = 0.0
     samples: int = 0  # sample frames at the source rate
+    placements: tuple[Placement, ...] = ()  # one per part with speech, in order
 
 
 @dataclass(frozen=True)
@@ -140,8 +161,15 @@ def faded(samples: Samples, fade: int) -> Samples:
     return out
 
 
-def render(parts: Iterable[Part], spec: StitchSpec) -> Iterator[Samples]:
-    """The stitched programme as float32 chunks, one segment (or a second of silence) each."""
+def render(
+    parts: Iterable[Part],
+    spec: StitchSpec,
+    on_place: Callable[[Placement], None] | None = None,
+) -> Iterator[Samples]:
+    """The stitched programme as float32 chunks, one segment (or a second of silence) each.
+
+    `on_place` hears each part's `Placement` as its audio is yielded.
+    """
     rate = spec.sample_rate
     threshold = 10.0 ** (spec.silence_threshold_dbfs / 20.0)
     keep = _to_samples(spec.keep_ms, rate)
@@ -149,7 +177,16 @@ def render(parts: Iterable[Part], spec: StitchSpec) -> Iterator[Samples]:
     gap = _to_samples(spec.lead_pause_ms, rate)  # silence owed before the next speech
     prev: _Speech | None = None
     prev_head = 0
-    for part in parts:
+    prev_index = 0
+    at = 0  # samples yielded so far: where the next chunk starts in the programme
+
+    def placed(clip: Samples) -> Samples:
+        assert prev is not None
+        if on_place is not None:
+            on_place(Placement(prev_index, prev.start - prev_head, at, len(clip), rate))
+        return faded(clip, fade)
+
+    for index, part in enumerate(parts):
         samples = decode(part.path, rate)
         bounds = speech_bounds(samples, threshold)
         if bounds is not None:
@@ -158,13 +195,17 @@ def render(parts: Iterable[Part], spec: StitchSpec) -> Iterator[Samples]:
                 tail, head = 0, min(keep, cur.head_room, gap)
             else:
                 tail, head = split_keeps(gap, prev.tail_room, cur.head_room, keep)
-                yield faded(prev.clip(prev_head, tail), fade)
-            yield from _silence(gap - tail - head, rate)
-            prev, prev_head, gap = cur, head, 0
+                chunk = placed(prev.clip(prev_head, tail))
+                yield chunk
+                at += len(chunk)
+            for silence in _silence(gap - tail - head, rate):
+                yield silence
+                at += len(silence)
+            prev, prev_head, prev_index, gap = cur, head, index, 0
         gap += _to_samples(part.pause_after_ms, rate)
     if prev is not None:
         tail = min(keep, prev.tail_room, gap)
-        yield faded(prev.clip(prev_head, tail), fade)
+        yield placed(prev.clip(prev_head, tail))
         gap -= tail
     yield from _silence(gap, rate)
 
@@ -209,10 +250,11 @@ def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
         )
     gain = 10.0 ** (gain_db / 20.0)
     written = 0
+    placements: list[Placement] = []
 
     def pcm() -> Iterator[bytes]:
         nonlocal written
-        for chunk in render(parts, spec):
+        for chunk in render(parts, spec, placements.append):
             written += len(chunk)
             yield to_pcm16(chunk, gain)
 
@@ -224,7 +266,7 @@ def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
         fmt: StitchedFile(fmt, path, duration, sha256_file(path), path.stat().st_size)
         for fmt, path in outputs.items()
     }
-    return StitchResult(files, duration, measured, gain_db, written)
+    return StitchResult(files, duration, measured, gain_db, written, tuple(placements))
 
 
 def parts_for(script: ScriptPlan, path_of: Callable[[PlannedSegment], Path]) -> list[Part]:

@@ -1,5 +1,9 @@
 """Synthesis of one segment: limiter -> Rime HTTP stream -> checks, under the retry policy.
 
+A segment whose words must be timed (its script asks for captions) is synthesized by a
+`TimedSynthesizer` instead (Rime's /ws3 WebSocket, the only API that returns word timestamps),
+under the same limiter, retries, checks and billing.
+
 Rime has no idempotency key: every attempt whose audio started to arrive was generated and is
 billed, even when the stream was then cut or the audio was rejected. The client reports the
 first audio byte of each attempt (`on_audio`) as it arrives, so the job table counts what the
@@ -17,7 +21,9 @@ from pipeline.limits import Limiter
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.checks import duration
 from pipeline.rime.errors import RateLimited, RimeError, StreamCut, TransientError
+from pipeline.rime.events import WordTimestamp
 from pipeline.rime.params import AudioFormat, TtsRequest
+from pipeline.rime.utterance import Synthesis
 
 # What we ask Rime for: raw 16-bit PCM is lossless, needs no decoder and its length is its duration.
 REQUEST_FORMAT = AudioFormat.PCM
@@ -42,6 +48,20 @@ class Synthesizer(Protocol):
         ...
 
 
+class TimedSynthesizer(Protocol):
+    """Anything that turns one request into audio and its word times (Rime's /ws3)."""
+
+    async def synthesize_timed(
+        self,
+        req: TtsRequest,
+        fmt: AudioFormat = ...,
+        *,
+        on_audio: Callable[[], None] | None = None,
+    ) -> Synthesis:
+        """The audio of `req` with its words timed from its start; `on_audio` as above."""
+        ...
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One try at a segment, as the job table records it."""
@@ -60,6 +80,7 @@ class SynthResult:
     sampling_rate: int
     seconds: float
     attempts: int
+    words: tuple[WordTimestamp, ...] | None = None  # when synthesized with word times
 
 
 def plausible_seconds(req: TtsRequest) -> tuple[float, float]:
@@ -91,12 +112,14 @@ async def synthesize_segment(
     on_attempt: Callable[[Attempt], None] = lambda _: None,
     on_slot: Callable[[int], Awaitable[None]] | None = None,
     on_audio: Callable[[], None] | None = None,
+    timed: TimedSynthesizer | None = None,
 ) -> SynthResult:
     """Synthesize `req` with retries; every attempt is reported to `on_attempt` as it ends.
 
     `on_slot(attempt number)` runs once a slot of the limiter is held, just before the request
     (the place to claim the work: a claim is never held while waiting for a slot); what it
     raises ends the synthesis. `on_audio` is called at the first audio byte of each attempt.
+    With `timed`, the request goes to it instead of `client`, and the result has word times.
     """
     sampling_rate = req.voice.effective_sampling_rate
     number = 0
@@ -114,7 +137,14 @@ async def synthesize_segment(
                 async with limiter.slot():
                     if on_slot is not None:
                         await on_slot(number)
-                    pcm = await client.synthesize(req, REQUEST_FORMAT, on_audio=audio_began)
+                    words: tuple[WordTimestamp, ...] | None = None
+                    if timed is None:
+                        pcm = await client.synthesize(req, REQUEST_FORMAT, on_audio=audio_began)
+                    else:
+                        got = await timed.synthesize_timed(
+                            req, REQUEST_FORMAT, on_audio=audio_began
+                        )
+                        pcm, words = got.audio, got.words
                 seconds = check_plausible(pcm, sampling_rate, req)
             except RimeError as exc:
                 if isinstance(exc, RateLimited):
@@ -124,5 +154,5 @@ async def synthesize_segment(
                 raise
             await limiter.on_success()
             on_attempt(Attempt(number, None, len(req.text)))
-            return SynthResult(pcm, sampling_rate, seconds, number)
+            return SynthResult(pcm, sampling_rate, seconds, number, words)
     raise AssertionError("unreachable: the retry policy re-raises the last error")

@@ -29,6 +29,7 @@ from pipeline.deliver import Sender
 from pipeline.executor import Executor
 from pipeline.limits.shared import RedisLimiter
 from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
+from pipeline.rime.ws import WsSynthesizer
 from pipeline.settings import Settings
 from pipeline.stages import Context, Event
 from pipeline.store import open_database
@@ -80,6 +81,11 @@ class Runtime:
             self.executor,
             policy=settings.policy,
             on_event=log_event,
+            timed_client=WsSynthesizer(
+                settings.rime_ws_url,
+                settings.rime_api_key,
+                receive_timeout=settings.read_timeout_seconds,
+            ),
         )
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.dispatch = Dispatcher(app)

@@ -173,7 +173,9 @@ def _check_outputs(
 ) -> None:
     """Every output key of the job can be written: none clashes with another, or with what the
     destination folder already holds (found out otherwise after the requests were billed)."""
-    keys = [(s, output_key(s.id, fmt)) for s in scripts for fmt in s.voice.formats]
+    keys = [
+        (s, output_key(s.id, fmt)) for s in scripts for fmt in (*s.voice.formats, *s.voice.captions)
+    ]
     clash = first_clash(keys)
     if clash is not None:
         earlier, later, earlier_key, later_key = clash

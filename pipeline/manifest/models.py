@@ -30,6 +30,7 @@ from pipeline.rime.models import DEFAULT_MAX_CHARS, MODELS
 from pipeline.storage.keys import DEFAULT_KEEP_RELEASES
 
 Format = Literal["wav", "wav-mulaw", "mulaw", "mp3", "ogg"]
+CaptionFormat = Literal["srt", "vtt"]
 
 # MPEG-1 Layer III bitrates; ffmpeg's mp3 encoder rounds anything else to one of these.
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
@@ -122,6 +123,8 @@ class Voice(BaseModel):
     pauses_as_cuts: bool = False
     loudness_lufs: Number | None = Field(default=None, ge=LOUDNESS_RANGE[0], le=LOUDNESS_RANGE[1])
     mp3_bitrate: str = "128k"
+    # Subtitle files written beside each output, from word timestamps (synthesized over /ws3).
+    captions: tuple[CaptionFormat, ...] = ()
 
     @field_validator("modelId")
     @classmethod
@@ -172,7 +175,7 @@ class Voice(BaseModel):
             )
         return rate
 
-    @field_validator("inlineSpeedAlpha", "formats", mode="before")
+    @field_validator("inlineSpeedAlpha", "formats", "captions", mode="before")
     @classmethod
     def _accept_joined_list(cls, value: Any) -> Any:
         return _split_list(value)
@@ -188,7 +191,7 @@ class Voice(BaseModel):
             )
         return alphas
 
-    @field_validator("formats")
+    @field_validator("formats", "captions")
     @classmethod
     def _distinct_formats(cls, formats: tuple[str, ...]) -> tuple[str, ...]:
         repeated = sorted({f for f in formats if formats.count(f) > 1})

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -31,9 +31,9 @@ from websockets.frames import CloseCode
 
 from pipeline import __version__
 from pipeline.rime import errors
-from pipeline.rime.checks import duration
-from pipeline.rime.events import ErrorEvent, Event, parse_event
-from pipeline.rime.params import AudioFormat, Segmenting, VoiceParams
+from pipeline.rime.checks import check_audio, duration
+from pipeline.rime.events import Chunk, ErrorEvent, Event, parse_event
+from pipeline.rime.params import AudioFormat, Segmenting, TtsRequest, VoiceParams
 from pipeline.rime.utterance import SETTLE_SECONDS, Assembly, Synthesis
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,22 @@ class RimeWsClient:
         except ConnectionClosed as exc:
             raise self._closed_error(exc) from exc
 
-    async def send_text(self, text: str, context_id: str | None = None) -> None:
-        """Add text to the server's buffer; later events are tagged with `context_id`."""
+    async def send_text(
+        self,
+        text: str,
+        context_id: str | None = None,
+        inline_speed_alpha: str | None = None,
+    ) -> None:
+        """Add text to the server's buffer; later events are tagged with `context_id`.
+
+        `inline_speed_alpha` is the speeds of this text's own `[word]`s, as Rime writes them
+        (`TtsRequest.inline_speed_alpha_text`): a per-message option.
+        """
         message: dict[str, Any] = {"text": text}
         if context_id is not None:
             message["contextId"] = context_id
+        if inline_speed_alpha:
+            message["inlineSpeedAlpha"] = inline_speed_alpha
         await self.send_json(message)
 
     async def flush(self) -> None:
@@ -244,11 +255,19 @@ class RimeWsClient:
         while (event := await self.recv()) is not None:
             yield event
 
-    async def synthesize(self, text: str, context_id: str | None = None) -> Synthesis:
+    async def synthesize(
+        self,
+        text: str,
+        context_id: str | None = None,
+        *,
+        inline_speed_alpha: str | None = None,
+        on_audio: Callable[[], None] | None = None,
+    ) -> Synthesis:
         """Send `text`, flush, and gather that utterance's audio and word times (see `utterance`).
 
         Events of other contexts that come before its first done are a previous utterance's
-        leftovers and are skipped; so are error events tagged with another context.
+        leftovers and are skipped; so are error events tagged with another context. `on_audio`
+        is called once, at the utterance's first audio chunk (from then on, Rime bills).
         """
         if self.segment is not Segmenting.NEVER:
             # Under the other settings the server may cut the text into several batches on
@@ -260,7 +279,7 @@ class RimeWsClient:
                 f"{self.params.max_chars}"
             )
         context_id = context_id or uuid.uuid4().hex
-        await self.send_text(text, context_id)
+        await self.send_text(text, context_id, inline_speed_alpha)
         await self.flush()
         assembly = Assembly(text, context_id, self._seconds_of)
         while not assembly.complete:
@@ -285,6 +304,9 @@ class RimeWsClient:
                     break  # the server has moved on
                 log.debug("skipping an event of another context")
                 continue
+            if on_audio is not None and isinstance(event, Chunk) and event.audio:
+                on_audio()
+                on_audio = None
             assembly.add(event)
         return assembly.result()
 
@@ -294,3 +316,40 @@ class RimeWsClient:
         model = params.model
         rate = params.sampling_rate or (model.default_sampling_rate if model else None)
         return duration(audio, self.audio_format, rate) if rate else None
+
+
+class WsSynthesizer:
+    """Synthesis with word timestamps over /ws3: one connection per request (its voice is the
+    connection's query), `segment=never` and one flush, the audio checked as HTTP's is."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | SecretStr | None = None,
+        *,
+        receive_timeout: float | None = DEFAULT_RECEIVE_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self._api_key = api_key
+        self._receive_timeout = receive_timeout
+
+    async def synthesize_timed(
+        self,
+        req: TtsRequest,
+        fmt: AudioFormat = AudioFormat.PCM,
+        *,
+        on_audio: Callable[[], None] | None = None,
+    ) -> Synthesis:
+        """The audio of `req` and its word times; `on_audio` is called at its first audio."""
+        async with RimeWsClient.connect(
+            self.url,
+            req.voice,
+            self._api_key,
+            audio_format=fmt,
+            receive_timeout=self._receive_timeout,
+        ) as ws:
+            result = await ws.synthesize(
+                req.text, inline_speed_alpha=req.inline_speed_alpha_text, on_audio=on_audio
+            )
+        check_audio(result.audio, fmt)
+        return result

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from pipeline.storage.base import InvalidKey
+from pipeline.storage.base import InvalidKey, ObjectStore
 
 CACHE_PREFIX = "cache"
 # Every job's outputs, each job under its own id (its release): `releases/<job id>/...`.
@@ -18,6 +18,8 @@ RESULTS_KEY = "results.json"
 DEFAULT_KEEP_RELEASES = 3
 # What a script id must not start with: the destination's own folders and files.
 RESERVED_NAMES = frozenset({CACHE_PREFIX, RELEASES_PREFIX, RESULTS_KEY})
+# A cached segment's word timestamps, beside its `.wav` (see `words_path`).
+WORDS_SUFFIX = ".words.json"
 # Cache keys are digests; anything else (a slash, a dot) could address outside the cache.
 _CACHE_KEY = re.compile(r"[A-Za-z0-9_-]{2,}")
 
@@ -28,6 +30,9 @@ OUTPUT_EXTENSIONS: Mapping[str, str] = {
     "mulaw": ".ulaw",
     "mp3": ".mp3",
     "ogg": ".ogg",
+    # Captions (OutputSpec.captions), published, pruned and rolled back with the audio.
+    "srt": ".srt",
+    "vtt": ".vtt",
 }
 
 Owner = TypeVar("Owner")
@@ -69,6 +74,17 @@ def cache_key_path(cache_key: str) -> str:
             f"cache key {cache_key!r} must be at least two letters, digits, '-' or '_'"
         )
     return f"{CACHE_PREFIX}/{cache_key[:2]}/{cache_key}.wav"
+
+
+def words_path(cache_path: str) -> str:
+    """The key of a cached segment's word timestamps, beside its audio: `<key>.words.json`."""
+    return cache_path.removesuffix(".wav") + WORDS_SUFFIX
+
+
+def is_cached(store: ObjectStore, cache_path: str, *, words: bool = False) -> bool:
+    """Whether a segment's audio is cached (and, with `words`, its word timestamps beside it),
+    as a plan, a diff or a preflight counts it; the stage checks the words match the audio."""
+    return store.exists(cache_path) and (not words or store.exists(words_path(cache_path)))
 
 
 def namespaced_cache_path(namespace: str, cache_key: str) -> str:

@@ -10,6 +10,8 @@ CONTENT_TYPES: dict[str, str] = {
     "mulaw": "audio/basic",  # RFC 2046: headerless 8-bit mu-law
     "mp3": "audio/mpeg",
     "ogg": "audio/ogg",
+    "srt": "application/x-subrip",
+    "vtt": "text/vtt",
 }
 
 # Printable ASCII except '%', which marks an escaped byte.

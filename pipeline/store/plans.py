@@ -190,6 +190,7 @@ class SegmentWork:
     params: VoiceParams  # the segment's own: its script's, with any it needs (request_params)
     segment: PlannedSegment
     no_cache: bool = False  # the job asked for fresh synthesis: the cache is not read
+    timed: bool = False  # its script asks for captions: its words need timestamps
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ _SEGMENTS_WORK = select(
     SEGMENTS.c.state,
     SEGMENTS.c.attempts,
     SCRIPTS.c.params,
+    SCRIPTS.c.output,
     *_SEGMENT_COLUMNS,
 ).select_from(
     SEGMENTS.join(SCRIPTS, SEGMENTS.c.script_pk == SCRIPTS.c.id).join(
@@ -271,6 +273,7 @@ def _segment_work(found: RowMapping, params: VoiceParams) -> SegmentWork:
         params=segment.request_params(params),
         segment=segment,
         no_cache=bool((found["options"] or {}).get("no_cache", False)),
+        timed=bool((found["output"] or {}).get("captions")),
     )
 
 

@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
     {"pipeline.stitch", "pipeline.store"},
     {
         "pipeline.results",
+        "pipeline.captions",
         "pipeline.reach",
         "pipeline.executor",
         "pipeline.cache",

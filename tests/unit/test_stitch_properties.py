@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.audio import decode
 from pipeline.plan import OutputSpec
-from pipeline.stitch import Part, StitchSpec, render, split_keeps, stitch
+from pipeline.stitch import Part, Placement, StitchSpec, render, split_keeps, stitch
 from tests.unit.test_stitch import decode_file, noise, padded, silence, silent_runs, tone, write_wav
 
 RATE = 16000
@@ -123,3 +125,48 @@ def test_split_keeps_fits_the_pause_and_the_room(
     assert tail + head <= pause
     # Nothing is given up without need: either both keeps are whole or the pause is used up.
     assert (tail, head) == (min(keep, tail_room), min(keep, head_room)) or tail + head == pause
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scripts)
+def test_placements_say_where_each_segments_samples_landed(
+    script: tuple[int, list[tuple[int, int, int, int]]],
+) -> None:
+    """Each placement is checked against the programme itself: the samples it names are the
+    part's own samples (inside the fades), and a time in the part maps onto its sample."""
+    lead, segments = script
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        parts = _write(folder, segments)
+        spec = StitchSpec(RATE, folder / "out", "s", OutputSpec(("wav",)), lead_pause_ms=lead)
+        placements: list[Placement] = []
+        programme = np.concatenate(
+            [np.zeros(0, np.float32), *render(parts, spec, placements.append)]
+        )
+
+    speaking = [i for i, s in enumerate(segments) if s[0] > 0]
+    assert [p.part for p in placements] == speaking
+    fade = round(spec.fade_ms * RATE / 1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        sources = _write(folder, segments)
+        for p in placements:
+            source = decode(sources[p.part].path, RATE)
+            inner = slice(fade, p.length - fade)
+            placed = programme[p.programme_start : p.programme_start + p.length][inner]
+            own = source[p.source_start : p.source_start + p.length][inner]
+            np.testing.assert_array_equal(placed, own)
+            # A time in the part's own audio, as seconds, finds the same sample in the programme.
+            for x in range(p.source_start + fade, p.source_start + p.length - fade, 97):
+                at = round(p.programme_seconds(x / RATE) * RATE)
+                assert programme[at] == source[x]
+    # Placements never overlap and run in programme order.
+    for a, b in itertools.pairwise(placements):
+        assert a.programme_start + a.length <= b.programme_start
+
+
+def test_a_time_in_trimmed_silence_lands_on_the_kept_edge() -> None:
+    placement = Placement(part=0, source_start=800, programme_start=16000, length=1600, rate=RATE)
+    assert placement.programme_seconds(0.0) == 1.0  # before the kept samples: their start
+    assert placement.programme_seconds(0.06) == (16000 + 160) / RATE
+    assert placement.programme_seconds(9.0) == (16000 + 1600) / RATE  # past them: their end
