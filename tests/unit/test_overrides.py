@@ -370,6 +370,7 @@ _OWN = {
     "pauses_as_cuts": "true",
     "loudness_lufs": "-20",
     "mp3_bitrate": "192k",
+    "captions": "srt",
 }
 _word = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,11}", fullmatch=True)
 _scalar = st.one_of(
