@@ -195,12 +195,14 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
         )
     except InputError as exc:
         raise script.text_source.error(_locate(str(exc), script, exc)) from exc
+    last = len(segments) - 1
     planned = tuple(
         PlannedSegment(
             index=i,
             source=seg.source,
             text=seg.text,
-            pause_after_ms=gap_ms(seg, voice),
+            # The tail pause is the last segment's own trailing pause, at least.
+            pause_after_ms=max(gap_ms(seg, voice), voice.tail_pause_ms if i == last else 0),
             inline_speed_alpha=seg.inline_speed_alpha,
             cache_key=cache_key(params, seg.text, seg.inline_speed_alpha),
         )
@@ -209,9 +211,11 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
     output = OutputSpec(
         formats=tuple(voice.formats),
         loudness_lufs=voice.loudness_lufs,
+        true_peak_db=voice.true_peak_db,
         mp3_bitrate=voice.mp3_bitrate,
     )
-    return ScriptPlan(script.id, params, output, planned, lead_pause_ms(segments))
+    lead = max(lead_pause_ms(segments), voice.lead_pause_ms)
+    return ScriptPlan(script.id, params, output, planned, lead)
 
 
 def _locate(message: str, script: ScriptSpec, exc: Exception) -> str:

@@ -14,9 +14,25 @@ ROOT = Path(__file__).resolve().parents[2]
 # lower layer; never a layer above it, nor another package of its own layer. Imports under
 # TYPE_CHECKING count too: they are a dependency all the same.
 LAYERS: list[set[str]] = [
-    {"pipeline", "pipeline.errors", "pipeline.files", "pipeline.wav", "pipeline.g711"},
-    {"pipeline.rime", "pipeline.markup", "pipeline.storage", "pipeline.audio", "pipeline.webhook"},
     {
+        "pipeline",
+        "pipeline.errors",
+        "pipeline.files",
+        "pipeline.wav",
+        "pipeline.g711",
+        "pipeline.loudness",
+        "pipeline.mp3",
+    },
+    {
+        "pipeline.rime",
+        "pipeline.markup",
+        "pipeline.storage",
+        "pipeline.audio",
+        "pipeline.webhook",
+        "pipeline.acx",
+    },
+    {
+        "pipeline.analysis",
         "pipeline.retry",
         "pipeline.limits",
         "pipeline.segment",
