@@ -307,7 +307,7 @@ def encode(
         if piped or measure:
             cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats"]
             cmd += ["-v", "info" if measure else "error", *_raw_input("s16le", sample_rate)]
-            cmd += ["-filter_complex", _split_graph(filters, len(piped), measure)]
+            cmd += ["-filter_complex", split_graph(filters, len(piped), measure)]
             for index, (fmt, temp) in enumerate(piped.items()):
                 args = encoder_args(fmt, sample_rate=sample_rate, mp3_bitrate=mp3_bitrate)
                 # bitexact keeps encoder version strings and random Ogg serials out of the
@@ -338,7 +338,7 @@ def encode(
     return measured
 
 
-def _split_graph(filters: str | None, outputs: int, measure: bool) -> str:
+def split_graph(filters: str | None, outputs: int, measure: bool) -> str:
     """The one filter graph of an encode: the input through `filters`, split to each encoder
     (`[o0]`, `[o1]`, ...) and, when measuring, through ebur128 to `[measured]`."""
     labels = [f"[o{index}]" for index in range(outputs)] + (["[m]"] if measure else [])
