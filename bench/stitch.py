@@ -119,7 +119,7 @@ def run_ffmpeg_alone(parts: list[Part], rate: int, out: Path) -> dict[str, objec
     steps = 0
     while leveling.limit_dbtp is not None and steps < MAX_SEARCH_STEPS:
         steps += 1
-        chain = f"{leveling_filter(leveling, rate)},ebur128=framelog=quiet"
+        chain = f"{leveling_filter(leveling, rate, oversample=False)},ebur128=framelog=quiet"
         got = parse_ebur128_summary(_ffmpeg_log(*source, "-af", chain, "-f", "null", "-"))
         if got.integrated_lufs is None or met(got.integrated_lufs, LOUDNESS_LUFS):
             break

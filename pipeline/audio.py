@@ -151,17 +151,19 @@ def parse_ebur128_summary(log: str) -> Loudness:
     )
 
 
-def leveling_filter(leveling: Leveling, sample_rate: int) -> str:
+def leveling_filter(leveling: Leveling, sample_rate: int, *, oversample: bool = True) -> str:
     """The ffmpeg filter chain that applies `leveling` to mono audio at `sample_rate`.
 
     The limiter looks ahead, and `latency=1` gives its delay back, so every sample stays
     where it was (captions and chapter marks rely on it); `level=0` keeps it from making up
-    gain of its own. It runs oversampled so that it holds the true peak, not only the samples.
+    gain of its own. It runs oversampled so that it holds the true peak, not only the samples;
+    `oversample=False` is the cheap copy the gain search measures loudness through (the peaks
+    between samples it misses weigh nothing in integrated loudness).
     """
     chain = f"volume={leveling.gain_db:.4f}dB:precision=double"
     if leveling.limit_dbtp is None:
         return chain
-    factor = -(-LIMITER_MIN_RATE // sample_rate)  # ceiling division
+    factor = -(-LIMITER_MIN_RATE // sample_rate) if oversample else 1  # ceiling division
     limit = 10.0 ** (leveling.limit_dbtp / 20.0)
     limiter = (
         f"alimiter=limit={limit:.6f}:attack={LIMITER_ATTACK_MS:g}:release={LIMITER_RELEASE_MS:g}"

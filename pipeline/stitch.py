@@ -193,7 +193,7 @@ def find_leveling(
         got = measure_loudness(
             render(parts, spec),
             spec.sample_rate,
-            filters=leveling_filter(leveling, spec.sample_rate),
+            filters=leveling_filter(leveling, spec.sample_rate, oversample=False),
             peak=False,  # the limiter holds the peak; only the loudness is in question
         )
         if got.integrated_lufs is None or met(got.integrated_lufs, target_lufs):
