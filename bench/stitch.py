@@ -247,7 +247,7 @@ def main() -> None:
         print(
             f"{len(segments)} distinct segments of ~{args.segment_seconds:g} s at {args.rate} Hz "
             f"({disk:.1f} MiB on disk), reused; outputs: {', '.join(FORMATS)}; "
-            f"loudness {LOUDNESS_LUFS:g} LUFS (two passes)"
+            f"loudness {LOUDNESS_LUFS:g} LUFS at -1 dBTP (limited where the gain needs it)"
         )
         ours = measure("streaming", folder, args.hours, args)
         alone = measure("ffmpeg", folder, args.hours, args)
