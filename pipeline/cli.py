@@ -483,12 +483,12 @@ def diff(
 
 @app.command()
 def check(
-    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Audio files to measure.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio files to measure.")],
     acx: Annotated[
         bool, typer.Option("--acx", help="Judge every figure by ACX's rules; exit 1 on a failure.")
     ] = False,
 ) -> None:
-    """Measure audio files: loudness, range, true peak, RMS, noise floor, room tone, format."""
+    """Measure audio files: loudness, levels, room tone, format."""
     from pipeline.acx import judge
     from pipeline.analysis import analyze
     from pipeline.audio import AudioError
