@@ -34,7 +34,14 @@ from pipeline.audio import (
     parse_ebur128_summary,
     split_graph,
 )
-from pipeline.loudness import MAX_SEARCH_STEPS, Leveling, first_leveling, met, next_gain
+from pipeline.loudness import (
+    MAX_SEARCH_STEPS,
+    Leveling,
+    first_leveling,
+    held_limit,
+    met,
+    next_gain,
+)
 from pipeline.plan import OutputSpec
 from pipeline.stitch import Part, StitchSpec, stitch
 
@@ -95,6 +102,7 @@ def run_streaming(parts: list[Part], rate: int, out: Path) -> dict[str, object]:
         "gain_db": round(result.gain_db, 2),
         "limited": result.loudness.limited,
         "lufs": result.loudness.integrated_lufs,
+        "peak": result.loudness.true_peak_dbtp,
         "sizes": {f: r.size_bytes for f, r in result.files.items()},
     }
 
@@ -118,9 +126,13 @@ def run_ffmpeg_alone(parts: list[Part], rate: int, out: Path) -> dict[str, objec
     tried: list[tuple[float, float]] = []
     steps = 0
     while leveling.limit_dbtp is not None and steps < MAX_SEARCH_STEPS:
+        first = steps == 0
         steps += 1
-        chain = f"{leveling_filter(leveling, rate, oversample=False)},ebur128=framelog=quiet"
+        meter = "ebur128=peak=true:framelog=quiet" if first else "ebur128=framelog=quiet"
+        chain = f"{leveling_filter(leveling, rate, oversample=first)},{meter}"
         got = parse_ebur128_summary(_ffmpeg_log(*source, "-af", chain, "-f", "null", "-"))
+        if first:
+            leveling = held_limit(leveling, got.true_peak_dbtp)
         if got.integrated_lufs is None or met(got.integrated_lufs, LOUDNESS_LUFS):
             break
         tried.append((leveling.gain_db, got.integrated_lufs))
@@ -138,6 +150,7 @@ def run_ffmpeg_alone(parts: list[Part], rate: int, out: Path) -> dict[str, objec
         "gain_db": round(leveling.gain_db, 2),
         "passes": 2 + steps,
         "lufs": final.integrated_lufs,
+        "peak": final.true_peak_dbtp,
     }
 
 
@@ -210,7 +223,8 @@ def measure(
     if variant == "ffmpeg":
         print(
             f"ffmpeg    alone, the same {f['passes']} passes from a stitched WAV: "
-            f"{f['wall']:7.1f} s wall, gain {f['gain_db']} dB, {f['lufs']} LUFS"
+            f"{f['wall']:7.1f} s wall, gain {f['gain_db']} dB, {f['lufs']} LUFS, "
+            f"{f['peak']} dBTP"
         )
         return f
     audio = f["audio_seconds"]
@@ -219,7 +233,11 @@ def measure(
         f"{f['wall']:7.1f} s wall, {audio / f['wall']:6.0f}x real time, peak RSS "
         f"python {f['rss_mib']:5.0f} MiB, children {f['ffmpeg_mib']:5.0f} MiB"
         + (f", gain {f['gain_db']} dB" if "gain_db" in f else "")
-        + (f" ({'limited' if f['limited'] else 'plain'}), {f['lufs']} LUFS" if "lufs" in f else "")
+        + (
+            f" ({'limited' if f['limited'] else 'plain'}), {f['lufs']} LUFS, {f['peak']} dBTP"
+            if "lufs" in f
+            else ""
+        )
     )
     return f
 

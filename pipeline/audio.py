@@ -164,14 +164,18 @@ def leveling_filter(leveling: Leveling, sample_rate: int, *, oversample: bool = 
     if leveling.limit_dbtp is None:
         return chain
     factor = -(-LIMITER_MIN_RATE // sample_rate) if oversample else 1  # ceiling division
-    limit = 10.0 ** (leveling.limit_dbtp / 20.0)
-    limiter = (
-        f"alimiter=limit={limit:.6f}:attack={LIMITER_ATTACK_MS:g}:release={LIMITER_RELEASE_MS:g}"
-        ":level=0:latency=1"
-    )
+    limiter = _alimiter(leveling.limit_dbtp)
     if factor <= 1:
         return f"{chain},{limiter}"
     return f"{chain},aresample={sample_rate * factor},{limiter},aresample={sample_rate}"
+
+
+def _alimiter(limit_dbtp: float) -> str:
+    limit = 10.0 ** (limit_dbtp / 20.0)
+    return (
+        f"alimiter=limit={limit:.6f}:attack={LIMITER_ATTACK_MS:g}:release={LIMITER_RELEASE_MS:g}"
+        ":level=0:latency=1"
+    )
 
 
 def _ebur128(peak: bool) -> str:
@@ -196,14 +200,15 @@ def measure_loudness(
         "-nostats",
         "-v",
         "info",
-        *_raw_input("f32le", sample_rate),
+        *_raw_input("s16le", sample_rate),
         "-af",
         graph,
         "-f",
         "null",
         "-",
     ]
-    log = _run_ffmpeg(cmd, (np.ascontiguousarray(c, dtype="<f4").tobytes() for c in chunks))
+    # 16-bit, as the encoder is fed: the very samples it will get, in half the bytes of f32.
+    log = _run_ffmpeg(cmd, (to_pcm16(chunk) for chunk in chunks))
     return parse_ebur128_summary(log)
 
 

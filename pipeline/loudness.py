@@ -6,7 +6,8 @@ stays under the ceiling one gain is the whole answer. When it does not, the gain
 target is applied anyway and a limiter holds the peaks at the ceiling; limiting takes a little
 loudness away (more the harder it works), so the gain is found by measuring the limited
 programme and stepping towards the target (`next_gain`), a secant search over a smooth,
-increasing curve.
+increasing curve; the first step's peak, measured through the whole chain, lowers the limit by
+any overshoot (`held_limit`).
 """
 
 from __future__ import annotations
@@ -117,6 +118,21 @@ def next_gain(tried: list[tuple[float, float]], target_lufs: float) -> float:
     # Loudness rises with gain, by at most the gain itself; a flat or odd slope is clamped.
     slope = min(1.0, max(slope, 0.1))
     return g1 + miss / slope
+
+
+def held_limit(leveling: Leveling, true_peak_dbtp: float | None) -> Leveling:
+    """`leveling` with its limit lowered by what the limited programme measured over it.
+
+    The limiter holds its oversampled signal; resampling back to the programme's rate
+    reshapes the flattened peaks, and noise-like material comes out a few tenths of a dB over
+    (speech hardly does). Measured once through the full chain, that overshoot is taken off.
+    """
+    if leveling.limit_dbtp is None or true_peak_dbtp is None:
+        return leveling
+    over = true_peak_dbtp - leveling.limit_dbtp
+    if over <= 0:
+        return leveling
+    return Leveling(leveling.gain_db, leveling.limit_dbtp - over, leveling.max_gain_db + over)
 
 
 def met(lufs: float | None, target_lufs: float) -> bool:

@@ -43,6 +43,7 @@ from pipeline.loudness import (
     Loudness,
     LoudnessRecord,
     first_leveling,
+    held_limit,
     met,
     next_gain,
 )
@@ -189,13 +190,19 @@ def find_leveling(
     if leveling.limit_dbtp is None:
         return leveling
     tried: list[tuple[float, float]] = []
-    for _ in range(MAX_SEARCH_STEPS):
+    for step in range(MAX_SEARCH_STEPS):
+        # The first step goes through the full chain and measures the peak it leaves; the
+        # rest measure loudness only, through the limiter at the programme's rate (the peaks
+        # between samples it misses weigh nothing in integrated loudness).
+        first = step == 0
         got = measure_loudness(
             render(parts, spec),
             spec.sample_rate,
-            filters=leveling_filter(leveling, spec.sample_rate, oversample=False),
-            peak=False,  # the limiter holds the peak; only the loudness is in question
+            filters=leveling_filter(leveling, spec.sample_rate, oversample=first),
+            peak=first,
         )
+        if first:
+            leveling = held_limit(leveling, got.true_peak_dbtp)
         if got.integrated_lufs is None or met(got.integrated_lufs, target_lufs):
             return leveling
         tried.append((leveling.gain_db, got.integrated_lufs))
@@ -223,7 +230,8 @@ def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
     """Stitch `parts` into every format of `spec.output`; files appear atomically.
 
     With loudness normalization `parts` is read more than once (measure, then encode; a
-    limited gain adds a measuring pass a step), one segment file at a time.
+    limited gain adds a measuring pass a step, at most `MAX_SEARCH_STEPS`), one segment file
+    at a time.
     """
     outputs = output_paths(spec)
     rate = spec.sample_rate

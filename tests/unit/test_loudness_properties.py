@@ -12,9 +12,11 @@ from pipeline.loudness import (
     MAX_LIMITING_DB,
     TRUE_PEAK_MARGIN_DB,
     WARN_MISS_LU,
+    Leveling,
     Loudness,
     LoudnessRecord,
     first_leveling,
+    held_limit,
     next_gain,
 )
 from pipeline.mp3 import frame_bitrates
@@ -102,3 +104,19 @@ def test_mp3_frames_are_read_back_whatever_their_bitrates(indexes: list[int], ju
     assert frames.bitrates == tuple(table[i] for i in indexes)
     assert frames.constant == (len(set(indexes)) == 1)
     assert frames.kbps == (table[indexes[0]] if frames.constant else None)
+
+
+@given(st.floats(0, 20), st.floats(-9, 0), st.floats(-3, 3))
+def test_an_overshoot_measured_through_the_chain_is_taken_off_the_limit(
+    gain: float, limit: float, over: float
+) -> None:
+    leveling = Leveling(gain, limit, gain + 5)
+    held = held_limit(leveling, limit + over)
+    assert held.gain_db == gain
+    assert held.limit_dbtp is not None
+    if over <= 0:
+        assert held == leveling  # under the limit: nothing to take off
+    else:
+        assert held.limit_dbtp == pytest.approx(limit - over)
+        assert held.max_gain_db == pytest.approx(gain + 5 + over)
+    assert held_limit(Leveling(gain), 0.0) == Leveling(gain)
