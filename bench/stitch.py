@@ -1,7 +1,11 @@
 """Stitching throughput and memory: N hours of segments to mp3 and 8 kHz mu-law WAV.
 
 Prints wall time, times real time and peak RSS of Python and of its ffmpeg children for the
-streaming stitcher, and the same for naive pydub concatenation (`sum()` of AudioSegments,
+streaming stitcher; then ffmpeg alone doing the same work on the same audio (the programme
+stitched to a WAV file beforehand, untimed): its own loudness measurement, the same limited
+measuring passes when the gain needs the limiter, and one encode of both formats that measures
+what it encodes, as the stitcher's ffmpeg runs do, and the stitcher's time as a ratio of it
+(the goal: at most 1.1x); and the same for naive pydub concatenation (`sum()` of AudioSegments,
 exported by pydub) on a shorter programme. Each variant runs in its own process so the peak
 RSS figures are its own. A few distinct ~20 s segment files are made and reused, so the disk
 holds seconds of input, not hours.
@@ -23,7 +27,21 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio import ffmpeg_exe
+from pipeline.audio import (
+    encoder_args,
+    ffmpeg_exe,
+    leveling_filter,
+    parse_ebur128_summary,
+    split_graph,
+)
+from pipeline.loudness import (
+    MAX_SEARCH_STEPS,
+    Leveling,
+    first_leveling,
+    held_limit,
+    met,
+    next_gain,
+)
 from pipeline.plan import OutputSpec
 from pipeline.stitch import Part, StitchSpec, stitch
 
@@ -78,10 +96,61 @@ def make_parts(segments: list[Path], hours: float, segment_seconds: float) -> li
 def run_streaming(parts: list[Part], rate: int, out: Path) -> dict[str, object]:
     spec = StitchSpec(rate, out, "book", OutputSpec(FORMATS, loudness_lufs=LOUDNESS_LUFS))
     result = stitch(parts, spec)
+    assert result.loudness is not None
     return {
         "audio_seconds": result.duration_seconds,
         "gain_db": round(result.gain_db, 2),
+        "limited": result.loudness.limited,
+        "lufs": result.loudness.integrated_lufs,
+        "peak": result.loudness.true_peak_dbtp,
         "sizes": {f: r.size_bytes for f, r in result.files.items()},
+    }
+
+
+def _ffmpeg_log(*args: str) -> str:
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+
+
+def run_ffmpeg_alone(parts: list[Part], rate: int, out: Path) -> dict[str, object]:
+    """The same measurements and encode as the stitcher's, by ffmpeg from a stitched file."""
+    programme = out.parent / "programme.wav"
+    if not programme.exists():  # untimed: made by the first call
+        stitch(parts, StitchSpec(rate, out.parent, "programme", OutputSpec(("wav",))))
+        return {}
+    source = ["-i", str(programme)]
+    measured = parse_ebur128_summary(
+        _ffmpeg_log(*source, "-af", "ebur128=peak=true:framelog=quiet", "-f", "null", "-")
+    )
+    leveling = first_leveling(measured, LOUDNESS_LUFS, -1.0)
+    tried: list[tuple[float, float]] = []
+    steps = 0
+    while leveling.limit_dbtp is not None and steps < MAX_SEARCH_STEPS:
+        first = steps == 0
+        steps += 1
+        meter = "ebur128=peak=true:framelog=quiet" if first else "ebur128=framelog=quiet"
+        chain = f"{leveling_filter(leveling, rate, oversample=first)},{meter}"
+        got = parse_ebur128_summary(_ffmpeg_log(*source, "-af", chain, "-f", "null", "-"))
+        if first:
+            leveling = held_limit(leveling, got.true_peak_dbtp)
+        if got.integrated_lufs is None or met(got.integrated_lufs, LOUDNESS_LUFS):
+            break
+        tried.append((leveling.gain_db, got.integrated_lufs))
+        gain = min(next_gain(tried, LOUDNESS_LUFS), leveling.max_gain_db)
+        leveling = Leveling(gain, leveling.limit_dbtp, leveling.max_gain_db)
+    out.mkdir(parents=True, exist_ok=True)
+    args = [*source, "-filter_complex"]
+    args.append(split_graph(leveling_filter(leveling, rate), len(FORMATS), measure=True))
+    for index, fmt in enumerate(FORMATS):
+        args += ["-map", f"[o{index}]", *encoder_args(fmt, sample_rate=rate, mp3_bitrate="128k")]
+        args += ["-y", str(out / f"book.{fmt}")]
+    final = parse_ebur128_summary(_ffmpeg_log(*args, "-map", "[measured]", "-f", "null", "-"))
+    return {
+        "audio_seconds": 0.0,
+        "gain_db": round(leveling.gain_db, 2),
+        "passes": 2 + steps,
+        "lufs": final.integrated_lufs,
+        "peak": final.true_peak_dbtp,
     }
 
 
@@ -117,8 +186,11 @@ def worker(variant: str, folder: Path, hours: float, segment_seconds: float, rat
     segments = sorted(folder.glob("segment-*.wav"))
     parts = make_parts(segments, hours, segment_seconds)
     out = folder / f"out-{variant}"
+    run = {"streaming": run_streaming, "ffmpeg": run_ffmpeg_alone, "naive": run_naive}[variant]
+    if variant == "ffmpeg":
+        run(parts, rate, out)  # the stitched programme it reads, untimed
     started = time.perf_counter()
-    figures = (run_streaming if variant == "streaming" else run_naive)(parts, rate, out)
+    figures = run(parts, rate, out)
     wall = time.perf_counter() - started
     for path in out.iterdir():
         path.unlink()
@@ -137,22 +209,37 @@ def worker(variant: str, folder: Path, hours: float, segment_seconds: float, rat
     )
 
 
-def measure(variant: str, folder: Path, hours: float, args: argparse.Namespace) -> None:
+def measure(
+    variant: str, folder: Path, hours: float, args: argparse.Namespace
+) -> dict[str, object] | None:
     cmd = [sys.executable, __file__, "--worker", variant, "--dir", str(folder)]
     cmd += ["--hours", str(hours), "--segment-seconds", str(args.segment_seconds)]
     cmd += ["--rate", str(args.rate)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         print(f"{variant:9} {hours:g} h: failed ({proc.stderr.strip().splitlines()[-1:]})")
-        return
-    f = json.loads(proc.stdout.strip().splitlines()[-1])
+        return None
+    f: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if variant == "ffmpeg":
+        print(
+            f"ffmpeg    alone, the same {f['passes']} passes from a stitched WAV: "
+            f"{f['wall']:7.1f} s wall, gain {f['gain_db']} dB, {f['lufs']} LUFS, "
+            f"{f['peak']} dBTP"
+        )
+        return f
     audio = f["audio_seconds"]
     print(
         f"{variant:9} {audio / 3600:6.2f} h audio, {f['segments']:5d} segments: "
         f"{f['wall']:7.1f} s wall, {audio / f['wall']:6.0f}x real time, peak RSS "
         f"python {f['rss_mib']:5.0f} MiB, children {f['ffmpeg_mib']:5.0f} MiB"
         + (f", gain {f['gain_db']} dB" if "gain_db" in f else "")
+        + (
+            f" ({'limited' if f['limited'] else 'plain'}), {f['lufs']} LUFS, {f['peak']} dBTP"
+            if "lufs" in f
+            else ""
+        )
     )
+    return f
 
 
 def main() -> None:
@@ -162,7 +249,9 @@ def main() -> None:
     parser.add_argument("--naive-hours", type=float, default=1.0, help="0 skips pydub")
     parser.add_argument("--segment-seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=int, default=24000)
-    parser.add_argument("--worker", choices=["streaming", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=["streaming", "ffmpeg", "naive"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -176,9 +265,13 @@ def main() -> None:
         print(
             f"{len(segments)} distinct segments of ~{args.segment_seconds:g} s at {args.rate} Hz "
             f"({disk:.1f} MiB on disk), reused; outputs: {', '.join(FORMATS)}; "
-            f"loudness {LOUDNESS_LUFS:g} LUFS (two passes)"
+            f"loudness {LOUDNESS_LUFS:g} LUFS at -1 dBTP (limited where the gain needs it)"
         )
-        measure("streaming", folder, args.hours, args)
+        ours = measure("streaming", folder, args.hours, args)
+        alone = measure("ffmpeg", folder, args.hours, args)
+        if ours is not None and alone is not None:
+            ratio = float(ours["wall"]) / float(alone["wall"])  # type: ignore[arg-type]
+            print(f"stitch-and-encode / ffmpeg alone: {ratio:.2f}x (goal: at most 1.1x)")
         if args.naive_hours > 0:
             measure("naive", folder, args.naive_hours, args)
         print(

@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import IO
@@ -27,6 +26,7 @@ from pipeline import wav
 from pipeline.errors import RimeBatchError
 from pipeline.files import create_temp, fsync_path, temp_path_for
 from pipeline.g711 import encode_mulaw
+from pipeline.loudness import Leveling, Loudness
 
 Samples = npt.NDArray[np.float32]
 Pcm16 = npt.NDArray[np.int16]
@@ -122,37 +122,77 @@ def _ffmpeg_decode(path: Path, sample_rate: int) -> Pcm16:
     return np.frombuffer(proc.stdout, dtype="<i2")
 
 
-@dataclass(frozen=True)
-class Loudness:
-    """An EBU R128 measurement of a whole programme; None where it is silent."""
-
-    integrated_lufs: float | None
-    true_peak_dbtp: float | None
-
-
-_SUMMARY = re.compile(
-    r"Summary:.*?I:\s+(?P<i>-?inf|-?[\d.]+) LUFS.*?Peak:\s+(?P<tp>-?inf|-?[\d.]+) dBFS",
-    re.DOTALL,
-)
+_INTEGRATED = re.compile(r"I:\s+(-?inf|-?[\d.]+) LUFS")
+_RANGE = re.compile(r"LRA:\s+(-?inf|-?[\d.]+) LU\b")
+_TRUE_PEAK = re.compile(r"True peak:\s+Peak:\s+(-?inf|-?[\d.]+) dBFS")
+# The limiter runs at least this fast: at 4x a speech rate (and 2x at 44.1 or 48 kHz) the
+# peaks between samples are seen well enough for the true peak to hold within 0.1 dB.
+LIMITER_MIN_RATE = 88200
+LIMITER_ATTACK_MS = 5.0  # alimiter's default: quick enough for plosives
+LIMITER_RELEASE_MS = 50.0
 
 
 def parse_ebur128_summary(log: str) -> Loudness:
-    """The integrated loudness and true peak from ffmpeg's ebur128 summary in `log`."""
-    matches = list(_SUMMARY.finditer(log))
-    if not matches:
+    """Integrated loudness, loudness range and true peak from ebur128's last summary in `log`."""
+    start = log.rfind("Summary:")
+    body = log[start:] if start >= 0 else ""
+    integrated = _INTEGRATED.search(body)
+    if integrated is None:
         raise EncodeError(f"no loudness summary in ffmpeg's output: {_tail(log)}")
-    last = matches[-1]
-    integrated = float(last["i"])
-    peak = float(last["tp"])
+    lufs = float(integrated[1])
+    lra = _RANGE.search(body)
+    peak = _TRUE_PEAK.search(body)
+    peak_db = float(peak[1]) if peak is not None else None
+    silent = not lufs > ABSOLUTE_GATE_LUFS
     return Loudness(
-        integrated_lufs=integrated if integrated > ABSOLUTE_GATE_LUFS else None,
-        true_peak_dbtp=peak if np.isfinite(peak) else None,
+        integrated_lufs=None if silent else lufs,
+        true_peak_dbtp=peak_db if peak_db is not None and np.isfinite(peak_db) else None,
+        range_lu=None if silent or lra is None else float(lra[1]),
     )
 
 
-def measure_loudness(chunks: Iterable[Samples], sample_rate: int) -> Loudness:
-    """Integrated loudness and true peak of the concatenated `chunks`, streamed through ffmpeg."""
+def leveling_filter(leveling: Leveling, sample_rate: int, *, oversample: bool = True) -> str:
+    """The ffmpeg filter chain that applies `leveling` to mono audio at `sample_rate`.
+
+    The limiter looks ahead, and `latency=1` gives its delay back, so every sample stays
+    where it was (captions and chapter marks rely on it); `level=0` keeps it from making up
+    gain of its own. It runs oversampled so that it holds the true peak, not only the samples;
+    `oversample=False` is the cheap copy the gain search measures loudness through (the peaks
+    between samples it misses weigh nothing in integrated loudness).
+    """
+    chain = f"volume={leveling.gain_db:.4f}dB:precision=double"
+    if leveling.limit_dbtp is None:
+        return chain
+    factor = -(-LIMITER_MIN_RATE // sample_rate) if oversample else 1  # ceiling division
+    limiter = _alimiter(leveling.limit_dbtp)
+    if factor <= 1:
+        return f"{chain},{limiter}"
+    return f"{chain},aresample={sample_rate * factor},{limiter},aresample={sample_rate}"
+
+
+def _alimiter(limit_dbtp: float) -> str:
+    limit = 10.0 ** (limit_dbtp / 20.0)
+    return (
+        f"alimiter=limit={limit:.6f}:attack={LIMITER_ATTACK_MS:g}:release={LIMITER_RELEASE_MS:g}"
+        ":level=0:latency=1"
+    )
+
+
+def _ebur128(peak: bool) -> str:
+    return "ebur128=peak=true:framelog=quiet" if peak else "ebur128=framelog=quiet"
+
+
+def measure_loudness(
+    chunks: Iterable[Samples],
+    sample_rate: int,
+    *,
+    filters: str | None = None,
+    peak: bool = True,
+) -> Loudness:
+    """Integrated loudness, range and true peak of the concatenated `chunks`, streamed through
+    ffmpeg, after `filters` when given (`peak=False` skips the true peak, the costly part)."""
     # ebur128 is several times faster than loudnorm's measuring mode, which resamples to 192 kHz.
+    graph = _ebur128(peak) if filters is None else f"{filters},{_ebur128(peak)}"
     cmd = [
         ffmpeg_exe(),
         "-nostdin",
@@ -160,14 +200,15 @@ def measure_loudness(chunks: Iterable[Samples], sample_rate: int) -> Loudness:
         "-nostats",
         "-v",
         "info",
-        *_raw_input("f32le", sample_rate),
+        *_raw_input("s16le", sample_rate),
         "-af",
-        "ebur128=peak=true:framelog=quiet",
+        graph,
         "-f",
         "null",
         "-",
     ]
-    log = _run_ffmpeg(cmd, (np.ascontiguousarray(c, dtype="<f4").tobytes() for c in chunks))
+    # 16-bit, as the encoder is fed: the very samples it will get, in half the bytes of f32.
+    log = _run_ffmpeg(cmd, (to_pcm16(chunk) for chunk in chunks))
     return parse_ebur128_summary(log)
 
 
@@ -238,17 +279,27 @@ def encode(
     sample_rate: int,
     outputs: Mapping[str, Path],
     mp3_bitrate: str = "128k",
-) -> None:
+    filters: str | None = None,
+    measure: bool = False,
+) -> Loudness | None:
     """Encode 16-bit PCM `chunks` into every format of `outputs`, in one pass over them.
 
     PCM WAV, and mu-law at 8 kHz, are written here; everything else by one ffmpeg process fed
-    the same chunks. Each file is written under a temporary name beside its target and renamed
-    into place only when every encoder has finished cleanly, so a reader never sees a partial
-    file.
+    the same chunks, which decodes them once and splits them to every encoder. With `filters`
+    (a limiter), every format goes through that process, after the filters. With `measure`,
+    the same process measures what the encoders get (ebur128 on one more branch of the split)
+    and that measurement is returned. Each file is written under a temporary name beside its
+    target and renamed into place only when every encoder has finished cleanly, so a reader
+    never sees a partial file.
     """
     temps = {fmt: temp_path_for(path) for fmt, path in outputs.items()}
-    piped = {fmt: temp for fmt, temp in temps.items() if not written_here(fmt, sample_rate)}
+    piped = {
+        fmt: temp
+        for fmt, temp in temps.items()
+        if filters is not None or not written_here(fmt, sample_rate)
+    }
     native: list[_NativeFile] = []
+    measured: Loudness | None = None
     try:
         native = [
             _NativeFile(fmt, temp, sample_rate) for fmt, temp in temps.items() if fmt not in piped
@@ -260,16 +311,21 @@ def encode(
                     out.write(chunk)
                 yield chunk
 
-        if piped:
-            cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "error"]
-            cmd += _raw_input("s16le", sample_rate)
-            for fmt, temp in piped.items():
+        if piped or measure:
+            cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats"]
+            cmd += ["-v", "info" if measure else "error", *_raw_input("s16le", sample_rate)]
+            cmd += ["-filter_complex", split_graph(filters, len(piped), measure)]
+            for index, (fmt, temp) in enumerate(piped.items()):
                 args = encoder_args(fmt, sample_rate=sample_rate, mp3_bitrate=mp3_bitrate)
                 # bitexact keeps encoder version strings and random Ogg serials out of the
                 # files, so the same input gives the same bytes.
-                cmd += ["-map", "0:a", "-map_metadata", "-1", "-fflags", "+bitexact"]
+                cmd += ["-map", f"[o{index}]", "-map_metadata", "-1", "-fflags", "+bitexact"]
                 cmd += ["-flags:a", "+bitexact", *args, "-y", str(temp)]
-            _run_ffmpeg(cmd, tee())
+            if measure:
+                cmd += ["-map", "[measured]", "-f", "null", "-"]
+            log = _run_ffmpeg(cmd, tee())
+            if measure:
+                measured = parse_ebur128_summary(log)
             for temp in piped.values():
                 fsync_path(temp)
         else:
@@ -286,6 +342,18 @@ def encode(
             out.handle.close()
         for temp in temps.values():
             temp.unlink(missing_ok=True)
+    return measured
+
+
+def split_graph(filters: str | None, outputs: int, measure: bool) -> str:
+    """The one filter graph of an encode: the input through `filters`, split to each encoder
+    (`[o0]`, `[o1]`, ...) and, when measuring, through ebur128 to `[measured]`."""
+    labels = [f"[o{index}]" for index in range(outputs)] + (["[m]"] if measure else [])
+    head = f"[0:a]{filters or 'anull'}"
+    graph = f"{head},asplit={len(labels)}{''.join(labels)}" if len(labels) > 1 else head + labels[0]
+    if measure:
+        graph += f";[m]{_ebur128(peak=True)}[measured]"
+    return graph
 
 
 def _raw_input(sample_format: str, sample_rate: int) -> list[str]:

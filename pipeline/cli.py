@@ -492,6 +492,43 @@ def diff(
 
 
 @app.command()
+def check(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Audio files to measure.")],
+    acx: Annotated[
+        bool, typer.Option("--acx", help="Judge every figure by ACX's rules; exit 1 on a failure.")
+    ] = False,
+) -> None:
+    """Measure audio files: loudness, levels, room tone, format."""
+    from pipeline.acx import judge
+    from pipeline.analysis import analyze
+    from pipeline.audio import AudioError
+    from pipeline.display import check_lines
+
+    failed = False
+    for path in files:
+        try:
+            figures = analyze(path)
+        except AudioError as exc:
+            _err().print(f"error: {exc}", markup=False, highlight=False)
+            failed = True
+            continue
+        findings = judge(figures) if acx else None
+        for line in check_lines(path, figures, findings):
+            _out().print(line, markup=False, highlight=False)
+        if findings is not None:
+            for finding in findings:
+                if not finding.passed:
+                    _err().print(
+                        f"{path}: fails ACX: {finding.figure} {finding.shown} "
+                        f"(ACX: {finding.rule})",
+                        markup=False,
+                        highlight=False,
+                    )
+                    failed = True
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
 def segment(
     file: Annotated[
         str, typer.Argument(metavar="FILE", help="A text file, or - for standard input.")

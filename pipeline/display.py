@@ -16,9 +16,12 @@ from pipeline.rime.models import get_model
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from datetime import datetime
+    from pathlib import Path
 
+    from pipeline.acx import Finding
     from pipeline.deliver import Attempted
     from pipeline.diff import PlanDiff
+    from pipeline.loudness import FileFigures, LoudnessRecord
     from pipeline.plan import JobOptions, JobPlan, ScriptPlan
     from pipeline.store.deliveries import DeliveryStatus
     from pipeline.store.productions import Production, Release
@@ -111,10 +114,13 @@ def summary_table(summary: JobSummary) -> RenderableType:
     published = ", published" if job.published else ""
     title = f"job {job.job_id} ({job.name}): {job.shown_state}{published}"
     table = Table(title=title, caption=job.error or None)
-    columns = ("script", "state", "segments", "attempts", "chars", "billed", "audio", "error")
+    columns: tuple[str, ...] = ("script", "state", "segments", "attempts", "chars", "billed")
+    columns += ("audio", "loudness", "error")
     for name in columns:
-        table.add_column(name, no_wrap=name != "error", overflow="fold")
+        table.add_column(name, no_wrap=name not in ("error", "loudness"), overflow="fold")
     for s in summary.scripts:
+        problems = [s.error] if s.error else []
+        problems += [f"warning: {w}" for w in s.warnings]
         table.add_row(
             s.script_id,
             s.state.value,
@@ -123,13 +129,26 @@ def summary_table(summary: JobSummary) -> RenderableType:
             f"{s.chars:,}",
             f"{s.billed_chars:,}",
             "" if s.audio_seconds is None else f"{seconds(s.audio_seconds):.2f}s",
-            s.error or "",
+            loudness_cell(s.loudness),
+            "; ".join(problems),
         )
     overrides = overrides_line(job.options)
     if overrides is None:
         return table
     # One line however long, as given (a value such as inlineSpeedAlpha=[1, 2] is not markup).
     return Group(Text(f"overrides: {overrides}", no_wrap=True, overflow="ignore"), table)
+
+
+def loudness_cell(record: LoudnessRecord | None) -> str:
+    """A script's measured loudness in one cell: integrated, range, true peak, and how."""
+    if record is None:
+        return ""
+    if record.integrated_lufs is None:
+        return "silent"
+    how = "limited" if record.limited else "gain"
+    lra = "" if record.range_lu is None else f" LRA {record.range_lu:.1f}"
+    peak = "" if record.true_peak_dbtp is None else f" TP {record.true_peak_dbtp:.1f}"
+    return f"{record.integrated_lufs:.1f} LUFS{lra}{peak} ({how} {record.gain_db:+.1f} dB)"
 
 
 def releases_table(production: Production, rows: list[Release]) -> Table:
@@ -252,3 +271,27 @@ def attempts_table(rows: list[Attempted]) -> Table:
         answer = row.error or ("" if row.status is None else f"HTTP {row.status}")
         table.add_row(row.job_id, row.event, row.url, str(row.attempt), row.state.value, answer)
     return table
+
+
+def _level(value: float | None, unit: str) -> str:
+    return "silent" if value is None else f"{value:.1f} {unit}"
+
+
+def check_lines(path: Path, figures: FileFigures, findings: list[Finding] | None) -> list[str]:
+    """What `check` prints of one file: its figures, then each ACX rule when asked."""
+    f, loud = figures, figures.loudness
+    fmt = f"{f.codec}, {f.sample_rate} Hz, {f.channels} ch, {f.duration_seconds:.2f} s"
+    if f.codec == "mp3":
+        fmt += ", variable bitrate" if not f.constant_bitrate else f", {f.bitrate_kbps} kbps CBR"
+    lines = [
+        f"{path}: {fmt}",
+        f"  loudness {_level(loud.integrated_lufs, 'LUFS')}, range {_level(loud.range_lu, 'LU')}, "
+        f"true peak {_level(loud.true_peak_dbtp, 'dBTP')}",
+        f"  RMS {_level(f.rms_db, 'dB')}, peak {_level(f.sample_peak_db, 'dBFS')}, "
+        f"noise floor {_level(f.noise_floor_db, 'dB')}",
+        f"  silence: head {f.head_silence_seconds:.2f} s, tail {f.tail_silence_seconds:.2f} s",
+    ]
+    for finding in findings or ():
+        mark = "ok  " if finding.passed else "FAIL"
+        lines.append(f"  {mark} {finding.figure}: {finding.shown} (ACX: {finding.rule})")
+    return lines

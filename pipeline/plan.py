@@ -218,6 +218,7 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
         raise script.text_source.error(_locate(str(exc), script, exc, rewritten)) from exc
     # Where the lexicon wrote phonemes; markup is never cut, so each group is in one segment.
     phoneme_starts = [a for a, _ in rewritten.phoneme_spans()]
+    last = len(segments) - 1
     planned = []
     for i, seg in enumerate(segments):
         first = bisect_left(phoneme_starts, seg.start)
@@ -226,7 +227,8 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
             index=i,
             source=seg.source,
             text=seg.text,
-            pause_after_ms=gap_ms(seg, voice),
+            # The tail pause is the last segment's own trailing pause, at least.
+            pause_after_ms=max(gap_ms(seg, voice), voice.tail_pause_ms if i == last else 0),
             inline_speed_alpha=seg.inline_speed_alpha,
             cache_key="",
             phonemes=phonemes and not params.phonemize_between_brackets,
@@ -236,6 +238,7 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
     output = OutputSpec(
         formats=tuple(voice.formats),
         loudness_lufs=voice.loudness_lufs,
+        true_peak_db=voice.true_peak_db,
         mp3_bitrate=voice.mp3_bitrate,
         captions=tuple(voice.captions),
     )
@@ -244,7 +247,7 @@ def plan_script(script: ScriptSpec) -> ScriptPlan:
         params,
         output,
         tuple(planned),
-        lead_pause_ms(segments),
+        max(lead_pause_ms(segments), voice.lead_pause_ms),
         lexicon_hits=len(rewritten.substitutions),
     )
 

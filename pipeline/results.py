@@ -58,6 +58,9 @@ def results_document(
                 "billed_chars": s.billed_chars,
                 "attempts": s.attempts,
                 "error": s.error,
+                # Measured on the programme every output was encoded from; None when off.
+                "loudness": None if s.loudness is None else asdict(s.loudness),
+                "warnings": list(s.warnings),
             }
             for s in summary.scripts
         ],

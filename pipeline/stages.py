@@ -440,9 +440,18 @@ def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
             transitions.release_script(conn, script_pk, claim)
         raise
     with ctx.db.begin() as conn:
+        warning = None if result.loudness is None else result.loudness.warning()
         after = transitions.finish_script(
-            conn, script_pk, claim, audio_seconds=result.duration_seconds, outputs=outputs
+            conn,
+            script_pk,
+            claim,
+            audio_seconds=result.duration_seconds,
+            outputs=outputs,
+            loudness=result.loudness,
+            warnings=() if warning is None else (warning,),
         )
+    if warning is not None:
+        log.warning("script %s: %s", plan.script_id, warning)
     ctx.on_event(
         Event(
             "script",

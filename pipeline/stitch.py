@@ -14,8 +14,11 @@ part's kept samples land in the programme (a `Placement`), so anything timed aga
 Memory is bounded by two segments: segments are decoded one at a time, with one segment of
 look-ahead because the keep after a segment depends on the head room of the next. Loudness
 normalization measures the whole programme in a first streaming pass (EBU R128 integrated
-loudness and true peak) and applies one linear gain in the second, capped so the true peak
-stays under the ceiling; there is no per-segment or dynamic processing.
+loudness and true peak) and applies one linear gain in the last. When that gain would push the
+true peak over the ceiling, the gain is applied anyway and a true-peak limiter (with its delay
+compensated, so no sample moves) holds the peaks; the gain is then found by measuring the
+limited programme (`pipeline.loudness`). The encoding pass measures what it encodes, so every
+output's figures are measured, not derived. There is no per-segment processing.
 """
 
 from __future__ import annotations
@@ -28,22 +31,30 @@ import numpy as np
 
 from pipeline.audio import (
     AudioError,
-    Loudness,
     Samples,
     decode,
     encode,
+    leveling_filter,
     measure_loudness,
     to_pcm16,
 )
 from pipeline.files import sha256_file
+from pipeline.loudness import (
+    MAX_SEARCH_STEPS,
+    Leveling,
+    Loudness,
+    LoudnessRecord,
+    first_leveling,
+    held_limit,
+    met,
+    next_gain,
+)
 from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.storage import OUTPUT_EXTENSIONS
 
 SILENCE_THRESHOLD_DBFS = -50.0  # below any speech, above a clean TTS noise floor
 KEEP_MS = 10  # kept either side of the speech so soft consonants are not clipped
 FADE_MS = 5  # long enough to hide a cut, short enough not to touch the speech
-# ebur128 reports true peak to 0.1 dB and requantizing after the gain can add a hair more.
-TRUE_PEAK_MARGIN_DB = 0.1
 _SILENCE_CHUNK_SECONDS = 1  # a long pause is written in pieces, never allocated whole
 
 
@@ -108,6 +119,7 @@ class StitchResult:
     gain_db: float = 0.0
     samples: int = 0  # sample frames at the source rate
     placements: tuple[Placement, ...] = ()  # one per part with speech, in order
+    loudness: LoudnessRecord | None = None  # the encoded programme's; None when off
 
 
 @dataclass(frozen=True)
@@ -210,14 +222,36 @@ def render(
     yield from _silence(gap, rate)
 
 
-def normalization_gain_db(measured: Loudness, target_lufs: float, ceiling_dbtp: float) -> float:
-    """The one gain that brings `measured` to the target, capped by the true-peak ceiling."""
-    if measured.integrated_lufs is None:
-        return 0.0  # silence: nothing to normalize
-    gain = target_lufs - measured.integrated_lufs
-    if measured.true_peak_dbtp is not None:
-        gain = min(gain, ceiling_dbtp - TRUE_PEAK_MARGIN_DB - measured.true_peak_dbtp)
-    return gain
+def find_leveling(
+    parts: Sequence[Part], spec: StitchSpec, measured: Loudness, target_lufs: float
+) -> Leveling:
+    """The gain (and limit) that brings the programme to `target_lufs` under the ceiling: a
+    plain gain when it fits, else a limited one found by measuring (one pass a step)."""
+    leveling = first_leveling(measured, target_lufs, spec.output.true_peak_db)
+    if leveling.limit_dbtp is None:
+        return leveling
+    tried: list[tuple[float, float]] = []
+    for step in range(MAX_SEARCH_STEPS):
+        # The first step goes through the full chain and measures the peak it leaves; the
+        # rest measure loudness only, through the limiter at the programme's rate (the peaks
+        # between samples it misses weigh nothing in integrated loudness).
+        first = step == 0
+        got = measure_loudness(
+            render(parts, spec),
+            spec.sample_rate,
+            filters=leveling_filter(leveling, spec.sample_rate, oversample=first),
+            peak=first,
+        )
+        if first:
+            leveling = held_limit(leveling, got.true_peak_dbtp)
+        if got.integrated_lufs is None or met(got.integrated_lufs, target_lufs):
+            return leveling
+        tried.append((leveling.gain_db, got.integrated_lufs))
+        gain = min(next_gain(tried, target_lufs), leveling.max_gain_db)
+        if gain == leveling.gain_db:
+            return leveling  # as much limiting as is allowed: the target is missed, and said
+        leveling = Leveling(gain, leveling.limit_dbtp, leveling.max_gain_db)
+    return leveling
 
 
 def output_paths(spec: StitchSpec) -> dict[str, Path]:
@@ -236,19 +270,21 @@ def output_paths(spec: StitchSpec) -> dict[str, Path]:
 def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
     """Stitch `parts` into every format of `spec.output`; files appear atomically.
 
-    `parts` is read twice when loudness normalization is on (measure, then encode), one
-    segment file at a time.
+    With loudness normalization `parts` is read more than once (measure, then encode; a
+    limited gain adds a measuring pass a step, at most `MAX_SEARCH_STEPS`), one segment file
+    at a time.
     """
     outputs = output_paths(spec)
     rate = spec.sample_rate
+    target = spec.output.loudness_lufs
     measured: Loudness | None = None
-    gain_db = 0.0
-    if spec.output.loudness_lufs is not None:
+    leveling = Leveling(0.0)
+    if target is not None:
         measured = measure_loudness(render(parts, spec), rate)
-        gain_db = normalization_gain_db(
-            measured, spec.output.loudness_lufs, spec.output.true_peak_db
-        )
-    gain = 10.0 ** (gain_db / 20.0)
+        leveling = find_leveling(parts, spec, measured, target)
+    limited = leveling.limit_dbtp is not None
+    # A limited programme is leveled by ffmpeg, gain first; a plain gain is applied here.
+    gain = 1.0 if limited else 10.0 ** (leveling.gain_db / 20.0)
     written = 0
     placements: list[Placement] = []
 
@@ -260,13 +296,33 @@ def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
 
     if not spec.directory.is_dir():
         spec.directory.mkdir(parents=True, exist_ok=True)
-    encode(pcm(), sample_rate=rate, outputs=outputs, mp3_bitrate=spec.output.mp3_bitrate)
+    encoded = encode(
+        pcm(),
+        sample_rate=rate,
+        outputs=outputs,
+        mp3_bitrate=spec.output.mp3_bitrate,
+        filters=leveling_filter(leveling, rate) if limited else None,
+        measure=target is not None,
+    )
+    record = None
+    if target is not None and encoded is not None:
+        record = LoudnessRecord(
+            target_lufs=target,
+            ceiling_dbtp=spec.output.true_peak_db,
+            gain_db=round(leveling.gain_db, 2),
+            limited=limited,
+            integrated_lufs=encoded.integrated_lufs,
+            range_lu=encoded.range_lu,
+            true_peak_dbtp=encoded.true_peak_dbtp,
+        )
     duration = written / rate
     files = {
         fmt: StitchedFile(fmt, path, duration, sha256_file(path), path.stat().st_size)
         for fmt, path in outputs.items()
     }
-    return StitchResult(files, duration, measured, gain_db, written, tuple(placements))
+    return StitchResult(
+        files, duration, measured, leveling.gain_db, written, tuple(placements), record
+    )
 
 
 def parts_for(script: ScriptPlan, path_of: Callable[[PlannedSegment], Path]) -> list[Part]:

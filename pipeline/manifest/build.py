@@ -37,6 +37,7 @@ from pipeline.manifest.paths import (
     read_text_file,
     resolve_destination,
 )
+from pipeline.manifest.presets import with_preset
 from pipeline.manifest.readers import (
     SCRIPT_KEYS,
     TOP_KEYS,
@@ -75,7 +76,7 @@ def build_job(
     if not isinstance(defaults_data, dict):
         raise where(("defaults",)).error("must be a mapping of settings (e.g. speaker: cove)")
     defaults = _validate_voice(
-        raw, {**defaults_data, **overrides.values}, ("defaults",), overrides=overrides
+        raw, with_preset({**defaults_data, **overrides.values}), ("defaults",), overrides=overrides
     )
     entries = data.get("scripts")
     if entries is None:
@@ -288,7 +289,8 @@ def _scripts(
         check_script_id(script_id)
     except PathProblem as exc:
         raise raw.locator.source((*loc, "id")).error(str(exc)) from exc
-    own = {key: value for key, value in entry.items() if key not in SCRIPT_KEYS}
+    # A script's own preset fills what the script does not write, over what it inherits.
+    own = with_preset({key: value for key, value in entry.items() if key not in SCRIPT_KEYS})
     data = {**defaults.model_dump(), **own}
     use.inherited.update(key for key in data if key not in own)
     if isinstance(data["speaker"], str):

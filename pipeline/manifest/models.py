@@ -68,6 +68,7 @@ TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_P_MAX = 1.0  # above 0
 REPETITION_PENALTY_MAX = 3.0  # above 0
 LOUDNESS_RANGE = (-70.0, -5.0)
+TRUE_PEAK_RANGE = (-9.0, 0.0)  # dBTP: the limiter's ceiling
 # Characters a text may hold that are control characters; nothing else may hold any.
 TEXT_CONTROLS = frozenset("\t\n\r")
 
@@ -122,9 +123,16 @@ class Voice(BaseModel):
     max_chars: Whole = Field(default=DEFAULT_MAX_CHARS, ge=1)  # at most the model's limit
     pauses_as_cuts: bool = False
     loudness_lufs: Number | None = Field(default=None, ge=LOUDNESS_RANGE[0], le=LOUDNESS_RANGE[1])
+    true_peak_db: Number = Field(default=-1.0, ge=TRUE_PEAK_RANGE[0], le=TRUE_PEAK_RANGE[1])
     mp3_bitrate: str = "128k"
     # Subtitle files written beside each output, from word timestamps (synthesized over /ws3).
     captions: tuple[CaptionFormat, ...] = ()
+    # Silence before the first speech and after the last, at least (a pause marker at the very
+    # start or end that asks for more wins): the stitcher's own lead and trailing pause.
+    lead_pause_ms: Whole = Field(default=0, ge=0, le=MAX_PAUSE_MS)
+    tail_pause_ms: Whole = Field(default=0, ge=0, le=MAX_PAUSE_MS)
+    # A named set of the settings above (pipeline.manifest.presets); the manifest's own win.
+    preset: Literal["acx", "podcast"] | None = None
 
     @field_validator("modelId")
     @classmethod

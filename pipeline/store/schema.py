@@ -206,6 +206,11 @@ SCRIPTS = Table(
     _optional("audio_seconds", Double()),
     # One entry per encoded file: {format, uri, sha256, bytes} (see OutputFile).
     _required("outputs", JSON()),
+    # What loudness normalization asked for and what the encoded programme measures
+    # (dataclasses.asdict(LoudnessRecord)); None when normalization is off.
+    _optional("loudness", JSON()),
+    # Problems that did not fail the script (a loudness target missed), one line each.
+    _optional("warnings", JSON()),
     _optional("error", Text()),
     _optional("started_at", UTCDateTime()),  # first segment claimed
     _optional("stitch_started_at", UTCDateTime()),

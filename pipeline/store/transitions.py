@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from pipeline.loudness import LoudnessRecord
 from pipeline.store import productions
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
 from pipeline.store.executors import alive
@@ -190,6 +191,8 @@ _FINISH_SCRIPT = (
         state=State.DONE,
         audio_seconds=bindparam("seconds_"),
         outputs=bindparam("outputs_"),
+        loudness=bindparam("loudness_"),
+        warnings=bindparam("warnings_"),
         error=None,
         finished_at=bindparam("now_"),
     )
@@ -499,8 +502,11 @@ def finish_script(
     *,
     audio_seconds: float,
     outputs: Sequence[OutputFile],
+    loudness: LoudnessRecord | None = None,
+    warnings: Sequence[str] = (),
 ) -> Next | None:
-    """running -> done with the stitched outputs (one entry per encoded file); None if lost.
+    """running -> done with the stitched outputs (one entry per encoded file), their measured
+    loudness and any warnings; None if lost.
 
     Returns the job's settle when this was the last of its scripts still to run.
     """
@@ -512,6 +518,8 @@ def finish_script(
             "claim_": claim.token,
             "seconds_": audio_seconds,
             "outputs_": [asdict(o) for o in outputs],
+            "loudness_": None if loudness is None else asdict(loudness),
+            "warnings_": list(warnings) or None,
             "now_": utcnow(),
         },
     ).scalar_one_or_none()

@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, select, union_all
 from sqlalchemy import false as sa_false
 
+from pipeline.loudness import LoudnessRecord
 from pipeline.plan import JobOptions
 from pipeline.store import executors
 from pipeline.store.errors import JobNotFound, JobStillRunning
@@ -38,6 +39,8 @@ class ScriptStatus:
     error: str | None
     started_at: datetime | None
     finished_at: datetime | None
+    loudness: LoudnessRecord | None = None  # measured when normalization is on
+    warnings: tuple[str, ...] = ()
 
     @property
     def output_uris(self) -> tuple[str, ...]:
@@ -260,6 +263,8 @@ def job_summary(
             error=row["error"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            loudness=None if not row["loudness"] else LoudnessRecord(**row["loudness"]),
+            warnings=tuple(row["warnings"] or ()),
         )
         for row in conn.execute(query).mappings()
     )

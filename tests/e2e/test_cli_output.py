@@ -243,7 +243,10 @@ def test_help_is_clean_at_80_columns(cli: Cli) -> None:
         assert result.returncode == 0, result
         text = result.stdout
         assert "<bool>" not in text, result
-        assert "…" not in text and "..." not in text.replace("[ARGS]...", ""), result
+        # Click marks a command's sub-commands and a variadic argument (`check FILE...`)
+        # with three dots; any other three dots are a truncation.
+        untruncated = re.sub(r"(\[ARGS\]|\{?[A-Z]+\}?)\.\.\.", "", text)
+        assert "…" not in text and "..." not in untruncated, result
         assert max(len(line) for line in text.splitlines()) <= 80, result
         for option in options:
             assert re.search(rf"(^|[\s,]){re.escape(option)}\b", text), (option, result)

@@ -155,3 +155,22 @@ def test_alembic_command_line_uses_database_url(sqlite_url: str) -> None:
         assert done.returncode == 0, done.stderr
     assert head() in done.stdout
     assert tables(sqlite_url) >= TABLES
+
+
+def _script_columns(url: str) -> set[str]:
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return {c["name"] for c in sa.inspect(connection).get_columns("scripts")}
+    finally:
+        engine.dispose()
+
+
+def test_script_loudness_and_warnings_come_and_go_with_their_revision(database_url: str) -> None:
+    migrate(database_url, "9d2f6a8c1e35")
+    assert {"loudness", "warnings"} & _script_columns(database_url) == set()
+    migrate(database_url)
+    assert {"loudness", "warnings"} <= _script_columns(database_url)
+    downgrade(database_url, "9d2f6a8c1e35")
+    assert {"loudness", "warnings"} & _script_columns(database_url) == set()
+    assert "outputs" in _script_columns(database_url)

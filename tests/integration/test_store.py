@@ -592,6 +592,33 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
     assert summary.job.finished_at is not None
 
 
+def test_a_scripts_loudness_and_warnings_are_kept_and_reach_its_results(db: Engine) -> None:
+    from pipeline.loudness import LoudnessRecord
+    from pipeline.results import results_document
+
+    job_id = record(db, make_plan(scripts=1, segments=1))
+    finish_all(db, segment_pks(db, job_id))
+    (script,) = script_pks(db, job_id)
+    assert in_tx(db, lambda s: claim_stitch(s, script, ME)) is True
+    loudness = LoudnessRecord(-16.0, -1.0, 9.4, True, -17.3, 2.9, -1.1)
+    warning = loudness.warning()
+    assert warning is not None
+    in_tx(
+        db,
+        lambda s: finish_script(
+            s, script, ME, audio_seconds=2.0, outputs=[], loudness=loudness, warnings=[warning]
+        ),
+    )
+    with db.begin() as conn:
+        summary = job_summary(conn, job_id)
+    assert summary.scripts[0].loudness == loudness
+    assert summary.scripts[0].warnings == (warning,)
+    listed = results_document(summary)["scripts"]
+    assert isinstance(listed, list)
+    assert listed[0]["loudness"]["integrated_lufs"] == -17.3
+    assert listed[0]["warnings"] == ["loudness -17.3 LUFS misses the target -16 LUFS by 1.3 LU"]
+
+
 def test_only_the_last_segment_to_finish_makes_its_stitch_due(
     db: Engine,
 ) -> None:

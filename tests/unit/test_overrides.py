@@ -369,8 +369,12 @@ _OWN = {
     "max_chars": "300",
     "pauses_as_cuts": "true",
     "loudness_lufs": "-20",
+    "true_peak_db": "-2",
     "mp3_bitrate": "192k",
     "captions": "srt",
+    "lead_pause_ms": "500",
+    "tail_pause_ms": "1500",
+    "preset": "podcast",
 }
 _word = st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,11}", fullmatch=True)
 _scalar = st.one_of(

@@ -27,13 +27,13 @@ from pipeline.audio import (
     ffmpeg_exe,
     parse_ebur128_summary,
 )
+from pipeline.loudness import Leveling, first_leveling
 from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.params import VoiceParams
 from pipeline.stitch import (
     Part,
     StitchSpec,
     faded,
-    normalization_gain_db,
     parts_for,
     render,
     spec_for,
@@ -172,12 +172,14 @@ def test_fades_start_and_end_at_zero_and_leave_the_middle() -> None:
     assert x[0] == 1.0  # the input is left alone
 
 
-def test_normalization_gain_is_capped_by_true_peak() -> None:
-    assert normalization_gain_db(Loudness(-30.0, -20.0), -16.0, -1.0) == pytest.approx(14.0)
-    # +14 dB would put the peak at +1 dBTP: the gain stops 0.1 dB under the ceiling.
-    assert normalization_gain_db(Loudness(-30.0, -13.0), -16.0, -1.0) == pytest.approx(11.9)
-    assert normalization_gain_db(Loudness(-10.0, -2.0), -16.0, -1.0) == pytest.approx(-6.0)
-    assert normalization_gain_db(Loudness(None, None), -16.0, -1.0) == 0.0
+def test_a_plain_gain_when_it_fits_under_the_ceiling_else_a_limited_one() -> None:
+    assert first_leveling(Loudness(-30.0, -20.0), -16.0, -1.0) == Leveling(14.0)
+    # +14 dB would put the peak at +1 dBTP: the gain stays, and a limiter holds -1.1 dBTP.
+    limited = first_leveling(Loudness(-30.0, -13.0), -16.0, -1.0)
+    assert limited.gain_db == pytest.approx(14.0)
+    assert limited.limit_dbtp == pytest.approx(-1.1)
+    assert first_leveling(Loudness(-10.0, -2.0), -16.0, -1.0) == Leveling(-6.0)
+    assert first_leveling(Loudness(None, None), -16.0, -1.0) == Leveling(0.0)
 
 
 def test_parse_ebur128_summary_reads_silence_as_none() -> None:
@@ -309,7 +311,9 @@ def test_loudness_lands_on_target_under_the_ceiling(tmp_path: Path) -> None:
     assert 20 * np.log10(rms_b / rms_a) == pytest.approx(-33 + 38, abs=0.5)
 
 
-def test_true_peak_ceiling_caps_the_gain(tmp_path: Path) -> None:
+def test_a_click_in_near_silence_is_limited_at_most_10_db_and_misses_the_target(
+    tmp_path: Path,
+) -> None:
     spiky = padded(noise(4000, dbfs=-40), 50, 50)
     spiky[RATE] = 0.5  # one loud click in quiet noise: low loudness, high peak
     parts = [Part(write_wav(tmp_path / "a.wav", spiky), 100)]
@@ -317,8 +321,12 @@ def test_true_peak_ceiling_caps_the_gain(tmp_path: Path) -> None:
 
     measured = loudness_of(result.files["wav"].path)
     assert measured.true_peak_dbtp is not None and measured.true_peak_dbtp <= -1.0
-    assert measured.true_peak_dbtp >= -1.6  # the cap was the binding limit
+    assert measured.true_peak_dbtp >= -1.6  # the limiter held the click at the ceiling
     assert measured.integrated_lufs is not None and measured.integrated_lufs < -10.0 - 5
+    assert result.loudness is not None and result.loudness.limited
+    assert result.loudness.integrated_lufs == pytest.approx(measured.integrated_lufs, abs=0.15)
+    warning = result.loudness.warning()
+    assert warning is not None and "misses the target -10 LUFS" in warning
     mulaw_peak = loudness_of(result.files["wav-mulaw"].path).true_peak_dbtp
     assert mulaw_peak is not None and mulaw_peak <= -0.5  # 8-bit mu-law adds a little
 
