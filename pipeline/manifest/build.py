@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from pipeline.errors import ManifestError
+from pipeline.manifest.book import check_title, read_book
 from pipeline.manifest.characters import character_problem, first_bad_value, where_in
 from pipeline.manifest.models import (
     MAX_JOB_NAME_CHARS,
@@ -17,6 +18,7 @@ from pipeline.manifest.models import (
     MAX_NOTIFY_URLS,
     MAX_SCRIPTS,
     MAX_TEXT_CHARS,
+    BookSpec,
     JobSpec,
     ScriptSpec,
     Source,
@@ -40,7 +42,7 @@ from pipeline.manifest.readers import (
     RawManifest,
     unknown_key_message,
 )
-from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, first_clash, output_key
+from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, book_keys, first_clash, output_key
 from pipeline.webhook import check_url
 
 
@@ -93,7 +95,8 @@ def build_job(
             )
         scripts.append(script)
     use.check(overrides)
-    _check_outputs(raw, scripts, destination, overridden=output is not None)
+    book = read_book(raw, scripts, name)
+    _check_outputs(raw, scripts, destination, overridden=output is not None, book=book)
     return JobSpec(
         name=name,
         manifest=raw.file.absolute(),
@@ -102,6 +105,7 @@ def build_job(
         scripts=tuple(scripts),
         keep_releases=_keep_releases(raw),
         notify=notify,
+        book=book,
     )
 
 
@@ -155,14 +159,34 @@ def _renamed(voice: Voice, overrides: Overrides) -> Voice:
 
 
 def _check_outputs(
-    raw: RawManifest, scripts: list[ScriptSpec], destination: str, *, overridden: bool
+    raw: RawManifest,
+    scripts: list[ScriptSpec],
+    destination: str,
+    *,
+    overridden: bool,
+    book: BookSpec | None = None,
 ) -> None:
     """Every output key of the job can be written: none clashes with another, or with what the
     destination folder already holds (found out otherwise after the requests were billed)."""
-    keys = [(s, output_key(s.id, fmt)) for s in scripts for fmt in s.voice.formats]
+    keys: list[tuple[ScriptSpec | None, str]] = [
+        (s, output_key(s.id, fmt)) for s in scripts for fmt in s.voice.formats
+    ]
+    if book is not None:
+        # The book's files (owned by no script) first: a clash then names the script.
+        titles = {s.id: s.title or s.id for s in scripts}
+        m4b, m3u, mp3s = book_keys(book.folder, book.title, (titles[i] for i in book.scripts))
+        keys = [(None, key) for key in (m4b, m3u, *mp3s)] + keys
     clash = first_clash(keys)
     if clash is not None:
         earlier, later, earlier_key, later_key = clash
+        if earlier is None or later is None:
+            script = later or earlier
+            assert script is not None
+            raise raw.locator.source(("book", "folder")).error(
+                f"the book's {earlier_key if earlier is None else later_key!r} and script "
+                f"{script.id!r}'s {later_key if earlier is None else earlier_key!r} cannot both "
+                "be written; rename the script or give the book another folder"
+            )
         if earlier_key == later_key:
             how = "the same file"
         elif earlier_key.casefold() == later_key.casefold():
@@ -273,6 +297,7 @@ def _script(
     voice = _validate_voice(raw, data, loc, own, overrides)
     text = _text(raw, entry, loc)
     text_file = entry.get("text_file")
+    title = entry.get("title")
     return ScriptSpec(
         id=script_id,
         text=text,
@@ -280,6 +305,7 @@ def _script(
         source=source,
         text_source=raw.locator.source((*loc, "text" if text_file is None else "text_file")),
         voice=voice,
+        title=None if title is None else check_title(title, raw.locator.source((*loc, "title"))),
     )
 
 

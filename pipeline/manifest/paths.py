@@ -71,6 +71,18 @@ def read_text_file(
 ) -> str:
     """The UTF-8 text of `relative`, a file inside `folder` of at most `limit` bytes;
     PathProblem when it can't be."""
+    data = read_file_bytes(relative, folder, limit=limit, what=what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PathProblem(
+            f"{relative!r} is not UTF-8 text ({describe_bad_byte(data, exc)}); save it as UTF-8"
+        ) from exc
+
+
+def read_file_bytes(relative: str, folder: Path, *, limit: int, what: str) -> bytes:
+    """The bytes of `relative`, a file inside `folder` of at most `limit` bytes; PathProblem
+    when it can't be."""
     if not relative.strip():
         raise PathProblem("is empty")
     if Path(relative).is_absolute() or relative.startswith(("/", "\\")):
@@ -92,15 +104,9 @@ def read_text_file(
         size = target.stat().st_size
         if size > limit:
             raise PathProblem(f"{relative!r} is {size:,} bytes; {what} may hold at most {limit:,}")
-        data = target.read_bytes()
+        return target.read_bytes()
     except OSError as exc:
         raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PathProblem(
-            f"{relative!r} is not UTF-8 text ({describe_bad_byte(data, exc)}); save it as UTF-8"
-        ) from exc
 
 
 def describe_bad_byte(data: bytes, exc: UnicodeDecodeError) -> str:

@@ -38,8 +38,9 @@ TOP_KEYS = (
     "defaults",
     "scripts",
     "scripts_csv",
+    "book",
 )
-SCRIPT_KEYS = ("id", "text", "text_file")
+SCRIPT_KEYS = ("id", "text", "text_file", "title")
 VOICE_KEYS = tuple(Voice.model_fields)
 
 _STR_TAG = "tag:yaml.org,2002:str"
