@@ -258,6 +258,14 @@ def _run(cmd: list[str]) -> None:
         raise BookError(f"ffmpeg could not assemble the book (exit {proc.returncode}): {detail}")
 
 
+def decode_to_wav(path: Path, out: Path) -> Path:
+    """`path` (any audio ffmpeg reads) decoded to a mono 16-bit PCM WAV at `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path)]
+    _run([*cmd, "-map", "0:a:0", "-ac", "1", "-c:a", "pcm_s16le", "-f", "wav", "-y", str(out)])
+    return out
+
+
 def tag_mp3(path: Path, book: BookPlan, title: str, number: int, total: int) -> None:
     """Write a chapter MP3's ID3v2.4 tags: chapter, book, people, track n/N, year, cover."""
     from mutagen.id3 import APIC, ID3, TALB, TCOM, TCON, TDRC, TIT2, TPE1, TPE2, TRCK, PictureType

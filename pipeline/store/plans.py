@@ -303,3 +303,29 @@ def load_script(conn: Connection, script_pk: int) -> ScriptWork:
         state=found["state"],
         plan=_script_plan(found, segments),
     )
+
+
+@dataclass(frozen=True)
+class BookWork:
+    """What an executor needs to assemble a job's book: the book, its job's destination, and
+    each chapter's output settings."""
+
+    job_id: str
+    destination: str
+    book: BookPlan
+    outputs: Mapping[str, OutputSpec]  # by script id
+
+
+def load_book_work(conn: Connection, job_id: str) -> BookWork:
+    """The job's book with what assembling it needs; StoreError when the job has none."""
+    book = load_book(conn, job_id)
+    if book is None:
+        raise StoreError(f"job {job_id} has no book")
+    destination = conn.execute(select(JOBS.c.destination).where(JOBS.c.id == job_id)).scalar_one()
+    outputs = {
+        row.script_id: _from_dict(OutputSpec, row.output)
+        for row in conn.execute(
+            select(SCRIPTS.c.script_id, SCRIPTS.c.output).where(SCRIPTS.c.job_id == job_id)
+        )
+    }
+    return BookWork(job_id, destination, book, outputs)
