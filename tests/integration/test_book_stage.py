@@ -29,7 +29,9 @@ TITLES = ("Opening", "The Middle", "Closing")
 def book_plan(destination: Path) -> JobPlan:
     """Three scripts of two segments, the first and last with an MP3 only (so the book needs
     its lossless copy), the middle one with a WAV; a book of all three."""
-    plan = plan_of(str(destination), [[f"Chapter {c} line {i}." for i in range(2)] for c in range(3)])
+    plan = plan_of(
+        str(destination), [[f"Chapter {c} line {i}." for i in range(2)] for c in range(3)]
+    )
     scripts = tuple(
         replace(s, output=replace(s.output, formats=("wav",) if n == 1 else ("mp3",)))
         for n, s in enumerate(plan.scripts)
@@ -90,7 +92,7 @@ def test_a_book_is_assembled_before_the_job_is_done_and_published_with_it(
     )
     written = json.loads((release / RESULTS_KEY).read_bytes())
     assert written == json.loads(json.dumps(results_document(done)))
-    assert [f["key"] for f in written["book"]["outputs"]][0] == "book/tones.m4b"
+    assert written["book"]["outputs"][0]["key"] == "book/tones.m4b"
     root = json.loads((tmp_path / RESULTS_KEY).read_bytes())
     assert root["book"]["outputs"][0]["published_uri"] == str(tmp_path / "book/tones.m4b")
     assert [e.outcome for e in events if e.kind == "book"] == ["started", "assembled"]
