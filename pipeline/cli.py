@@ -443,10 +443,12 @@ def plan(
     voice_map: VoiceMapOpt = None,
 ) -> None:
     """Show how a manifest will be rendered. Segments, characters and minutes per script."""
-    from pipeline.display import plan_table
+    from pipeline.display import book_lines, plan_table
 
     job_plan = _load_plan(manifest, output, _options(sets, voice_map))
     _out().print(plan_table(job_plan))
+    for line in book_lines(job_plan):
+        _out().print(line, markup=False, highlight=False)
     _show_diff(job_plan, against_release=False)
     if save:
         from pipeline.store import record_plan

@@ -114,6 +114,19 @@ def summary_table(summary: JobSummary) -> RenderableType:
             "" if s.audio_seconds is None else f"{seconds(s.audio_seconds):.2f}s",
             s.error or "",
         )
+    if summary.book is not None:
+        book = summary.book
+        total = sum(float(str(c["duration_seconds"])) for c in book.chapters)
+        table.add_row(
+            f"book: {book.title}",
+            book.state.value,
+            f"{len(book.chapters)} chapters" if book.chapters else "",
+            "",
+            "",
+            "",
+            f"{seconds(total):.2f}s" if book.chapters else "",
+            book.error or "",
+        )
     overrides = overrides_line(job.options)
     if overrides is None:
         return table
@@ -241,3 +254,18 @@ def attempts_table(rows: list[Attempted]) -> Table:
         answer = row.error or ("" if row.status is None else f"HTTP {row.status}")
         table.add_row(row.job_id, row.event, row.url, str(row.attempt), row.state.value, answer)
     return table
+
+
+def book_lines(plan: JobPlan) -> list[str]:
+    """The plan's book: its title, files and chapters in order (none without a book)."""
+    from pipeline.storage.keys import book_keys
+
+    book = plan.book
+    if book is None:
+        return []
+    m4b, m3u, mp3s = book_keys(book.folder, book.title, (c.title for c in book.chapters))
+    cover = f", cover {book.cover_type}" if book.cover_type else ""
+    lines = [f"book {book.title!r}: {len(book.chapters)} chapters -> {m4b}, {m3u}{cover}"]
+    for number, (chapter, mp3) in enumerate(zip(book.chapters, mp3s, strict=True), start=1):
+        lines.append(f"  {number:>3}. {chapter.title} ({chapter.script_id}) -> {mp3}")
+    return lines

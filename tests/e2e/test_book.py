@@ -114,11 +114,22 @@ def test_a_book_renders_to_an_m4b_with_chapters_tagged_mp3s_and_a_playlist(
     )
     cover = (tmp_path / "art/cover.jpg").read_bytes()
 
+    planned = cli.run("plan", "jobs.yaml")
     result = cli.using(engine=engine, api_key=KEY).run("render", "jobs.yaml")
 
+    assert planned.returncode == 0, planned
+    assert (
+        "book 'The Lighthouse Keeper': 3 chapters -> book/the-lighthouse-keeper.m4b, "
+        "book/the-lighthouse-keeper.m3u, cover image/jpeg"
+    ) in planned.stdout
+    assert "2. Chapter One: The Storm (chapters/one) -> book/02-chapter-one-the-storm.mp3" in (
+        planned.stdout
+    )
     assert result.returncode == 0, result
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
+    status = cli.run("status", results["job_id"])
+    assert re.search(r"book: The Lighthouse Keeper\s.*done\s.*3 chapters", status.stdout), status
     book = results["book"]
     assert book["state"] == "done"
     keys = [f["key"] for f in book["outputs"]]
