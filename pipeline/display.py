@@ -198,6 +198,8 @@ def diff_lines(found: PlanDiff, *, scripts: bool) -> list[str]:
             lines += [f"  + {script_id}" for script_id in found.added]
             lines += [f"  - {script_id}" for script_id in found.removed]
             lines += [f"  ~ {c.script_id} ({', '.join(c.reasons)})" for c in found.changed]
+            if found.book_changed:
+                lines.append("  ~ the book (its title, people, cover or chapters)")
             lines.append(
                 f"  {len(found.added)} added, {len(found.removed)} removed, "
                 f"{len(found.changed)} changed, {found.unchanged} unchanged"

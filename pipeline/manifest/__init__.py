@@ -15,6 +15,9 @@ the default; lists are written `mp3|wav`). Its outputs go to `out/<stem>` beside
 manifest may take its scripts from a CSV instead, with `scripts_csv: prompts.csv` in place of
 `scripts` (`pipeline.manifest.linked`): job-wide defaults for a spreadsheet's prompts.
 
+A `book:` section assembles the scripts (all, or those it names) into an audiobook once they are
+stitched (`pipeline.manifest.book`); a script's `title:` is its chapter's title.
+
 Overrides from the command line (`--set key=value`, `--voice-map old=new`) are applied as the
 manifest is loaded, and validated with it (`pipeline.manifest.overrides`).
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from mutagen.id3 import ID3
 from sqlalchemy import Engine
 
+from pipeline.diff import PlanDiff, diff_plan
+from pipeline.display import diff_lines
 from pipeline.files import sha256_file
 from pipeline.plan import BookPlan, Chapter, JobPlan
 from pipeline.results import results_document
@@ -145,3 +147,26 @@ def test_a_job_whose_script_failed_never_assembles_its_book(
     assert failed.book is not None and failed.book.state is State.PENDING
     assert job_row(job_table, job.job_id).error == "1 script(s) failed"
     assert not (tmp_path / release_key(job.job_id, "book")).exists()
+
+
+def test_a_changed_book_is_a_change_even_when_no_script_changed(
+    job_table: Engine, synthesizer: ToneSynthesizer, tmp_path: Path
+) -> None:
+    plan = book_plan(tmp_path)
+    job = record(job_table, plan)
+    assert asyncio.run(run(context(job_table, synthesizer), job)) is State.DONE
+    assert plan.book is not None
+
+    def diff(again: JobPlan) -> PlanDiff:
+        return diff_plan(job_table, again, lambda _: True, concurrency=1)
+
+    same = diff(plan)
+    retitled = diff(replace(plan, book=replace(plan.book, title="Tones, Revised")))
+    without = diff(replace(plan, book=None))
+
+    assert not same.book_changed and not same.anything
+    assert retitled.book_changed and retitled.anything and not retitled.changed
+    assert without.book_changed
+    assert "  ~ the book (its title, people, cover or chapters)" in diff_lines(
+        retitled, scripts=True
+    )
