@@ -18,6 +18,7 @@ from pipeline.files import sha256_file
 from rime_local.server import RunningEngine
 from tests.e2e.test_render import KEY, write
 from tests.fixtures.cli import Cli, probe
+from tests.fixtures.s3 import S3Env
 
 EngineFactory = Callable[..., RunningEngine]
 
@@ -223,3 +224,30 @@ def test_a_book_naming_an_unknown_script_is_refused_before_anything_is_sent(
     assert "'chapters/three' matches no script" in result.stderr
     assert "Traceback" not in result.stderr
     assert engine.metrics()["requests"] == 0
+
+
+def test_a_book_on_s3_is_assembled_through_a_scratch_folder_and_published(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path, s3: S3Env, s3_bucket: str
+) -> None:
+    engine = engine_factory(api_keys=[KEY])
+    write(tmp_path, BOOK.replace("  cover: art/cover.jpg\n", ""))
+    destination = s3.uri(s3_bucket, "audio")
+
+    result = cli.using(engine=engine, api_key=KEY).run("render", "jobs.yaml", "-o", destination)
+
+    assert result.returncode == 0, result
+    root = s3.client.get_object(Bucket=s3_bucket, Key="audio/results.json")
+    results = json.loads(root["Body"].read())
+    release = f"audio/releases/{results['release']}"
+    listed = s3.client.list_objects_v2(Bucket=s3_bucket, Prefix="audio/")
+    keys = {o["Key"] for o in listed.get("Contents", [])}
+    for file in results["book"]["outputs"]:
+        assert f"{release}/{file['key']}" in keys and f"audio/{file['key']}" in keys
+        assert file["published_uri"] == f"s3://{s3_bucket}/audio/{file['key']}"
+    m4b = s3.client.get_object(Bucket=s3_bucket, Key="audio/book/the-lighthouse-keeper.m4b")
+    assert m4b["ContentType"] == "audio/mp4"
+    (tmp_path / "book.m4b").write_bytes(m4b["Body"].read())
+    assert [title for title, _, _ in chapters_of(tmp_path / "book.m4b")] == TITLES
+    # The lossless copies were uploaded for the book and deleted once it was made.
+    assert f"{release}/chapters/one.wav" not in keys
+    assert f"{release}/front/intro.wav" in keys  # a script's own output stays
