@@ -18,10 +18,11 @@ from pipeline.plan import BookPlan, Chapter, JobPlan
 from pipeline.results import results_document
 from pipeline.rime.errors import BadRequest
 from pipeline.run import run_job
-from pipeline.stages import Context, Event
+from pipeline.stages import Context, Event, settle_stage
 from pipeline.storage.keys import RESULTS_KEY, release_key
 from pipeline.store import State, transitions
-from tests.fixtures.jobs import Job, context, job_row, plan_of, record, summary
+from pipeline.store.schema import utcnow
+from tests.fixtures.jobs import ME, Job, context, job_row, plan_of, record, summary
 from tests.fixtures.synthesizers import ToneSynthesizer
 
 RUN_TIMEOUT = 60.0
@@ -170,3 +171,53 @@ def test_a_changed_book_is_a_change_even_when_no_script_changed(
     assert "  ~ the book (its title, people, cover or chapters)" in diff_lines(
         retitled, scripts=True
     )
+
+
+def test_a_book_left_by_a_dead_executor_is_taken_over_and_a_live_one_is_not(
+    job_table: Engine, synthesizer: ToneSynthesizer, tmp_path: Path
+) -> None:
+    job = record(job_table, book_plan(tmp_path))
+    blocker = tmp_path / release_key(job.job_id, "book")
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("in the way")
+    assert asyncio.run(run(context(job_table, synthesizer), job)) is State.FAILED
+    blocker.unlink()
+    live = context(job_table, synthesizer)
+    with job_table.begin() as conn:
+        transitions.reset_for_resume(conn, job.job_id)
+        transitions.start_job(conn, job.job_id)
+        # Claimed by an executor that has no row: it stopped beating long ago.
+        assert transitions.claim_book(conn, job.job_id, ME, dead_before=utcnow())
+    with job_table.begin() as conn:
+        mine = live.executor.claim()
+        assert transitions.claim_book(
+            conn, job.job_id, mine, dead_before=live.executor.dead_before()
+        )
+    other = context(job_table, synthesizer).executor
+    with job_table.begin() as conn:
+        # Now held by a live executor: nobody else takes it.
+        assert not transitions.claim_book(
+            conn, job.job_id, other.claim(), dead_before=other.dead_before()
+        )
+        transitions.release_book(conn, job.job_id, mine)
+
+    assert settle_stage(live, job.job_id) is State.DONE
+    assert (tmp_path / "book" / "tones.m4b").is_file()
+
+
+def test_a_chapter_without_a_wav_is_decoded_from_what_it_has(
+    job_table: Engine, synthesizer: ToneSynthesizer, tmp_path: Path
+) -> None:
+    plan = book_plan(tmp_path)
+    # As a job planned without the copies would be: two chapters have an MP3 and nothing else.
+    scripts = tuple(replace(s, output=replace(s.output, lossless_copy=False)) for s in plan.scripts)
+    job = record(job_table, replace(plan, scripts=scripts))
+
+    assert asyncio.run(run(context(job_table, synthesizer), job)) is State.DONE
+
+    done = summary(job_table, job.job_id)
+    assert done.book is not None and done.book.state is State.DONE
+    for chapter, script in zip(done.book.chapters, done.scripts, strict=True):
+        # The MP3's decoder hides the encoder's delay, so the lengths agree closely.
+        assert abs(float(str(chapter["duration_seconds"])) - (script.audio_seconds or 0)) < 0.03
+    assert (tmp_path / "book" / "01-opening.mp3").is_file()
