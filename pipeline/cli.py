@@ -450,13 +450,15 @@ def plan(
 ) -> None:
     """Show how a manifest will be rendered. Segments, characters and minutes per script, and
     the chapters found in books and split texts."""
-    from pipeline.display import plan_table
+    from pipeline.display import book_lines, plan_table
     from pipeline.plan import build_plan, load_job
 
     options = _options(sets, voice_map)
     job = load_job(manifest, output=output, options=options)
     job_plan = build_plan(job, options)
     _out().print(plan_table(job_plan, {s.id: s.title for s in job.scripts if s.title}))
+    for line in book_lines(job_plan):
+        _out().print(line, markup=False, highlight=False)
     _show_diff(job_plan, against_release=False)
     if save:
         from pipeline.store import record_plan

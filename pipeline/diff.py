@@ -54,6 +54,7 @@ class PlanDiff:
     cost: float | None  # chars x the price per 1,000, when a price is configured
     seconds: float  # estimated wall time of the synthesis at `concurrency`
     concurrency: int
+    book_changed: bool = False  # the book (its metadata, cover or chapters) differs or came or went
 
     @property
     def anything(self) -> bool:
@@ -61,7 +62,9 @@ class PlanDiff:
         nothing published yet, a render publishes its first release)."""
         if self.published is None:
             return True
-        return bool(self.to_synthesize or self.added or self.removed or self.changed)
+        return bool(
+            self.to_synthesize or self.added or self.removed or self.changed or self.book_changed
+        )
 
 
 def reasons(new: ScriptPlan, old: ScriptPlan) -> tuple[str, ...]:
@@ -96,7 +99,8 @@ def diff_plan(
     with db.begin() as conn:
         found = productions.find(conn, plan.name, plan.destination)
         published = None if found is None else productions.get_production(conn, found).published_job
-        before = {s.script_id: s for s in load_plan(conn, published).scripts} if published else {}
+        earlier = load_plan(conn, published) if published else None
+        before = {s.script_id: s for s in earlier.scripts} if earlier else {}
         request_seconds = _request_seconds(conn, plan.destination)
     now = {s.script_id: s for s in plan.scripts}
     changed = []
@@ -124,6 +128,7 @@ def diff_plan(
         cost=None if price_per_1k_chars is None else chars / 1000 * price_per_1k_chars,
         seconds=math.ceil(len(missing) / concurrency) * request_seconds,
         concurrency=concurrency,
+        book_changed=earlier is not None and earlier.book != plan.book,
     )
 
 

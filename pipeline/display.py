@@ -132,6 +132,19 @@ def summary_table(summary: JobSummary) -> RenderableType:
             loudness_cell(s.loudness),
             "; ".join(problems),
         )
+    if summary.book is not None:
+        book = summary.book
+        total = sum(float(str(c["duration_seconds"])) for c in book.chapters)
+        table.add_row(
+            f"book: {book.title}",
+            book.state.value,
+            f"{len(book.chapters)} chapters" if book.chapters else "",
+            "",
+            "",
+            "",
+            f"{seconds(total):.2f}s" if book.chapters else "",
+            book.error or "",
+        )
     overrides = overrides_line(job.options)
     if overrides is None:
         return table
@@ -215,6 +228,8 @@ def diff_lines(found: PlanDiff, *, scripts: bool) -> list[str]:
             lines += [f"  + {script_id}" for script_id in found.added]
             lines += [f"  - {script_id}" for script_id in found.removed]
             lines += [f"  ~ {c.script_id} ({', '.join(c.reasons)})" for c in found.changed]
+            if found.book_changed:
+                lines.append("  ~ the book (its title, people, cover or chapters)")
             lines.append(
                 f"  {len(found.added)} added, {len(found.removed)} removed, "
                 f"{len(found.changed)} changed, {found.unchanged} unchanged"
@@ -294,4 +309,19 @@ def check_lines(path: Path, figures: FileFigures, findings: list[Finding] | None
     for finding in findings or ():
         mark = "ok  " if finding.passed else "FAIL"
         lines.append(f"  {mark} {finding.figure}: {finding.shown} (ACX: {finding.rule})")
+    return lines
+
+
+def book_lines(plan: JobPlan) -> list[str]:
+    """The plan's book: its title, files and chapters in order (none without a book)."""
+    from pipeline.storage.keys import book_keys
+
+    book = plan.book
+    if book is None:
+        return []
+    m4b, m3u, mp3s = book_keys(book.folder, book.title, (c.title for c in book.chapters))
+    cover = f", cover {book.cover_type}" if book.cover_type else ""
+    lines = [f"book {book.title!r}: {len(book.chapters)} chapters -> {m4b}, {m3u}{cover}"]
+    for number, (chapter, mp3) in enumerate(zip(book.chapters, mp3s, strict=True), start=1):
+        lines.append(f"  {number:>3}. {chapter.title} ({chapter.script_id}) -> {mp3}")
     return lines

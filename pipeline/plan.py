@@ -42,6 +42,9 @@ class OutputSpec:
     true_peak_db: float = -1.0
     mp3_bitrate: str = "128k"
     captions: tuple[str, ...] = ()  # srt | vtt: subtitles beside the audio, from word times
+    # A book chapter without a wav output also writes one into its release, unlisted and never
+    # published, so the book is encoded from lossless audio (`pipeline.book`).
+    lossless_copy: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,54 @@ class JobOptions:
 
 
 @dataclass(frozen=True)
+class Chapter:
+    """One chapter of a book: its script and its title."""
+
+    script_id: str
+    title: str
+
+
+@dataclass(frozen=True)
+class BookPlan:
+    """A book assembled from a job's stitched scripts once all of them are done."""
+
+    title: str
+    chapters: tuple[Chapter, ...]
+    folder: str  # where its files go in the release (see `pipeline.storage.keys.book_keys`)
+    author: str | None = None
+    narrator: str | None = None
+    year: str | None = None
+    cover: bytes | None = None  # JPEG or PNG, read when the job was planned
+    cover_type: str | None = None  # "image/jpeg" | "image/png"
+
+    def to_json(self) -> dict[str, object]:
+        """The book as the job table stores it (its cover is kept beside, as bytes)."""
+        return {
+            "title": self.title,
+            "chapters": [[c.script_id, c.title] for c in self.chapters],
+            "folder": self.folder,
+            "author": self.author,
+            "narrator": self.narrator,
+            "year": self.year,
+            "cover_type": self.cover_type,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], cover: bytes | None) -> BookPlan:
+        """The book of a stored job."""
+        return cls(
+            title=data["title"],
+            chapters=tuple(Chapter(str(s), str(t)) for s, t in data["chapters"]),
+            folder=data["folder"],
+            author=data.get("author"),
+            narrator=data.get("narrator"),
+            year=data.get("year"),
+            cover=cover,
+            cover_type=data.get("cover_type"),
+        )
+
+
+@dataclass(frozen=True)
 class JobPlan:
     """A whole job: where it came from, where it goes, its scripts and how it was asked for."""
 
@@ -144,6 +195,7 @@ class JobPlan:
     destination: str  # a local folder or s3://bucket/prefix
     scripts: tuple[ScriptPlan, ...]
     options: JobOptions = field(default_factory=JobOptions)
+    book: BookPlan | None = None
 
     @property
     def chars(self) -> int:
@@ -310,13 +362,41 @@ def _where(script: ScriptSpec, position: int) -> str:
     return f" (line {line}, column {column} of {where})"
 
 
+def book_plan(job: JobSpec) -> BookPlan | None:
+    """The manifest's book, its chapters titled by their scripts (the id when untitled)."""
+    if job.book is None:
+        return None
+    spec = job.book
+    by_id = {s.id: s for s in job.scripts}
+    return BookPlan(
+        title=spec.title,
+        chapters=tuple(Chapter(i, by_id[i].title or i) for i in spec.scripts),
+        folder=spec.folder,
+        author=spec.author,
+        narrator=spec.narrator,
+        year=spec.year,
+        cover=spec.cover,
+        cover_type=spec.cover_type,
+    )
+
+
+def _with_lossless_copy(script: ScriptPlan) -> ScriptPlan:
+    if "wav" in script.output.formats:
+        return script
+    return replace(script, output=replace(script.output, lossless_copy=True))
+
+
 def build_plan(job: JobSpec, options: JobOptions | None = None) -> JobPlan:
     """The rendering plan of a validated manifest, asked for with `options`."""
+    book = book_plan(job)
+    chapters = {c.script_id for c in book.chapters} if book else set()
+    scripts = tuple(plan_script(s) for s in job.scripts)
     return JobPlan(
         name=job.name,
         manifest=str(job.manifest),
         destination=job.destination,
-        scripts=tuple(plan_script(s) for s in job.scripts),
+        scripts=tuple(_with_lossless_copy(s) if s.script_id in chapters else s for s in scripts),
+        book=book,
         # The manifest's own say in how its releases are kept and whom they tell, with the
         # flags' options (their webhooks after the manifest's, each once).
         options=replace(

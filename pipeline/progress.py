@@ -146,6 +146,11 @@ class ProgressReporter:
                     self.stitches_started,
                     self.scripts_total,
                 )
+        elif event.kind == "book":
+            if event.outcome == Outcome.FAILED:
+                log.error("book %r failed: %s", event.script_id, event.error)
+            else:
+                log.info("book %r %s", event.script_id, event.outcome)
         elif event.kind == "script":
             self.scripts_done += 1
             self._update(self._stitch, advance=1, detail=self._stitch_detail())

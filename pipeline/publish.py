@@ -92,7 +92,11 @@ def publish(
         # The last write: from here on a reader that follows it sees the new set.
         store.put_bytes(
             RESULTS_KEY,
-            results_bytes(summary, lambda sid, fmt: store.uri_for(output_key(sid, fmt))),
+            results_bytes(
+                summary,
+                lambda sid, fmt: store.uri_for(output_key(sid, fmt)),
+                published_key_uri=store.uri_for,
+            ),
             content_type="application/json",
         )
         productions.mark_published(conn, production_id, job_id)
@@ -135,6 +139,10 @@ def _publish_files(store: ObjectStore, summary: views.JobSummary, before: set[st
             key = output_key(script.script_id, output.format)
             store.copy(release_key(job_id, key), key)
             now.add(key)
+    # The book's files (a done job's book is assembled) are outputs like the scripts'.
+    for file in summary.book.outputs if summary.book else ():
+        store.copy(release_key(job_id, file.key), file.key)
+        now.add(file.key)
     stale = sorted(before - now)
     for key in stale:
         store.delete(key)
@@ -148,7 +156,8 @@ def _stable_keys(conn: Connection, job_id: str | None) -> set[str]:
     if job_id is None:
         return set()
     summary = views.job_summary(conn, job_id)
-    return {output_key(s.script_id, o.format) for s in summary.scripts for o in s.outputs}
+    book = {f.key for f in summary.book.outputs} if summary.book else set()
+    return {output_key(s.script_id, o.format) for s in summary.scripts for o in s.outputs} | book
 
 
 def _production_of(conn: Connection, job_id: str) -> int:

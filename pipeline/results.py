@@ -12,8 +12,8 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict
 
-from pipeline.store.schema import OutputFile
-from pipeline.store.views import JobSummary
+from pipeline.store.schema import BookFile, OutputFile
+from pipeline.store.views import BookStatus, JobSummary
 
 
 def seconds(value: float) -> float:
@@ -23,12 +23,17 @@ def seconds(value: float) -> float:
 
 
 def results_document(
-    summary: JobSummary, published_uri: Callable[[str, str], str] | None = None
+    summary: JobSummary,
+    published_uri: Callable[[str, str], str] | None = None,
+    *,
+    published_key_uri: Callable[[str], str] | None = None,
 ) -> dict[str, object]:
-    """The job's results file: per script its outputs, duration, checksum and billing.
+    """The job's results file: per script its outputs, duration, checksum and billing, and the
+    job's book when it has one.
 
     With `published_uri(script_id, format)`, the root file of a published release: it names the
-    release, and each output also gives its stable path.
+    release, and each output also gives its stable path (a book's file: `published_key_uri`
+    of its key).
     """
     job = summary.job
 
@@ -64,11 +69,35 @@ def results_document(
             }
             for s in summary.scripts
         ],
+        **({} if summary.book is None else {"book": _book(summary.book, published_key_uri)}),
+    }
+
+
+def _book(book: BookStatus, published_key_uri: Callable[[str], str] | None) -> dict[str, object]:
+    """A book's entry: its state, each file (the M4B, the chapters' MP3s, the playlist) and each
+    chapter's place in the M4B."""
+
+    def listed(file: BookFile) -> dict[str, object]:
+        entry: dict[str, object] = asdict(file)
+        if published_key_uri is not None:
+            entry["published_uri"] = published_key_uri(file.key)
+        return entry
+
+    return {
+        "title": book.title,
+        "state": book.state.value,
+        "outputs": [listed(f) for f in book.outputs],
+        "chapters": list(book.chapters),
+        "error": book.error,
     }
 
 
 def results_bytes(
-    summary: JobSummary, published_uri: Callable[[str, str], str] | None = None
+    summary: JobSummary,
+    published_uri: Callable[[str, str], str] | None = None,
+    *,
+    published_key_uri: Callable[[str], str] | None = None,
 ) -> bytes:
     """The results file's contents (see `results_document`)."""
-    return json.dumps(results_document(summary, published_uri), indent=2).encode()
+    document = results_document(summary, published_uri, published_key_uri=published_key_uri)
+    return json.dumps(document, indent=2).encode()

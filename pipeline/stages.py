@@ -27,6 +27,8 @@ from typing import Any, BinaryIO, TypeVar
 from sqlalchemy import Engine
 
 from pipeline import wav
+from pipeline.book import CONTENT_TYPES as BOOK_CONTENT_TYPES
+from pipeline.book import Assembled, ChapterSource, assemble, decode_to_wav
 from pipeline.captions import caption_texts, programme_words, sidecar
 from pipeline.errors import RimeBatchError
 from pipeline.executor import Executor
@@ -35,7 +37,7 @@ from pipeline.limits import Limiter
 from pipeline.notify import ENDED_IN, JobEvent, job_ended
 from pipeline.plan import PlannedSegment, ScriptPlan
 from pipeline.publish import publish_when_due
-from pipeline.results import results_bytes
+from pipeline.results import results_bytes, seconds
 from pipeline.retry import DEFAULT_POLICY, RetryPolicy
 from pipeline.rime.checks import parse_wav
 from pipeline.rime.errors import AuthError, PermanentError, RimeError, StreamCut
@@ -54,6 +56,7 @@ from pipeline.storage import (
 from pipeline.storage import output_metadata as make_metadata
 from pipeline.storage.keys import RESULTS_KEY, namespaced_cache_path, words_path
 from pipeline.store import OutputFile, State, plans, transitions, views
+from pipeline.store.schema import BookFile
 from pipeline.store.transitions import NOTHING, Next
 from pipeline.synth import Attempt, Synthesizer, TimedSynthesizer, synthesize_segment
 
@@ -73,6 +76,7 @@ class Outcome(StrEnum):
     REFUSED = "refused"  # Rime refused the API key: no other request can succeed either
     SKIPPED = "skipped"  # someone else holds it, or it is no longer pending
     STITCHED = "stitched"
+    ASSEMBLED = "assembled"  # a book
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,9 @@ class StageResult:
 class Event:
     """Progress for a display or a log line."""
 
-    kind: str  # "segment", "attempt" (one that failed and is retried), "stitch" (started), "script"
+    # "segment", "attempt" (one that failed and is retried), "stitch" (started), "script",
+    # "book" (assembled or failed; script_id is the book's title)
+    kind: str
     job_id: str
     script_id: str
     outcome: str
@@ -491,11 +497,12 @@ def _stitch_into(
                 raise ObjectNotFound(f"no object at {path}", uri=str(path))
             return path
 
+        written = _with_lossless(plan)
         if in_place is not None:
-            spec = spec_for(plan, in_place.parent, stem=in_place.name)
+            spec = spec_for(written, in_place.parent, stem=in_place.name)
         else:
             assert scratch is not None
-            spec = spec_for(plan, scratch / "out", stem="output")
+            spec = spec_for(written, scratch / "out", stem="output")
         parts = parts_for(plan, fetch)
         result = stitch(parts, spec)
         files = {fmt: (f.path, f.sha256, f.size_bytes) for fmt, f in result.files.items()}
@@ -519,7 +526,8 @@ def _stitch_into(
                 uri = store.put_file(
                     key, path, content_type=content_type_for(fmt), metadata=metadata
                 )
-            outputs.append(OutputFile(fmt, uri, sha256, size))
+            if fmt in plan.output.formats or fmt in plan.output.captions:
+                outputs.append(OutputFile(fmt, uri, sha256, size))
     return result, outputs
 
 
@@ -559,14 +567,133 @@ def _write_all(data: bytes, fh: BinaryIO) -> None:
     fh.write(data)
 
 
+def _with_lossless(plan: ScriptPlan) -> ScriptPlan:
+    """The plan as stitched: a book chapter without a wav output writes one too, for the book
+    alone (in the release, not among the script's outputs, deleted once the book is made)."""
+    if not plan.output.lossless_copy or "wav" in plan.output.formats:
+        return plan
+    return replace(plan, output=replace(plan.output, formats=(*plan.output.formats, "wav")))
+
+
 def _scratch_folder() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="rime-batch-")
 
 
+def book_stage(ctx: Context, job_id: str) -> Outcome:
+    """Assemble the job's book once every script is done (exactly one caller wins the claim, or
+    takes over the book of an executor that stopped); a failure fails the book, and the job
+    with it, until a resume."""
+    claim = ctx.executor.claim()
+    with ctx.db.begin() as conn:
+        if not transitions.claim_book(conn, job_id, claim, dead_before=ctx.executor.dead_before()):
+            return Outcome.SKIPPED
+        work = plans.load_book_work(conn, job_id)
+    title = work.book.title
+    ctx.on_event(Event("book", job_id, title, "started"))
+    store = ctx.store(work.destination)
+    try:
+        assembled, files = _assemble_into(work, store)
+    except Exception as exc:
+        with ctx.db.begin() as conn:
+            transitions.fail_book(conn, job_id, claim, f"assembling the book failed: {exc}")
+        ctx.on_event(Event("book", job_id, title, Outcome.FAILED, error=str(exc)))
+        return Outcome.FAILED
+    except BaseException:
+        with ctx.db.begin() as conn:
+            transitions.release_book(conn, job_id, claim)
+        raise
+    chapters = [
+        {
+            "script_id": c.script_id,
+            "title": c.title,
+            "start_seconds": seconds(c.start_seconds),
+            "duration_seconds": seconds(c.duration_seconds),
+            "mp3": c.mp3,
+        }
+        for c in assembled.chapters
+    ]
+    with ctx.db.begin() as conn:
+        won = transitions.finish_book(conn, job_id, claim, outputs=files, chapters=chapters)
+    if not won:
+        return Outcome.SKIPPED
+    _drop_lossless_copies(work, store)
+    total = sum(c.duration_seconds for c in assembled.chapters)
+    ctx.on_event(Event("book", job_id, title, Outcome.ASSEMBLED, seconds=total))
+    return Outcome.ASSEMBLED
+
+
+def _assemble_into(work: plans.BookWork, store: ObjectStore) -> tuple[Assembled, list[BookFile]]:
+    """Assemble the book into its release from the chapters' audio: in place in a local folder,
+    else through a scratch folder (downloads in, uploads out). Each file's record."""
+    # The release's own results file is at its root: its folder, when the store has one.
+    results = store.local_path(release_key(work.job_id, RESULTS_KEY))
+    release_folder = None if results is None else results.parent
+    with _scratch_folder() as scratch_name:
+        scratch = Path(scratch_name)
+        sources = [
+            ChapterSource(
+                _chapter_audio(work, store, chapter.script_id, scratch),
+                work.outputs[chapter.script_id].mp3_bitrate,
+            )
+            for chapter in work.book.chapters
+        ]
+        into = release_folder if release_folder is not None else scratch / "out"
+        assembled = assemble(work.book, sources, into)
+        files = []
+        for file in assembled.files:
+            key = release_key(work.job_id, file.key)
+            if release_folder:
+                uri = store.uri_for(key)
+            else:
+                uri = store.put_file(key, file.path, content_type=BOOK_CONTENT_TYPES[file.format])
+            files.append(BookFile(file.format, file.key, uri, file.sha256, file.size_bytes))
+    return assembled, files
+
+
+def _chapter_key(work: plans.BookWork, script_id: str, fmt: str = "wav") -> str:
+    return release_key(work.job_id, output_key(script_id, fmt))
+
+
+def _chapter_audio(work: plans.BookWork, store: ObjectStore, script_id: str, scratch: Path) -> Path:
+    """A local PCM WAV of the chapter: its release's WAV (an output, or the book's copy), else
+    any other output it has, decoded (a lossy source, as a last resort)."""
+    spec = work.outputs[script_id]
+    for fmt in ("wav", *(f for f in spec.formats if f != "wav")):
+        key = _chapter_key(work, script_id, fmt)
+        path = store.local_path(key)
+        if path is None:
+            try:
+                path = store.get_to_file(key, scratch.joinpath("in", *key.split("/")))
+            except ObjectNotFound:
+                continue
+        elif not path.is_file():
+            continue
+        if fmt == "wav":
+            return path
+        log.warning("book chapter %s has no WAV; decoding its %s output", script_id, fmt)
+        return decode_to_wav(path, scratch.joinpath("decoded", *f"{script_id}.wav".split("/")))
+    raise ObjectNotFound(
+        f"chapter {script_id!r} has no audio in the release",
+        uri=store.uri_for(_chapter_key(work, script_id)),
+    )
+
+
+def _drop_lossless_copies(work: plans.BookWork, store: ObjectStore) -> None:
+    # Only the copies made for the book: a chapter's own wav output stays.
+    for chapter in work.book.chapters:
+        spec = work.outputs[chapter.script_id]
+        if spec.lossless_copy and "wav" not in spec.formats:
+            try:
+                store.delete(_chapter_key(work, chapter.script_id))
+            except (RimeBatchError, OSError) as exc:
+                log.warning("could not delete the book's copy of %s: %s", chapter.script_id, exc)
+
+
 def settle_stage(ctx: Context, job_id: str) -> State:
-    """Roll the job's state up; when it is over, write its release's results file, publish the
-    release when every script is done (see `pipeline.publish`), and record the end's webhook
-    event. The job's state."""
+    """Roll the job's state up, once its book is assembled if it has one (`book_stage`); when
+    it is over, write its release's results file, publish the release when every script is done
+    (see `pipeline.publish`), and record the end's webhook event. The job's state."""
+    book_stage(ctx, job_id)
     with ctx.db.begin() as conn:
         was = transitions.lock_job(conn, job_id)
         state = transitions.settle_job(conn, job_id)

@@ -22,6 +22,8 @@ manifest may take its scripts from a CSV instead, with `scripts_csv: prompts.csv
 A `lexicon:` (job-wide, or a script's own) says how words are said: inline, or YAML and CSV
 files (`pipeline.manifest.lexicons`); each script's spec carries its checked lexicon, which the
 plan applies (`pipeline.lexicon`).
+A `book:` section assembles the scripts (all, or those it names) into an audiobook once they are
+stitched (`pipeline.manifest.book`); a script's `title:` is its chapter's title.
 
 Overrides from the command line (`--set key=value`, `--voice-map old=new`) are applied as the
 manifest is loaded, and validated with it (`pipeline.manifest.overrides`).

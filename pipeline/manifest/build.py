@@ -11,6 +11,7 @@ from pydantic_core import ErrorDetails
 
 from pipeline.errors import ManifestError
 from pipeline.lexicon import Lexicon, LexiconProblem, overlay
+from pipeline.manifest.book import check_title, read_book
 from pipeline.manifest.characters import character_problem, first_bad_value, where_in
 from pipeline.manifest.lexicons import KEY as LEXICON
 from pipeline.manifest.lexicons import read_lexicon
@@ -21,6 +22,7 @@ from pipeline.manifest.models import (
     MAX_NOTIFY_URLS,
     MAX_SCRIPTS,
     MAX_TEXT_CHARS,
+    BookSpec,
     JobSpec,
     ScriptSpec,
     Source,
@@ -46,7 +48,7 @@ from pipeline.manifest.readers import (
     RawManifest,
     unknown_key_message,
 )
-from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, first_clash, output_key
+from pipeline.storage.keys import DEFAULT_KEEP_RELEASES, book_keys, first_clash, output_key
 from pipeline.webhook import check_url
 
 if TYPE_CHECKING:
@@ -108,7 +110,8 @@ def build_job(
                 f"may hold at most {MAX_SCRIPTS:,} (split it)"
             )
     use.check(overrides)
-    _check_outputs(raw, scripts, destination, overridden=output is not None)
+    book = read_book(raw, scripts, name)
+    _check_outputs(raw, scripts, destination, overridden=output is not None, book=book)
     return JobSpec(
         name=name,
         manifest=raw.file.absolute(),
@@ -117,6 +120,7 @@ def build_job(
         scripts=tuple(scripts),
         keep_releases=_keep_releases(raw),
         notify=notify,
+        book=book,
     )
 
 
@@ -170,16 +174,34 @@ def _renamed(voice: Voice, overrides: Overrides) -> Voice:
 
 
 def _check_outputs(
-    raw: RawManifest, scripts: list[ScriptSpec], destination: str, *, overridden: bool
+    raw: RawManifest,
+    scripts: list[ScriptSpec],
+    destination: str,
+    *,
+    overridden: bool,
+    book: BookSpec | None = None,
 ) -> None:
     """Every output key of the job can be written: none clashes with another, or with what the
     destination folder already holds (found out otherwise after the requests were billed)."""
-    keys = [
+    keys: list[tuple[ScriptSpec | None, str]] = [
         (s, output_key(s.id, fmt)) for s in scripts for fmt in (*s.voice.formats, *s.voice.captions)
     ]
+    if book is not None:
+        # The book's files (owned by no script) first: a clash then names the script.
+        titles = {s.id: s.title or s.id for s in scripts}
+        m4b, m3u, mp3s = book_keys(book.folder, book.title, (titles[i] for i in book.scripts))
+        keys = [(None, key) for key in (m4b, m3u, *mp3s)] + keys
     clash = first_clash(keys)
     if clash is not None:
         earlier, later, earlier_key, later_key = clash
+        if earlier is None or later is None:
+            script = later or earlier
+            assert script is not None
+            raise raw.locator.source(("book", "folder")).error(
+                f"the book's {earlier_key if earlier is None else later_key!r} and script "
+                f"{script.id!r}'s {later_key if earlier is None else earlier_key!r} cannot both "
+                "be written; rename the script or give the book another folder"
+            )
         if earlier_key == later_key:
             how = "the same file"
         elif earlier_key.casefold() == later_key.casefold():
@@ -303,6 +325,7 @@ def _scripts(
     chapters = _chapters(raw, entry, loc)
     if chapters is None:
         text = _text(raw, entry, loc)
+        title = entry.get("title")
         return [
             ScriptSpec(
                 id=script_id,
@@ -312,6 +335,9 @@ def _scripts(
                 text_source=text_source,
                 voice=voice,
                 lexicon=script_lexicon,
+                title=None
+                if title is None
+                else check_title(title, raw.locator.source((*loc, "title"))),
             )
         ]
     return [

@@ -57,6 +57,8 @@ MAX_JOB_NAME_CHARS = 200
 MAX_KEEP_RELEASES = 1_000
 MAX_OUTPUT_CHARS = 1_000
 MAX_SETTING_CHARS = 100  # speaker, lang
+MAX_TITLE_CHARS = 200  # a script's title; the book's title, author and narrator
+MAX_COVER_BYTES = 10 * 1024 * 1024  # a book's cover image, stored with the job
 # Webhooks one job tells of its end (each URL at most pipeline.webhook.MAX_URL_CHARS long).
 MAX_NOTIFY_URLS = 10
 # Lists and mappings inside one another; a manifest needs 4 (scripts, a script, formats).
@@ -275,3 +277,19 @@ class JobSpec(BaseModel):
     scripts: tuple[ScriptSpec, ...]
     keep_releases: int = DEFAULT_KEEP_RELEASES  # releases kept when a new one is published
     notify: tuple[str, ...] = ()  # webhook URLs told of the job's end
+    book: BookSpec | None = None  # a book assembled from the scripts (`pipeline.manifest.book`)
+
+
+class BookSpec(BaseModel):
+    """The manifest's `book:`: its metadata, cover and chapters (script ids, in order)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    scripts: tuple[str, ...]
+    folder: str
+    author: str | None = None
+    narrator: str | None = None
+    year: str | None = None
+    cover: bytes | None = None
+    cover_type: str | None = None  # "image/jpeg" | "image/png"

@@ -71,11 +71,7 @@ def read_text_file(
 ) -> str:
     """The UTF-8 text of `relative`, a file inside `folder` of at most `limit` bytes;
     PathProblem when it can't be."""
-    target = file_inside(relative, folder, limit=limit, what=what)
-    try:
-        data = target.read_bytes()
-    except OSError as exc:
-        raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
+    data = read_file_bytes(relative, folder, limit=limit, what=what)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -111,6 +107,16 @@ def file_inside(relative: str, folder: Path, *, limit: int, what: str) -> Path:
     if size > limit:
         raise PathProblem(f"{relative!r} is {size:,} bytes; {what} may hold at most {limit:,}")
     return target
+
+
+def read_file_bytes(relative: str, folder: Path, *, limit: int, what: str) -> bytes:
+    """The bytes of `relative`, a file inside `folder` of at most `limit` bytes; PathProblem
+    when it can't be."""
+    target = file_inside(relative, folder, limit=limit, what=what)
+    try:
+        return target.read_bytes()
+    except OSError as exc:
+        raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
 
 
 def describe_bad_byte(data: bytes, exc: UnicodeDecodeError) -> str:

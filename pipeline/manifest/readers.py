@@ -39,8 +39,9 @@ TOP_KEYS = (
     "scripts",
     "scripts_csv",
     "lexicon",
+    "book",
 )
-SCRIPT_KEYS = ("id", "text", "text_file", "split", "lexicon")
+SCRIPT_KEYS = ("id", "text", "text_file", "split", "lexicon", "title")
 VOICE_KEYS = tuple(Voice.model_fields)
 
 _STR_TAG = "tag:yaml.org,2002:str"

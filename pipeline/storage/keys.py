@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
@@ -122,3 +123,30 @@ def first_clash(keys: Iterable[tuple[Owner, str]]) -> tuple[Owner, Owner, str, s
         for prefix in prefixes:
             folders.setdefault(prefix, (owner, key))
     return None
+
+
+# A book's files (`pipeline.book`) live in one folder of the release, `book/` unless its
+# manifest names another; their names come from the titles, as slugs.
+DEFAULT_BOOK_FOLDER = "book"
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+_SLUG_CHARS = 60
+
+
+def slug(text: str, fallback: str) -> str:
+    """`text` as a file name: lower-case ASCII letters and digits joined by '-' (accents
+    dropped), at most 60 characters; `fallback` when nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    cut = _NOT_SLUG.sub("-", ascii_text.lower()).strip("-")[:_SLUG_CHARS].strip("-")
+    return cut or fallback
+
+
+def book_keys(folder: str, title: str, chapter_titles: Iterable[str]) -> tuple[str, str, list[str]]:
+    """A book's keys in its release: the M4B, the playlist, and one MP3 per chapter in order
+    (numbered, so equal titles never share a file)."""
+    name = slug(title, "book")
+    titles = list(chapter_titles)
+    width = max(2, len(str(len(titles))))
+    mp3s = [
+        f"{folder}/{n:0{width}d}-{slug(t, 'chapter')}.mp3" for n, t in enumerate(titles, start=1)
+    ]
+    return f"{folder}/{name}.m4b", f"{folder}/{name}.m3u", mp3s

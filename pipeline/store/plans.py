@@ -11,11 +11,11 @@ from typing import Any, TypeVar, get_origin, get_type_hints
 from sqlalchemy import Connection, RowMapping, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.plan import JobOptions, JobPlan, OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.plan import BookPlan, JobOptions, JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.params import VoiceParams
 from pipeline.store import productions
 from pipeline.store.errors import JobNotFound, StoreError
-from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, utcnow
+from pipeline.store.schema import BOOKS, JOBS, SCRIPTS, SEGMENTS, utcnow
 from pipeline.store.states import State
 
 T = TypeVar("T")
@@ -75,6 +75,17 @@ def record_plan(conn: Connection, plan: JobPlan) -> str:
             )
     except IntegrityError as exc:
         raise productions.translate_busy(conn, production_id, exc) from exc
+    if plan.book is not None:
+        conn.execute(
+            insert(BOOKS).values(
+                job_id=job_id,
+                state=State.PENDING,
+                spec=plan.book.to_json(),
+                cover=plan.book.cover,
+                outputs=[],
+                chapters=[],
+            )
+        )
     if not plan.scripts:
         return job_id
     script_rows = [
@@ -173,7 +184,16 @@ def load_plan(conn: Connection, job_id: str) -> JobPlan:
         destination=job["destination"],
         scripts=tuple(_script_plan(s, by_script[s["id"]]) for s in scripts),
         options=JobOptions.from_json(job["options"]),
+        book=load_book(conn, job_id),
     )
+
+
+def load_book(conn: Connection, job_id: str) -> BookPlan | None:
+    """The job's book as planned, cover included; None for a job without one."""
+    row = conn.execute(
+        select(BOOKS.c.spec, BOOKS.c.cover).where(BOOKS.c.job_id == job_id)
+    ).one_or_none()
+    return None if row is None else BookPlan.from_json(row.spec, row.cover)
 
 
 @dataclass(frozen=True)
@@ -290,3 +310,29 @@ def load_script(conn: Connection, script_pk: int) -> ScriptWork:
         state=found["state"],
         plan=_script_plan(found, segments),
     )
+
+
+@dataclass(frozen=True)
+class BookWork:
+    """What an executor needs to assemble a job's book: the book, its job's destination, and
+    each chapter's output settings."""
+
+    job_id: str
+    destination: str
+    book: BookPlan
+    outputs: Mapping[str, OutputSpec]  # by script id
+
+
+def load_book_work(conn: Connection, job_id: str) -> BookWork:
+    """The job's book with what assembling it needs; StoreError when the job has none."""
+    book = load_book(conn, job_id)
+    if book is None:
+        raise StoreError(f"job {job_id} has no book")
+    destination = conn.execute(select(JOBS.c.destination).where(JOBS.c.id == job_id)).scalar_one()
+    outputs = {
+        row.script_id: _from_dict(OutputSpec, row.output)
+        for row in conn.execute(
+            select(SCRIPTS.c.script_id, SCRIPTS.c.output).where(SCRIPTS.c.job_id == job_id)
+        )
+    }
+    return BookWork(job_id, destination, book, outputs)

@@ -25,6 +25,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -45,6 +46,17 @@ class OutputFile:
     """One encoded file of a stitched script."""
 
     format: str
+    uri: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class BookFile:
+    """One file of an assembled book, at `key` in its release."""
+
+    format: str  # m4b | mp3 | m3u
+    key: str
     uri: str
     sha256: str
     bytes: int
@@ -218,6 +230,24 @@ SCRIPTS = Table(
     *_claimed(),
     UniqueConstraint("job_id", "script_id"),
     UniqueConstraint("job_id", "position"),
+)
+
+# A job's book (`pipeline.book`), assembled from its stitched scripts before the job is done.
+BOOKS = Table(
+    "books",
+    metadata,
+    Column("job_id", String(12), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    _state(),
+    _required("spec", JSON()),  # BookPlan.to_json()
+    _optional("cover", LargeBinary()),  # the cover image as read when the job was planned
+    # One entry per file: {format, key, uri, sha256, bytes} (see BookFile), once assembled.
+    _required("outputs", JSON()),
+    # Per chapter: {script_id, title, start_seconds, duration_seconds, mp3}, once assembled.
+    _required("chapters", JSON()),
+    _optional("error", Text()),
+    _optional("started_at", UTCDateTime()),
+    _optional("finished_at", UTCDateTime()),
+    *_claimed(),
 )
 
 # One request to Rime and its attempts.

@@ -48,7 +48,7 @@ from pipeline.loudness import LoudnessRecord
 from pipeline.store import productions
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
 from pipeline.store.executors import alive
-from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, OutputFile, utcnow
+from pipeline.store.schema import BOOKS, JOBS, SCRIPTS, SEGMENTS, BookFile, OutputFile, utcnow
 from pipeline.store.states import State, check_transition
 from pipeline.store.views import all_segments_done
 
@@ -624,7 +624,11 @@ def settle_job(conn: Connection, job_id: str) -> State:
     """
     now = utcnow()
     of_job = SCRIPTS.c.job_id == JOBS.c.id
-    not_done = exists().where(of_job, SCRIPTS.c.state != State.DONE)
+    book = BOOKS.c.job_id == JOBS.c.id
+    # A job with a book is done when its book is (assembled after every script is done).
+    not_done = exists().where(of_job, SCRIPTS.c.state != State.DONE) | exists().where(
+        book, BOOKS.c.state != State.DONE
+    )
     if _cas(
         conn,
         JOBS,
@@ -635,10 +639,17 @@ def settle_job(conn: Connection, job_id: str) -> State:
         error=None,
     ):
         return State.DONE
-    active = exists().where(of_job, SCRIPTS.c.state.in_(_ACTIVE))
-    failed = exists().where(of_job, SCRIPTS.c.state == State.FAILED)
+    active = exists().where(of_job, SCRIPTS.c.state.in_(_ACTIVE)) | exists().where(
+        book, BOOKS.c.state == State.RUNNING
+    )
+    failed = exists().where(of_job, SCRIPTS.c.state == State.FAILED) | exists().where(
+        book, BOOKS.c.state == State.FAILED
+    )
     count = conn.scalar(
         select(func.count()).where(SCRIPTS.c.job_id == job_id, SCRIPTS.c.state == State.FAILED)
+    )
+    book_error = conn.scalar(
+        select(BOOKS.c.error).where(BOOKS.c.job_id == job_id, BOOKS.c.state == State.FAILED)
     )
     _cas(
         conn,
@@ -647,7 +658,7 @@ def settle_job(conn: Connection, job_id: str) -> State:
         expected=[State.RUNNING],
         target=State.FAILED,
         finished_at=now,
-        error=f"{count} script(s) failed",
+        error=f"{count} script(s) failed" if count else f"the book failed: {book_error}",
     )
     return job_state(conn, job_id)
 
@@ -690,6 +701,17 @@ def reset_for_resume(conn: Connection, job_id: str) -> int:
         finished_at=None,
         **_UNCLAIMED,
     )
+    _cas(
+        conn,
+        BOOKS,
+        BOOKS.c.job_id == job_id,
+        expected=stuck,
+        target=State.PENDING,
+        error=None,
+        started_at=None,
+        finished_at=None,
+        **_UNCLAIMED,
+    )
     try:
         with conn.begin_nested():
             _cas(
@@ -728,6 +750,14 @@ def cancel_job(conn: Connection, job_id: str) -> int:
         target=State.CANCELLED,
         finished_at=now,
     )
+    _cas(
+        conn,
+        BOOKS,
+        BOOKS.c.job_id == job_id,
+        expected=_ACTIVE,
+        target=State.CANCELLED,
+        finished_at=now,
+    )
     if not _cas(
         conn,
         JOBS,
@@ -741,3 +771,96 @@ def cancel_job(conn: Connection, job_id: str) -> int:
             f"job {job_id}", job_state(conn, job_id).value, State.CANCELLED.value
         )
     return cancelled
+
+
+# Books
+
+
+def claim_book(conn: Connection, job_id: str, claim: Claim, *, dead_before: datetime) -> bool:
+    """The job's book pending -> running once every script of its running job is done, or a
+    running one taken over from an executor silent since `dead_before`; True if we won."""
+    check_transition("book", [State.PENDING], State.RUNNING)
+    ready = (
+        (BOOKS.c.job_id == job_id)
+        & ~exists().where(SCRIPTS.c.job_id == job_id, SCRIPTS.c.state != State.DONE)
+        & exists().where(JOBS.c.id == job_id, JOBS.c.state == State.RUNNING)
+    )
+    now = utcnow()
+    if _cas_one(
+        conn,
+        BOOKS,
+        ready,
+        expected=[State.PENDING],
+        target=State.RUNNING,
+        started_at=now,
+        error=None,
+        **claim.values,
+    ):
+        return True
+    dead = conn.execute(
+        select(BOOKS.c.claim).where(
+            ready, BOOKS.c.state == State.RUNNING, ~alive(BOOKS.c.executor, dead_before)
+        )
+    ).one_or_none()
+    if dead is None:
+        return False
+    result = conn.execute(
+        update(BOOKS)
+        .where(
+            ready,
+            BOOKS.c.state == State.RUNNING,
+            _is_claim(BOOKS, [dead.claim]),
+            ~alive(BOOKS.c.executor, dead_before),
+        )
+        .values(started_at=now, **claim.values)
+    )
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
+
+
+def finish_book(
+    conn: Connection,
+    job_id: str,
+    claim: Claim,
+    *,
+    outputs: Sequence[BookFile],
+    chapters: Sequence[dict[str, Any]],
+) -> bool:
+    """running -> done with the book's files and chapter times; False if the claim was lost."""
+    return _cas_one(
+        conn,
+        BOOKS,
+        (BOOKS.c.job_id == job_id) & (BOOKS.c.claim == claim.token),
+        expected=[State.RUNNING],
+        target=State.DONE,
+        outputs=[asdict(o) for o in outputs],
+        chapters=list(chapters),
+        finished_at=utcnow(),
+        error=None,
+    )
+
+
+def fail_book(conn: Connection, job_id: str, claim: Claim, error: str) -> bool:
+    """running -> failed (assembling it failed; a resume tries again); False if lost."""
+    return _cas_one(
+        conn,
+        BOOKS,
+        (BOOKS.c.job_id == job_id) & (BOOKS.c.claim == claim.token),
+        expected=[State.RUNNING],
+        target=State.FAILED,
+        error=_clip(error),
+        finished_at=utcnow(),
+    )
+
+
+def release_book(conn: Connection, job_id: str, claim: Claim) -> bool:
+    """running -> pending (interrupted), to be assembled again."""
+    return _cas_one(
+        conn,
+        BOOKS,
+        (BOOKS.c.job_id == job_id) & (BOOKS.c.claim == claim.token),
+        expected=[State.RUNNING],
+        target=State.PENDING,
+        started_at=None,
+        **_UNCLAIMED,
+    )

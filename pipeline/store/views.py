@@ -14,7 +14,7 @@ from pipeline.loudness import LoudnessRecord
 from pipeline.plan import JobOptions
 from pipeline.store import executors
 from pipeline.store.errors import JobNotFound, JobStillRunning
-from pipeline.store.schema import JOBS, PRODUCTIONS, SCRIPTS, SEGMENTS, OutputFile
+from pipeline.store.schema import BOOKS, JOBS, PRODUCTIONS, SCRIPTS, SEGMENTS, BookFile, OutputFile
 from pipeline.store.states import State
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -79,11 +79,23 @@ class JobStatus:
 
 
 @dataclass(frozen=True)
+class BookStatus:
+    """A job's book: where it stands, and once assembled its files and chapter times."""
+
+    title: str
+    state: State
+    outputs: tuple[BookFile, ...]
+    chapters: tuple[dict[str, object], ...]  # {script_id, title, start_seconds, ...}
+    error: str | None
+
+
+@dataclass(frozen=True)
 class JobSummary:
     """A job and each of its scripts, for `status`."""
 
     job: JobStatus
     scripts: tuple[ScriptStatus, ...]
+    book: BookStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -268,7 +280,25 @@ def job_summary(
         )
         for row in conn.execute(query).mappings()
     )
-    return JobSummary(job=rows[0], scripts=scripts)
+    return JobSummary(job=rows[0], scripts=scripts, book=book_status(conn, job_id))
+
+
+def book_status(conn: Connection, job_id: str) -> BookStatus | None:
+    """The job's book, or None when it has none."""
+    row = conn.execute(
+        select(BOOKS.c.spec, BOOKS.c.state, BOOKS.c.outputs, BOOKS.c.chapters, BOOKS.c.error).where(
+            BOOKS.c.job_id == job_id
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return BookStatus(
+        title=row.spec["title"],
+        state=State(row.state),
+        outputs=tuple(BookFile(**o) for o in row.outputs),
+        chapters=tuple(row.chapters),
+        error=row.error,
+    )
 
 
 def job_production(conn: Connection, job_id: str) -> int | None:
@@ -336,7 +366,8 @@ def outstanding(conn: Connection, job_id: str) -> Outstanding:
 
 
 def last_activity(conn: Connection, job_id: str) -> datetime | None:
-    """When the job's work last moved: its latest claim or finish of a segment or a script.
+    """When the job's work last moved: its latest claim or finish of a segment or a script, or
+    the start of its book.
 
     A distributed executor cannot tell a dead worker from a slow one by asking it; it can only
     see how long ago the job table last changed.
@@ -347,6 +378,7 @@ def last_activity(conn: Connection, job_id: str) -> datetime | None:
         select(func.max(SEGMENTS.c.finished_at)).where(SEGMENTS.c.job_id == job_id),
         select(func.max(SCRIPTS.c.stitch_started_at)).where(SCRIPTS.c.job_id == job_id),
         select(func.max(SCRIPTS.c.finished_at)).where(SCRIPTS.c.job_id == job_id),
+        select(func.max(BOOKS.c.started_at)).where(BOOKS.c.job_id == job_id),
     ).subquery()
     # max() keeps the column's type, so the value comes back timezone-aware on SQLite too.
     latest: datetime | None = conn.scalar(select(func.max(moments.c.at)))

@@ -28,6 +28,7 @@ TABLES = {
     "schedules",
     "schedule_runs",
     "deliveries",
+    "books",
 }
 
 

@@ -43,7 +43,7 @@ LAYERS: list[set[str]] = [
         "pipeline.schedules",
     },
     {"pipeline.plan", "pipeline.synth", "pipeline.settings"},
-    {"pipeline.stitch", "pipeline.store"},
+    {"pipeline.stitch", "pipeline.book", "pipeline.store"},
     {
         "pipeline.results",
         "pipeline.captions",

@@ -371,7 +371,7 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 None,
                 None,
                 "the top level must be a mapping with job, output, keep_releases, notify, "
-                "defaults, scripts, scripts_csv, lexicon, "
+                "defaults, scripts, scripts_csv, lexicon, book, "
                 "not a list",
             ),
         ),
@@ -382,7 +382,7 @@ _OK = "scripts:\n  - id: a\n    text: Hi.\n"
                 None,
                 None,
                 "the top level must be a mapping with job, output, keep_releases, notify, "
-                "defaults, scripts, scripts_csv, lexicon, "
+                "defaults, scripts, scripts_csv, lexicon, book, "
                 "not a single value ('hello')",
             ),
         ),
