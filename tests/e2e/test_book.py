@@ -251,3 +251,67 @@ def test_a_book_on_s3_is_assembled_through_a_scratch_folder_and_published(
     # The lossless copies were uploaded for the book and deleted once it was made.
     assert f"{release}/chapters/one.wav" not in keys
     assert f"{release}/front/intro.wav" in keys  # a script's own output stays
+
+
+EPUB_BOOK = """\
+job: small-book
+output: out
+defaults: {speaker: cove, samplingRate: 24000, formats: [mp3]}
+book:
+  title: A Small Book
+  author: A. Writer
+scripts:
+  - id: novel
+    text_file: the-small-book.epub
+"""
+
+
+def test_an_epub_renders_to_an_m4b_of_its_chapters_with_their_titles_and_tagged_mp3s(
+    cli: Cli, engine_factory: EngineFactory, tmp_path: Path
+) -> None:
+    """The book of the EPUB reader's fixture (three chapters, each a heading, one with a
+    footnote and a page break) from manifest to M4B: chapters titled from its contents."""
+    from tests.fixtures.books import write_book
+
+    engine = engine_factory(api_keys=[KEY])
+    write(tmp_path, EPUB_BOOK)
+    write_book(tmp_path / "the-small-book.epub")
+
+    result = cli.using(engine=engine, api_key=KEY).run("render", "jobs.yaml")
+
+    assert result.returncode == 0, result
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    ids = [s["id"] for s in results["scripts"]]
+    assert ids == ["novel/01-the-storm", "novel/02-the-letter", "novel/03-home-again"]
+    keys = [f["key"] for f in results["book"]["outputs"]]
+    titles = ["The Storm", "The Letter", "Home Again"]
+    marks = chapters_of(out / keys[0])
+    assert [title for title, _, _ in marks] == titles
+    durations = [s["audio_seconds"] for s in results["scripts"]]
+    audio = decoded(out / keys[0])
+    for n, (title, start, _) in enumerate(marks):
+        assert abs(start - sum(durations[:n])) < 0.002, title
+        found = located_start(audio, decoded(out / f"{ids[n]}.mp3"), start)
+        assert abs(found - start) <= 0.010, (title, found, start)
+    for number, (key, title) in enumerate(zip(keys[1:4], titles, strict=True), start=1):
+        id3 = ID3(out / key)
+        assert (str(id3["TIT2"]), str(id3["TALB"]), str(id3["TRCK"])) == (
+            title,
+            "A Small Book",
+            f"{number}/3",
+        )
+    # What was spoken: each chapter's heading first, no footnote marker or body, no page number.
+    from pipeline.plan import plan_manifest
+
+    spoken = [
+        " ".join(g.text for g in s.segments) for s in plan_manifest(tmp_path / "jobs.yaml").scripts
+    ]
+    assert [text.split("\n")[0] for text in spoken] == [
+        "Chapter One",
+        "Chapter Two",
+        "Chapter Three",
+    ]
+    assert "noon. The street" in spoken[0]
+    assert not any("rained for three days" in t or "grandmother" in t for t in spoken)
+    assert "2" not in spoken[0]
