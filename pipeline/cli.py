@@ -7,8 +7,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
@@ -23,7 +22,6 @@ from pipeline.errors import InputError, RimeBatchError
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from pydantic import SecretStr
     from rich.console import Console, RenderableType
     from sqlalchemy import Engine
 
@@ -31,9 +29,6 @@ if TYPE_CHECKING:
     from pipeline.progress import Done
     from pipeline.scheduler import Fired, Submitter
     from pipeline.store import State
-
-# The segment cache of renders spoken by the in-process engine, apart from Rime's audio.
-LOCAL_CACHE_NAMESPACE = "local"
 
 # Plain help: click's formatter wraps every option's name and help at any width, where the rich
 # panels cut long names short and print a type (`<bool>`) beside each flag.
@@ -116,31 +111,11 @@ def _database() -> Engine:
 
 
 def _cache_namespace() -> str:
-    """Where a render from here finds cached segments: Rime's audio, or the local engine's
-    apart from it."""
+    """Where a render from here finds cached segments (see pipeline.embedded)."""
+    from pipeline.embedded import cache_namespace
     from pipeline.settings import get_settings
 
-    return "" if get_settings().rime_api_key is not None else LOCAL_CACHE_NAMESPACE
-
-
-@contextmanager
-def _rime_endpoint() -> Iterator[tuple[str, SecretStr | None, str]]:
-    """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process."""
-    from pipeline.settings import get_settings
-
-    settings = get_settings()
-    if settings.rime_api_key is not None:
-        yield settings.rime_api_url, settings.rime_api_key, ""
-        return
-    from rime_local.config import EngineConfig
-    from rime_local.server import start_in_thread
-
-    engine = start_in_thread(EngineConfig())
-    _err().print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
-    try:
-        yield engine.http_url, None, LOCAL_CACHE_NAMESPACE
-    finally:
-        engine.stop()
+    return cache_namespace(get_settings())
 
 
 def _execute(
@@ -154,64 +129,35 @@ def _execute(
     and run it; its id and state."""
     import asyncio
 
+    from pipeline.embedded import Endpoint, limits_of, rime_endpoint, run_here, stage_context
     from pipeline.executor import Executor
-    from pipeline.limits import LocalLimiter
     from pipeline.preflight import cached_for, preflight
     from pipeline.progress import Done, ProgressReporter
-    from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
-    from pipeline.run import run_job
     from pipeline.settings import get_settings
-    from pipeline.stages import Context
     from pipeline.store.executors import RENDER
 
     settings = get_settings()
-    limits = settings.limits
-    if concurrency is not None:
-        limits = replace(limits, concurrency=concurrency)
-    if rpm is not None:
-        limits = replace(limits, requests_per_minute=rpm)
+    limits = limits_of(settings, concurrency, rpm)
     db = _database()
     segments = sum(len(s.segments) for s in plan.scripts)
     job_id: str | None = None
 
-    async def go(
-        http_url: str,
-        key: SecretStr | None,
-        namespace: str,
-        reporter: ProgressReporter,
-        executor: Executor,
-    ) -> State:
+    async def go(endpoint: Endpoint, reporter: ProgressReporter, executor: Executor) -> State:
         nonlocal job_id
-        # No more connections than requests the limiter lets through: idle ones cost CPU.
-        pool = limits.concurrency
-        async with AsyncRimeHttpClient(
-            api_key=key,
-            url=http_url,
-            max_connections=pool,
-            timeout=request_timeout(settings.read_timeout_seconds),
-        ) as client:
-            ctx = Context(
-                db,
-                client,
-                LocalLimiter(limits),
-                executor,
-                policy=settings.policy,
-                on_event=reporter,
-                cache_namespace=namespace,
-            )
+        async with stage_context(db, endpoint, settings, limits, executor, reporter) as ctx:
             # Before the job is recorded or started: a wrong URL, key or voice leaves nothing.
-            count_probes = await preflight(client, plan, http_url, cached_for(ctx, plan))
+            count_probes = await preflight(
+                ctx.client, plan, endpoint.http_url, cached_for(ctx, plan)
+            )
             job_id = await asyncio.to_thread(record)
             await asyncio.to_thread(count_probes, db, job_id)
-            return await run_job(
-                ctx,
-                job_id,
-                workers=limits.concurrency * 2,
-                stitchers=settings.stitch_parallelism,
-            )
+            return await run_here(ctx, job_id, settings, limits)
+
+    def local(url: str) -> None:
+        _err().print(f"no RIME_API_KEY: rendering with the local engine at {url}")
 
     with (
-        _rime_endpoint() as (http_url, key, namespace),
+        rime_endpoint(settings, local) as endpoint,
         ProgressReporter(
             _err(),
             segments=segments,
@@ -223,7 +169,7 @@ def _execute(
     ):
         try:
             try:
-                state = asyncio.run(go(http_url, key, namespace, reporter, executor))
+                state = asyncio.run(go(endpoint, reporter, executor))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None

@@ -244,14 +244,20 @@ def build_plan(job: JobSpec, options: JobOptions | None = None) -> JobPlan:
 
 
 def plan_manifest(
-    path: Path | str, *, output: str | None = None, options: JobOptions | None = None
+    path: Path | str,
+    *,
+    output: str | None = None,
+    options: JobOptions | None = None,
+    data: bytes | None = None,
 ) -> JobPlan:
     """Read, validate and plan a manifest with the overrides of `options` applied; any problem
-    is one InputError naming its place (or its flag)."""
+    is one InputError naming its place (or its flag). `data`: the manifest's bytes, as if at
+    `path`."""
     # Imported here: the stages and workers use plans, never manifests.
     from pipeline.manifest import load_manifest
     from pipeline.manifest.overrides import parse_overrides
 
     options = options or JobOptions()
     overrides = parse_overrides(options.set, options.voice_map)
-    return build_plan(load_manifest(path, output=output, overrides=overrides), options)
+    job = load_manifest(path, output=output, overrides=overrides, data=data)
+    return build_plan(job, options)

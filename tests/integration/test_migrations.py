@@ -28,6 +28,9 @@ TABLES = {
     "schedules",
     "schedule_runs",
     "deliveries",
+    "api_tokens",
+    "idempotency_keys",
+    "job_manifests",
 }
 
 

@@ -38,6 +38,7 @@ LAYERS: list[set[str]] = [
     {"pipeline.publish", "pipeline.scheduler"},
     {"pipeline.stages"},
     {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},
+    {"pipeline.embedded"},
     {"pipeline.cli"},
 ]
 # Only the command line's entry point may reach the workers (`submit`, `worker`, `cancel`).
