@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -275,27 +275,9 @@ def _options(
     notify: list[str] | None = None,
 ) -> JobOptions:
     """The job's options from the command line, as they are recorded on it."""
-    from pipeline.manifest.overrides import SET, VOICE_MAP, split_assignment
-    from pipeline.plan import JobOptions, Publish
-    from pipeline.webhook import check_url
+    from pipeline.plan import job_options
 
-    try:
-        mode = Publish(publish)
-    except ValueError:
-        raise InputError(f"--publish: {publish!r} is not auto or manual") from None
-    urls = []
-    for url in notify or ():
-        try:
-            urls.append(check_url(url))
-        except ValueError as exc:
-            raise InputError(f"--notify: {exc}") from None
-    return JobOptions(
-        set=tuple(split_assignment(SET, text) for text in sets or ()),
-        voice_map=tuple(split_assignment(VOICE_MAP, text) for text in voice_map or ()),
-        no_cache=no_cache,
-        publish=mode,
-        notify=tuple(dict.fromkeys(urls)),
-    )
+    return job_options(sets, voice_map, no_cache=no_cache, publish=publish, notify=notify)
 
 
 def _load_plan(manifest: Path, output: str | None, options: JobOptions) -> JobPlan:
@@ -535,26 +517,18 @@ def resume(
 ) -> None:
     """Finish an interrupted, failed or cancelled job, then publish it. Finished segments are
     not done again."""
-    from pipeline.deliver import require_secret
+    from pipeline.embedded import prepare_resume
     from pipeline.settings import get_settings
-    from pipeline.store import State, load_plan, transitions, views
+    from pipeline.store import State, views
 
     _setup_logging()
     with _database().begin() as conn:
         job_id = views.resolve_job_id(conn, job)
-        done = transitions.job_state(conn, job_id) is State.DONE
-    if done:
-        # Finished, but its publish did not happen (it stopped halfway, or failed): finish it.
-        from pipeline.publish import publish_when_due
-
-        publish_when_due(_database(), job_id)
+    job_plan = prepare_resume(_database(), job_id, get_settings(), force=force)
+    if job_plan is None:
+        # Finished, but its publish did not happen (it stopped halfway, or failed): finished now.
         _finish(job_id, State.DONE)
-    with _database().begin() as conn:
-        if not force:
-            views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
-        job_plan = load_plan(conn, job_id)
-        require_secret(job_plan.options.notify, get_settings().webhook_secret)
-        transitions.reset_for_resume(conn, job_id)
+        return
     _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id, resuming=job_id))
 
 
@@ -755,21 +729,10 @@ def deliver(
 
 def _production(name: str, destination: str | None) -> int:
     """The id of the production the user named."""
-    from pipeline.store import productions
+    from pipeline.publish import find_production
 
     with _database().begin() as conn:
-        found = productions.find_productions(conn, name)
-    if destination is not None:
-        found = [p for p in found if p.destination == destination]
-    if not found:
-        where = f" at {destination}" if destination else ""
-        raise InputError(f"no production {name!r}{where}: render a manifest with `job: {name}`")
-    if len(found) > 1:
-        places = ", ".join(p.destination for p in found)
-        raise InputError(
-            f"production {name!r} renders to several places ({places}): add --destination"
-        )
-    return found[0].id
+        return find_production(conn, name, destination)
 
 
 @app.command()
@@ -807,35 +770,19 @@ def rollback(
     destination: DestinationOpt = None,
 ) -> None:
     """Publish an earlier release again."""
-    from pipeline.store import productions
-
-    if release is None:
-        production_id = _production(name, destination)
-        with _database().begin() as conn:
-            release = productions.previously_published(conn, production_id)
-        if release is None:
-            raise InputError(
-                f"production {name!r} has no earlier published release to roll back to"
-            )
     _publish(name, release, destination, rollback=True)
 
 
-def _publish(name: str, release: str, destination: str | None, *, rollback: bool) -> None:
-    from pipeline.publish import PublishRefused, publish
-    from pipeline.store import views
+def _publish(name: str, release: str | None, destination: str | None, *, rollback: bool) -> None:
+    from pipeline.publish import publish_release
 
     _setup_logging()
-    production_id = _production(name, destination)
-    with _database().begin() as conn:
-        job_id = views.resolve_job_id(conn, release)
-        belongs = views.job_production(conn, job_id) == production_id
-    if not belongs:
-        raise PublishRefused(f"job {job_id} is not a release of production {name!r}")
-    done = publish(_database(), job_id, rollback=rollback)
+    done = publish_release(_database(), name, release, destination, rollback=rollback)
     before = f" (was {done.previous})" if done.previous else ""
     pruned = f"; pruned {', '.join(done.pruned)}" if done.pruned else ""
     _out().print(
-        f"published release {job_id}{before}: {done.outputs} files at {done.destination}{pruned}",
+        f"published release {done.job_id}{before}: {done.outputs} files at "
+        f"{done.destination}{pruned}",
         markup=False,
     )
 
@@ -906,31 +853,22 @@ def schedule_add(
 
     The manifest is read again at every run; `beat` (with workers) or `schedule serve` fires
     the runs."""
-    from pipeline.schedules import check_cron, check_name, next_due
-    from pipeline.store.schedules import add_schedule
+    from pipeline.scheduler import add
+    from pipeline.schedules import next_due
 
-    check_name(name)
-    expression = check_cron(cron)
-    if str(manifest).startswith("s3:"):
-        # The loader reads local files only (a manifest's text files sit beside it).
-        raise InputError(f"{manifest}: a schedule's manifest must be a local file for now")
-    # Planned once now: a manifest that cannot be rendered is refused with its own message.
     options = _options(sets, voice_map, publish=publish_mode, notify=notify)
-    job_plan = _check_webhooks(_load_plan(manifest, output, options))
-    with _database().begin() as conn:
-        schedule = add_schedule(
-            conn,
-            name,
-            str(manifest.absolute()),
-            expression,
-            only_if_changed=only_if_changed,
-            # Resolved now: relative to where this command runs, not where a worker does.
-            output=job_plan.destination if output is not None else None,
-            options=job_plan.options,
-        )
+    schedule = add(
+        _database(),
+        name,
+        manifest,
+        cron,
+        only_if_changed=only_if_changed,
+        output=output,
+        options=options,
+    )
     due = next_due(schedule.cron, schedule.since)
     _out().print(
-        f"schedule {name}: {schedule.manifest} at {expression!r}, first run {_utc(due)}",
+        f"schedule {name}: {schedule.manifest} at {schedule.cron!r}, first run {_utc(due)}",
         markup=False,
         highlight=False,
     )

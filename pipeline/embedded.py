@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from pipeline.executor import Executor
     from pipeline.limits import LimitConfig
+    from pipeline.plan import JobPlan
     from pipeline.settings import Settings
     from pipeline.stages import Context, Event
     from pipeline.store import State
@@ -113,3 +114,24 @@ async def run_here(ctx: Context, job_id: str, settings: Settings, limits: LimitC
     return await run_job(
         ctx, job_id, workers=limits.concurrency * 2, stitchers=settings.stitch_parallelism
     )
+
+
+def prepare_resume(db: Engine, job_id: str, settings: Settings, *, force: bool) -> JobPlan | None:
+    """Make a job ready to run again here: its plan, with its unfinished work reset. None when
+    it is done already (its publish, if it stopped halfway, is finished instead)."""
+    from pipeline.deliver import require_secret
+    from pipeline.publish import publish_when_due
+    from pipeline.store import State, load_plan, transitions, views
+
+    with db.begin() as conn:
+        done = transitions.job_state(conn, job_id) is State.DONE
+    if done:
+        publish_when_due(db, job_id)
+        return None
+    with db.begin() as conn:
+        if not force:
+            views.check_not_running(conn, job_id, settings.executor_timeout_seconds)
+        plan = load_plan(conn, job_id)
+        require_secret(plan.options.notify, settings.webhook_secret)
+        transitions.reset_for_resume(conn, job_id)
+    return plan
