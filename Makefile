@@ -32,7 +32,7 @@ demo: install
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy pipeline workers rime_local
+	$(BIN)/mypy pipeline workers service rime_local
 
 test: lint
 	$(BIN)/pytest

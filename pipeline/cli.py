@@ -1012,6 +1012,111 @@ def _report(fired: Fired) -> State | None:
     return state
 
 
+# --- The service: `serve`, and the API tokens it accepts -----------------------------------
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT", help="TCP port.")] = 8080,
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public", help="Allow an address other than loopback (put TLS in front of it)."
+        ),
+    ] = False,
+) -> None:
+    """Serve the HTTP API and console until Ctrl-C.
+
+    Jobs go to the Celery workers when CELERY_BROKER_URL is set, else run in this process.
+    Every route but /health needs a token from `rime-batch token create`."""
+    import uvicorn
+
+    from pipeline.settings import get_settings
+    from service.app import create_app
+
+    if not _loopback(host) and not public:
+        raise InputError(
+            f"--host {host}: not a loopback address; add --public to serve other hosts"
+        )
+    _setup_logging()
+    settings = get_settings()
+    application = create_app(settings, _database())
+    _err().print(
+        f"serving http://{host}:{port} (job table {_where(settings.database_url)}); Ctrl-C stops",
+        markup=False,
+        highlight=False,
+    )
+    # Our own request lines (with route, token name and ids) replace uvicorn's access log.
+    uvicorn.run(application, host=host, port=port, access_log=False, log_config=None)
+
+
+token_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app.add_typer(token_app, name="token", help="API tokens of the service (`serve`).")
+TokenNameArg = Annotated[str, typer.Argument(metavar="NAME", help="The token's name.")]
+
+
+@token_app.command("create")
+def token_create(
+    name: TokenNameArg,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="It may read, not submit, cancel or publish.")
+    ] = False,
+) -> None:
+    """Create a token and print it, once. Only its hash is kept."""
+    from service.tokens import create_token
+
+    with _database().begin() as conn:
+        _token, secret = create_token(conn, name, read_only=read_only)
+    kind = "read-only token" if read_only else "token"
+    _err().print(f"{kind} {name} (shown once; keep it secret):", markup=False, highlight=False)
+    _out().print(secret, markup=False, highlight=False, soft_wrap=True)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List the tokens: name, access, created, last used, revoked."""
+    from service.tokens import list_tokens
+
+    with _database().begin() as conn:
+        tokens = list_tokens(conn)
+    if not tokens:
+        _out().print("no tokens: `rime-batch token create NAME`")
+        return
+    for t in tokens:
+        access = "read-only" if t.read_only else "read-write"
+        used = _utc(t.last_used_at) if t.last_used_at else "never used"
+        revoked = f", revoked {_utc(t.revoked_at)}" if t.revoked_at else ""
+        _out().print(
+            f"{t.name}  {access}  created {_utc(t.created_at)}, {used}{revoked}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(name: TokenNameArg) -> None:
+    """Revoke a token: its requests and console sessions are refused from now on."""
+    from service.tokens import revoke_token
+
+    with _database().begin() as conn:
+        revoke_token(conn, name)
+    _out().print(f"revoked token {name}", markup=False, highlight=False)
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,

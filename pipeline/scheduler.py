@@ -63,9 +63,10 @@ def add(
     only_if_changed: bool = False,
     output: str | None = None,
     options: JobOptions | None = None,
+    check: Callable[[JobPlan], None] | None = None,
 ) -> Schedule:
     """Check and record a schedule of a local manifest; the manifest is planned once now, so
-    one that cannot be rendered is refused with its own message."""
+    one that cannot be rendered is refused with its own message (and `check` sees the plan)."""
     check_name(name)
     expression = check_cron(cron)
     if str(manifest).startswith("s3:"):
@@ -73,6 +74,8 @@ def add(
         raise InputError(f"{manifest}: a schedule's manifest must be a local file for now")
     plan = plan_manifest(manifest, output=output, options=options)
     require_secret(plan.options.notify, get_settings().webhook_secret)
+    if check is not None:
+        check(plan)
     with db.begin() as conn:
         return add_schedule(
             conn,
