@@ -13,10 +13,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,6 +28,7 @@ from pipeline.settings import Settings
 from pipeline.stages import Event
 from service import console, ops
 from service.api import jobs, releases, schedules
+from service.auth import Caller, reader
 from service.errors import ApiError, from_library
 from service.metrics import Metrics
 from service.runner import Runner, runner_for
@@ -102,15 +105,24 @@ def create_app(
     return app
 
 
+def routes_of(app: FastAPI) -> list[APIRoute]:
+    """Every API route the app serves, those of its included routers too."""
+    found: list[APIRoute] = []
+    stack: list[object] = list(reversed(app.routes))
+    while stack:
+        route = stack.pop()
+        if isinstance(route, APIRoute):
+            found.append(route)
+            continue
+        # FastAPI keeps an included router as one entry that serves the router's routes.
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            stack.extend(reversed(inner.routes))
+    return found
+
+
 def _schema_needs_auth(app: FastAPI) -> None:
     # FastAPI serves its schema route without dependencies: put it behind a token like the rest.
-    from typing import Annotated
-
-    from fastapi import Depends
-    from fastapi.responses import JSONResponse
-
-    from service.auth import Caller, reader
-
     app.router.routes = [
         r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url
     ]

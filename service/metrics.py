@@ -30,9 +30,8 @@ class JobTableCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """One scrape's figures, read in one transaction."""
         with self.db.begin() as conn:
-            by_state: dict[State, int] = dict(
-                conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state)).tuples()
-            )
+            grouped = conn.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state))
+            by_state = {State(state): int(count) for state, count in grouped}
             segments = conn.execute(
                 select(
                     func.coalesce(func.sum(case((SEGMENTS.c.state == State.DONE, 1), else_=0)), 0),
