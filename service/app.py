@@ -93,6 +93,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # A path that matches no route is a 404, not a redirect to a near one.
+        redirect_slashes=False,
     )
     app.include_router(ops.router)
     app.include_router(jobs.router)
