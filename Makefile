@@ -44,6 +44,7 @@ bench: install-bench
 	$(BIN)/python bench/takeover.py
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/stitch.py --hours 1
+	$(BIN)/python bench/service_latency.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

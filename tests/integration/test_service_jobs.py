@@ -104,7 +104,8 @@ def test_json_and_csv_bodies_are_manifests_too(service: Service) -> None:
     [
         (
             "clinic.yaml",
-            "job: c\nscripts:\n  - id: a\n    text: Hi.\n  - id: b\n    text: Hello.\n    speed: 9\n",
+            "job: c\nscripts:\n  - id: a\n    text: Hi.\n"
+            "  - id: b\n    text: Hello.\n    speed: 9\n",
             {"file": "clinic.yaml", "line": 7, "field": "scripts[1].speed"},
         ),
         (
