@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pipeline.reach import open_job_table
 from pipeline.store.schema import JOBS
 from rime_local.server import RunningEngine
+from tests.fixtures.s3 import S3Env
 from tests.fixtures.service import Service, write_manifest
 
 ServiceFactory = Callable[..., Service]
@@ -419,3 +420,27 @@ def test_the_api_key_never_appears_in_a_response_or_a_log(
     logs = caplog.text
     assert "POST /v1/jobs 201" in logs  # the service's own lines were captured
     assert key not in "".join(seen) and key not in logs
+
+
+def test_an_s3_output_is_a_redirect_to_a_presigned_url(
+    service_factory: ServiceFactory, sqlite_url: str, s3: S3Env
+) -> None:
+    bucket = s3.bucket()
+    service = service_factory(sqlite_url)
+    write_manifest(service.root)
+    with service.client(service.token()) as client:
+        created = post_manifest(
+            client, (service.root / "clinic.yaml").read_bytes(), output=s3.uri(bucket, "ivr")
+        )
+        assert created.status_code == 201, created.text
+        detail = service.wait_for_job(client, created.json()["job"]["id"])
+        assert detail["job"]["state"] == "done", detail
+        [output] = detail["scripts"][0]["outputs"]
+        answer = client.get(output["url"])
+        assert answer.status_code == 307
+        location = answer.headers["location"]
+        assert location.startswith(s3.endpoint_url) and "Signature" in location
+    # Fetched without the service's token: the presigned URL is the grant.
+    audio = httpx.get(location)
+    assert audio.status_code == 200
+    assert hashlib.sha256(audio.content).hexdigest() == output["sha256"]
