@@ -1,28 +1,31 @@
-"""API latency of one job's page: GET /v1/jobs/{id} of a done 1,000-script job, over a real
-uvicorn server on loopback, against reading the same summary from the job table directly in
-the same run (the ratio is what HTTP, auth and JSON add). Also the job list and /metrics."""
+"""API latency of one job's page: GET /v1/jobs/{id} of a done 1,000-script job, from a real
+`rime-batch serve` process on loopback, against reading the same summary from the job table
+directly in the same run (the ratio is what HTTP, auth and JSON add). Also the job list,
+/metrics and /health.
+
+The server is a process of its own: one in this process would share the GIL with the client,
+and every request would pay for the hand-over."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import uvicorn
 from sqlalchemy import update
 
 from pipeline.plan import job_options, plan_manifest
 from pipeline.reach import open_job_table
-from pipeline.settings import Settings
 from pipeline.store import State, record_plan, views
 from pipeline.store.schema import JOBS, SCRIPTS, SEGMENTS, utcnow
-from service.app import create_app
 from service.tokens import create_token
 
 
@@ -88,18 +91,22 @@ def main() -> None:
             conn.execute(done.values(state=State.DONE, attempts=1))
             conn.execute(update(JOBS).where(JOBS.c.id == job_id).values(state=State.DONE))
             _token, secret = create_token(conn, "bench")
-        settings = Settings.from_environment(
-            {"DATABASE_URL": url, "RIME_BATCH_SERVICE_ROOT": tmp, "RIME_API_KEY": "unused"}
-        )
-        app = create_app(settings, db)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RIME_", "CELERY_"))}
+        env |= {"DATABASE_URL": url, "RIME_BATCH_SERVICE_ROOT": tmp, "RIME_API_KEY": "unused"}
+        env["RIME_BATCH_LOG_LEVEL"] = "warning"
+        command = [str(Path(sys.executable).with_name("rime-batch")), "serve", "--port", str(port)]
+        server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        probe = f"http://127.0.0.1:{port}/health"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(probe).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
 
         def direct() -> object:
             with db.begin() as conn:
@@ -114,9 +121,10 @@ def main() -> None:
             page = _timed(lambda: client.get(f"/v1/jobs/{job_id}").raise_for_status(), args.runs)
             listed = _timed(lambda: client.get("/v1/jobs").raise_for_status(), args.runs)
             metrics = _timed(lambda: client.get("/metrics").raise_for_status(), args.runs)
+            health = _timed(lambda: client.get("/health").raise_for_status(), args.runs)
             size = len(answer.content)
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.terminate()
+        server.wait(timeout=30)
         db.dispose()
     median = statistics.median(base) * 1000
     print(f"{args.scripts:,}-script done job, {size:,} bytes of JSON, {args.runs} runs each")
@@ -124,6 +132,7 @@ def main() -> None:
     print(_line(f"GET /v1/jobs/{{id}} ({args.scripts:,} scripts)", page, median))
     print(_line("GET /v1/jobs (one job)", listed))
     print(_line("GET /metrics", metrics))
+    print(_line("GET /health (no job table, no token)", health))
 
 
 if __name__ == "__main__":
