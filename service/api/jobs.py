@@ -100,6 +100,24 @@ def _manifest_name(name: str | None, content_type: str) -> str:
     return name
 
 
+async def _body(request: Request) -> bytes:
+    """The request's body, refused once it outgrows the manifest limit (never read whole)."""
+    from pipeline.manifest.models import MAX_MANIFEST_BYTES
+
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_MANIFEST_BYTES:
+            raise ApiError(
+                413,
+                "too_large",
+                f"the manifest is over {MAX_MANIFEST_BYTES:,} bytes (put long texts in files "
+                "under the service's root and name them with text_file)",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _relative(exc: ManifestError, root: Path) -> ManifestError:
     """The error with its file named relative to the root, as the client knows it."""
     if exc.file is None or not Path(exc.file).is_relative_to(root):
@@ -168,8 +186,8 @@ async def create_job(
     """Validate the manifest as `render` does (a 422 names its file, line and field), record
     the job and start it. A repeated Idempotency-Key answers with the job it made."""
     state = state_of(request)
-    body = await request.body()
     file = _manifest_name(name, request.headers.get("content-type", ""))
+    body = await _body(request)
     options = job_options(set_, voice_map, no_cache=no_cache, publish=publish.value, notify=notify)
 
     def create() -> str:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.manifest.models import MAX_MANIFEST_BYTES
 from pipeline.reach import open_job_table
 from pipeline.store.schema import JOBS
 from rime_local.server import RunningEngine
@@ -157,6 +158,8 @@ def test_overrides_and_destinations_are_checked(service: Service, tmp_path: Path
         }
         bad_media = client.post("/v1/jobs", content=b"x", headers={"Content-Type": "image/png"})
         assert bad_media.status_code == 415
+        huge = post_manifest(client, b"#" * (MAX_MANIFEST_BYTES + 1))
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
         bad_limit = client.get("/v1/jobs", params={"limit": 0})
         assert bad_limit.status_code == 422
         assert bad_limit.json()["error"]["field"] == "limit"
