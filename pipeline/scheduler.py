@@ -20,7 +20,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from pipeline.deliver import require_secret
 from pipeline.diff import diff_at_destination
 from pipeline.errors import InputError, RimeBatchError, first_line
 from pipeline.plan import JobOptions, JobPlan, plan_manifest
@@ -67,6 +66,9 @@ def add(
 ) -> Schedule:
     """Check and record a schedule of a local manifest; the manifest is planned once now, so
     one that cannot be rendered is refused with its own message (and `check` sees the plan)."""
+    # Here, not at the top: a tick's process never adds, and need not load the sender.
+    from pipeline.deliver import require_secret
+
     check_name(name)
     expression = check_cron(cron)
     if str(manifest).startswith("s3:"):
