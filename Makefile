@@ -32,7 +32,7 @@ demo: install
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy pipeline workers rime_local
+	$(BIN)/mypy pipeline workers service rime_local
 
 test: lint
 	$(BIN)/pytest
@@ -45,6 +45,7 @@ bench: install-bench
 	$(BIN)/python bench/segment.py
 	$(BIN)/python bench/edit_locality.py
 	$(BIN)/python bench/stitch.py --hours 1
+	$(BIN)/python bench/service_latency.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

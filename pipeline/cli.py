@@ -7,9 +7,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,7 +22,6 @@ from pipeline.errors import InputError, RimeBatchError
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from pydantic import SecretStr
     from rich.console import Console, RenderableType
     from sqlalchemy import Engine
 
@@ -31,9 +29,6 @@ if TYPE_CHECKING:
     from pipeline.progress import Done
     from pipeline.scheduler import Fired, Submitter
     from pipeline.store import State
-
-# The segment cache of renders spoken by the in-process engine, apart from Rime's audio.
-LOCAL_CACHE_NAMESPACE = "local"
 
 # Plain help: click's formatter wraps every option's name and help at any width, where the rich
 # panels cut long names short and print a type (`<bool>`) beside each flag.
@@ -116,32 +111,11 @@ def _database() -> Engine:
 
 
 def _cache_namespace() -> str:
-    """Where a render from here finds cached segments: Rime's audio, or the local engine's
-    apart from it."""
+    """Where a render from here finds cached segments (see pipeline.embedded)."""
+    from pipeline.embedded import cache_namespace
     from pipeline.settings import get_settings
 
-    return "" if get_settings().rime_api_key is not None else LOCAL_CACHE_NAMESPACE
-
-
-@contextmanager
-def _rime_endpoint() -> Iterator[tuple[str, str, SecretStr | None, str]]:
-    """Rime's cloud when RIME_API_KEY is set, else the local engine started in-process: the
-    HTTP URL, the /ws3 URL, the key and the cache namespace."""
-    from pipeline.settings import get_settings
-
-    settings = get_settings()
-    if settings.rime_api_key is not None:
-        yield settings.rime_api_url, settings.rime_ws_url, settings.rime_api_key, ""
-        return
-    from rime_local.config import EngineConfig
-    from rime_local.server import start_in_thread
-
-    engine = start_in_thread(EngineConfig())
-    _err().print(f"no RIME_API_KEY: rendering with the local engine at {engine.base_url}")
-    try:
-        yield engine.http_url, engine.ws_url, None, LOCAL_CACHE_NAMESPACE
-    finally:
-        engine.stop()
+    return cache_namespace(get_settings())
 
 
 def _execute(
@@ -155,69 +129,35 @@ def _execute(
     and run it; its id and state."""
     import asyncio
 
+    from pipeline.embedded import Endpoint, limits_of, rime_endpoint, run_here, stage_context
     from pipeline.executor import Executor
-    from pipeline.limits import LocalLimiter
     from pipeline.preflight import cached_for, preflight
     from pipeline.progress import Done, ProgressReporter
-    from pipeline.rime.http import AsyncRimeHttpClient, request_timeout
-    from pipeline.rime.ws import WsSynthesizer
-    from pipeline.run import run_job
     from pipeline.settings import get_settings
-    from pipeline.stages import Context
     from pipeline.store.executors import RENDER
 
     settings = get_settings()
-    limits = settings.limits
-    if concurrency is not None:
-        limits = replace(limits, concurrency=concurrency)
-    if rpm is not None:
-        limits = replace(limits, requests_per_minute=rpm)
+    limits = limits_of(settings, concurrency, rpm)
     db = _database()
     segments = sum(len(s.segments) for s in plan.scripts)
     job_id: str | None = None
 
-    async def go(
-        http_url: str,
-        ws_url: str,
-        key: SecretStr | None,
-        namespace: str,
-        reporter: ProgressReporter,
-        executor: Executor,
-    ) -> State:
+    async def go(endpoint: Endpoint, reporter: ProgressReporter, executor: Executor) -> State:
         nonlocal job_id
-        # No more connections than requests the limiter lets through: idle ones cost CPU.
-        pool = limits.concurrency
-        async with AsyncRimeHttpClient(
-            api_key=key,
-            url=http_url,
-            max_connections=pool,
-            timeout=request_timeout(settings.read_timeout_seconds),
-        ) as client:
-            ctx = Context(
-                db,
-                client,
-                LocalLimiter(limits),
-                executor,
-                policy=settings.policy,
-                on_event=reporter,
-                cache_namespace=namespace,
-                timed_client=WsSynthesizer(
-                    ws_url, key, receive_timeout=settings.read_timeout_seconds
-                ),
-            )
+        async with stage_context(db, endpoint, settings, limits, executor, reporter) as ctx:
             # Before the job is recorded or started: a wrong URL, key or voice leaves nothing.
-            count_probes = await preflight(client, plan, http_url, cached_for(ctx, plan))
+            count_probes = await preflight(
+                ctx.client, plan, endpoint.http_url, cached_for(ctx, plan)
+            )
             job_id = await asyncio.to_thread(record)
             await asyncio.to_thread(count_probes, db, job_id)
-            return await run_job(
-                ctx,
-                job_id,
-                workers=limits.concurrency * 2,
-                stitchers=settings.stitch_parallelism,
-            )
+            return await run_here(ctx, job_id, settings, limits)
+
+    def local(url: str) -> None:
+        _err().print(f"no RIME_API_KEY: rendering with the local engine at {url}")
 
     with (
-        _rime_endpoint() as (http_url, ws_url, key, namespace),
+        rime_endpoint(settings, local) as endpoint,
         ProgressReporter(
             _err(),
             segments=segments,
@@ -229,7 +169,7 @@ def _execute(
     ):
         try:
             try:
-                state = asyncio.run(go(http_url, ws_url, key, namespace, reporter, executor))
+                state = asyncio.run(go(endpoint, reporter, executor))
             except* RimeBatchError as group:
                 # One clear line for the first failure no stage could turn into a failed segment.
                 raise _first(group) from None
@@ -335,27 +275,9 @@ def _options(
     notify: list[str] | None = None,
 ) -> JobOptions:
     """The job's options from the command line, as they are recorded on it."""
-    from pipeline.manifest.overrides import SET, VOICE_MAP, split_assignment
-    from pipeline.plan import JobOptions, Publish
-    from pipeline.webhook import check_url
+    from pipeline.plan import job_options
 
-    try:
-        mode = Publish(publish)
-    except ValueError:
-        raise InputError(f"--publish: {publish!r} is not auto or manual") from None
-    urls = []
-    for url in notify or ():
-        try:
-            urls.append(check_url(url))
-        except ValueError as exc:
-            raise InputError(f"--notify: {exc}") from None
-    return JobOptions(
-        set=tuple(split_assignment(SET, text) for text in sets or ()),
-        voice_map=tuple(split_assignment(VOICE_MAP, text) for text in voice_map or ()),
-        no_cache=no_cache,
-        publish=mode,
-        notify=tuple(dict.fromkeys(urls)),
-    )
+    return job_options(sets, voice_map, no_cache=no_cache, publish=publish, notify=notify)
 
 
 def _load_plan(manifest: Path, output: str | None, options: JobOptions) -> JobPlan:
@@ -638,26 +560,18 @@ def resume(
 ) -> None:
     """Finish an interrupted, failed or cancelled job, then publish it. Finished segments are
     not done again."""
-    from pipeline.deliver import require_secret
+    from pipeline.embedded import prepare_resume
     from pipeline.settings import get_settings
-    from pipeline.store import State, load_plan, transitions, views
+    from pipeline.store import State, views
 
     _setup_logging()
     with _database().begin() as conn:
         job_id = views.resolve_job_id(conn, job)
-        done = transitions.job_state(conn, job_id) is State.DONE
-    if done:
-        # Finished, but its publish did not happen (it stopped halfway, or failed): finish it.
-        from pipeline.publish import publish_when_due
-
-        publish_when_due(_database(), job_id)
+    job_plan = prepare_resume(_database(), job_id, get_settings(), force=force)
+    if job_plan is None:
+        # Finished, but its publish did not happen (it stopped halfway, or failed): finished now.
         _finish(job_id, State.DONE)
-    with _database().begin() as conn:
-        if not force:
-            views.check_not_running(conn, job_id, get_settings().executor_timeout_seconds)
-        job_plan = load_plan(conn, job_id)
-        require_secret(job_plan.options.notify, get_settings().webhook_secret)
-        transitions.reset_for_resume(conn, job_id)
+        return
     _finish(*_execute(job_plan, concurrency, rpm, lambda: job_id, resuming=job_id))
 
 
@@ -862,21 +776,10 @@ def deliver(
 
 def _production(name: str, destination: str | None) -> int:
     """The id of the production the user named."""
-    from pipeline.store import productions
+    from pipeline.publish import find_production
 
     with _database().begin() as conn:
-        found = productions.find_productions(conn, name)
-    if destination is not None:
-        found = [p for p in found if p.destination == destination]
-    if not found:
-        where = f" at {destination}" if destination else ""
-        raise InputError(f"no production {name!r}{where}: render a manifest with `job: {name}`")
-    if len(found) > 1:
-        places = ", ".join(p.destination for p in found)
-        raise InputError(
-            f"production {name!r} renders to several places ({places}): add --destination"
-        )
-    return found[0].id
+        return find_production(conn, name, destination)
 
 
 @app.command()
@@ -914,35 +817,19 @@ def rollback(
     destination: DestinationOpt = None,
 ) -> None:
     """Publish an earlier release again."""
-    from pipeline.store import productions
-
-    if release is None:
-        production_id = _production(name, destination)
-        with _database().begin() as conn:
-            release = productions.previously_published(conn, production_id)
-        if release is None:
-            raise InputError(
-                f"production {name!r} has no earlier published release to roll back to"
-            )
     _publish(name, release, destination, rollback=True)
 
 
-def _publish(name: str, release: str, destination: str | None, *, rollback: bool) -> None:
-    from pipeline.publish import PublishRefused, publish
-    from pipeline.store import views
+def _publish(name: str, release: str | None, destination: str | None, *, rollback: bool) -> None:
+    from pipeline.publish import publish_release
 
     _setup_logging()
-    production_id = _production(name, destination)
-    with _database().begin() as conn:
-        job_id = views.resolve_job_id(conn, release)
-        belongs = views.job_production(conn, job_id) == production_id
-    if not belongs:
-        raise PublishRefused(f"job {job_id} is not a release of production {name!r}")
-    done = publish(_database(), job_id, rollback=rollback)
+    done = publish_release(_database(), name, release, destination, rollback=rollback)
     before = f" (was {done.previous})" if done.previous else ""
     pruned = f"; pruned {', '.join(done.pruned)}" if done.pruned else ""
     _out().print(
-        f"published release {job_id}{before}: {done.outputs} files at {done.destination}{pruned}",
+        f"published release {done.job_id}{before}: {done.outputs} files at "
+        f"{done.destination}{pruned}",
         markup=False,
     )
 
@@ -1013,31 +900,22 @@ def schedule_add(
 
     The manifest is read again at every run; `beat` (with workers) or `schedule serve` fires
     the runs."""
-    from pipeline.schedules import check_cron, check_name, next_due
-    from pipeline.store.schedules import add_schedule
+    from pipeline.scheduler import add
+    from pipeline.schedules import next_due
 
-    check_name(name)
-    expression = check_cron(cron)
-    if str(manifest).startswith("s3:"):
-        # The loader reads local files only (a manifest's text files sit beside it).
-        raise InputError(f"{manifest}: a schedule's manifest must be a local file for now")
-    # Planned once now: a manifest that cannot be rendered is refused with its own message.
     options = _options(sets, voice_map, publish=publish_mode, notify=notify)
-    job_plan = _check_webhooks(_load_plan(manifest, output, options))
-    with _database().begin() as conn:
-        schedule = add_schedule(
-            conn,
-            name,
-            str(manifest.absolute()),
-            expression,
-            only_if_changed=only_if_changed,
-            # Resolved now: relative to where this command runs, not where a worker does.
-            output=job_plan.destination if output is not None else None,
-            options=job_plan.options,
-        )
+    schedule = add(
+        _database(),
+        name,
+        manifest,
+        cron,
+        only_if_changed=only_if_changed,
+        output=output,
+        options=options,
+    )
     due = next_due(schedule.cron, schedule.since)
     _out().print(
-        f"schedule {name}: {schedule.manifest} at {expression!r}, first run {_utc(due)}",
+        f"schedule {name}: {schedule.manifest} at {schedule.cron!r}, first run {_utc(due)}",
         markup=False,
         highlight=False,
     )
@@ -1179,6 +1057,111 @@ def _report(fired: Fired) -> State | None:
         line = f"{head}: failed: {fired.error}"
     _out().print(line, markup=False, highlight=False, soft_wrap=True)
     return state
+
+
+# --- The service: `serve`, and the API tokens it accepts -----------------------------------
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT", help="TCP port.")] = 8080,
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public", help="Allow an address other than loopback (put TLS in front of it)."
+        ),
+    ] = False,
+) -> None:
+    """Serve the HTTP API and console until Ctrl-C.
+
+    Jobs go to the Celery workers when CELERY_BROKER_URL is set, else run in this process.
+    Every route but /health needs a token from `rime-batch token create`."""
+    import uvicorn
+
+    from pipeline.settings import get_settings
+    from service.app import create_app
+
+    if not _loopback(host) and not public:
+        raise InputError(
+            f"--host {host}: not a loopback address; add --public to serve other hosts"
+        )
+    _setup_logging()
+    settings = get_settings()
+    application = create_app(settings, _database())
+    _err().print(
+        f"serving http://{host}:{port} (job table {_where(settings.database_url)}); Ctrl-C stops",
+        markup=False,
+        highlight=False,
+    )
+    # Our own request lines (with route, token name and ids) replace uvicorn's access log.
+    uvicorn.run(application, host=host, port=port, access_log=False, log_config=None)
+
+
+token_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app.add_typer(token_app, name="token", help="API tokens of the service (`serve`).")
+TokenNameArg = Annotated[str, typer.Argument(metavar="NAME", help="The token's name.")]
+
+
+@token_app.command("create")
+def token_create(
+    name: TokenNameArg,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="It may read, not submit, cancel or publish.")
+    ] = False,
+) -> None:
+    """Create a token and print it, once. Only its hash is kept."""
+    from service.tokens import create_token
+
+    with _database().begin() as conn:
+        _token, secret = create_token(conn, name, read_only=read_only)
+    kind = "read-only token" if read_only else "token"
+    _err().print(f"{kind} {name} (shown once; keep it secret):", markup=False, highlight=False)
+    _out().print(secret, markup=False, highlight=False, soft_wrap=True)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List the tokens: name, access, created, last used, revoked."""
+    from service.tokens import list_tokens
+
+    with _database().begin() as conn:
+        tokens = list_tokens(conn)
+    if not tokens:
+        _out().print("no tokens: `rime-batch token create NAME`")
+        return
+    for t in tokens:
+        access = "read-only" if t.read_only else "read-write"
+        used = _utc(t.last_used_at) if t.last_used_at else "never used"
+        revoked = f", revoked {_utc(t.revoked_at)}" if t.revoked_at else ""
+        _out().print(
+            f"{t.name}  {access}  created {_utc(t.created_at)}, {used}{revoked}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(name: TokenNameArg) -> None:
+    """Revoke a token: its requests and console sessions are refused from now on."""
+    from service.tokens import revoke_token
+
+    with _database().begin() as conn:
+        revoke_token(conn, name)
+    _out().print(f"revoked token {name}", markup=False, highlight=False)
 
 
 @app.command(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -136,6 +137,38 @@ class JobOptions:
             schedule=data.get("schedule"),
             keep_releases=int(data.get("keep_releases", DEFAULT_KEEP_RELEASES)),
         )
+
+
+def job_options(
+    sets: Sequence[str] | None,
+    voice_map: Sequence[str] | None,
+    *,
+    no_cache: bool = False,
+    publish: str = "auto",
+    notify: Sequence[str] | None = None,
+) -> JobOptions:
+    """The options of a job as asked for (`--set`, `--voice-map`, `--publish`, `--notify`, from
+    the command line or the API), checked; an InputError names the flag."""
+    from pipeline.manifest.overrides import SET, VOICE_MAP, split_assignment
+    from pipeline.webhook import check_url
+
+    try:
+        mode = Publish(publish)
+    except ValueError:
+        raise InputError(f"--publish: {publish!r} is not auto or manual") from None
+    urls = []
+    for url in notify or ():
+        try:
+            urls.append(check_url(url))
+        except ValueError as exc:
+            raise InputError(f"--notify: {exc}") from None
+    return JobOptions(
+        set=tuple(split_assignment(SET, text) for text in sets or ()),
+        voice_map=tuple(split_assignment(VOICE_MAP, text) for text in voice_map or ()),
+        no_cache=no_cache,
+        publish=mode,
+        notify=tuple(dict.fromkeys(urls)),
+    )
 
 
 @dataclass(frozen=True)
@@ -408,15 +441,24 @@ def build_plan(job: JobSpec, options: JobOptions | None = None) -> JobPlan:
 
 
 def plan_manifest(
-    path: Path | str, *, output: str | None = None, options: JobOptions | None = None
+    path: Path | str,
+    *,
+    output: str | None = None,
+    options: JobOptions | None = None,
+    data: bytes | None = None,
 ) -> JobPlan:
     """Read, validate and plan a manifest with the overrides of `options` applied; any problem
-    is one InputError naming its place (or its flag)."""
-    return build_plan(load_job(path, output=output, options=options), options)
+    is one InputError naming its place (or its flag). `data`: the manifest's bytes, as if at
+    `path`."""
+    return build_plan(load_job(path, output=output, options=options, data=data), options)
 
 
 def load_job(
-    path: Path | str, *, output: str | None = None, options: JobOptions | None = None
+    path: Path | str,
+    *,
+    output: str | None = None,
+    options: JobOptions | None = None,
+    data: bytes | None = None,
 ) -> JobSpec:
     """The validated manifest with the overrides of `options` applied (what `plan_manifest`
     plans; `plan` also shows its chapters' titles)."""
@@ -426,4 +468,4 @@ def load_job(
 
     options = options or JobOptions()
     overrides = parse_overrides(options.set, options.voice_map)
-    return load_manifest(path, output=output, overrides=overrides)
+    return load_manifest(path, output=output, overrides=overrides, data=data)

@@ -65,6 +65,45 @@ class Published:
     pruned: tuple[str, ...]  # releases whose files were deleted
 
 
+def find_production(conn: Connection, name: str, destination: str | None) -> int:
+    """The id of the production called `name` (at `destination`, when several have that name);
+    InputError naming what is missing."""
+    found = productions.find_productions(conn, name)
+    if destination is not None:
+        found = [p for p in found if p.destination == destination]
+    if not found:
+        where = f" at {destination}" if destination else ""
+        raise InputError(f"no production {name!r}{where}: render a manifest with `job: {name}`")
+    if len(found) > 1:
+        places = ", ".join(p.destination for p in found)
+        raise InputError(
+            f"production {name!r} renders to several places ({places}): add --destination"
+        )
+    return found[0].id
+
+
+def publish_release(
+    db: Engine, name: str, release: str | None, destination: str | None, *, rollback: bool
+) -> Published:
+    """Publish release `release` (an id or prefix) of production `name`; a rollback without
+    one publishes the release published before the current one."""
+    with db.begin() as conn:
+        production_id = find_production(conn, name, destination)
+        if release is None:
+            if not rollback:
+                raise InputError("publish: name the release to publish")
+            release = productions.previously_published(conn, production_id)
+            if release is None:
+                raise InputError(
+                    f"production {name!r} has no earlier published release to roll back to"
+                )
+        job_id = views.resolve_job_id(conn, release)
+        belongs = views.job_production(conn, job_id) == production_id
+    if not belongs:
+        raise PublishRefused(f"job {job_id} is not a release of production {name!r}")
+    return publish(db, job_id, rollback=rollback)
+
+
 def publish(
     db: Engine,
     job_id: str,

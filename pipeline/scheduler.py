@@ -16,17 +16,19 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from pipeline.diff import diff_at_destination
-from pipeline.errors import RimeBatchError, first_line
-from pipeline.plan import JobPlan, plan_manifest
-from pipeline.schedules import due_to_handle
+from pipeline.errors import InputError, RimeBatchError, first_line
+from pipeline.plan import JobOptions, JobPlan, plan_manifest
+from pipeline.schedules import check_cron, check_name, due_to_handle
 from pipeline.settings import get_settings
 from pipeline.store.schedules import (
     Outcome,
     Schedule,
+    add_schedule,
     claim_run,
     finish_run,
     get_schedule,
@@ -49,6 +51,44 @@ class Submitter:
     submit: Submit
     # Where its renders find cached segments ("" for Rime's audio): only-if-changed asks there.
     cache_namespace: str = ""
+
+
+def add(
+    db: Engine,
+    name: str,
+    manifest: Path,
+    cron: str,
+    *,
+    only_if_changed: bool = False,
+    output: str | None = None,
+    options: JobOptions | None = None,
+    check: Callable[[JobPlan], None] | None = None,
+) -> Schedule:
+    """Check and record a schedule of a local manifest; the manifest is planned once now, so
+    one that cannot be rendered is refused with its own message (and `check` sees the plan)."""
+    # Here, not at the top: a tick's process never adds, and need not load the sender.
+    from pipeline.deliver import require_secret
+
+    check_name(name)
+    expression = check_cron(cron)
+    if str(manifest).startswith("s3:"):
+        # The loader reads local files only (a manifest's text files sit beside it).
+        raise InputError(f"{manifest}: a schedule's manifest must be a local file for now")
+    plan = plan_manifest(manifest, output=output, options=options)
+    require_secret(plan.options.notify, get_settings().webhook_secret)
+    if check is not None:
+        check(plan)
+    with db.begin() as conn:
+        return add_schedule(
+            conn,
+            name,
+            str(manifest.absolute()),
+            expression,
+            only_if_changed=only_if_changed,
+            # Resolved now: relative to where this runs, not where a worker does.
+            output=plan.destination if output is not None else None,
+            options=plan.options,
+        )
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ _WELL_KNOWN = {
     "celery_broker_url": ("CELERY_BROKER_URL",),
 }
 # Fields whose value an error never echoes.
-_SECRETS = ("rime_api_key", "webhook_secret")
+_SECRETS = ("rime_api_key", "webhook_secret", "session_secret")
 
 
 def _names(field: str) -> tuple[str, ...]:
@@ -175,7 +175,14 @@ class Settings(BaseModel):
     # exits; what is left stays pending for the workers' sweeper or `rime-batch deliver`.
     webhook_wait_seconds: NonNegativeFloat = 5.0
 
-    @field_validator("webhook_secret")
+    # The service (`rime-batch serve`): the folder a manifest sent in a request is read as if it
+    # were in (its text files, CSV and relative output); None = where `serve` starts.
+    service_root: str | None = None
+    # Signs the console's session cookies and CSRF tokens; None = a random one per process
+    # (sessions then end when the server restarts).
+    session_secret: SecretStr | None = None
+
+    @field_validator("webhook_secret", "session_secret")
     @classmethod
     def _secret_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
@@ -247,6 +254,11 @@ class Settings(BaseModel):
             "give_up_seconds": self.webhook_give_up_seconds,
         }
         return replace(DEFAULT_DELIVERY, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def broker_configured(self) -> bool:
+        """Whether CELERY_BROKER_URL was given: the service submits to workers only then."""
+        return "celery_broker_url" in self.model_fields_set
 
     @property
     def threads(self) -> int:

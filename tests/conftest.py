@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.jobs",
     "tests.fixtures.celery_workers",
     "tests.fixtures.worker_runtime",
+    "tests.fixtures.service",
 ]

@@ -59,35 +59,33 @@ _READERS: dict[str, Callable[[Path, str], RawManifest]] = {
     ".yaml": read_yaml,
     ".yml": read_yaml,
     ".csv": read_csv,
+    # JSON is YAML's flow style: the same reader, with the same lines in its errors.
+    ".json": read_yaml,
 }
 
 
 def load_manifest(
-    path: Path | str, *, output: str | None = None, overrides: Overrides = NO_OVERRIDES
+    path: Path | str,
+    *,
+    output: str | None = None,
+    overrides: Overrides = NO_OVERRIDES,
+    data: bytes | None = None,
 ) -> JobSpec:
     """Read and validate a manifest; `output` replaces its destination, `overrides` change its
-    defaults and speakers."""
+    defaults and speakers. With `data`, that is the manifest, read as if it were at `path`."""
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise ManifestError(
-            f"unsupported manifest type {path.suffix!r}; use .yaml, .yml or .csv"
+            f"unsupported manifest type {path.suffix!r}; use .yaml, .yml, .json or .csv"
             if path.suffix
-            else "a manifest's name must end in .yaml, .yml or .csv",
+            else "a manifest's name must end in .yaml, .yml, .json or .csv",
             file=path,
         )
-    if not path.exists():
-        raise ManifestError("the file does not exist", file=path)
-    if not path.is_file():
-        raise ManifestError("is not a file", file=path)
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise ManifestError(
-            f"the manifest is {size:,} bytes; the limit is {MAX_MANIFEST_BYTES:,} "
-            "(put long texts in text files)",
-            file=path,
-        )
-    data = path.read_bytes()
+    if data is None:
+        data = _read(path)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _too_big(len(data), path)
     try:
         text = data.decode("utf-8-sig")  # a BOM, as Excel writes one, is not data
     except UnicodeDecodeError as exc:
@@ -97,3 +95,22 @@ def load_manifest(
             line=data.count(b"\n", 0, exc.start) + 1,
         ) from exc
     return build_job(with_csv_scripts(reader(path, text)), output=output, overrides=overrides)
+
+
+def _read(path: Path) -> bytes:
+    if not path.exists():
+        raise ManifestError("the file does not exist", file=path)
+    if not path.is_file():
+        raise ManifestError("is not a file", file=path)
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:  # refused before it is read into memory
+        raise _too_big(size, path)
+    return path.read_bytes()
+
+
+def _too_big(size: int, path: Path) -> ManifestError:
+    return ManifestError(
+        f"the manifest is {size:,} bytes; the limit is {MAX_MANIFEST_BYTES:,} "
+        "(put long texts in text files)",
+        file=path,
+    )

@@ -328,3 +328,37 @@ DELIVERIES = Table(
     _optional("last_error", Text()),
     Index(None, "state", "next_attempt_at"),
 )
+
+# The service's API tokens: only a token's SHA-256 is stored; the token is shown once.
+API_TOKENS = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _required("name", Text()),
+    _required("token_hash", String(64)),
+    _required("read_only", Boolean()),
+    _required("created_at", UTCDateTime()),
+    _optional("last_used_at", UTCDateTime()),
+    _optional("revoked_at", UTCDateTime()),
+    UniqueConstraint("name"),
+    UniqueConstraint("token_hash"),
+)
+
+# An `Idempotency-Key` of a job creation: the unique key makes two concurrent POSTs of it
+# create one job; `job_id` is filled once the job is recorded.
+IDEMPOTENCY_KEYS = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    _required("request_hash", String(64)),
+    _required("created_at", UTCDateTime()),
+    _optional("job_id", String(12)),
+)
+
+# A manifest sent in a request to the service, kept so that a re-render can plan it again.
+JOB_MANIFESTS = Table(
+    "job_manifests",
+    metadata,
+    Column("job_id", String(12), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    _required("body", Text()),
+)

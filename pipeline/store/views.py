@@ -132,6 +132,7 @@ def _job_rows(
     conn: Connection,
     *criteria: ColumnElement[bool],
     limit: int | None = None,
+    offset: int = 0,
     dead_before: datetime | None = None,
 ) -> list[JobStatus]:
     totals = (
@@ -164,6 +165,7 @@ def _job_rows(
         .where(*criteria)
         .order_by(JOBS.c.created_at.desc(), JOBS.c.id)
         .limit(limit)
+        .offset(offset)
     )
     rows = [
         JobStatus(
@@ -194,15 +196,16 @@ def list_jobs(
     conn: Connection,
     *,
     limit: int = 20,
+    offset: int = 0,
     state: State | None = None,
     dead_before: datetime | None = None,
 ) -> list[JobStatus]:
-    """The newest jobs first, optionally only those in `state`.
+    """The newest jobs first (after the first `offset`), optionally only those in `state`.
 
     With `dead_before`, running jobs whose executor has not beaten since are `interrupted`.
     """
     criteria: list[ColumnElement[bool]] = [] if state is None else [JOBS.c.state == state]
-    return _job_rows(conn, *criteria, limit=limit, dead_before=dead_before)
+    return _job_rows(conn, *criteria, limit=limit, offset=offset, dead_before=dead_before)
 
 
 def _checked_here(conn: Connection, rows: list[JobStatus], since: datetime) -> list[JobStatus]:

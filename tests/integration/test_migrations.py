@@ -29,6 +29,9 @@ TABLES = {
     "schedule_runs",
     "deliveries",
     "books",
+    "api_tokens",
+    "idempotency_keys",
+    "job_manifests",
 }
 
 

@@ -57,6 +57,7 @@ LAYERS: list[set[str]] = [
     {"pipeline.publish", "pipeline.scheduler"},
     {"pipeline.stages"},
     {"pipeline.run", "pipeline.preflight", "pipeline.display", "pipeline.progress"},
+    {"pipeline.embedded"},
     {"pipeline.cli"},
 ]
 # Only the command line's entry point may reach the workers (`submit`, `worker`, `cancel`).
@@ -112,6 +113,21 @@ def test_only_the_command_line_reaches_celery() -> None:
             if imported.split(".")[0] in CELERY_SIDE:
                 offenders.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
     assert offenders == []
+
+
+def test_only_the_command_line_reaches_the_service() -> None:
+    """`service/` sits above pipeline/ and workers/: neither imports it, but the CLI's `serve`
+    and `token` commands."""
+    offenders = []
+    modules = [(p, m) for p, m in _pipeline_modules() if m != "pipeline.cli"]
+    modules += [(p, p.stem) for p in sorted((ROOT / "workers").rglob("*.py"))]
+    for path, _module in modules:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for imported, line in _imported_modules(tree):
+            if imported.split(".")[0] == "service":
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
+    assert offenders == []
+    assert sorted((ROOT / "service").rglob("*.py")), "service has no modules"
 
 
 def test_pipeline_never_imports_celery() -> None:

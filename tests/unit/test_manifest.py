@@ -827,14 +827,24 @@ def test_a_folder_named_like_a_manifest(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("jobs.json", "unsupported manifest type '.json'; use .yaml, .yml or .csv"),
-        ("jobs", "a manifest's name must end in .yaml, .yml or .csv"),
+        ("jobs.toml", "unsupported manifest type '.toml'; use .yaml, .yml, .json or .csv"),
+        ("jobs", "a manifest's name must end in .yaml, .yml, .json or .csv"),
     ],
 )
 def test_unknown_extensions(tmp_path: Path, name: str, message: str) -> None:
     path = write(tmp_path, name, "{}")
 
     assert located(failure(path)) == (None, None, None, message)
+
+
+def test_a_json_manifest_reads_as_yaml_with_its_lines(tmp_path: Path) -> None:
+    body = '{"job": "j",\n "scripts": [\n  {"id": "a", "text": "Hi."},\n  {"id": "b", "speed": 9}]}'
+    path = write(tmp_path, "jobs.json", body)
+
+    err = failure(path)
+
+    assert (err.file, err.line) == (str(path), 4)
+    assert load_manifest(path, data=b'{"scripts": [{"id": "a", "text": "Hi."}]}').name == "jobs"
 
 
 def test_a_manifest_that_is_not_utf8(tmp_path: Path) -> None:
