@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -282,10 +282,11 @@ def plan_manifest(
     output: str | None = None,
     options: JobOptions | None = None,
     data: bytes | None = None,
+    edit: Callable[[JobSpec], JobSpec] | None = None,
 ) -> JobPlan:
     """Read, validate and plan a manifest with the overrides of `options` applied; any problem
     is one InputError naming its place (or its flag). `data`: the manifest's bytes, as if at
-    `path`."""
+    `path`; `edit` changes the validated manifest before it is planned."""
     # Imported here: the stages and workers use plans, never manifests.
     from pipeline.manifest import load_manifest
     from pipeline.manifest.overrides import parse_overrides
@@ -293,4 +294,4 @@ def plan_manifest(
     options = options or JobOptions()
     overrides = parse_overrides(options.set, options.voice_map)
     job = load_manifest(path, output=output, overrides=overrides, data=data)
-    return build_plan(job, options)
+    return build_plan(edit(job) if edit is not None else job, options)
