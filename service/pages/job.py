@@ -18,7 +18,7 @@ from service.api.common import off_loop, state_of
 from service.auth import Caller
 from service.errors import not_found
 from service.models import output_url
-from service.pages.jobs import Console, dead_before, live
+from service.pages.jobs import Console, dead_before, is_live
 from service.pages.render import html_page
 from service.peaks import Analysis, strip_svg
 from service.state import ServiceState
@@ -200,7 +200,7 @@ async def render_job(
         title=f"Job {job.job_id}",
         job=job,
         scripts=views_,
-        live=live(job),
+        live=is_live(job),
         can_publish=job.state is State.DONE and not job.published,
         against=read.against.job.job_id if read.against is not None else None,
         against_published=read.against_published,

@@ -29,7 +29,7 @@ Console = Annotated[Caller, Depends(console_caller)]
 Writer = Annotated[Caller, Depends(writer)]
 
 
-def live(job: JobStatus) -> bool:
+def is_live(job: JobStatus) -> bool:
     """Whether the job may still change: running, or done and about to publish itself."""
     if job.interrupted:
         return False
@@ -69,7 +69,7 @@ async def jobs_page(request: Request, caller: Console, offset: int = Query(0, ge
         offset=offset,
         limit=PAGE_SIZE,
         next_offset=next_offset,
-        live=any(live(j) for j in jobs),
+        live=any(is_live(j) for j in jobs),
     )
 
 
@@ -78,7 +78,7 @@ async def job_rows(request: Request, _caller: Console, offset: int = Query(0, ge
     """The jobs list's rows alone, for the page's polling (`X-Live: yes` while any may change)."""
     state = state_of(request)
     jobs, _next = await off_loop(_jobs, state, offset)
-    live = any(live(j) for j in jobs)
+    live = any(is_live(j) for j in jobs)
     return HTMLResponse(
         fragment("job_rows.html", jobs=jobs, live=live),
         headers={"X-Live": "yes" if live else "no", "Cache-Control": "no-store"},

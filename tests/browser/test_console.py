@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from rime_local.server import RunningEngine
 from tests.fixtures.service import Service
 from tests.fixtures.services import in_ci
 
@@ -21,6 +22,7 @@ ServiceFactory = Callable[..., Service]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = os.environ.get("RIME_BATCH_TEST_CHROMIUM", "/usr/bin/chromium")
 PHONE_WIDTH = 375
+SLOW_MS = 1500
 
 # Two of jobs.example.yaml's prompts at its telephony settings, as 16-bit WAV so every browser
 # plays them (the example's wav-mulaw as well, checked below).
@@ -124,9 +126,14 @@ def _tab_to(page: Any, element_id: str, limit: int = 60) -> int:
 
 
 def test_review_a_job_in_the_browser(
-    browser: Any, service_factory: ServiceFactory, sqlite_url: str
+    browser: Any,
+    service_factory: ServiceFactory,
+    sqlite_url: str,
+    engine_factory: Callable[..., RunningEngine],
 ) -> None:
-    service = service_factory(sqlite_url)
+    # An engine slow to answer, so the pages are seen while the jobs run.
+    slow = engine_factory(ttfb_ms=SLOW_MS)
+    service = service_factory(sqlite_url, RIME_API_URL=slow.http_url)
     token = service.token()
     manifest = service.root / "clinic.yaml"
     manifest.write_text(MANIFEST, encoding="utf-8")
@@ -141,6 +148,20 @@ def test_review_a_job_in_the_browser(
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url("**/jobs/*")
     first_job = page.url.split("/jobs/")[1].split("?")[0]
+    assert page.locator("#job-status").get_attribute("data-live") == "yes"
+
+    # The jobs list follows it live, without reloading.
+    page.get_by_role("link", name="Jobs").click()
+    row = page.locator(f'tr[data-job="{first_job}"]')
+    assert row.locator(".state").inner_text() in ("pending", "running")
+    page.evaluate("() => { window.notReloaded = true; }")
+    page.wait_for_function(
+        "(id) => window.notReloaded && document.querySelector("
+        "`tr[data-job='${id}'] .state`).textContent === 'done'",
+        arg=first_job,
+        timeout=90_000,
+    )
+    row.get_by_role("link", name=first_job).click()
     _wait_done(page)
     assert page.locator("#job-status").get_attribute("data-state") == "done"
     assert "published" in page.locator("#job-status").inner_text()  # auto-published
@@ -184,9 +205,7 @@ def test_review_a_job_in_the_browser(
     page.set_viewport_size({"width": 1100, "height": 900})
     page.reload()
     assert _tab_to(page, "publish") > 1
-    focus = page.evaluate(
-        "() => getComputedStyle(document.activeElement).outlineStyle"
-    )
+    focus = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
     assert focus != "none"  # the focus is visible
     page.keyboard.press("Enter")
     page.wait_for_url(f"**/jobs/{second_job}?notice=published")
