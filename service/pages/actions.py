@@ -12,6 +12,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from pipeline.errors import RimeBatchError
+from pipeline.manifest.paths import normalize_text
 from pipeline.store import views
 from service.api.common import off_loop, state_of
 from service.api.jobs import rerender
@@ -91,7 +92,8 @@ async def rerender_script(
     name, old_text, old_speaker = await off_loop(_script, state, job_id, script_id)
     edit = ScriptEdit(
         script=script_id,
-        text=text if text.strip() != old_text.strip() else None,
+        # The form shows the text as the job has it; unchanged, it stays as the manifest has it.
+        text=text if normalize_text(text) != old_text else None,
         speaker=speaker.strip() or None,
     )
     change = RerenderIn(scripts=[script_id], edits=[edit], publish="manual")

@@ -13,7 +13,8 @@ from fastapi.responses import Response
 
 from pipeline.errors import RimeBatchError
 from pipeline.store import State, views
-from pipeline.store.views import JobSummary, ScriptStatus
+from pipeline.store.schema import OutputFile
+from pipeline.store.views import JobStatus, JobSummary, ScriptStatus
 from service.api.common import off_loop, state_of
 from service.auth import Caller
 from service.errors import not_found
@@ -67,6 +68,30 @@ def _facts(analysis: Analysis | None) -> str:
     if analysis.clipped_buckets:
         parts.append(f"clipping in {analysis.clipped_buckets} places")
     return ", ".join(parts)
+
+
+# A take as shown: its label, the job it belongs to, the output and that job's destination.
+Entry = tuple[str, str, OutputFile, str]
+
+
+def _shown(
+    job: JobStatus, script: ScriptStatus, before: ScriptStatus | None, other: JobSummary | None
+) -> tuple[ScriptStatus, list[Entry], bool]:
+    """A script's takes in the order shown: per format this job's, then the compared
+    release's when they differ; and whether all of them are the same audio as that release's."""
+    if other is None or before is None:
+        return script, [("Take", job.job_id, o, job.destination) for o in script.outputs], False
+    theirs = {o.format: o for o in before.outputs}
+    mine = {o.format: o.sha256 for o in script.outputs}
+    same = bool(mine) and mine == {f: o.sha256 for f, o in theirs.items()}
+    entries: list[Entry] = []
+    for o in script.outputs:
+        entries.append(("This take", job.job_id, o, job.destination))
+        old = theirs.get(o.format)
+        if old is not None and not same:
+            label = f"Release {other.job.job_id}"
+            entries.append((label, other.job.job_id, old, other.job.destination))
+    return script, entries, same
 
 
 def strip_url(job_id: str, script_id: str, fmt: str) -> str:
@@ -135,61 +160,41 @@ async def render_job(
     state = state_of(request)
     read = await off_loop(_read_job, state, job_id, against)
     summary = read.summary
-    outputs = [(s, o) for s in summary.scripts for o in s.outputs]
+    other = read.against
+    old = {s.script_id: s for s in other.scripts} if other is not None else {}
+    shown = [_shown(summary.job, s, old.get(s.script_id), other) for s in summary.scripts]
+    wanted = [(o, dest) for _s, entries, _same in shown for _label, _job, o, dest in entries]
     cache = state.peaks
 
     def analyse() -> dict[str, Analysis]:
         found = {}
-        for _script, output in outputs[:ANALYSED_ON_PAGE]:
+        for output, destination in wanted[:ANALYSED_ON_PAGE]:
             try:
-                found[output.sha256] = cache.get(output.sha256, output.uri, summary.job.destination)
+                found[output.sha256] = cache.get(output.sha256, output.uri, destination)
             except (RimeBatchError, OSError, ValueError):
-                continue  # the strip says it cannot be drawn; the page still shows
+                continue  # its strip says it cannot be drawn; the page still shows
         return found
 
     analysed = await off_loop(analyse)
-    old = {s.script_id: s for s in read.against.scripts} if read.against is not None else {}
-    views_: list[ScriptView] = []
-    for script in summary.scripts:
-        takes = []
-        label = "This take" if old else "Take"
-        for o in script.outputs:
-            takes.append(
+    views_ = [
+        ScriptView(
+            script,
+            quote(script.script_id),
+            read.voices.get(script.script_id, ""),
+            [
                 Take(
                     label,
                     o.format,
-                    output_url(job_id, script.script_id, o.format),
-                    strip_url(job_id, script.script_id, o.format),
+                    output_url(owner, script.script_id, o.format),
+                    strip_url(owner, script.script_id, o.format),
                     _facts(analysed.get(o.sha256) or cache.peek(o.sha256)),
                 )
-            )
-        before = old.get(script.script_id)
-        same = False
-        if before is not None and read.against is not None:
-            mine = {o.format: o.sha256 for o in script.outputs}
-            theirs = {o.format: o.sha256 for o in before.outputs}
-            same = bool(mine) and mine == theirs
-            if not same:
-                other_id = read.against.job.job_id
-                for o in before.outputs:
-                    takes.append(
-                        Take(
-                            f"Release {other_id}",
-                            o.format,
-                            output_url(other_id, script.script_id, o.format),
-                            strip_url(other_id, script.script_id, o.format),
-                            _facts(cache.peek(o.sha256)),
-                        )
-                    )
-        views_.append(
-            ScriptView(
-                script,
-                quote(script.script_id),
-                read.voices.get(script.script_id, ""),
-                takes,
-                same,
-            )
+                for label, owner, o, _dest in entries
+            ],
+            same,
         )
+        for script, entries, same in shown
+    ]
     job = summary.job
     return html_page(
         request,
@@ -205,7 +210,7 @@ async def render_job(
         against=read.against.job.job_id if read.against is not None else None,
         against_published=read.against_published,
         releases_url=read.releases_url,
-        preload="metadata" if len(outputs) <= PRELOAD_OUTPUTS else "none",
+        preload="metadata" if len(wanted) <= PRELOAD_OUTPUTS else "none",
     )
 
 

@@ -200,6 +200,11 @@ def test_review_a_job_in_the_browser(
     overflow = page.evaluate("() => document.documentElement.scrollWidth")
     assert overflow <= PHONE_WIDTH, f"the job page is {overflow}px wide at {PHONE_WIDTH}px"
     page.screenshot(path=str(ARTIFACTS / "console-job-page-phone.png"), full_page=True)
+    for path in ("/jobs", "/schedules", f"/jobs/{second_job}/edit/ivr/hold"):
+        page.goto(service.base_url + path)
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= PHONE_WIDTH, f"{path} is {width}px wide at {PHONE_WIDTH}px"
+    page.goto(f"{service.base_url}/jobs/{second_job}")
 
     # Keyboard only: Tab to the publish button, Enter publishes the new release.
     page.set_viewport_size({"width": 1100, "height": 900})

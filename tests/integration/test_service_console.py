@@ -150,3 +150,62 @@ def test_an_s3_job_s_takes_play_through_presigned_urls_and_have_strips(
         assert strip.text.count("<rect") > 100
         gone = browser.get(f"/jobs/{job_id}/strip/wav/prompt-9")
         assert gone.status_code == 404
+
+
+def test_schedules_are_added_and_deleted_from_the_console(service: Service) -> None:
+    write_manifest(service.root)
+    with _signed_in(service, service.token()) as browser:
+        csrf = _csrf(browser.get("/schedules").text)
+        form = {"csrf_token": csrf, "name": "nightly", "manifest": "clinic.yaml"}
+        bad = browser.post("/schedules", data={**form, "cron": "61 * * * *"})
+        assert bad.status_code == 422 and "cron" in bad.text
+        assert 'value="nightly"' in bad.text  # the form keeps what was typed
+        outside = browser.post("/schedules", data={**form, "cron": "@daily", "manifest": "../x"})
+        assert outside.status_code == 422 and "outside the root" in outside.text
+        added = browser.post("/schedules", data={**form, "cron": "0 6 * * *"})
+        assert added.status_code == 303
+        listed = browser.get(added.headers["location"])
+        assert "Schedule added." in listed.text and "0 6 * * *" in listed.text
+        assert browser.get("/v1/schedules/nightly").json()["cron"] == "0 6 * * *"
+        gone = browser.post("/schedules/nightly/delete", data={"csrf_token": csrf})
+        assert gone.status_code == 303
+        assert browser.get("/v1/schedules").json()["items"] == []
+        again = browser.post("/schedules/nightly/delete", data={"csrf_token": csrf})
+        assert again.status_code == 404 and "nightly" in again.text
+
+
+def test_publish_another_release_and_roll_back_from_the_releases_page(service: Service) -> None:
+    token = service.token()
+    first = _done_job(service, token)
+    with service.client(token) as client:
+        rerendered = client.post(
+            f"/v1/jobs/{first}/rerender",
+            json={"scripts": ["prompt-2"], "edits": [{"script": "prompt-2", "text": "Bye."}]},
+        )
+        assert rerendered.status_code == 201, rerendered.text
+        second = rerendered.json()["job"]["id"]
+        detail = service.wait_for_job(client, second)
+    # The API's rerender takes the console's edits: only the edited script was sent again.
+    scripts = {s["id"]: s for s in detail["scripts"]}
+    assert scripts["prompt-2"]["chars"] == len("Bye.") == scripts["prompt-2"]["billed_chars"]
+    assert scripts["prompt-1"]["billed_chars"] == 0
+    with _signed_in(service, token) as browser:
+        url = f"/releases?name=clinic&destination={service.root / 'out' / 'clinic'}"
+        page = browser.get(url)
+        assert page.status_code == 200 and "Roll back" in page.text
+        assert f"Publish {first}" in page.text and f"Publish {second}" not in page.text
+        rolled = browser.post(
+            "/releases/rollback",
+            data={
+                "csrf_token": _csrf(page.text),
+                "name": "clinic",
+                "destination": str(service.root / "out" / "clinic"),
+            },
+        )
+        assert rolled.status_code == 303
+        assert "Rolled back" in browser.get(rolled.headers["location"]).text
+        assert browser.get(f"/v1/jobs/{first}").json()["job"]["published"] is True
+        # The job page of the release no longer published compares it with the published one.
+        again = browser.get(f"/jobs/{second}").text
+        assert f"Takes compared with release <a class=\"id\" href=\"/jobs/{first}\">" in again
+        assert "Approve and publish this release" in again
