@@ -87,7 +87,8 @@ _AUDIO = {
 PRESIGN_SECONDS = 300
 
 
-def _manifest_name(name: str | None, content_type: str) -> str:
+def manifest_name(name: str | None, content_type: str) -> str:
+    """The file name a posted manifest is read as (checked: a plain name, no folder)."""
     media = content_type.split(";")[0].strip().lower()
     if media and media not in _MANIFEST_TYPES:
         raise ApiError(
@@ -189,7 +190,7 @@ async def create_job(
     """Validate the manifest as `render` does (a 422 names its file, line and field), record
     the job and start it. A repeated Idempotency-Key answers with the job it made."""
     state = state_of(request)
-    file = _manifest_name(name, request.headers.get("content-type", ""))
+    file = manifest_name(name, request.headers.get("content-type", ""))
     body = await _body(request)
     options = job_options(set_, voice_map, no_cache=no_cache, publish=publish.value, notify=notify)
 

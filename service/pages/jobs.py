@@ -13,7 +13,7 @@ from pipeline.plan import job_options
 from pipeline.store import State, views
 from pipeline.store.views import JobStatus
 from service.api.common import off_loop, state_of
-from service.api.jobs import create_from_manifest
+from service.api.jobs import create_from_manifest, manifest_name
 from service.auth import Caller, writer
 from service.console import console_caller
 from service.errors import ApiError, from_library
@@ -95,22 +95,24 @@ async def new_job(
 ) -> Response:
     """A job from an uploaded or pasted manifest, checked as `render` checks one; a problem is
     shown above the form, naming its file, line and field."""
-    from service.api.jobs import _manifest_name
+    from pipeline.manifest.models import MAX_MANIFEST_BYTES
 
     state = state_of(request)
-    body = await file.read() if file is not None and file.filename else b""
-    chosen = name.strip() or (file.filename if file is not None and body else "") or ""
+    uploaded = file is not None and bool(file.filename)
+    # One byte past the limit is enough for the manifest's own "too big" message.
+    body = await file.read(MAX_MANIFEST_BYTES + 1) if file is not None and uploaded else b""
+    chosen = name.strip() or (file.filename if file is not None and uploaded else None)
     if not body:
         body = text.encode()
     try:
         if not body.strip():
             raise ApiError(422, "invalid_input", "choose a manifest file or paste one", "file")
-        filename = _manifest_name(chosen or "manifest.yaml", "")
+        filename = manifest_name(chosen or "manifest.yaml", "")
         job_id = await off_loop(
             create_from_manifest, state, filename, body, None, job_options(None, None)
         )
     except (RimeBatchError, ApiError) as exc:
-        return await _refused_job(request, caller, state, exc, text, chosen)
+        return await _refused_job(request, caller, state, exc, text, chosen or "")
     return back_to(f"/jobs/{job_id}", "submitted")
 
 
