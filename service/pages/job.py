@@ -28,7 +28,7 @@ router = APIRouter()
 
 # A job page analyses (peaks, loudness) this many outputs itself; past it, each strip is
 # analysed when the browser asks for it, and the loudness shows once that has happened.
-ANALYSED_ON_PAGE = 60
+ANALYSED_ON_PAGE = 24
 # Audio players load their metadata up front on pages up to this many outputs.
 PRELOAD_OUTPUTS = 60
 

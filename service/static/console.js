@@ -15,7 +15,7 @@
         if (!r.ok) { return; }
         var live = r.headers.get("X-Live") === "yes";
         return r.text().then(function (html) {
-          rows.innerHTML = html;
+          if (rows.innerHTML !== html) { rows.innerHTML = html; }
           if (live) { later(poll); }
         });
       });

@@ -207,5 +207,5 @@ def test_publish_another_release_and_roll_back_from_the_releases_page(service: S
         assert browser.get(f"/v1/jobs/{first}").json()["job"]["published"] is True
         # The job page of the release no longer published compares it with the published one.
         again = browser.get(f"/jobs/{second}").text
-        assert f"Takes compared with release <a class=\"id\" href=\"/jobs/{first}\">" in again
+        assert f'Takes compared with release <a class="id" href="/jobs/{first}">' in again
         assert "Approve and publish this release" in again
