@@ -1,7 +1,8 @@
 """API latency of one job's page: GET /v1/jobs/{id} of a done 1,000-script job, from a real
 `rime-batch serve` process on loopback, against reading the same summary from the job table
-directly in the same run (the ratio is what HTTP, auth and JSON add). Also the job list,
-/metrics and /health.
+directly in the same run (the ratio is what HTTP, auth and JSON add). Also the console's HTML
+page of the same job (its outputs are not files here, so no peak strip is computed: what is
+timed is the page itself), the job list, /metrics and /health.
 
 The server is a process of its own: one in this process would share the GIL with the client,
 and every request would pay for the hand-over."""
@@ -119,6 +120,9 @@ def main() -> None:
             answer = client.get(f"/v1/jobs/{job_id}")
             assert answer.status_code == 200 and len(answer.json()["scripts"]) == args.scripts
             page = _timed(lambda: client.get(f"/v1/jobs/{job_id}").raise_for_status(), args.runs)
+            html = client.get(f"/jobs/{job_id}")
+            assert html.status_code == 200 and html.text.count("<audio") == 2 * args.scripts
+            console = _timed(lambda: client.get(f"/jobs/{job_id}").raise_for_status(), args.runs)
             listed = _timed(lambda: client.get("/v1/jobs").raise_for_status(), args.runs)
             metrics = _timed(lambda: client.get("/metrics").raise_for_status(), args.runs)
             health = _timed(lambda: client.get("/health").raise_for_status(), args.runs)
@@ -130,6 +134,7 @@ def main() -> None:
     print(f"{args.scripts:,}-script done job, {size:,} bytes of JSON, {args.runs} runs each")
     print(_line("job summary from the job table (direct)", base))
     print(_line(f"GET /v1/jobs/{{id}} ({args.scripts:,} scripts)", page, median))
+    print(_line(f"GET /jobs/{{id}}, console ({len(html.content):,} bytes)", console, median))
     print(_line("GET /v1/jobs (one job)", listed))
     print(_line("GET /metrics", metrics))
     print(_line("GET /health (no job table, no token)", health))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -446,11 +446,13 @@ def plan_manifest(
     output: str | None = None,
     options: JobOptions | None = None,
     data: bytes | None = None,
+    edit: Callable[[JobSpec], JobSpec] | None = None,
 ) -> JobPlan:
     """Read, validate and plan a manifest with the overrides of `options` applied; any problem
     is one InputError naming its place (or its flag). `data`: the manifest's bytes, as if at
-    `path`."""
-    return build_plan(load_job(path, output=output, options=options, data=data), options)
+    `path`; `edit` changes the validated manifest before it is planned."""
+    job = load_job(path, output=output, options=options, data=data)
+    return build_plan(edit(job) if edit is not None else job, options)
 
 
 def load_job(

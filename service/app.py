@@ -26,7 +26,7 @@ from pipeline import __version__
 from pipeline.errors import RimeBatchError
 from pipeline.settings import Settings
 from pipeline.stages import Event
-from service import console, ops
+from service import console, ops, pages
 from service.api import jobs, releases, schedules
 from service.auth import Caller, reader
 from service.errors import ApiError, from_library
@@ -101,6 +101,7 @@ def create_app(
     app.include_router(releases.router)
     app.include_router(schedules.router)
     app.include_router(console.router)
+    app.include_router(pages.router)
     _schema_needs_auth(app)
     _handlers(app)
     _timing(app, metrics)

@@ -1,5 +1,5 @@
-"""The console's door: a login page (a token in, a session cookie out), logout, and a landing
-page. The console's own pages mount beside these and depend on `console_caller`.
+"""The console's door: a login page (a token in, a session cookie out) and logout. The
+console's pages (`service.pages`) mount beside these and depend on `console_caller`.
 
 The session cookie is HttpOnly, SameSite=Strict, Path=/, and Secure when the request came
 over HTTPS. The login form carries a CSRF token of its own (a random cookie and the same value
@@ -8,7 +8,6 @@ in the form), so another site cannot log a browser in as someone else.
 
 from __future__ import annotations
 
-import html
 import secrets
 from typing import Annotated
 
@@ -22,20 +21,6 @@ from service.errors import ApiError
 from service.tokens import authenticate
 
 router = APIRouter(tags=["console"], include_in_schema=False)
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · rime-batch</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}
-input,button{{font:inherit;padding:.4rem}} input[type=password]{{width:100%;box-sizing:border-box}}
-.error{{color:#a00}}</style></head>
-<body><main>{body}</main></body></html>"""
-
-
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    """A console page: `body` is HTML already escaped."""
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
 
 
 async def console_caller(request: Request) -> Caller:
@@ -57,17 +42,13 @@ def _secure(request: Request) -> bool:
 
 
 def _login_form(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
+    from service.pages.render import html_page
+
     nonce = secrets.token_urlsafe(24)
     csrf = state_of(request).signer.csrf(nonce)
-    shown = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    body = f"""<h1>rime-batch</h1>{shown}
-<form method="post" action="/login">
-<label for="token">API token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
-<input type="hidden" name="{sessions.CSRF_FIELD}" value="{csrf}">
-<p><button type="submit">Sign in</button></p></form>
-<p>Create a token with <code>rime-batch token create NAME</code>.</p>"""
-    response = page("Sign in", body, status)
+    response = html_page(
+        request, "login.html", None, status, title="Sign in", error=error, login_csrf=csrf
+    )
     response.set_cookie(
         sessions.LOGIN_COOKIE,
         nonce,
@@ -126,16 +107,3 @@ async def logout(request: Request, _caller: Annotated[Caller, Depends(poster)]) 
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
     return response
-
-
-@router.get("/")
-async def home(request: Request, caller: Annotated[Caller, Depends(console_caller)]) -> Response:
-    """The landing page: who is signed in, and a logout form."""
-    csrf = state_of(request).signer.csrf(caller.session.value) if caller.session is not None else ""
-    mode = "read-only" if caller.token.read_only else "read and write"
-    body = f"""<h1>rime-batch</h1>
-<p>Signed in with token <strong>{html.escape(caller.token.name)}</strong> ({mode}).</p>
-<form method="post" action="/logout">
-<input type="hidden" name="{sessions.CSRF_FIELD}" value="{html.escape(csrf)}">
-<button type="submit">Sign out</button></form>"""
-    return page("Console", body)

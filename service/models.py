@@ -255,6 +255,15 @@ class PublishedOut(BaseModel):
     pruned: list[str]
 
 
+class ScriptEdit(BaseModel):
+    """One script's text or speaker changed by hand for a re-render (the manifest keeps its
+    own: a later render of the manifest says it as the manifest does)."""
+
+    script: str
+    text: str | None = None
+    speaker: str | None = None
+
+
 class RerenderIn(BaseModel):
     """A new release of a job's manifest: all scripts, or only some, with overrides."""
 
@@ -266,6 +275,9 @@ class RerenderIn(BaseModel):
     set: list[str] = Field(default_factory=list, description="`key=value`, as --set")
     voice_map: list[str] = Field(default_factory=list, description="`old=new`, as --voice-map")
     publish: Literal["auto", "manual"] | None = Field(None, description="Default: the job's")
+    edits: list[ScriptEdit] = Field(
+        default_factory=list, description="Scripts whose text or speaker change (with `scripts`)"
+    )
 
 
 class ScheduleIn(BaseModel):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from pipeline.settings import Settings
 from service.metrics import Metrics
+from service.peaks import PeakCache
 from service.runner import Runner
 from service.sessions import Signer
 
@@ -23,3 +24,4 @@ class ServiceState:
     runner: Runner
     metrics: Metrics
     root: Path  # where a posted manifest is read as if it were (see service.api.jobs)
+    peaks: PeakCache = field(default_factory=PeakCache)  # the console's peak strips

@@ -17,7 +17,7 @@ from __future__ import annotations
 import mimetypes
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -49,6 +49,9 @@ from service.models import (
     RerenderIn,
 )
 from service.state import ServiceState
+
+if TYPE_CHECKING:
+    from pipeline.manifest import JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -84,7 +87,8 @@ _AUDIO = {
 PRESIGN_SECONDS = 300
 
 
-def _manifest_name(name: str | None, content_type: str) -> str:
+def manifest_name(name: str | None, content_type: str) -> str:
+    """The file name a posted manifest is read as (checked: a plain name, no folder)."""
     media = content_type.split(";")[0].strip().lower()
     if media and media not in _MANIFEST_TYPES:
         raise ApiError(
@@ -186,13 +190,12 @@ async def create_job(
     """Validate the manifest as `render` does (a 422 names its file, line and field), record
     the job and start it. A repeated Idempotency-Key answers with the job it made."""
     state = state_of(request)
-    file = _manifest_name(name, request.headers.get("content-type", ""))
+    file = manifest_name(name, request.headers.get("content-type", ""))
     body = await _body(request)
     options = job_options(set_, voice_map, no_cache=no_cache, publish=publish.value, notify=notify)
 
     def create() -> str:
-        plan = _plan(state, file, body, output, options)
-        return state.runner.submit(plan, _keeper(body))
+        return create_from_manifest(state, file, body, output, options)
 
     if idempotency_key is None:
         job_id, created = await off_loop(create), True
@@ -299,34 +302,57 @@ async def rerender_job(
     job's own. With `scripts`, only those change: the others keep the job's plan, so their
     audio comes from the segment cache and nothing of theirs is billed."""
     state = state_of(request)
-
-    def rerender() -> str:
-        with state.db.begin() as conn:
-            views.job_summary(conn, job_id)
-            old = _load_plan(conn, job_id)
-            kept = conn.scalar(select(JOB_MANIFESTS.c.body).where(JOB_MANIFESTS.c.job_id == job_id))
-        body = kept.encode() if kept is not None else None
-        if body is None and not Path(old.manifest).is_file():
-            raise InputError(f"job {job_id}'s manifest is gone: post it again as a new job")
-        added = job_options(change.set, change.voice_map)
-        options = replace(
-            old.options,
-            set=(*old.options.set, *added.set),
-            voice_map=(*old.options.voice_map, *added.voice_map),
-            publish=Publish(change.publish) if change.publish else old.options.publish,
-            schedule=None,
-        )
-        try:
-            new = plan_manifest(old.manifest, output=old.destination, options=options, data=body)
-        except ManifestError as exc:
-            raise _relative(exc, state.root) from None
-        if change.scripts is not None:
-            new = _only(old, new, change.scripts, options)
-        data = body if body is not None else Path(old.manifest).read_bytes()
-        return state.runner.submit(new, _keeper(data))
-
-    new_id = await off_loop(rerender)
+    new_id = await off_loop(rerender, state, job_id, change)
     return Created(job=await off_loop(_job, state, new_id))
+
+
+def create_from_manifest(
+    state: ServiceState, file: str, body: bytes, output: str | None, options: JobOptions
+) -> str:
+    """Plan a posted manifest (read as `<root>/<file>`), record its job and start it; its id.
+    The API's POST and the console's form both create jobs here."""
+    plan = _plan(state, file, body, output, options)
+    return state.runner.submit(plan, _keeper(body))
+
+
+def rerender(state: ServiceState, job_id: str, change: RerenderIn) -> str:
+    """Record and start a new job of `job_id`'s manifest as `change` asks; its id. The API's
+    rerender and the console's re-render of one take both go through here."""
+    with state.db.begin() as conn:
+        views.job_summary(conn, job_id)
+        old = _load_plan(conn, job_id)
+        kept = conn.scalar(select(JOB_MANIFESTS.c.body).where(JOB_MANIFESTS.c.job_id == job_id))
+    body = kept.encode() if kept is not None else None
+    if body is None and not Path(old.manifest).is_file():
+        raise InputError(f"job {job_id}'s manifest is gone: post it again as a new job")
+    added = job_options(change.set, change.voice_map)
+    options = replace(
+        old.options,
+        set=(*old.options.set, *added.set),
+        voice_map=(*old.options.voice_map, *added.voice_map),
+        publish=Publish(change.publish) if change.publish else old.options.publish,
+        schedule=None,
+    )
+
+    def edited(job: JobSpec) -> JobSpec:
+        from pipeline.manifest.edits import edit_script
+
+        for e in change.edits:
+            job = edit_script(job, e.script, text=e.text, speaker=e.speaker)
+        return job
+
+    try:
+        new = plan_manifest(
+            old.manifest, output=old.destination, options=options, data=body, edit=edited
+        )
+    except ManifestError as exc:
+        raise _relative(exc, state.root) from None
+    if change.scripts is not None:
+        edited_ids = [e.script for e in change.edits if e.script not in change.scripts]
+        chosen = [*change.scripts, *edited_ids]
+        new = _only(old, new, chosen, options)
+    data = body if body is not None else Path(old.manifest).read_bytes()
+    return state.runner.submit(new, _keeper(data))
 
 
 def _load_plan(conn: Connection, job_id: str) -> JobPlan:

@@ -40,16 +40,16 @@ def _shown(state: ServiceState, manifest: str) -> str:
 @router.get("", response_model=SchedulePage, summary="Every schedule")
 async def schedules(request: Request, _caller: Annotated[Caller, Depends(reader)]) -> SchedulePage:
     """Each schedule, when it is next due (UTC) and its last run."""
-    state = state_of(request)
+    return await off_loop(read_schedules, state_of(request))
 
-    def read() -> SchedulePage:
-        with state.db.begin() as conn:
-            rows, last = list_schedules(conn), last_runs(conn)
-        return SchedulePage(
-            items=[ScheduleOut.of(s, _shown(state, s.manifest), last.get(s.id)) for s in rows]
-        )
 
-    return await off_loop(read)
+def read_schedules(state: ServiceState) -> SchedulePage:
+    """Every schedule with its last run (the API's list and the console's page)."""
+    with state.db.begin() as conn:
+        rows, last = list_schedules(conn), last_runs(conn)
+    return SchedulePage(
+        items=[ScheduleOut.of(s, _shown(state, s.manifest), last.get(s.id)) for s in rows]
+    )
 
 
 @router.post("", status_code=201, response_model=ScheduleOut, summary="Create a schedule")
@@ -57,24 +57,24 @@ async def create_schedule(
     request: Request, new: ScheduleIn, _caller: Annotated[Caller, Depends(writer)]
 ) -> ScheduleOut:
     """The manifest is planned once now: one that cannot be rendered is refused (422)."""
-    state = state_of(request)
+    return await off_loop(add_schedule, state_of(request), new)
 
-    def create() -> ScheduleOut:
-        options = job_options(new.set, new.voice_map, publish=new.publish, notify=new.notify)
-        path = _inside(state, new.manifest)
-        schedule = add(
-            state.db,
-            new.name,
-            path,
-            new.cron,
-            only_if_changed=new.only_if_changed,
-            output=resolve_output(state, new.output),
-            options=options,
-            check=lambda plan: check_destination(state, plan.destination),
-        )
-        return ScheduleOut.of(schedule, _shown(state, schedule.manifest), None)
 
-    return await off_loop(create)
+def add_schedule(state: ServiceState, new: ScheduleIn) -> ScheduleOut:
+    """Add the schedule `new` describes, planned once now (the API's and the console's)."""
+    options = job_options(new.set, new.voice_map, publish=new.publish, notify=new.notify)
+    path = _inside(state, new.manifest)
+    schedule = add(
+        state.db,
+        new.name,
+        path,
+        new.cron,
+        only_if_changed=new.only_if_changed,
+        output=resolve_output(state, new.output),
+        options=options,
+        check=lambda plan: check_destination(state, plan.destination),
+    )
+    return ScheduleOut.of(schedule, _shown(state, schedule.manifest), None)
 
 
 @router.get("/{name}", response_model=ScheduleOut, summary="One schedule")
@@ -98,11 +98,11 @@ async def delete_schedule(
     request: Request, name: str, _caller: Annotated[Caller, Depends(writer)]
 ) -> Response:
     """Its runs go too; the jobs it submitted stay."""
-    state = state_of(request)
-
-    def remove() -> None:
-        with state.db.begin() as conn:
-            remove_schedule(conn, name)
-
-    await off_loop(remove)
+    await off_loop(remove, state_of(request), name)
     return Response(status_code=204)
+
+
+def remove(state: ServiceState, name: str) -> None:
+    """Delete schedule `name` and its runs."""
+    with state.db.begin() as conn:
+        remove_schedule(conn, name)
