@@ -7,6 +7,7 @@ the Rime API key or a token; an output is named by its API URL, not its place on
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Literal
 from urllib.parse import quote
@@ -111,6 +112,18 @@ class OutputOut(BaseModel):
     url: str
 
 
+class LoudnessOut(BaseModel):
+    """What loudness normalization asked for, did, and measured (see `rime-batch status`)."""
+
+    target_lufs: float
+    ceiling_dbtp: float
+    gain_db: float
+    limited: bool
+    integrated_lufs: float | None
+    range_lu: float | None
+    true_peak_dbtp: float | None
+
+
 class ScriptOut(BaseModel):
     """One script of a job."""
 
@@ -127,6 +140,10 @@ class ScriptOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     outputs: list[OutputOut]
+    loudness: LoudnessOut | None = Field(
+        None, description="Measured as it was encoded; only when a loudness target is set"
+    )
+    warnings: list[str] = Field(default_factory=list, description="e.g. a missed loudness target")
 
     @classmethod
     def of(cls, job_id: str, script: ScriptStatus) -> ScriptOut:
@@ -153,6 +170,8 @@ class ScriptOut(BaseModel):
                 )
                 for o in script.outputs
             ],
+            loudness=None if script.loudness is None else LoudnessOut(**asdict(script.loudness)),
+            warnings=list(script.warnings),
         )
 
 

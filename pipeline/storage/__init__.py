@@ -24,7 +24,7 @@ from pipeline.storage.keys import (
     validate_key,
 )
 from pipeline.storage.local import LocalStore
-from pipeline.storage.outputs import CONTENT_TYPES, content_type_for, output_metadata
+from pipeline.storage.outputs import CONTENT_TYPES, content_type_for, is_audio, output_metadata
 
 if TYPE_CHECKING:
     from pipeline.storage.s3 import S3Store
@@ -44,6 +44,7 @@ __all__ = [
     "cache_key_path",
     "content_type_for",
     "first_clash",
+    "is_audio",
     "open_store",
     "output_key",
     "output_metadata",

@@ -27,6 +27,11 @@ def content_type_for(fmt: str) -> str:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {known}") from None
 
 
+def is_audio(fmt: str) -> bool:
+    """Whether an output format is audio (the others are captions beside it)."""
+    return content_type_for(fmt).startswith("audio/")
+
+
 def header_safe(value: str) -> str:
     """`value` with anything outside printable ASCII percent-encoded (S3 metadata is headers)."""
     return quote(value, safe=_HEADER_SAFE)

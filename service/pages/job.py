@@ -12,6 +12,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from pipeline.errors import RimeBatchError
+from pipeline.loudness import LoudnessRecord
+from pipeline.storage import is_audio
 from pipeline.store import State, views
 from pipeline.store.schema import OutputFile
 from pipeline.store.views import JobStatus, JobSummary, ScriptStatus
@@ -42,6 +44,7 @@ class Take:
     url: str
     strip_url: str
     facts: str
+    track_url: str | None  # this take's WebVTT captions, played with it
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class ScriptView:
     voice: str
     takes: list[Take]
     same_as_against: bool
+    captions: list[tuple[str, str]]  # (format, url) of this job's caption files
+    loudness: str  # the figures measured when it was encoded, and any warning
 
 
 def _facts(analysis: Analysis | None) -> str:
@@ -70,6 +75,17 @@ def _facts(analysis: Analysis | None) -> str:
     return ", ".join(parts)
 
 
+def _loudness(record: LoudnessRecord | None) -> str:
+    if record is None or record.integrated_lufs is None:
+        return ""
+    shown = f"{record.integrated_lufs:.1f} LUFS (target {record.target_lufs:g})"
+    if record.range_lu is not None:
+        shown += f", range {record.range_lu:.1f} LU"
+    if record.true_peak_dbtp is not None:
+        shown += f", true peak {record.true_peak_dbtp:.1f} dBTP"
+    return shown + (", limited" if record.limited else "")
+
+
 # A take as shown: its label, the job it belongs to, the output and that job's destination.
 Entry = tuple[str, str, OutputFile, str]
 
@@ -79,19 +95,35 @@ def _shown(
 ) -> tuple[ScriptStatus, list[Entry], bool]:
     """A script's takes in the order shown: per format this job's, then the compared
     release's when they differ; and whether all of them are the same audio as that release's."""
+    audio = [o for o in script.outputs if is_audio(o.format)]
     if other is None or before is None:
-        return script, [("Take", job.job_id, o, job.destination) for o in script.outputs], False
-    theirs = {o.format: o for o in before.outputs}
-    mine = {o.format: o.sha256 for o in script.outputs}
+        return script, [("Take", job.job_id, o, job.destination) for o in audio], False
+    theirs = {o.format: o for o in before.outputs if is_audio(o.format)}
+    mine = {o.format: o.sha256 for o in audio}
     same = bool(mine) and mine == {f: o.sha256 for f, o in theirs.items()}
     entries: list[Entry] = []
-    for o in script.outputs:
+    for o in audio:
         entries.append(("This take", job.job_id, o, job.destination))
         old = theirs.get(o.format)
         if old is not None and not same:
             label = f"Release {other.job.job_id}"
             entries.append((label, other.job.job_id, old, other.job.destination))
     return script, entries, same
+
+
+def _track(
+    owner: str,
+    script_id: str,
+    before: ScriptStatus | None,
+    summary: JobSummary,
+    other: JobSummary | None,
+) -> str | None:
+    """The WebVTT captions of the job a take belongs to, if that script has them."""
+    mine = next((s for s in summary.scripts if s.script_id == script_id), None)
+    script = mine if owner == summary.job.job_id else before if other is not None else None
+    if script is None or not any(o.format == "vtt" for o in script.outputs):
+        return None
+    return output_url(owner, script_id, "vtt")
 
 
 def strip_url(job_id: str, script_id: str, fmt: str) -> str:
@@ -188,10 +220,17 @@ async def render_job(
                     output_url(owner, script.script_id, o.format),
                     strip_url(owner, script.script_id, o.format),
                     _facts(analysed.get(o.sha256) or cache.peek(o.sha256)),
+                    _track(owner, script.script_id, old.get(script.script_id), summary, other),
                 )
                 for label, owner, o, _dest in entries
             ],
             same,
+            [
+                (o.format, output_url(summary.job.job_id, script.script_id, o.format))
+                for o in script.outputs
+                if not is_audio(o.format)
+            ],
+            _loudness(script.loudness),
         )
         for script, entries, same in shown
     ]

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from rime_local.server import RunningEngine
 from tests.fixtures.s3 import S3Env
 from tests.fixtures.service import Service, write_manifest
 
@@ -209,3 +210,41 @@ def test_publish_another_release_and_roll_back_from_the_releases_page(service: S
         again = browser.get(f"/jobs/{second}").text
         assert f'Takes compared with release <a class="id" href="/jobs/{first}">' in again
         assert "Approve and publish this release" in again
+
+
+def test_a_job_page_plays_captions_with_the_take_and_shows_the_recorded_loudness(
+    service_factory: ServiceFactory, sqlite_url: str, engine: RunningEngine
+) -> None:
+    service = service_factory(sqlite_url, RIME_WS_URL=engine.ws_url)
+    token = service.token()
+    (service.root / "captioned.yaml").write_text(
+        "job: captioned\noutput: out/captioned\n"
+        "defaults: {speaker: cove, samplingRate: 24000, formats: [mp3, wav], "
+        "captions: [srt, vtt], loudness_lufs: -18}\n"
+        "scripts:\n  - id: lesson\n    text: Welcome to the course. <400> Today we begin.\n",
+        encoding="utf-8",
+    )
+    with service.client(token) as client:
+        created = client.post(
+            "/v1/jobs?name=captioned.yaml",
+            content=(service.root / "captioned.yaml").read_bytes(),
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job"]["id"]
+        service.wait_for_job(client, job_id)
+        recorded = client.get(f"/v1/jobs/{job_id}").json()
+    with _signed_in(service, token) as browser:
+        page = browser.get(f"/jobs/{job_id}").text
+        players = re.findall(r"<audio [^>]*src=\"([^\"]+)\"[^>]*>(.*?)</audio>", page, re.S)
+        # One player per audio format, each with the take's WebVTT as its captions track.
+        assert sorted(src.split("/")[-2] for src, _ in players) == ["mp3", "wav"]
+        vtt = f"/v1/jobs/{job_id}/outputs/vtt/lesson"
+        for _, inner in players:
+            assert f'<track kind="captions" src="{vtt}"' in inner
+        assert f'href="/v1/jobs/{job_id}/outputs/srt/lesson"' in page
+        assert browser.get(vtt).text.startswith("WEBVTT")
+    script = recorded["scripts"][0]
+    figure = script["loudness"]["integrated_lufs"]
+    assert abs(figure + 18) < 0.5
+    assert f"{figure:.1f} LUFS (target -18)" in page
