@@ -1156,7 +1156,7 @@ def token_list() -> None:
 
 @token_app.command("revoke")
 def token_revoke(name: TokenNameArg) -> None:
-    """Revoke a token: its requests and console sessions are refused from now on."""
+    """Revoke a token: its requests and sessions are refused from now on."""
     from service.tokens import revoke_token
 
     with _database().begin() as conn:

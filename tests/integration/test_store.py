@@ -848,10 +848,22 @@ def test_job_ids_resolve_from_a_unique_prefix(db: Engine) -> None:
             resolve_job_id(conn, job_id[:6])
 
 
+# Named like a secret, holding none: a segment's content hash, the request id a client chose
+# as its idempotency key, and the SHA-256 of a service token (the token itself is never kept).
+NOT_SECRETS = {
+    ("segments", "cache_key"),
+    ("idempotency_keys", "key"),
+    ("api_tokens", "token_hash"),
+}
+
+
 def test_no_column_could_hold_an_api_key() -> None:
-    columns = {c.name for table in metadata.tables.values() for c in table.columns}
-    assert not {name for name in columns if "key" in name and name != "cache_key"}
-    assert not {name for name in columns if "token" in name or "secret" in name}
+    columns = {
+        (table.name, c.name) for table in metadata.tables.values() for c in table.columns
+    } - NOT_SECRETS
+    assert not {name for _, name in columns if "key" in name}
+    assert not {name for _, name in columns if "token" in name or "secret" in name}
+    assert NOT_SECRETS <= {(t.name, c.name) for t in metadata.tables.values() for c in t.columns}
 
 
 # Engines and URLs
