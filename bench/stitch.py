@@ -4,7 +4,8 @@ Prints wall time, times real time and peak RSS of Python and of its ffmpeg child
 streaming stitcher; then ffmpeg alone doing the same work on the same audio (the programme
 stitched to a WAV file beforehand, untimed): its own loudness measurement, the same limited
 measuring passes when the gain needs the limiter, and one encode of both formats that measures
-what it encodes, as the stitcher's ffmpeg runs do, and the stitcher's time as a ratio of it
+each file it encodes (decoding it again in the same run), as the stitcher's ffmpeg runs do,
+with the same arguments (`pipeline.audio.encoding_args`), and the stitcher's time as a ratio of it
 (the goal: at most 1.1x); and the same for naive pydub concatenation (`sum()` of AudioSegments,
 exported by pydub) on a shorter programme. Each variant runs in its own process so the peak
 RSS figures are its own. A few distinct ~20 s segment files are made and reused, so the disk
@@ -28,15 +29,17 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.audio import (
-    encoder_args,
+    encoding_args,
     ffmpeg_exe,
     leveling_filter,
+    meter_name,
+    parse_ebur128_summaries,
     parse_ebur128_summary,
-    split_graph,
 )
 from pipeline.loudness import (
     MAX_SEARCH_STEPS,
     Leveling,
+    farthest,
     first_leveling,
     held_limit,
     met,
@@ -103,6 +106,7 @@ def run_streaming(parts: list[Part], rate: int, out: Path) -> dict[str, object]:
         "limited": result.loudness.limited,
         "lufs": result.loudness.integrated_lufs,
         "peak": result.loudness.true_peak_dbtp,
+        "farthest": result.loudness.format,
         "sizes": {f: r.size_bytes for f, r in result.files.items()},
     }
 
@@ -139,18 +143,24 @@ def run_ffmpeg_alone(parts: list[Part], rate: int, out: Path) -> dict[str, objec
         gain = min(next_gain(tried, LOUDNESS_LUFS), leveling.max_gain_db)
         leveling = Leveling(gain, leveling.limit_dbtp, leveling.max_gain_db)
     out.mkdir(parents=True, exist_ok=True)
-    args = [*source, "-filter_complex"]
-    args.append(split_graph(leveling_filter(leveling, rate), len(FORMATS), measure=True))
-    for index, fmt in enumerate(FORMATS):
-        args += ["-map", f"[o{index}]", *encoder_args(fmt, sample_rate=rate, mp3_bitrate="128k")]
-        args += ["-y", str(out / f"book.{fmt}")]
-    final = parse_ebur128_summary(_ffmpeg_log(*args, "-map", "[measured]", "-f", "null", "-"))
+    args = encoding_args(
+        {fmt: out / f"book.{fmt}" for fmt in FORMATS},
+        sample_rate=rate,
+        mp3_bitrate="128k",
+        filters=leveling_filter(leveling, rate),
+        measure=FORMATS,
+        fed=False,  # no WAV among the formats: each is measured from its own encoder
+    )
+    figures = parse_ebur128_summaries(_ffmpeg_log(*source, *args))
+    encoded = {fmt: figures[meter_name(index)] for index, fmt in enumerate(FORMATS)}
+    worst = farthest(encoded, LOUDNESS_LUFS)
     return {
         "audio_seconds": 0.0,
         "gain_db": round(leveling.gain_db, 2),
         "passes": 2 + steps,
-        "lufs": final.integrated_lufs,
-        "peak": final.true_peak_dbtp,
+        "lufs": encoded[worst].integrated_lufs,
+        "peak": encoded[worst].true_peak_dbtp,
+        "farthest": worst,
     }
 
 
@@ -224,7 +234,7 @@ def measure(
         print(
             f"ffmpeg    alone, the same {f['passes']} passes from a stitched WAV: "
             f"{f['wall']:7.1f} s wall, gain {f['gain_db']} dB, {f['lufs']} LUFS, "
-            f"{f['peak']} dBTP"
+            f"{f['peak']} dBTP ({f['farthest']})"
         )
         return f
     audio = f["audio_seconds"]
@@ -235,6 +245,7 @@ def measure(
         + (f", gain {f['gain_db']} dB" if "gain_db" in f else "")
         + (
             f" ({'limited' if f['limited'] else 'plain'}), {f['lufs']} LUFS, {f['peak']} dBTP"
+            f" ({f['farthest']})"
             if "lufs" in f
             else ""
         )

@@ -9,11 +9,12 @@ decode asks ffmpeg for raw s16le at a known rate and channel count instead of pr
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
@@ -125,6 +126,7 @@ def _ffmpeg_decode(path: Path, sample_rate: int) -> Pcm16:
 _INTEGRATED = re.compile(r"I:\s+(-?inf|-?[\d.]+) LUFS")
 _RANGE = re.compile(r"LRA:\s+(-?inf|-?[\d.]+) LU\b")
 _TRUE_PEAK = re.compile(r"True peak:\s+Peak:\s+(-?inf|-?[\d.]+) dBFS")
+_NAMED_SUMMARY = re.compile(r"\[ebur128@(\w+) @ [^\]]*\] Summary:")
 # The limiter runs at least this fast: at 4x a speech rate (and 2x at 44.1 or 48 kHz) the
 # peaks between samples are seen well enough for the true peak to hold within 0.1 dB.
 LIMITER_MIN_RATE = 88200
@@ -135,7 +137,22 @@ LIMITER_RELEASE_MS = 50.0
 def parse_ebur128_summary(log: str) -> Loudness:
     """Integrated loudness, loudness range and true peak from ebur128's last summary in `log`."""
     start = log.rfind("Summary:")
-    body = log[start:] if start >= 0 else ""
+    return _summary(log[start:] if start >= 0 else "", log)
+
+
+def parse_ebur128_summaries(log: str) -> dict[str, Loudness]:
+    """Each named ebur128's summary in `log` (`ebur128@NAME`), by name.
+
+    One ffmpeg run that measures several streams prints their summaries in whatever order its
+    filters finish; the instance name in each line's prefix says whose it is.
+    """
+    heads = list(_NAMED_SUMMARY.finditer(log))
+    ends = [head.start() for head in heads[1:]] + [len(log)] * bool(heads)
+    bodies = zip(heads, ends, strict=True)
+    return {head[1]: _summary(log[head.end() : end], log) for head, end in bodies}
+
+
+def _summary(body: str, log: str) -> Loudness:
     integrated = _INTEGRATED.search(body)
     if integrated is None:
         raise EncodeError(f"no loudness summary in ffmpeg's output: {_tail(log)}")
@@ -178,8 +195,9 @@ def _alimiter(limit_dbtp: float) -> str:
     )
 
 
-def _ebur128(peak: bool) -> str:
-    return "ebur128=peak=true:framelog=quiet" if peak else "ebur128=framelog=quiet"
+def _ebur128(peak: bool, name: str | None = None) -> str:
+    meter = "ebur128" if name is None else f"ebur128@{name}"
+    return f"{meter}=peak=true:framelog=quiet" if peak else f"{meter}=framelog=quiet"
 
 
 def measure_loudness(
@@ -273,6 +291,13 @@ def written_here(fmt: str, sample_rate: int) -> bool:
     return fmt == "wav" or (fmt in ("wav-mulaw", "mulaw") and sample_rate == TELEPHONY_RATE)
 
 
+def holds_the_feed(fmt: str) -> bool:
+    """Whether a file of `fmt` holds the very samples the encoders are fed (16-bit PCM at the
+    programme's rate), so that it measures what they measure; any other format is measured
+    from what its encoder made of them."""
+    return fmt == "wav"
+
+
 def encode(
     chunks: Iterable[bytes],
     *,
@@ -280,26 +305,36 @@ def encode(
     outputs: Mapping[str, Path],
     mp3_bitrate: str = "128k",
     filters: str | None = None,
-    measure: bool = False,
-) -> Loudness | None:
+    measure: Collection[str] = (),
+) -> dict[str, Loudness]:
     """Encode 16-bit PCM `chunks` into every format of `outputs`, in one pass over them.
 
     PCM WAV, and mu-law at 8 kHz, are written here; everything else by one ffmpeg process fed
     the same chunks, which decodes them once and splits them to every encoder. With `filters`
-    (a limiter), every format goes through that process, after the filters. With `measure`,
-    the same process measures what the encoders get (ebur128 on one more branch of the split)
-    and that measurement is returned. Each file is written under a temporary name beside its
-    target and renamed into place only when every encoder has finished cleanly, so a reader
-    never sees a partial file.
+    (a limiter), every format goes through that process, after the filters. The same process
+    measures each format of `measure` and their figures are returned: a WAV by what the
+    encoders get (ebur128 on one more branch of the split), any other format (mu-law too,
+    which then goes through ffmpeg) by decoding what its encoder produced (see
+    `encoding_args`). Each file is written under a temporary name beside its target and
+    renamed into place only when every encoder has finished cleanly, so a reader never sees a
+    partial file.
     """
+    chunks, empty = _peeked(chunks)
+    measured: dict[str, Loudness] = {}
+    if empty and measure:
+        # No sample, no packet: a loopback decoder would never start, and ffmpeg fails.
+        measured = {fmt: Loudness(None, None) for fmt in measure}
+        measure = ()
     temps = {fmt: temp_path_for(path) for fmt, path in outputs.items()}
     piped = {
         fmt: temp
         for fmt, temp in temps.items()
-        if filters is not None or not written_here(fmt, sample_rate)
+        if filters is not None
+        or not written_here(fmt, sample_rate)
+        or (fmt in measure and not holds_the_feed(fmt))
     }
+    fed = any(holds_the_feed(fmt) for fmt in measure)
     native: list[_NativeFile] = []
-    measured: Loudness | None = None
     try:
         native = [
             _NativeFile(fmt, temp, sample_rate) for fmt, temp in temps.items() if fmt not in piped
@@ -311,21 +346,23 @@ def encode(
                     out.write(chunk)
                 yield chunk
 
-        if piped or measure:
+        if piped or fed:
             cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats"]
             cmd += ["-v", "info" if measure else "error", *_raw_input("s16le", sample_rate)]
-            cmd += ["-filter_complex", split_graph(filters, len(piped), measure)]
-            for index, (fmt, temp) in enumerate(piped.items()):
-                args = encoder_args(fmt, sample_rate=sample_rate, mp3_bitrate=mp3_bitrate)
-                # bitexact keeps encoder version strings and random Ogg serials out of the
-                # files, so the same input gives the same bytes.
-                cmd += ["-map", f"[o{index}]", "-map_metadata", "-1", "-fflags", "+bitexact"]
-                cmd += ["-flags:a", "+bitexact", *args, "-y", str(temp)]
-            if measure:
-                cmd += ["-map", "[measured]", "-f", "null", "-"]
+            cmd += encoding_args(
+                piped,
+                sample_rate=sample_rate,
+                mp3_bitrate=mp3_bitrate,
+                filters=filters,
+                measure=measure,
+                fed=fed,
+            )
             log = _run_ffmpeg(cmd, tee())
             if measure:
-                measured = parse_ebur128_summary(log)
+                figures = parse_ebur128_summaries(log)
+                encoded = {fmt: meter_name(index) for index, fmt in enumerate(piped)}
+                for fmt in measure:
+                    measured[fmt] = figures[FED_METER if holds_the_feed(fmt) else encoded[fmt]]
             for temp in piped.values():
                 fsync_path(temp)
         else:
@@ -345,14 +382,67 @@ def encode(
     return measured
 
 
+def _peeked(chunks: Iterable[bytes]) -> tuple[Iterator[bytes], bool]:
+    """`chunks` without empty ones, and whether there are none at all."""
+    rest = (chunk for chunk in chunks if chunk)
+    first = next(rest, None)
+    return (rest, True) if first is None else (itertools.chain([first], rest), False)
+
+
+# The meter of the split's own branch: what every encoder is fed.
+FED_METER = "fed"
+
+
+def meter_name(index: int) -> str:
+    """The ebur128 instance that measures the `index`th encoder's output."""
+    return f"o{index}"
+
+
+def encoding_args(
+    piped: Mapping[str, Path],
+    *,
+    sample_rate: int,
+    mp3_bitrate: str,
+    filters: str | None,
+    measure: Collection[str],
+    fed: bool,
+) -> list[str]:
+    """ffmpeg's options after its input, for one run that encodes every format of `piped`.
+
+    Each format of `measure` but a WAV is decoded again in the same run (a
+    loopback decoder, `-dec`, ffmpeg 7 and later) and measured by its own ebur128
+    (`meter_name`); with `fed`, the split's own branch is measured (`FED_METER`). Each meter is
+    a filter graph of its own, so ffmpeg runs them on threads of their own.
+    """
+    args = ["-filter_complex", split_graph(filters, len(piped), fed)]
+    for index, (fmt, path) in enumerate(piped.items()):
+        # bitexact keeps encoder version strings and random Ogg serials out of the files, so
+        # the same input gives the same bytes.
+        args += ["-map", f"[o{index}]", "-map_metadata", "-1", "-fflags", "+bitexact"]
+        args += ["-flags:a", "+bitexact"]
+        args += encoder_args(fmt, sample_rate=sample_rate, mp3_bitrate=mp3_bitrate)
+        args += ["-y", str(path)]
+    decoded = [i for i, fmt in enumerate(piped) if fmt in measure and not holds_the_feed(fmt)]
+    for index in decoded:
+        args += ["-dec", f"{index}:0"]  # output `index`'s stream 0, decoded as it is muxed
+    for loop, index in enumerate(decoded):
+        meter = f"[dec:{loop}]{_ebur128(peak=True, name=meter_name(index))}[d{index}]"
+        args += ["-filter_complex", meter]
+    for index in decoded:
+        args += ["-map", f"[d{index}]", "-f", "null", "-"]
+    if fed:
+        args += ["-map", "[measured]", "-f", "null", "-"]
+    return args
+
+
 def split_graph(filters: str | None, outputs: int, measure: bool) -> str:
     """The one filter graph of an encode: the input through `filters`, split to each encoder
-    (`[o0]`, `[o1]`, ...) and, when measuring, through ebur128 to `[measured]`."""
+    (`[o0]`, `[o1]`, ...) and, when measuring, through ebur128 (`FED_METER`) to `[measured]`."""
     labels = [f"[o{index}]" for index in range(outputs)] + (["[m]"] if measure else [])
     head = f"[0:a]{filters or 'anull'}"
     graph = f"{head},asplit={len(labels)}{''.join(labels)}" if len(labels) > 1 else head + labels[0]
     if measure:
-        graph += f";[m]{_ebur128(peak=True)}[measured]"
+        graph += f";[m]{_ebur128(peak=True, name=FED_METER)}[measured]"
     return graph
 
 

@@ -10,11 +10,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.loudness import Loudness
 from pipeline.results import seconds
 from pipeline.rime.models import get_model
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from datetime import datetime
     from pathlib import Path
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pipeline.store.deliveries import DeliveryStatus
     from pipeline.store.productions import Production, Release
     from pipeline.store.schedules import Run, Schedule
+    from pipeline.store.schema import OutputFile
     from pipeline.store.views import JobStatus, JobSummary
 
 # Rime voices speak roughly 15 characters a second at speed 1.0.
@@ -129,7 +131,7 @@ def summary_table(summary: JobSummary) -> RenderableType:
             f"{s.chars:,}",
             f"{s.billed_chars:,}",
             "" if s.audio_seconds is None else f"{seconds(s.audio_seconds):.2f}s",
-            loudness_cell(s.loudness),
+            loudness_cell(s.loudness, s.outputs),
             "; ".join(problems),
         )
     if summary.book is not None:
@@ -152,16 +154,40 @@ def summary_table(summary: JobSummary) -> RenderableType:
     return Group(Text(f"overrides: {overrides}", no_wrap=True, overflow="ignore"), table)
 
 
-def loudness_cell(record: LoudnessRecord | None) -> str:
-    """A script's measured loudness in one cell: integrated, range, true peak, and how."""
+def loudness_cell(record: LoudnessRecord | None, outputs: Sequence[OutputFile] = ()) -> str:
+    """A script's measured loudness in one cell: integrated, range and true peak, and how it
+    was leveled. One line when every output measures the same as shown; else a line per set
+    of outputs that do, naming them, and the leveling on a line of its own."""
     if record is None:
         return ""
-    if record.integrated_lufs is None:
-        return "silent"
-    how = "limited" if record.limited else "gain"
-    lra = "" if record.range_lu is None else f" LRA {record.range_lu:.1f}"
-    peak = "" if record.true_peak_dbtp is None else f" TP {record.true_peak_dbtp:.1f}"
-    return f"{record.integrated_lufs:.1f} LUFS{lra}{peak} ({how} {record.gain_db:+.1f} dB)"
+    how = f"({'limited' if record.limited else 'gain'} {record.gain_db:+.1f} dB)"
+    # A row written before each output was measured has the programme's figures only.
+    measured = [(o.format, o.loudness) for o in outputs if o.loudness is not None]
+    if not measured:
+        measured = [("", _as_loudness(record))]
+    alike: dict[str, list[str]] = {}
+    for fmt, loudness in measured:
+        alike.setdefault(_figures(loudness), []).append(fmt)
+    if len(alike) == 1:
+        (figures,) = alike
+        return "silent" if figures == _SILENT else f"{figures} {how}"
+    lines = [f"{', '.join(formats)}: {figures}" for figures, formats in alike.items()]
+    return "\n".join([*lines, how])
+
+
+_SILENT = "silent"
+
+
+def _as_loudness(record: LoudnessRecord) -> Loudness:
+    return Loudness(record.integrated_lufs, record.true_peak_dbtp, record.range_lu)
+
+
+def _figures(loudness: Loudness) -> str:
+    if loudness.integrated_lufs is None:
+        return _SILENT
+    lra = "" if loudness.range_lu is None else f" LRA {loudness.range_lu:.1f}"
+    peak = "" if loudness.true_peak_dbtp is None else f" TP {loudness.true_peak_dbtp:.1f}"
+    return f"{loudness.integrated_lufs:.1f} LUFS{lra}{peak}"
 
 
 def releases_table(production: Production, rows: list[Release]) -> Table:

@@ -13,6 +13,7 @@ any overshoot (`held_limit`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # ebur128 reports true peak to 0.1 dB and requantizing after the gain can add a hair more.
@@ -49,7 +50,8 @@ class Leveling:
 
 @dataclass(frozen=True)
 class LoudnessRecord:
-    """What normalization asked for, what it did, and what the encoded programme measures."""
+    """What normalization asked for, what it did, and what the script's outputs measure: the
+    figures of the output furthest from the target (`format`; see `farthest`)."""
 
     target_lufs: float
     ceiling_dbtp: float
@@ -58,24 +60,50 @@ class LoudnessRecord:
     integrated_lufs: float | None
     range_lu: float | None
     true_peak_dbtp: float | None
+    # The output the figures are of; None in records made before each output was measured,
+    # whose figures are of the programme every output was encoded from.
+    format: str | None = None
 
     @property
     def missed_by_lu(self) -> float | None:
         """How far the measured loudness is from the target (None for silence)."""
-        if self.integrated_lufs is None:
-            return None
-        return abs(self.integrated_lufs - self.target_lufs)
+        return missed_by_lu(self.integrated_lufs, self.target_lufs)
 
     def warning(self) -> str | None:
-        """The script's warning when the target was missed by more than `WARN_MISS_LU`."""
-        missed = self.missed_by_lu
-        if missed is None or missed <= WARN_MISS_LU:
-            return None
-        assert self.integrated_lufs is not None
-        return (
-            f"loudness {self.integrated_lufs:.1f} LUFS misses the target "
-            f"{self.target_lufs:g} LUFS by {missed:.1f} LU"
-        )
+        """The warning when these figures miss the target by more than `WARN_MISS_LU`."""
+        figures = Loudness(self.integrated_lufs, self.true_peak_dbtp, self.range_lu)
+        return miss_warning(figures, self.target_lufs, self.format)
+
+
+def missed_by_lu(lufs: float | None, target_lufs: float) -> float | None:
+    """How far a measured loudness is from the target (None for silence)."""
+    return None if lufs is None else abs(lufs - target_lufs)
+
+
+def miss_warning(measured: Loudness, target_lufs: float, output: str | None = None) -> str | None:
+    """A warning when `measured` misses the target by more than `WARN_MISS_LU`, naming the
+    `output` (a format) when given; None when it does not (or is silent)."""
+    missed = missed_by_lu(measured.integrated_lufs, target_lufs)
+    if missed is None or missed <= WARN_MISS_LU:
+        return None
+    of = "" if output is None else f"{output}: "
+    return (
+        f"{of}loudness {measured.integrated_lufs:.1f} LUFS misses the target "
+        f"{target_lufs:g} LUFS by {missed:.1f} LU"
+    )
+
+
+def farthest(outputs: Mapping[str, Loudness], target_lufs: float) -> str:
+    """The output furthest from the target (the higher true peak breaks a tie; silence is never
+    further than a measured output), the first one when they all agree."""
+
+    def distance(fmt: str) -> tuple[float, float]:
+        figures = outputs[fmt]
+        missed = missed_by_lu(figures.integrated_lufs, target_lufs)
+        peak = figures.true_peak_dbtp
+        return (-1.0 if missed is None else missed, -math.inf if peak is None else peak)
+
+    return max(outputs, key=distance)
 
 
 def peak_cap_db(measured: Loudness, ceiling_dbtp: float) -> float:

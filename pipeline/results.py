@@ -3,7 +3,8 @@
 Each job writes one into its release folder (`releases/<job id>/results.json`) when it ends;
 publishing a release writes it at the destination's root too, with each output's stable path
 (see `pipeline.publish`). A reader (a phone system's sync) follows it to the outputs: per script
-its files with their checksums and sizes, its duration, and what it cost.
+its files with their checksums, sizes and, when normalized, what each measures; its duration,
+and what it cost.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def results_document(
                 "billed_chars": s.billed_chars,
                 "attempts": s.attempts,
                 "error": s.error,
-                # Measured on the programme every output was encoded from; None when off.
+                # The leveling, and the figures of the output furthest from the target (each
+                # output lists its own); None when off.
                 "loudness": None if s.loudness is None else asdict(s.loudness),
                 "warnings": list(s.warnings),
             }

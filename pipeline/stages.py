@@ -446,7 +446,6 @@ def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
             transitions.release_script(conn, script_pk, claim)
         raise
     with ctx.db.begin() as conn:
-        warning = None if result.loudness is None else result.loudness.warning()
         after = transitions.finish_script(
             conn,
             script_pk,
@@ -454,9 +453,9 @@ def stitch_stage(ctx: Context, script_pk: int) -> StageResult:
             audio_seconds=result.duration_seconds,
             outputs=outputs,
             loudness=result.loudness,
-            warnings=() if warning is None else (warning,),
+            warnings=result.warnings,
         )
-    if warning is not None:
+    for warning in result.warnings:
         log.warning("script %s: %s", plan.script_id, warning)
     ctx.on_event(
         Event(
@@ -497,12 +496,13 @@ def _stitch_into(
                 raise ObjectNotFound(f"no object at {path}", uri=str(path))
             return path
 
-        written = _with_lossless(plan)
+        # A book chapter's wav copy is in the release, not among the script's outputs, and is
+        # deleted once the book is made.
         if in_place is not None:
-            spec = spec_for(written, in_place.parent, stem=in_place.name)
+            spec = spec_for(plan, in_place.parent, stem=in_place.name)
         else:
             assert scratch is not None
-            spec = spec_for(written, scratch / "out", stem="output")
+            spec = spec_for(plan, scratch / "out", stem="output")
         parts = parts_for(plan, fetch)
         result = stitch(parts, spec)
         files = {fmt: (f.path, f.sha256, f.size_bytes) for fmt, f in result.files.items()}
@@ -512,6 +512,7 @@ def _stitch_into(
             )
         outputs = []
         for fmt, (path, sha256, size) in files.items():
+            stitched = result.files.get(fmt)
             key = release(output_key(plan.script_id, fmt))
             if in_place is not None:
                 uri = store.uri_for(key)
@@ -527,7 +528,8 @@ def _stitch_into(
                     key, path, content_type=content_type_for(fmt), metadata=metadata
                 )
             if fmt in plan.output.formats or fmt in plan.output.captions:
-                outputs.append(OutputFile(fmt, uri, sha256, size))
+                loudness = None if stitched is None else stitched.loudness
+                outputs.append(OutputFile(fmt, uri, sha256, size, loudness))
     return result, outputs
 
 
@@ -565,14 +567,6 @@ def _write_captions(
 
 def _write_all(data: bytes, fh: BinaryIO) -> None:
     fh.write(data)
-
-
-def _with_lossless(plan: ScriptPlan) -> ScriptPlan:
-    """The plan as stitched: a book chapter without a wav output writes one too, for the book
-    alone (in the release, not among the script's outputs, deleted once the book is made)."""
-    if not plan.output.lossless_copy or "wav" in plan.output.formats:
-        return plan
-    return replace(plan, output=replace(plan.output, formats=(*plan.output.formats, "wav")))
 
 
 def _scratch_folder() -> tempfile.TemporaryDirectory[str]:

@@ -17,8 +17,9 @@ normalization measures the whole programme in a first streaming pass (EBU R128 i
 loudness and true peak) and applies one linear gain in the last. When that gain would push the
 true peak over the ceiling, the gain is applied anyway and a true-peak limiter (with its delay
 compensated, so no sample moves) holds the peaks; the gain is then found by measuring the
-limited programme (`pipeline.loudness`). The encoding pass measures what it encodes, so every
-output's figures are measured, not derived. There is no per-segment processing.
+limited programme (`pipeline.loudness`). The encoding pass measures every file it writes (a
+WAV by the samples it holds, any other format by decoding what its encoder made), so each
+output's figures are its own, measured, not derived. There is no per-segment processing.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ from pipeline.loudness import (
     Leveling,
     Loudness,
     LoudnessRecord,
+    farthest,
     first_leveling,
     held_limit,
     met,
+    miss_warning,
     next_gain,
 )
 from pipeline.plan import OutputSpec, PlannedSegment, ScriptPlan
@@ -78,6 +81,9 @@ class StitchSpec:
     silence_threshold_dbfs: float = SILENCE_THRESHOLD_DBFS
     keep_ms: int = KEEP_MS
     fade_ms: int = FADE_MS
+    # Formats written besides the output's for a later stage (a book's chapter WAV): neither
+    # measured nor judged, as no listener gets them.
+    copies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class StitchedFile:
     duration_seconds: float  # of the programme; codecs' priming samples are not counted
     sha256: str
     size_bytes: int
+    loudness: Loudness | None = None  # the file's own figures; None when normalization is off
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,8 @@ class StitchResult:
     gain_db: float = 0.0
     samples: int = 0  # sample frames at the source rate
     placements: tuple[Placement, ...] = ()  # one per part with speech, in order
-    loudness: LoudnessRecord | None = None  # the encoded programme's; None when off
+    loudness: LoudnessRecord | None = None  # the farthest output's figures; None when off
+    warnings: tuple[str, ...] = ()  # one per output that misses the target by more than 1 LU
 
 
 @dataclass(frozen=True)
@@ -256,7 +264,7 @@ def find_leveling(
 
 def output_paths(spec: StitchSpec) -> dict[str, Path]:
     """The file each requested format is written to."""
-    formats = dict.fromkeys(spec.output.formats)
+    formats = dict.fromkeys((*spec.output.formats, *spec.copies))
     if not formats:
         raise AudioError("no output formats requested")
     unknown = [f for f in formats if f not in OUTPUT_EXTENSIONS]
@@ -302,26 +310,33 @@ def stitch(parts: Sequence[Part], spec: StitchSpec) -> StitchResult:
         outputs=outputs,
         mp3_bitrate=spec.output.mp3_bitrate,
         filters=leveling_filter(leveling, rate) if limited else None,
-        measure=target is not None,
+        measure=() if target is None else spec.output.formats,
     )
     record = None
-    if target is not None and encoded is not None:
+    warnings: tuple[str, ...] = ()
+    if target is not None:
+        worst = farthest(encoded, target)
         record = LoudnessRecord(
             target_lufs=target,
             ceiling_dbtp=spec.output.true_peak_db,
             gain_db=round(leveling.gain_db, 2),
             limited=limited,
-            integrated_lufs=encoded.integrated_lufs,
-            range_lu=encoded.range_lu,
-            true_peak_dbtp=encoded.true_peak_dbtp,
+            integrated_lufs=encoded[worst].integrated_lufs,
+            range_lu=encoded[worst].range_lu,
+            true_peak_dbtp=encoded[worst].true_peak_dbtp,
+            format=worst,
         )
+        missed = (miss_warning(figures, target, fmt) for fmt, figures in encoded.items())
+        warnings = tuple(warning for warning in missed if warning is not None)
     duration = written / rate
     files = {
-        fmt: StitchedFile(fmt, path, duration, sha256_file(path), path.stat().st_size)
+        fmt: StitchedFile(
+            fmt, path, duration, sha256_file(path), path.stat().st_size, encoded.get(fmt)
+        )
         for fmt, path in outputs.items()
     }
     return StitchResult(
-        files, duration, measured, leveling.gain_db, written, tuple(placements), record
+        files, duration, measured, leveling.gain_db, written, tuple(placements), record, warnings
     )
 
 
@@ -331,13 +346,16 @@ def parts_for(script: ScriptPlan, path_of: Callable[[PlannedSegment], Path]) -> 
 
 
 def spec_for(script: ScriptPlan, directory: Path, stem: str | None = None) -> StitchSpec:
-    """The stitch settings of a planned script, written to `directory`/`stem`.*."""
+    """The stitch settings of a planned script, written to `directory`/`stem`.*; a book
+    chapter without a wav output writes one too, for the book alone (`OutputSpec.lossless_copy`)."""
+    copy = script.output.lossless_copy and "wav" not in script.output.formats
     return StitchSpec(
         sample_rate=script.params.effective_sampling_rate,
         directory=directory,
         stem=stem if stem is not None else script.script_id,
         output=script.output,
         lead_pause_ms=script.lead_pause_ms,
+        copies=("wav",) if copy else (),
     )
 
 

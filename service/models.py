@@ -110,6 +110,17 @@ class OutputOut(BaseModel):
     sha256: str
     bytes: int
     url: str
+    loudness: FileLoudnessOut | None = Field(
+        None, description="What this file measures; only when a loudness target is set"
+    )
+
+
+class FileLoudnessOut(BaseModel):
+    """An EBU R128 measurement of one file; None where it is silent."""
+
+    integrated_lufs: float | None
+    true_peak_dbtp: float | None
+    range_lu: float | None
 
 
 class LoudnessOut(BaseModel):
@@ -122,6 +133,7 @@ class LoudnessOut(BaseModel):
     integrated_lufs: float | None
     range_lu: float | None
     true_peak_dbtp: float | None
+    format: str | None = Field(None, description="The output these figures are of")
 
 
 class ScriptOut(BaseModel):
@@ -167,6 +179,7 @@ class ScriptOut(BaseModel):
                     sha256=o.sha256,
                     bytes=o.bytes,
                     url=output_url(job_id, script.script_id, o.format),
+                    loudness=None if o.loudness is None else FileLoudnessOut(**asdict(o.loudness)),
                 )
                 for o in script.outputs
             ],

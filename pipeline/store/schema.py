@@ -11,6 +11,7 @@ Nothing here holds the API key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
+from pipeline.loudness import Loudness
 from pipeline.store.states import State
 
 
@@ -49,6 +51,21 @@ class OutputFile:
     uri: str
     sha256: str
     bytes: int
+    # What the file itself measures, when normalization is on (a captions file never does);
+    # optional in the row's JSON, so rows written before it read back as unmeasured.
+    loudness: Loudness | None = None
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> OutputFile:
+        """An entry of a script row's `outputs`, as `dataclasses.asdict` wrote it."""
+        loudness = entry.get("loudness")
+        return cls(
+            format=entry["format"],
+            uri=entry["uri"],
+            sha256=entry["sha256"],
+            bytes=entry["bytes"],
+            loudness=None if loudness is None else Loudness(**loudness),
+        )
 
 
 @dataclass(frozen=True)
@@ -216,10 +233,10 @@ SCRIPTS = Table(
     _required("chars", Integer()),  # characters when every segment is synthesized once
     _required("billed_chars", Integer()),  # characters of every attempt that reached the server
     _optional("audio_seconds", Double()),
-    # One entry per encoded file: {format, uri, sha256, bytes} (see OutputFile).
+    # One entry per encoded file: {format, uri, sha256, bytes, loudness} (see OutputFile).
     _required("outputs", JSON()),
-    # What loudness normalization asked for and what the encoded programme measures
-    # (dataclasses.asdict(LoudnessRecord)); None when normalization is off.
+    # What loudness normalization asked for and what the output furthest from the target
+    # measures (dataclasses.asdict(LoudnessRecord)); None when normalization is off.
     _optional("loudness", JSON()),
     # Problems that did not fail the script (a loudness target missed), one line each.
     _optional("warnings", JSON()),

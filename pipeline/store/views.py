@@ -274,7 +274,7 @@ def job_summary(
             chars=row["chars"],
             billed_chars=row["billed_chars"],
             audio_seconds=row["audio_seconds"],
-            outputs=tuple(OutputFile(**o) for o in row["outputs"]),
+            outputs=tuple(OutputFile.from_json(o) for o in row["outputs"]),
             error=row["error"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],

@@ -60,17 +60,22 @@ class ScriptView:
     loudness: str  # the figures measured when it was encoded, and any warning
 
 
-def _facts(analysis: Analysis | None) -> str:
-    if analysis is None:
-        return ""
+def _facts(output: OutputFile, analysis: Analysis | None) -> str:
+    """A take's figures: its loudness as recorded when it was encoded (else as analysed here),
+    its peak, and any clipping the analysis found."""
     parts = []
-    if analysis.integrated_lufs is not None:
-        parts.append(f"{analysis.integrated_lufs:.1f} LUFS")
-    if analysis.peak_dbfs is not None:
-        parts.append(f"peak {analysis.peak_dbfs:.1f} dBFS")
-    else:
-        parts.append("silent")
-    if analysis.clipped_buckets:
+    recorded = output.loudness
+    lufs = recorded.integrated_lufs if recorded is not None else None
+    if lufs is None and analysis is not None:
+        lufs = analysis.integrated_lufs
+    if lufs is not None:
+        parts.append(f"{lufs:.1f} LUFS")
+    if recorded is not None and recorded.true_peak_dbtp is not None:
+        parts.append(f"true peak {recorded.true_peak_dbtp:.1f} dBTP")
+    elif analysis is not None:
+        peak = analysis.peak_dbfs
+        parts.append("silent" if peak is None else f"peak {peak:.1f} dBFS")
+    if analysis is not None and analysis.clipped_buckets:
         parts.append(f"clipping in {analysis.clipped_buckets} places")
     return ", ".join(parts)
 
@@ -78,7 +83,8 @@ def _facts(analysis: Analysis | None) -> str:
 def _loudness(record: LoudnessRecord | None) -> str:
     if record is None or record.integrated_lufs is None:
         return ""
-    shown = f"{record.integrated_lufs:.1f} LUFS (target {record.target_lufs:g})"
+    of = f" ({record.format}, the farthest from it)" if record.format else ""
+    shown = f"{record.integrated_lufs:.1f} LUFS{of}, target {record.target_lufs:g}"
     if record.range_lu is not None:
         shown += f", range {record.range_lu:.1f} LU"
     if record.true_peak_dbtp is not None:
@@ -219,7 +225,7 @@ async def render_job(
                     o.format,
                     output_url(owner, script.script_id, o.format),
                     strip_url(owner, script.script_id, o.format),
-                    _facts(analysed.get(o.sha256) or cache.peek(o.sha256)),
+                    _facts(o, analysed.get(o.sha256) or cache.peek(o.sha256)),
                     _track(owner, script.script_id, old.get(script.script_id), summary, other),
                 )
                 for label, owner, o, _dest in entries

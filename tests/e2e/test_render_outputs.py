@@ -1,15 +1,21 @@
-"""What a render delivers, looked at closely: exact pauses in the audio, and objects on S3."""
+"""What a render delivers, looked at closely: exact pauses in the audio, objects on S3, and
+what each output measures."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.audio import ffmpeg_exe, parse_ebur128_summary
+from pipeline.loudness import Loudness
+from pipeline.storage import OUTPUT_EXTENSIONS
 from rime_local.server import RunningEngine
 from tests.e2e.test_render import KEY, results_of, write
 from tests.fixtures.cli import Cli, probe
@@ -131,3 +137,58 @@ def test_local_results_match_what_status_reports(
     (script,) = results["scripts"]
     assert f"{script['audio_seconds']:.2f}s" in status.stdout
     assert f"{script['chars']:,}" in status.stdout
+
+
+LEVELED = """\
+job: leveled
+output: out
+scripts:
+  - id: narration
+    speaker: cove
+    samplingRate: 22050
+    formats: [wav, mp3, wav-mulaw]
+    loudness_lufs: -16
+    text: >-
+      It is a truth universally acknowledged, that a single man in possession of a good
+      fortune, must be in want of a wife. Popular, peppery, punchy: the plosives pop!
+"""
+
+
+def test_every_output_lists_what_it_measures_in_results_and_status(
+    cli: Cli, tmp_path: Path
+) -> None:
+    write(tmp_path, LEVELED)
+    rendered = cli.run("render", "jobs.yaml")
+    assert rendered.returncode == 0, rendered
+    results = results_of(tmp_path / "out")
+    (script,) = results["scripts"]
+    listed = {o["format"]: o["loudness"] for o in script["outputs"]}
+    assert sorted(listed) == ["mp3", "wav", "wav-mulaw"]
+    for fmt, loudness in listed.items():
+        own = loudness_of_file(tmp_path / "out" / f"narration{OUTPUT_EXTENSIONS[fmt]}")
+        assert loudness == {
+            "integrated_lufs": pytest.approx(own.integrated_lufs, abs=0.1),
+            "true_peak_dbtp": pytest.approx(own.true_peak_dbtp, abs=0.1),
+            "range_lu": pytest.approx(own.range_lu, abs=0.1),
+        }, fmt
+    assert listed["mp3"] != listed["wav"]
+    # The script's own figures are its farthest output's, named.
+    farthest = script["loudness"]["format"]
+    assert script["loudness"]["integrated_lufs"] == listed[farthest]["integrated_lufs"]
+    assert script["warnings"] == []
+
+    status = cli.run("status", results["job_id"])
+    assert status.returncode == 0, status
+    # Outputs that measure alike share a line; each differing one has its own, by name.
+    for fmt, loudness in listed.items():
+        figures = f"{loudness['integrated_lufs']:.1f} LUFS LRA {loudness['range_lu']:.1f}"
+        line = next(line for line in status.stdout.splitlines() if f" {fmt}" in line)
+        assert figures in line, status.stdout
+    assert re.search(r"\((limited|gain) [+-]\d+\.\d dB\)", status.stdout), status.stdout
+
+
+def loudness_of_file(path: Path) -> Loudness:
+    """What ffmpeg, run here, measures a file to be."""
+    cmd = [ffmpeg_exe(), "-nostats", "-i", str(path), "-af", "ebur128=peak=true", "-f", "null"]
+    log = subprocess.run([*cmd, "-"], capture_output=True, text=True, check=True).stderr
+    return parse_ebur128_summary(log)

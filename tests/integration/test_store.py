@@ -593,30 +593,57 @@ def test_stitch_is_claimed_once_and_only_when_every_segment_is_done(
 
 
 def test_a_scripts_loudness_and_warnings_are_kept_and_reach_its_results(db: Engine) -> None:
-    from pipeline.loudness import LoudnessRecord
+    from pipeline.loudness import Loudness, LoudnessRecord
     from pipeline.results import results_document
 
     job_id = record(db, make_plan(scripts=1, segments=1))
     finish_all(db, segment_pks(db, job_id))
     (script,) = script_pks(db, job_id)
     assert in_tx(db, lambda s: claim_stitch(s, script, ME)) is True
-    loudness = LoudnessRecord(-16.0, -1.0, 9.4, True, -17.3, 2.9, -1.1)
+    loudness = LoudnessRecord(-16.0, -1.0, 9.4, True, -17.3, 2.9, -1.1, "mp3")
     warning = loudness.warning()
     assert warning is not None
+    outputs = [
+        OutputFile("wav", "out/s.wav", "ab" * 32, 4410, Loudness(-16.1, -1.0, 2.9)),
+        OutputFile("mp3", "out/s.mp3", "cd" * 32, 1024, Loudness(-17.3, -1.1, 2.9)),
+        OutputFile("srt", "out/s.srt", "ef" * 32, 99),
+    ]
     in_tx(
         db,
         lambda s: finish_script(
-            s, script, ME, audio_seconds=2.0, outputs=[], loudness=loudness, warnings=[warning]
+            s,
+            script,
+            ME,
+            audio_seconds=2.0,
+            outputs=outputs,
+            loudness=loudness,
+            warnings=[warning],
         ),
     )
     with db.begin() as conn:
         summary = job_summary(conn, job_id)
     assert summary.scripts[0].loudness == loudness
+    assert summary.scripts[0].outputs == tuple(outputs)
     assert summary.scripts[0].warnings == (warning,)
     listed = results_document(summary)["scripts"]
     assert isinstance(listed, list)
     assert listed[0]["loudness"]["integrated_lufs"] == -17.3
-    assert listed[0]["warnings"] == ["loudness -17.3 LUFS misses the target -16 LUFS by 1.3 LU"]
+    assert listed[0]["loudness"]["format"] == "mp3"
+    assert [o["loudness"] for o in listed[0]["outputs"]] == [
+        {"integrated_lufs": -16.1, "true_peak_dbtp": -1.0, "range_lu": 2.9},
+        {"integrated_lufs": -17.3, "true_peak_dbtp": -1.1, "range_lu": 2.9},
+        None,
+    ]
+    assert listed[0]["warnings"] == [
+        "mp3: loudness -17.3 LUFS misses the target -16 LUFS by 1.3 LU"
+    ]
+
+    # A row written before outputs were measured reads back as unmeasured, with no migration.
+    old = [{"format": "wav", "uri": "out/s.wav", "sha256": "ab" * 32, "bytes": 4410}]
+    with db.begin() as conn:
+        conn.execute(sa.update(SCRIPTS).where(SCRIPTS.c.id == script).values(outputs=old))
+        (row,) = job_summary(conn, job_id).scripts
+    assert row.outputs == (OutputFile("wav", "out/s.wav", "ab" * 32, 4410, None),)
 
 
 def test_only_the_last_segment_to_finish_makes_its_stitch_due(
@@ -863,7 +890,7 @@ def test_no_column_could_hold_an_api_key() -> None:
     } - NOT_SECRETS
     assert not {name for _, name in columns if "key" in name}
     assert not {name for _, name in columns if "token" in name or "secret" in name}
-    assert NOT_SECRETS <= {(t.name, c.name) for t in metadata.tables.values() for c in t.columns}
+    assert {(t.name, c.name) for t in metadata.tables.values() for c in t.columns} >= NOT_SECRETS
 
 
 # Engines and URLs

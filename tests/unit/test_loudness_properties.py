@@ -15,8 +15,10 @@ from pipeline.loudness import (
     Leveling,
     Loudness,
     LoudnessRecord,
+    farthest,
     first_leveling,
     held_limit,
+    miss_warning,
     next_gain,
 )
 from pipeline.mp3 import frame_bitrates
@@ -80,6 +82,49 @@ def test_a_warning_exactly_when_the_target_is_missed_by_more_than_1_lu(
     assert (warning is not None) == (abs(level - target) > WARN_MISS_LU)
     if warning is not None:
         assert f"{target:g} LUFS" in warning
+
+
+FORMATS = ("wav", "mp3", "wav-mulaw", "ogg", "mulaw")
+figures = st.builds(Loudness, st.one_of(st.none(), lufs), st.one_of(st.none(), peaks))
+outputs = st.lists(st.tuples(st.sampled_from(FORMATS), figures), min_size=1).map(dict)
+
+
+@given(outputs, targets)
+def test_each_output_is_judged_by_its_own_figures_and_named(
+    measured: dict[str, Loudness], target: float
+) -> None:
+    for fmt, loudness in measured.items():
+        warning = miss_warning(loudness, target, fmt)
+        level = loudness.integrated_lufs
+        assert (warning is not None) == (level is not None and abs(level - target) > WARN_MISS_LU)
+        if warning is not None:
+            assert warning.startswith(f"{fmt}: loudness {level:.1f} LUFS")
+            assert f"target {target:g} LUFS" in warning
+
+
+@given(outputs, targets)
+def test_the_farthest_output_is_no_closer_than_any_other(
+    measured: dict[str, Loudness], target: float
+) -> None:
+    def miss(loudness: Loudness) -> float:
+        level = loudness.integrated_lufs
+        return -1.0 if level is None else abs(level - target)
+
+    chosen = farthest(measured, target)
+    assert all(miss(measured[chosen]) >= miss(other) for other in measured.values())
+    # It misses by more than 1 LU exactly when some output does: the record's own warning.
+    record = LoudnessRecord(
+        target,
+        -1.0,
+        0.0,
+        False,
+        measured[chosen].integrated_lufs,
+        None,
+        measured[chosen].true_peak_dbtp,
+        chosen,
+    )
+    any_missed = any(miss_warning(o, target) is not None for o in measured.values())
+    assert (record.warning() is not None) == any_missed
 
 
 def test_silence_gets_no_warning() -> None:

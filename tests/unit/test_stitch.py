@@ -13,6 +13,7 @@ import struct
 import subprocess
 import wave
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -324,11 +325,36 @@ def test_a_click_in_near_silence_is_limited_at_most_10_db_and_misses_the_target(
     assert measured.true_peak_dbtp >= -1.6  # the limiter held the click at the ceiling
     assert measured.integrated_lufs is not None and measured.integrated_lufs < -10.0 - 5
     assert result.loudness is not None and result.loudness.limited
-    assert result.loudness.integrated_lufs == pytest.approx(measured.integrated_lufs, abs=0.15)
-    warning = result.loudness.warning()
-    assert warning is not None and "misses the target -10 LUFS" in warning
-    mulaw_peak = loudness_of(result.files["wav-mulaw"].path).true_peak_dbtp
-    assert mulaw_peak is not None and mulaw_peak <= -0.5  # 8-bit mu-law adds a little
+    wav = result.files["wav"].loudness
+    assert wav is not None and wav.integrated_lufs is not None
+    assert wav.integrated_lufs == pytest.approx(measured.integrated_lufs, abs=0.15)
+    # Both outputs miss, each said so by name; the record holds the farther one's figures.
+    assert [w.split(":")[0] for w in result.warnings] == ["wav", "wav-mulaw"]
+    assert all("misses the target -10 LUFS" in w for w in result.warnings)
+    mulaw = loudness_of(result.files["wav-mulaw"].path)
+    assert result.files["wav-mulaw"].loudness == mulaw
+    assert mulaw.true_peak_dbtp is not None and mulaw.true_peak_dbtp <= -0.5  # mu-law adds a little
+    assert result.loudness.format == "wav-mulaw"  # the noise's highs are gone at 8 kHz
+    assert result.loudness.integrated_lufs == mulaw.integrated_lufs
+
+
+def test_a_books_wav_copy_is_written_but_neither_measured_nor_judged(tmp_path: Path) -> None:
+    # The click that misses any target: only the listed output may be named for it.
+    spiky = padded(noise(2000, dbfs=-40), 50, 50)
+    spiky[RATE // 2] = 0.5
+    parts = [Part(write_wav(tmp_path / "a.wav", spiky), 100)]
+    copying = replace(spec(tmp_path, "mp3", loudness_lufs=-10.0), copies=("wav",))
+    result = stitch(parts, copying)
+    assert sorted(result.files) == ["mp3", "wav"]
+    assert result.files["wav"].loudness is None
+    assert result.files["mp3"].loudness == loudness_of(result.files["mp3"].path)
+    assert [w.split(":")[0] for w in result.warnings] == ["mp3"]
+    assert result.loudness is not None and result.loudness.format == "mp3"
+    # An empty programme: outputs that measure silent, not a failed encode.
+    quiet = [Part(write_wav(tmp_path / "s.wav", silence(300)), 0)]
+    empty = stitch(quiet, spec(tmp_path, "mp3", "wav-mulaw", loudness_lufs=-16.0))
+    assert empty.samples == 0 and empty.warnings == ()
+    assert {f.loudness for f in empty.files.values()} == {Loudness(None, None)}
 
 
 def test_silent_script_is_its_pauses(tmp_path: Path) -> None:
