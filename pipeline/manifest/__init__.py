@@ -25,6 +25,9 @@ plan applies (`pipeline.lexicon`).
 A `book:` section assembles the scripts (all, or those it names) into an audiobook once they are
 stitched (`pipeline.manifest.book`); a script's `title:` is its chapter's title.
 
+A manifest may be an `s3://bucket/prefix/jobs.yaml` object: its relative files, and a relative
+`output`, are under its prefix (`pipeline.manifest.source`).
+
 Overrides from the command line (`--set key=value`, `--voice-map old=new`) are applied as the
 manifest is loaded, and validated with it (`pipeline.manifest.overrides`).
 

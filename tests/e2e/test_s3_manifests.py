@@ -215,7 +215,7 @@ def test_a_refused_s3_manifest_is_named_by_its_uri_in_one_line(
     base = f"s3://{s3_bucket}/{PREFIX}"
     uri = f"{base}/{manifest}"
 
-    for command in ("plan", "render", "diff"):
+    for command in ("plan", "render", "diff", "submit"):
         refused = cli.run(command, uri)
 
         one_line_refusal(refused, needle.format(uri=uri, base=base))

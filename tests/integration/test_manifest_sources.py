@@ -10,10 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ManifestError
+from pipeline.manifest import load_manifest
 from pipeline.manifest.paths import PathProblem
 from pipeline.manifest.s3source import S3Folder, s3_manifest
 from pipeline.manifest.source import LocalFolder
 from pipeline.storage.s3 import S3Store, client_from_environment
+from tests.fixtures.books import PNG, THREE_CHAPTERS, write_book
 from tests.fixtures.s3 import S3Env
 
 LIMIT = 64
@@ -94,3 +96,49 @@ def test_the_manifest_object_is_named_by_its_uri(s3: S3Env) -> None:
     assert source.folder.base == f"s3://{bucket}/p/q"
     with pytest.raises(ManifestError, match=r"s3://.*/p/: name the manifest's object"):
         s3_manifest(f"s3://{bucket}/p/")
+
+
+BOOK_MANIFEST = """\
+lexicon: names.yaml
+book:
+  title: A Small Book
+  cover: art/cover.png
+scripts:
+  - id: novel
+    text_file: books/small.epub
+  - id: note
+    text_file: texts/../texts/note.txt
+"""
+
+
+def test_an_s3_manifest_loads_as_the_same_tree_on_disk_does(s3: S3Env, tmp_path: Path) -> None:
+    # The EPUB is read as a zip (it seeks), the cover as bytes, the lexicon as YAML.
+    files = {
+        "shows/april/jobs.yaml": BOOK_MANIFEST.encode(),
+        "shows/april/names.yaml": b"Anna: Anya\n",
+        "shows/april/art/cover.png": PNG,
+        "shows/april/books/small.epub": write_book(tmp_path / "small.epub").read_bytes(),
+        "shows/april/texts/note.txt": b"Anna wrote a note.\n",
+    }
+    bucket = s3.bucket()
+    local = tmp_path / "tree"
+    for key, data in files.items():
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(data)
+        s3.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    uri = f"s3://{bucket}/shows/april/jobs.yaml"
+    from_s3 = load_manifest(uri)
+    from_disk = load_manifest(local / "shows/april/jobs.yaml")
+
+    assert (from_s3.manifest, from_s3.destination) == (uri, f"s3://{bucket}/shows/april/out/jobs")
+    assert from_s3.book is not None and from_s3.book.cover == PNG
+    chapters = [s for s in from_s3.scripts if s.id.startswith("novel/")]
+    assert [s.title for s in chapters] == [title for title, _ in THREE_CHAPTERS]
+    assert from_s3.model_dump(exclude={"manifest", "destination", "scripts"}) == (
+        from_disk.model_dump(exclude={"manifest", "destination", "scripts"})
+    )
+    assert [(s.id, s.title, s.text, s.lexicon) for s in from_s3.scripts] == [
+        (s.id, s.title, s.text, s.lexicon) for s in from_disk.scripts
+    ]
+    assert from_s3.scripts[-1].text == "Anna wrote a note."
