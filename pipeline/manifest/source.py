@@ -83,11 +83,6 @@ def open_source(manifest: Path | str) -> ManifestSource:
     return LocalManifest(Path(manifest))
 
 
-def stem(source: ManifestSource) -> str:
-    """The manifest's file name without its suffix (the default job name's source)."""
-    return PurePosixPath(source.recorded).stem
-
-
 def suffix(source: ManifestSource) -> str:
     """The manifest's suffix, which says how it is read (`.yaml`, `.csv`, ...)."""
     return PurePosixPath(source.shown).suffix
