@@ -280,14 +280,18 @@ def _options(
     return job_options(sets, voice_map, no_cache=no_cache, publish=publish, notify=notify)
 
 
-def _load_plan(manifest: Path, output: str | None, options: JobOptions) -> JobPlan:
+def _load_plan(manifest: str, output: str | None, options: JobOptions) -> JobPlan:
     from pipeline.plan import plan_manifest
 
     return plan_manifest(manifest, output=output, options=options)
 
 
 # Flags have one name each (no --no-x twin), and every value a metavar saying what it is.
-ManifestArg = Annotated[Path, typer.Argument(metavar="MANIFEST", help="A YAML or CSV manifest.")]
+# A str, not a Path: a Path folds the `//` of an s3:// URI.
+ManifestArg = Annotated[
+    str,
+    typer.Argument(metavar="MANIFEST", help="A YAML or CSV manifest: a path or s3://bucket/key."),
+]
 JobArg = Annotated[str, typer.Argument(metavar="JOB", help="A job id or prefix.")]
 OutputOpt = Annotated[
     str | None,
@@ -681,8 +685,10 @@ def submit(
 
     preflight = _check_rime if check else None
     options = _options(sets, voice_map, no_cache=no_cache, publish=publish_mode, notify=notify)
-    if Path(manifest).is_file():
-        job_plan = _check_webhooks(_load_plan(Path(manifest), output, options))
+    from pipeline.manifest.source import is_s3
+
+    if is_s3(manifest) or Path(manifest).is_file():
+        job_plan = _check_webhooks(_load_plan(manifest, output, options))
         job_id = submit_job(job_plan, preflight=preflight)
         _err().print(
             f"job {job_id}: {len(job_plan.scripts)} scripts, {job_plan.chars:,} characters"

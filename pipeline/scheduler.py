@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from pipeline.diff import diff_at_destination
-from pipeline.errors import InputError, RimeBatchError, first_line
+from pipeline.errors import RimeBatchError, first_line
 from pipeline.plan import JobOptions, JobPlan, plan_manifest
 from pipeline.schedules import check_cron, check_name, due_to_handle
 from pipeline.settings import get_settings
@@ -56,7 +56,7 @@ class Submitter:
 def add(
     db: Engine,
     name: str,
-    manifest: Path,
+    manifest: Path | str,
     cron: str,
     *,
     only_if_changed: bool = False,
@@ -64,16 +64,14 @@ def add(
     options: JobOptions | None = None,
     check: Callable[[JobPlan], None] | None = None,
 ) -> Schedule:
-    """Check and record a schedule of a local manifest; the manifest is planned once now, so
-    one that cannot be rendered is refused with its own message (and `check` sees the plan)."""
+    """Check and record a schedule of a manifest (a path, or an s3:// URI as a str); the
+    manifest is planned once now, so one that cannot be rendered is refused with its own
+    message (and `check` sees the plan). It records where the manifest is, to read it again."""
     # Here, not at the top: a tick's process never adds, and need not load the sender.
     from pipeline.deliver import require_secret
 
     check_name(name)
     expression = check_cron(cron)
-    if str(manifest).startswith("s3:"):
-        # The loader reads local files only (a manifest's text files sit beside it).
-        raise InputError(f"{manifest}: a schedule's manifest must be a local file for now")
     plan = plan_manifest(manifest, output=output, options=options)
     require_secret(plan.options.notify, get_settings().webhook_secret)
     if check is not None:
@@ -82,7 +80,7 @@ def add(
         return add_schedule(
             conn,
             name,
-            str(manifest.absolute()),
+            plan.manifest,  # the absolute path, or the URI
             expression,
             only_if_changed=only_if_changed,
             # Resolved now: relative to where this runs, not where a worker does.

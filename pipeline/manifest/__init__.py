@@ -25,6 +25,9 @@ plan applies (`pipeline.lexicon`).
 A `book:` section assembles the scripts (all, or those it names) into an audiobook once they are
 stitched (`pipeline.manifest.book`); a script's `title:` is its chapter's title.
 
+A manifest may be an `s3://bucket/prefix/jobs.yaml` object: its relative files, and a relative
+`output`, are under its prefix (`pipeline.manifest.source`).
+
 Overrides from the command line (`--set key=value`, `--voice-map old=new`) are applied as the
 manifest is loaded, and validated with it (`pipeline.manifest.overrides`).
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ManifestError
 from pipeline.manifest.build import build_job
@@ -52,10 +56,14 @@ from pipeline.manifest.models import (
 from pipeline.manifest.overrides import NO_OVERRIDES, Overrides
 from pipeline.manifest.paths import describe_bad_byte
 from pipeline.manifest.readers import RawManifest, read_csv, read_yaml
+from pipeline.manifest.source import open_source, suffix, too_big
+
+if TYPE_CHECKING:
+    from pipeline.manifest.source import Folder
 
 __all__ = ["Format", "JobSpec", "Overrides", "ScriptSpec", "Source", "Voice", "load_manifest"]
 
-_READERS: dict[str, Callable[[Path, str], RawManifest]] = {
+_READERS: dict[str, Callable[[str, str, Folder], RawManifest]] = {
     ".yaml": read_yaml,
     ".yml": read_yaml,
     ".csv": read_csv,
@@ -71,46 +79,31 @@ def load_manifest(
     overrides: Overrides = NO_OVERRIDES,
     data: bytes | None = None,
 ) -> JobSpec:
-    """Read and validate a manifest; `output` replaces its destination, `overrides` change its
-    defaults and speakers. With `data`, that is the manifest, read as if it were at `path`."""
-    path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
+    """Read and validate a manifest (a path, or an `s3://` URI given as a str); `output`
+    replaces its destination, `overrides` change its defaults and speakers. With `data`, that
+    is the manifest, read as if it were at `path`."""
+    source = open_source(path)
+    name = source.shown
+    kind = suffix(source)
+    reader = _READERS.get(kind.lower())
     if reader is None:
         raise ManifestError(
-            f"unsupported manifest type {path.suffix!r}; use .yaml, .yml, .json or .csv"
-            if path.suffix
+            f"unsupported manifest type {kind!r}; use .yaml, .yml, .json or .csv"
+            if kind
             else "a manifest's name must end in .yaml, .yml, .json or .csv",
-            file=path,
+            file=name,
         )
     if data is None:
-        data = _read(path)
+        data = source.read()
     if len(data) > MAX_MANIFEST_BYTES:
-        raise _too_big(len(data), path)
+        raise too_big(len(data), name)
     try:
         text = data.decode("utf-8-sig")  # a BOM, as Excel writes one, is not data
     except UnicodeDecodeError as exc:
         raise ManifestError(
             f"the manifest is not UTF-8 text ({describe_bad_byte(data, exc)}); save it as UTF-8",
-            file=path,
+            file=name,
             line=data.count(b"\n", 0, exc.start) + 1,
         ) from exc
-    return build_job(with_csv_scripts(reader(path, text)), output=output, overrides=overrides)
-
-
-def _read(path: Path) -> bytes:
-    if not path.exists():
-        raise ManifestError("the file does not exist", file=path)
-    if not path.is_file():
-        raise ManifestError("is not a file", file=path)
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:  # refused before it is read into memory
-        raise _too_big(size, path)
-    return path.read_bytes()
-
-
-def _too_big(size: int, path: Path) -> ManifestError:
-    return ManifestError(
-        f"the manifest is {size:,} bytes; the limit is {MAX_MANIFEST_BYTES:,} "
-        "(put long texts in text files)",
-        file=path,
-    )
+    raw = with_csv_scripts(reader(name, text, source.folder))
+    return build_job(raw, recorded=source.recorded, output=output, overrides=overrides)

@@ -28,7 +28,7 @@ from pipeline.manifest.models import (
     ScriptSpec,
     Source,
 )
-from pipeline.manifest.paths import PathProblem, check_script_id, read_file_bytes
+from pipeline.manifest.paths import PathProblem, check_script_id
 from pipeline.manifest.readers import Loc, RawManifest, unknown_key_message
 from pipeline.storage.keys import DEFAULT_BOOK_FOLDER
 
@@ -145,9 +145,7 @@ def _cover(raw: RawManifest, value: Any, where: Source) -> tuple[bytes | None, s
     if not isinstance(value, str):
         raise where.error("must be the path of a JPEG or PNG image, relative to the manifest")
     try:
-        data = read_file_bytes(
-            value, raw.file.absolute().parent, limit=MAX_COVER_BYTES, what="a cover image"
-        )
+        data = raw.folder.read(value, limit=MAX_COVER_BYTES, what="a cover image")
     except PathProblem as exc:
         raise where.error(str(exc)) from exc
     kind = image_type(data)

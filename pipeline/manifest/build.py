@@ -34,7 +34,6 @@ from pipeline.manifest.paths import (
     check_local_outputs,
     check_script_id,
     default_job_name,
-    file_inside,
     normalize_text,
     read_text_file,
     resolve_destination,
@@ -56,9 +55,14 @@ if TYPE_CHECKING:
 
 
 def build_job(
-    raw: RawManifest, *, output: str | None = None, overrides: Overrides = NO_OVERRIDES
+    raw: RawManifest,
+    *,
+    recorded: str,
+    output: str | None = None,
+    overrides: Overrides = NO_OVERRIDES,
 ) -> JobSpec:
-    """Validate `raw` and resolve every script's settings, text and the destination.
+    """Validate `raw` and resolve every script's settings, text and the destination; the job
+    records `recorded` as its manifest (an absolute path, or an s3:// URI).
 
     `overrides` join the defaults (`--set`), then rename speakers (`--voice-map`); see
     `pipeline.manifest.overrides`.
@@ -114,7 +118,7 @@ def build_job(
     _check_outputs(raw, scripts, destination, overridden=output is not None, book=book)
     return JobSpec(
         name=name,
-        manifest=raw.file.absolute(),
+        manifest=recorded,
         destination=destination,
         defaults=_renamed(defaults, overrides),
         scripts=tuple(scripts),
@@ -250,7 +254,7 @@ def _destination(raw: RawManifest, override: str | None) -> str:
         except PathProblem as exc:
             raise ManifestError(str(exc), file=raw.file, field="output (override)") from exc
     value = raw.data.get("output")
-    folder = raw.file.absolute().parent
+    folder = raw.folder.base
     if value is None:
         return resolve_destination(f"out/{default_job_name(raw.file)}", folder)
     if not isinstance(value, str):
@@ -382,11 +386,8 @@ def _chapters(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> tuple[Chapte
         if "text" in entry:
             raise where.error("give either text or text_file, not both")
         try:
-            return read_chapters(
-                file_inside(
-                    text_file, raw.file.absolute().parent, limit=MAX_EPUB_BYTES, what="an EPUB"
-                )
-            )
+            with raw.folder.open(text_file, limit=MAX_EPUB_BYTES, what="an EPUB") as book:
+                return read_chapters(book)
         except PathProblem as exc:
             raise where.error(str(exc)) from exc
         except EpubProblem as exc:
@@ -426,7 +427,7 @@ def _text(raw: RawManifest, entry: dict[str, Any], loc: Loc) -> str:
         if not isinstance(entry["text_file"], str):
             raise where.error("must be a path relative to the manifest's folder")
         try:
-            text = read_text_file(entry["text_file"], raw.file.absolute().parent)
+            text = read_text_file(entry["text_file"], raw.folder)
         except PathProblem as exc:
             raise where.error(str(exc)) from exc
         problem = character_problem(text, text=True)

@@ -31,6 +31,7 @@ import posixpath
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote
 
 from lxml import etree
@@ -73,8 +74,9 @@ class _Item:
     properties: frozenset[str]
 
 
-def read_chapters(path: Path) -> tuple[Chapter, ...]:
-    """The chapters of the EPUB at `path`, in spine order; EpubProblem when it has none."""
+def read_chapters(path: Path | IO[bytes]) -> tuple[Chapter, ...]:
+    """The chapters of the EPUB at `path` (or in a seekable file), in spine order; EpubProblem
+    when it has none."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:

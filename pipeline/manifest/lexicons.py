@@ -78,22 +78,22 @@ def _file(raw: RawManifest, relative: str, where: Source) -> list[tuple[Entry, S
     if suffix not in _SUFFIXES:
         raise where.error("a lexicon file is .yaml, .yml or .csv, relative to the manifest")
     try:
-        text = read_text_file(
-            relative, raw.file.absolute().parent, limit=MAX_LEXICON_FILE_BYTES, what="a lexicon"
-        )
+        text = read_text_file(relative, raw.folder, limit=MAX_LEXICON_FILE_BYTES, what="a lexicon")
     except PathProblem as exc:
         raise where.error(str(exc)) from exc
-    file = raw.file.parent / relative
+    file = raw.folder.name_of(relative)
     if suffix == ".csv":
         return _csv(file, text)
-    lexicon = read_yaml(file, text, what="lexicon", top="a mapping of word: replacement")
+    lexicon = read_yaml(
+        file, text, raw.folder, what="lexicon", top="a mapping of word: replacement"
+    )
     bad = first_bad_value(lexicon.data)
     if bad is not None:
         raise lexicon.locator.source(bad[0]).error(bad[1])
     return _inline(lexicon, lexicon.data, ())
 
 
-def _csv(file: Path, text: str) -> list[tuple[Entry, Source]]:
+def _csv(file: str, text: str) -> list[tuple[Entry, Source]]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     located: list[tuple[Entry, Source]] = []
     try:

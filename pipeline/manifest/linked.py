@@ -40,15 +40,14 @@ def with_csv_scripts(raw: RawManifest) -> RawManifest:
     if not isinstance(value, str) or not value.lower().endswith(".csv"):
         raise where.error("must be a .csv file, relative to the manifest's folder")
     try:
-        text = read_text_file(
-            value, raw.file.absolute().parent, limit=MAX_MANIFEST_BYTES, what="a CSV manifest"
-        )
+        text = read_text_file(value, raw.folder, limit=MAX_MANIFEST_BYTES, what="a CSV manifest")
     except PathProblem as exc:
         raise where.error(str(exc)) from exc
-    rows = read_csv(raw.file.parent / value, text)
+    rows = read_csv(raw.folder.name_of(value), text, raw.folder)
     data = {key: item for key, item in raw.data.items() if key != KEY}
     return RawManifest(
         file=raw.file,
         data={**data, "scripts": rows.data["scripts"]},
         locator=LinkedLocator(raw.locator, rows.locator),
+        folder=raw.folder,
     )

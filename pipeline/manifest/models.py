@@ -10,7 +10,6 @@ are the lexicon's (`pipeline.lexicon`).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -271,7 +270,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    manifest: Path
+    manifest: str  # the absolute path, or the s3:// URI
     destination: str  # an absolute local folder, or s3://bucket[/prefix]
     defaults: Voice
     scripts: tuple[ScriptSpec, ...]

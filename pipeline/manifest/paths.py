@@ -5,19 +5,25 @@ parts joined by `/` (sub-folders), each part made of ASCII letters, digits, `.`,
 starting with a letter, digit or `_`. That rules out `.`, `..`, hidden files, absolute paths,
 backslashes, whitespace and control characters, and stays within 200 characters.
 
-Text files are read relative to the manifest's folder and must stay inside it, symlinks
-included: a manifest handed to a renderer cannot read files it was not shipped with.
+Text files are read relative to the manifest's folder (or S3 prefix, `pipeline.manifest.source`)
+and must stay inside it, symlinks included: a manifest handed to a renderer cannot read files it
+was not shipped with.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from pipeline.manifest.models import MAX_ID_CHARS, MAX_OUTPUT_CHARS, MAX_TEXT_FILE_BYTES
 from pipeline.storage.keys import RESERVED_NAMES
+
+if TYPE_CHECKING:
+    from pipeline.manifest.source import Folder
 
 _ID_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _S3_URL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?")
@@ -56,9 +62,11 @@ def check_script_id(script_id: str) -> None:
         )
 
 
-def default_job_name(manifest: Path) -> str:
-    """The manifest's file stem, with characters unsafe in names replaced by '-'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", manifest.stem).strip("-.") or "job"
+def default_job_name(manifest: Path | str) -> str:
+    """The manifest's file stem (of a path or an s3:// URI), with characters unsafe in names
+    replaced by '-'."""
+    name = PurePosixPath(str(manifest)).stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "job"
 
 
 def normalize_text(text: str) -> str:
@@ -67,11 +75,11 @@ def normalize_text(text: str) -> str:
 
 
 def read_text_file(
-    relative: str, folder: Path, *, limit: int = MAX_TEXT_FILE_BYTES, what: str = "a text file"
+    relative: str, folder: Folder, *, limit: int = MAX_TEXT_FILE_BYTES, what: str = "a text file"
 ) -> str:
     """The UTF-8 text of `relative`, a file inside `folder` of at most `limit` bytes;
     PathProblem when it can't be."""
-    data = read_file_bytes(relative, folder, limit=limit, what=what)
+    data = folder.read(relative, limit=limit, what=what)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -80,17 +88,26 @@ def read_text_file(
         ) from exc
 
 
-def file_inside(relative: str, folder: Path, *, limit: int, what: str) -> Path:
-    """The path of `relative`, an existing file inside `folder` of at most `limit` bytes;
-    PathProblem when it is not."""
+def relative_key(relative: str) -> str:
+    """`relative` normalized (`a/./b/../c` -> `a/c`) once it names a place inside the
+    manifest's folder: not empty, not absolute, not above the folder; PathProblem otherwise."""
     if not relative.strip():
         raise PathProblem("is empty")
     if Path(relative).is_absolute() or relative.startswith(("/", "\\")):
         raise PathProblem(
             f"{relative!r} is absolute; give a path relative to the manifest's folder"
         )
+    key = posixpath.normpath(relative)
+    if key == ".." or key.startswith("../"):
+        raise PathProblem(f"{relative!r} points outside the manifest's folder")
+    return key
+
+
+def file_inside(relative: str, folder: Path, *, limit: int, what: str) -> Path:
+    """The path of `relative`, an existing file inside `folder` of at most `limit` bytes;
+    PathProblem when it is not."""
     root = folder.resolve()
-    lexical = Path(os.path.normpath(root / relative))
+    lexical = Path(os.path.normpath(root / relative_key(relative)))
     if not lexical.is_relative_to(root):
         raise PathProblem(f"{relative!r} points outside the manifest's folder")
     target = lexical.resolve()
@@ -109,24 +126,15 @@ def file_inside(relative: str, folder: Path, *, limit: int, what: str) -> Path:
     return target
 
 
-def read_file_bytes(relative: str, folder: Path, *, limit: int, what: str) -> bytes:
-    """The bytes of `relative`, a file inside `folder` of at most `limit` bytes; PathProblem
-    when it can't be."""
-    target = file_inside(relative, folder, limit=limit, what=what)
-    try:
-        return target.read_bytes()
-    except OSError as exc:
-        raise PathProblem(f"{relative!r} cannot be read: {exc.strerror}") from exc
-
-
 def describe_bad_byte(data: bytes, exc: UnicodeDecodeError) -> str:
     """Which byte broke decoding, and on which line, for an error message."""
     line = data.count(b"\n", 0, exc.start) + 1
     return f"byte 0x{data[exc.start]:02x} on line {line}"
 
 
-def resolve_destination(value: str, base: Path) -> str:
-    """An absolute local folder (relative paths start at `base`), or a normalized S3 URL."""
+def resolve_destination(value: str, base: Path | str) -> str:
+    """An absolute local folder, or a normalized S3 URL. A relative path starts at `base`: a
+    folder, or the `s3://bucket/prefix` of a manifest in S3 (under which it stays)."""
     value = value.strip()
     if not value:
         raise PathProblem("is empty")
@@ -142,7 +150,14 @@ def resolve_destination(value: str, base: Path) -> str:
         return f"s3://{match['bucket']}/{prefix}" if prefix else f"s3://{match['bucket']}"
     if "://" in value:
         raise PathProblem(f"{value!r}: only local folders and s3://bucket/prefix are supported")
-    return str((base / Path(value).expanduser()).resolve())
+    local = Path(value).expanduser()
+    if isinstance(base, str) and not local.is_absolute():
+        bucket, _, prefix = base.removeprefix("s3://").partition("/")
+        key = posixpath.normpath(posixpath.join(prefix, value))
+        if key == ".." or key.startswith("../"):
+            raise PathProblem(f"{value!r} points above the root of bucket {bucket!r}")
+        return resolve_destination(f"s3://{bucket}/{'' if key == '.' else key}", base)
+    return str((Path(base) / local).resolve())
 
 
 def check_local_outputs(folder: Path, keys: Iterable[str]) -> None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -27,6 +27,9 @@ from pipeline.manifest.models import (
     Source,
     Voice,
 )
+
+if TYPE_CHECKING:
+    from pipeline.manifest.source import Folder
 
 Loc = tuple[str | int, ...]
 
@@ -58,11 +61,14 @@ class Locator(Protocol):
 
 @dataclass(frozen=True)
 class RawManifest:
-    """A manifest's plain data: {job, output, notify, defaults, scripts}, and where each part is."""
+    """A manifest's plain data: {job, output, notify, defaults, scripts}, and where each part is.
 
-    file: Path
+    `file` names it in errors (a path or an s3:// URI); `folder` holds the files it names."""
+
+    file: Path | str
     data: dict[str, Any]
     locator: Locator
+    folder: Folder
 
 
 def field_path(loc: Loc) -> str | None:
@@ -82,7 +88,7 @@ def field_path(loc: Loc) -> str | None:
 class YamlLocator:
     """Lines of YAML nodes, keyed by their path."""
 
-    file: Path
+    file: Path | str
     lines: dict[Loc, int]
 
     def source(self, loc: Loc) -> Source:
@@ -98,7 +104,7 @@ class YamlLocator:
 class CsvLocator:
     """Per script (data row), its first physical line and its row number."""
 
-    file: Path
+    file: Path | str
     rows: tuple[tuple[int, int], ...]
 
     def source(self, loc: Loc) -> Source:
@@ -110,12 +116,12 @@ class CsvLocator:
 
 
 def read_yaml(
-    file: Path, text: str, *, what: str = "manifest", top: str | None = None
+    file: Path | str, text: str, folder: Folder, *, what: str = "manifest", top: str | None = None
 ) -> RawManifest:
     """Parse YAML safely; ManifestError with the line for syntax, tags, duplicate keys.
 
     `what` names the file and `top` what its top-level mapping holds, for a file that is not a
-    manifest (a lexicon)."""
+    manifest (a lexicon); `folder` is where the files it names are."""
     try:
         data, lines = _compose(file, text, what, top or f"a mapping with {', '.join(TOP_KEYS)}")
     except yaml.MarkedYAMLError as exc:
@@ -125,14 +131,14 @@ def read_yaml(
         raise ManifestError(
             f"character {chr(exc.character)!r} is not allowed in YAML", file=file, line=line
         ) from exc
-    return RawManifest(file=file, data=data, locator=YamlLocator(file, lines))
+    return RawManifest(file=file, data=data, locator=YamlLocator(file, lines), folder=folder)
 
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses deep nesting before PyYAML's recursive composer meets it, and
     names the line of a value that cannot be constructed (a 5,000-digit int, a 13th month)."""
 
-    def __init__(self, file: Path, text: str) -> None:
+    def __init__(self, file: Path | str, text: str) -> None:
         super().__init__(text)
         self.file = file
         self.depth = 0
@@ -156,7 +162,7 @@ class _Loader(yaml.SafeLoader):
             ) from exc
 
 
-def _too_deep(file: Path, line: int) -> ManifestError:
+def _too_deep(file: Path | str, line: int) -> ManifestError:
     return ManifestError(
         f"lists and mappings nest more than {MAX_YAML_DEPTH} levels deep (counting what YAML "
         "aliases repeat)",
@@ -165,7 +171,9 @@ def _too_deep(file: Path, line: int) -> ManifestError:
     )
 
 
-def _compose(file: Path, text: str, what: str, top: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+def _compose(
+    file: Path | str, text: str, what: str, top: str
+) -> tuple[dict[str, Any], dict[Loc, int]]:
     loader = _Loader(file, text)  # checks for unprintable characters already
     try:
         root = loader.get_single_node()
@@ -195,7 +203,7 @@ def _kind(node: Node) -> str:
 _Steps = Iterator[tuple[Node, Loc]]
 
 
-def _index(file: Path, root: Node, lines: dict[Loc, int]) -> None:
+def _index(file: Path | str, root: Node, lines: dict[Loc, int]) -> None:
     """Record the line of every key and item; reject duplicate or odd keys.
 
     The walk follows aliases, so it counts what they expand to and how deep that nests, and
@@ -232,7 +240,7 @@ def _items(node: SequenceNode, loc: Loc, lines: dict[Loc, int]) -> _Steps:
         yield item, (*loc, i)
 
 
-def _entries(file: Path, node: MappingNode, loc: Loc, lines: dict[Loc, int]) -> _Steps:
+def _entries(file: Path | str, node: MappingNode, loc: Loc, lines: dict[Loc, int]) -> _Steps:
     first_line: dict[str, int] = {}
     merged: list[Node] = []
     for key_node, value in node.value:
@@ -264,7 +272,7 @@ def _entries(file: Path, node: MappingNode, loc: Loc, lines: dict[Loc, int]) -> 
         yield source, loc
 
 
-def _yaml_error(file: Path, exc: yaml.MarkedYAMLError) -> ManifestError:
+def _yaml_error(file: Path | str, exc: yaml.MarkedYAMLError) -> ManifestError:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else None
     problem = exc.problem or "invalid YAML"
@@ -284,8 +292,9 @@ def _yaml_error(file: Path, exc: yaml.MarkedYAMLError) -> ManifestError:
     return ManifestError(f"YAML syntax error: {problem}{context}", file=file, line=line)
 
 
-def read_csv(file: Path, text: str) -> RawManifest:
-    """One script per row; header `id,text` plus optional override columns."""
+def read_csv(file: Path | str, text: str, folder: Folder) -> RawManifest:
+    """One script per row; header `id,text` plus optional override columns; `folder` is where
+    the files it names are."""
     # Python's default (128 KiB) would refuse a text the manifest allows; the limit is global,
     # and the manifest's own is the one that applies to every CSV read here.
     csv.field_size_limit(MAX_TEXT_CHARS)
@@ -330,11 +339,14 @@ def read_csv(file: Path, text: str) -> RawManifest:
     if not scripts:
         raise ManifestError("the CSV file has a header but no rows", file=file, line=1)
     return RawManifest(
-        file=file, data={"scripts": scripts}, locator=CsvLocator(file, tuple(places))
+        file=file,
+        data={"scripts": scripts},
+        locator=CsvLocator(file, tuple(places)),
+        folder=folder,
     )
 
 
-def _csv_header(file: Path, header: list[str]) -> list[str]:
+def _csv_header(file: Path | str, header: list[str]) -> list[str]:
     names = [name.strip() for name in header]
     for column, name in enumerate(names, start=1):
         if not name:

@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
@@ -124,6 +124,18 @@ class S3Store:
             response = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
             with response["Body"] as body:
                 return body.read()
+
+    def get_into(self, key: str, into: IO[bytes], *, limit: int) -> int:
+        """The object's size; its bytes are streamed into `into` only when it holds at most
+        `limit` (the size S3 states is checked before the body is read)."""
+        uri = self.uri_for(key)
+        with _s3_errors("cannot download", uri, self.bucket):
+            response = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+            with response["Body"] as body:
+                size = int(response["ContentLength"])
+                if size <= limit:
+                    shutil.copyfileobj(body, into, _COPY_BUFFER)
+                return size
 
     def get_to_file(self, key: str, local_path: Path) -> Path:
         """Stream the object into `local_path` atomically."""

@@ -248,10 +248,6 @@ def test_a_manual_schedule_leaves_its_release_for_publish(
             ("schedule", "add", NAME, "{broken}", "--cron", "0 2 * * *"),
             "broken.yaml:12: scripts[1].txet: unknown key",
         ),
-        (
-            ("schedule", "add", NAME, "s3://bucket/jobs.yaml", "--cron", "0 2 * * *"),
-            "must be a local file",
-        ),
         (("schedule", "run", "nope"), "no schedule named 'nope'"),
         (("schedule", "remove", "nope"), "no schedule named 'nope'"),
     ],

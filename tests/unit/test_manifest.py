@@ -73,7 +73,7 @@ def test_a_minimal_yaml_gets_the_defaults(tmp_path: Path) -> None:
     job = load_manifest(path)
 
     assert job.name == "my-prompts"
-    assert job.manifest == path
+    assert job.manifest == str(path)
     assert job.destination == str(tmp_path / "out" / "my-prompts")
     assert job.defaults == Voice()
     (script,) = job.scripts

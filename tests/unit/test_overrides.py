@@ -285,7 +285,7 @@ def test_a_yaml_manifest_takes_its_scripts_from_a_csv(tmp_path: Path) -> None:
     assert (job.name, job.destination, job.manifest) == (
         "clinic-ivr",
         str(tmp_path / "out" / "ivr"),
-        path,
+        str(path),
     )
     welcome, menu = job.scripts
     # Blank cells take the defaults; a filled cell is the row's own.
