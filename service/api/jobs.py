@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import Connection, insert, select
 
 from pipeline.errors import InputError, ManifestError
+from pipeline.manifest.source import is_s3, open_source
 from pipeline.plan import JobOptions, JobPlan, Publish, job_options, plan_manifest
 from pipeline.store import State, views
 from pipeline.store.schema import JOB_MANIFESTS
@@ -323,7 +324,7 @@ def rerender(state: ServiceState, job_id: str, change: RerenderIn) -> str:
         old = _load_plan(conn, job_id)
         kept = conn.scalar(select(JOB_MANIFESTS.c.body).where(JOB_MANIFESTS.c.job_id == job_id))
     body = kept.encode() if kept is not None else None
-    if body is None and not Path(old.manifest).is_file():
+    if body is None and not is_s3(old.manifest) and not Path(old.manifest).is_file():
         raise InputError(f"job {job_id}'s manifest is gone: post it again as a new job")
     added = job_options(change.set, change.voice_map)
     options = replace(
@@ -351,7 +352,7 @@ def rerender(state: ServiceState, job_id: str, change: RerenderIn) -> str:
         edited_ids = [e.script for e in change.edits if e.script not in change.scripts]
         chosen = [*change.scripts, *edited_ids]
         new = _only(old, new, chosen, options)
-    data = body if body is not None else Path(old.manifest).read_bytes()
+    data = body if body is not None else open_source(old.manifest).read()
     return state.runner.submit(new, _keeper(data))
 
 

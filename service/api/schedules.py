@@ -1,5 +1,5 @@
-"""Schedules: list, create, get, delete. A schedule's manifest is a file in the service's root
-folder, named relative to it (read again at every run, as `schedule add`'s is)."""
+"""Schedules: list, create, get, delete. A schedule's manifest is an s3:// URI, or a file in the
+service's root folder named relative to it (read again at every run, as `schedule add`'s is)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from pipeline.manifest.source import is_s3
 from pipeline.plan import job_options
 from pipeline.scheduler import add
 from pipeline.store.schedules import get_schedule, last_runs, list_schedules, remove_schedule
@@ -33,6 +34,8 @@ def _inside(state: ServiceState, relative: str) -> Path:
 
 
 def _shown(state: ServiceState, manifest: str) -> str:
+    if is_s3(manifest):
+        return manifest
     path = Path(manifest)
     return str(path.relative_to(state.root)) if path.is_relative_to(state.root) else path.name
 
@@ -63,11 +66,12 @@ async def create_schedule(
 def add_schedule(state: ServiceState, new: ScheduleIn) -> ScheduleOut:
     """Add the schedule `new` describes, planned once now (the API's and the console's)."""
     options = job_options(new.set, new.voice_map, publish=new.publish, notify=new.notify)
-    path = _inside(state, new.manifest)
+    # A manifest in S3 is read again from its object at every due time; a file, from the root.
+    manifest = new.manifest if is_s3(new.manifest) else _inside(state, new.manifest)
     schedule = add(
         state.db,
         new.name,
-        path,
+        manifest,
         new.cron,
         only_if_changed=new.only_if_changed,
         output=resolve_output(state, new.output),

@@ -252,3 +252,29 @@ def test_a_job_page_plays_captions_with_the_take_and_shows_the_recorded_loudness
     for output in script["outputs"]:
         if output["format"] in ("mp3", "wav"):
             assert f"{output['loudness']['integrated_lufs']:.1f} LUFS, true peak" in page
+
+
+def test_a_schedule_of_an_s3_manifest_is_added_and_listed_by_its_uri(
+    service_factory: ServiceFactory, sqlite_url: str, s3: S3Env
+) -> None:
+    bucket = s3.bucket()
+    service = service_factory(sqlite_url)
+    manifest = write_manifest(service.root, job="from-s3")
+    s3.client.put_object(Bucket=bucket, Key="ivr/jobs.yaml", Body=manifest.read_bytes())
+    uri = s3.uri(bucket, "ivr/jobs.yaml")
+    token = service.token()
+    with service.client(token) as client:
+        added = client.post(
+            "/v1/schedules",
+            json={
+                "name": "nightly",
+                "manifest": uri,
+                "cron": "0 2 * * *",
+                "output": s3.uri(bucket, "out"),
+            },
+        )
+        assert added.status_code == 201, added.text
+        assert added.json()["manifest"] == uri
+        assert [s["manifest"] for s in client.get("/v1/schedules").json()["items"]] == [uri]
+    with _signed_in(service, token) as browser:
+        assert uri in browser.get("/schedules").text
