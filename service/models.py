@@ -7,13 +7,13 @@ the Rime API key or a token; an output is named by its API URL, not its place on
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from typing import Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
+from pipeline.loudness import Loudness, LoudnessRecord
 from pipeline.store.deliveries import DeliveryStatus
 from pipeline.store.productions import Release
 from pipeline.store.schedules import Run, Schedule
@@ -110,30 +110,9 @@ class OutputOut(BaseModel):
     sha256: str
     bytes: int
     url: str
-    loudness: FileLoudnessOut | None = Field(
+    loudness: Loudness | None = Field(
         None, description="What this file measures; only when a loudness target is set"
     )
-
-
-class FileLoudnessOut(BaseModel):
-    """An EBU R128 measurement of one file; None where it is silent."""
-
-    integrated_lufs: float | None
-    true_peak_dbtp: float | None
-    range_lu: float | None
-
-
-class LoudnessOut(BaseModel):
-    """What loudness normalization asked for, did, and measured (see `rime-batch status`)."""
-
-    target_lufs: float
-    ceiling_dbtp: float
-    gain_db: float
-    limited: bool
-    integrated_lufs: float | None
-    range_lu: float | None
-    true_peak_dbtp: float | None
-    format: str | None = Field(None, description="The output these figures are of")
 
 
 class ScriptOut(BaseModel):
@@ -152,7 +131,7 @@ class ScriptOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     outputs: list[OutputOut]
-    loudness: LoudnessOut | None = Field(
+    loudness: LoudnessRecord | None = Field(
         None, description="Measured as it was encoded; only when a loudness target is set"
     )
     warnings: list[str] = Field(default_factory=list, description="e.g. a missed loudness target")
@@ -179,11 +158,11 @@ class ScriptOut(BaseModel):
                     sha256=o.sha256,
                     bytes=o.bytes,
                     url=output_url(job_id, script.script_id, o.format),
-                    loudness=None if o.loudness is None else FileLoudnessOut(**asdict(o.loudness)),
+                    loudness=o.loudness,
                 )
                 for o in script.outputs
             ],
-            loudness=None if script.loudness is None else LoudnessOut(**asdict(script.loudness)),
+            loudness=script.loudness,
             warnings=list(script.warnings),
         )
 
