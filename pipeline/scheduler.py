@@ -33,6 +33,7 @@ from pipeline.store.schedules import (
     finish_run,
     get_schedule,
     list_schedules,
+    replace_schedule,
 )
 from pipeline.store.schema import utcnow
 
@@ -63,10 +64,12 @@ def add(
     output: str | None = None,
     options: JobOptions | None = None,
     check: Callable[[JobPlan], None] | None = None,
+    replace: bool = False,
 ) -> Schedule:
     """Check and record a schedule of a manifest (a path, or an s3:// URI as a str); the
     manifest is planned once now, so one that cannot be rendered is refused with its own
-    message (and `check` sees the plan). It records where the manifest is, to read it again."""
+    message (and `check` sees the plan). It records where the manifest is, to read it again.
+    With `replace`, schedule `name` exists and is changed to this (its runs stay)."""
     # Here, not at the top: a tick's process never adds, and need not load the sender.
     from pipeline.deliver import require_secret
 
@@ -77,7 +80,7 @@ def add(
     if check is not None:
         check(plan)
     with db.begin() as conn:
-        return add_schedule(
+        return (replace_schedule if replace else add_schedule)(
             conn,
             name,
             plan.manifest,  # the absolute path, or the URI

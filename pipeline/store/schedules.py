@@ -131,6 +131,33 @@ def add_schedule(
     return get_schedule(conn, name)
 
 
+def replace_schedule(
+    conn: Connection,
+    name: str,
+    manifest: str,
+    cron: str,
+    *,
+    only_if_changed: bool = False,
+    output: str | None = None,
+    options: JobOptions | None = None,
+) -> Schedule:
+    """Change what a schedule renders and when; its runs, and the due times it has handled,
+    stay (so a changed cron does not fire for a slot already handled). ScheduleNotFound when
+    there is none."""
+    schedule = get_schedule(conn, name)
+    conn.execute(
+        update(SCHEDULES)
+        .where(SCHEDULES.c.id == schedule.id)
+        .values(
+            manifest=manifest,
+            cron=cron,
+            options=_options_json(output, options or JobOptions()),
+            only_if_changed=only_if_changed,
+        )
+    )
+    return get_schedule(conn, name)
+
+
 def get_schedule(conn: Connection, name: str) -> Schedule:
     """The schedule called `name`; ScheduleNotFound when there is none."""
     row = conn.execute(select(SCHEDULES).where(SCHEDULES.c.name == name)).one_or_none()

@@ -4,6 +4,7 @@ service's root folder named relative to it (read again at every run, as `schedul
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -63,8 +64,20 @@ async def create_schedule(
     return await off_loop(add_schedule, state_of(request), new)
 
 
-def add_schedule(state: ServiceState, new: ScheduleIn) -> ScheduleOut:
-    """Add the schedule `new` describes, planned once now (the API's and the console's)."""
+@router.put("/{name}", response_model=ScheduleOut, summary="Change a schedule")
+async def change_schedule(
+    request: Request, name: str, new: ScheduleIn, _caller: Annotated[Caller, Depends(writer)]
+) -> ScheduleOut:
+    """Replace what schedule `name` renders and when, checked as a new one is; its runs, and
+    the due times it has handled, stay. The body's `name` must be the path's."""
+    if new.name != name:
+        raise ApiError(422, "invalid_input", "name: a schedule keeps its name", "name")
+    return await off_loop(partial(add_schedule, replace=True), state_of(request), new)
+
+
+def add_schedule(state: ServiceState, new: ScheduleIn, *, replace: bool = False) -> ScheduleOut:
+    """Add the schedule `new` describes (or, with `replace`, change the one of its name),
+    planned once now (the API's and the console's)."""
     options = job_options(new.set, new.voice_map, publish=new.publish, notify=new.notify)
     # A manifest in S3 is read again from its object at every due time; a file, from the root.
     manifest = new.manifest if is_s3(new.manifest) else _inside(state, new.manifest)
@@ -77,8 +90,11 @@ def add_schedule(state: ServiceState, new: ScheduleIn) -> ScheduleOut:
         output=resolve_output(state, new.output),
         options=options,
         check=lambda plan: check_destination(state, plan.destination),
+        replace=replace,
     )
-    return ScheduleOut.of(schedule, _shown(state, schedule.manifest), None)
+    with state.db.begin() as conn:
+        last = last_runs(conn).get(schedule.id)
+    return ScheduleOut.of(schedule, _shown(state, schedule.manifest), last)
 
 
 @router.get("/{name}", response_model=ScheduleOut, summary="One schedule")

@@ -361,6 +361,41 @@ def test_schedules_crud(service: Service) -> None:
             "/v1/schedules", json={"name": "y", "manifest": "clinic.yaml", "cron": "nope"}
         )
         assert bad_cron.status_code == 422 and "--cron" in bad_cron.json()["error"]["message"]
+        # Update: the whole schedule again under its name; checked as a new one is.
+        changed = client.put(
+            "/v1/schedules/nightly",
+            json={
+                "name": "nightly",
+                "manifest": "clinic.yaml",
+                "cron": "30 4 * * 1-5",
+                "only_if_changed": True,
+                "set": ["speaker=marsh"],
+            },
+        )
+        assert changed.status_code == 200, changed.text
+        got = client.get("/v1/schedules/nightly").json()
+        assert (got["cron"], got["only_if_changed"]) == ("30 4 * * 1-5", True)
+        assert [s["name"] for s in client.get("/v1/schedules").json()["items"]] == ["nightly"]
+        for path, body, code in (
+            (
+                "/v1/schedules/nightly",
+                {"name": "nightly", "manifest": "clinic.yaml", "cron": "nope"},
+                422,
+            ),
+            (
+                "/v1/schedules/nightly",
+                {"name": "other", "manifest": "clinic.yaml", "cron": "@daily"},
+                422,
+            ),
+            (
+                "/v1/schedules/absent",
+                {"name": "absent", "manifest": "clinic.yaml", "cron": "@daily"},
+                404,
+            ),
+        ):
+            refused = client.put(path, json=body)
+            assert refused.status_code == code, (body, refused.text)
+        assert client.get("/v1/schedules/nightly").json()["cron"] == "30 4 * * 1-5"
         assert client.delete("/v1/schedules/nightly").status_code == 204
         assert client.get("/v1/schedules/nightly").status_code == 404
 
