@@ -6,7 +6,8 @@ limit. Every figure comes from the same run:
 
     bare      a plain async httpx loop over the same requests at the same concurrency
     embedded  the embedded executor, as `rime-batch render` runs it, in this process
-    celery    two Celery worker processes sharing the cap through Redis
+    celery    two Celery worker processes sharing the cap through Redis, a segment per task
+    celery×8  the same with eight segments per task (RIME_BATCH_SEGMENTS_PER_TASK=8)
 
     rate      prompts per second, from the start of the job until it is done (stitched,
               results written)
@@ -164,9 +165,10 @@ def run_embedded(plan: JobPlan, url: str, concurrency: int, folder: Path) -> Run
 
 
 def run_celery(
-    plan: JobPlan, url: str, concurrency: int, folder: Path, workers: int = 2
+    plan: JobPlan, url: str, concurrency: int, folder: Path, per_task: int, workers: int = 2
 ) -> RunFigures:
-    """Two worker processes (after a warm-up job), a private Redis and a SQLite job table."""
+    """Two worker processes (after a warm-up job), a private Redis and a SQLite job table;
+    `per_task` segments to a task."""
     redis_server, redis_url = start_redis(folder)
     database = f"sqlite:///{folder / 'celery.db'}"
     migrate(database)
@@ -180,11 +182,18 @@ def run_celery(
         # A fixed cap, as the bare loop has: the adaptive one would start at half of it.
         "RIME_BATCH_ADAPTIVE": "0",
         "RIME_BATCH_LIMIT_NAMESPACE": f"orchestration-{time.time_ns()}",
+        "RIME_BATCH_SEGMENTS_PER_TASK": str(per_task),
     }
     processes = []
     try:
         processes = start_workers(workers, 2 * concurrency, variables, folder)
-        app = create_app(Settings(CELERY_BROKER_URL=redis_url, DATABASE_URL=database))
+        app = create_app(
+            Settings(
+                CELERY_BROKER_URL=redis_url,
+                DATABASE_URL=database,
+                RIME_BATCH_SEGMENTS_PER_TASK=per_task,
+            )
+        )
         db = create_engine_for(database)
 
         def render(job: JobPlan) -> str:
@@ -208,7 +217,8 @@ def run_celery(
 
         with measured(workers_cpu) as m:
             render(replace(plan, destination=str(folder / "celery-out")))
-        return RunFigures("celery", len(requests_of(plan)), m[0], m[1])
+        name = "celery" if per_task == 1 else f"celery×{per_task}"
+        return RunFigures(name, len(requests_of(plan)), m[0], m[1])
     finally:
         for process in processes:
             process.kill()
@@ -223,10 +233,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
-        "--mode", action="append", choices=["embedded", "celery"], help="repeat for several"
+        "--mode",
+        action="append",
+        choices=["embedded", "celery", "celery-batched"],
+        help="repeat for several",
     )
     args = parser.parse_args()
-    modes = args.mode or ["embedded", "celery"]
+    modes = args.mode or ["embedded", "celery", "celery-batched"]
     print(
         f"{args.prompts} one-segment prompts, 8 kHz mu-law WAV, cap {args.concurrency}; "
         "engine unpaced, no added latency, no limit"
@@ -247,7 +260,8 @@ def main() -> None:
             if mode == "embedded":
                 figures = run_embedded(plan, engine.http_url, args.concurrency, mode_folder)
             else:
-                figures = run_celery(plan, engine.http_url, args.concurrency, mode_folder)
+                per_task = 8 if mode == "celery-batched" else 1
+                figures = run_celery(plan, engine.http_url, args.concurrency, mode_folder, per_task)
             print(figures.line(bare), flush=True)
 
 

@@ -133,6 +133,12 @@ class Settings(BaseModel):
     stitch_parallelism: PositiveInt = 2
     # Task threads per worker process (requests it can keep in flight); None = twice the cap.
     worker_threads: PositiveInt | None = None
+    # Segments one synthesis task carries, run side by side in its worker: a task's trip
+    # through the broker costs about as much CPU as a short prompt's whole synthesis. One by
+    # default: kombu's Redis transport (5.7) can leave a worker's consumer stopped when a task
+    # that began before a broker restart acknowledges after it, and longer tasks make that
+    # likelier.
+    segments_per_task: PositiveInt = 1
     # A worker's slot of the shared cap lives this long in Redis unless renewed.
     lease_seconds: PositiveFloat = 30.0
     # How long a request may wait for its next bytes before it counts as stalled (and is

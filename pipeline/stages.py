@@ -75,6 +75,7 @@ class Outcome(StrEnum):
     FAILED = "failed"  # given up for good; the script fails with it
     REFUSED = "refused"  # Rime refused the API key: no other request can succeed either
     SKIPPED = "skipped"  # someone else holds it, or it is no longer pending
+    RETURNED = "returned"  # not started, for this process is stopping: to be sent again
     STITCHED = "stitched"
     ASSEMBLED = "assembled"  # a book
 
@@ -123,6 +124,8 @@ class Context:
     executor: Executor
     policy: RetryPolicy = DEFAULT_POLICY
     on_event: Callable[[Event], None] = lambda _: None
+    # True once this process is shutting down: it starts no new segment (see RETURNED).
+    stopping: Callable[[], bool] = lambda: False
     # Audio from different synthesizers never shares a cache entry: a render against the local
     # engine must not be shipped later as if Rime had spoken it.
     cache_namespace: str = ""
@@ -177,6 +180,10 @@ class ClaimLost(Exception):
     """The segment was claimed or finished by someone else before our request: nothing sent."""
 
 
+class _Returned(Exception):
+    """The process began to stop before the segment was claimed: nothing sent."""
+
+
 @dataclass
 class _Watch:
     """A running synthesis the heartbeat may stop: its task, and whether it is still ours."""
@@ -224,6 +231,8 @@ async def synth_stage(
 
     def take() -> None:
         nonlocal claimed
+        if ctx.stopping():
+            raise _Returned(segment_pk)
         with ctx.db.begin() as conn:
             won = transitions.claim_segment(conn, segment_pk, claim) or (
                 transitions.take_over_segment(
@@ -296,6 +305,8 @@ async def synth_stage(
             watch.active = False
     except ClaimLost:
         return StageResult(Outcome.SKIPPED)
+    except _Returned:
+        return StageResult(Outcome.RETURNED)
     except (RimeBatchError, OSError) as exc:
         watch.active = False
         # Rime's refusals, but also a destination that cannot be written: the segment fails

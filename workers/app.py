@@ -27,13 +27,14 @@ from celery.signals import (
     beat_init,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 from kombu.entity import Exchange, Queue
 
 from pipeline.logs import one_line_faults, quiet_other_libraries
 from pipeline.settings import Settings, get_settings
-from workers.dispatch import QUEUES, ROUTES, SYNTH_QUEUE, TICK
-from workers.runtime import close_runtime, get_runtime
+from workers.dispatch import QUEUES, ROUTES, SEGMENTS_PER_TASK, SYNTH_QUEUE, TICK
+from workers.runtime import close_runtime, get_runtime, stop_starting
 
 # How often, at most, a worker looks for messages of dead workers to put back on the queue.
 MAX_RESTORE_INTERVAL = 10
@@ -83,6 +84,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [_queue(name) for name in QUEUES],
         "task_default_queue": SYNTH_QUEUE,
         "task_routes": ROUTES,
+        SEGMENTS_PER_TASK: settings.segments_per_task,
         "worker_pool": "threads",
         "worker_concurrency": settings.threads,
         # Beat sends one task, the tick. The schedules and what each has fired live in the job
@@ -143,6 +145,10 @@ def _close(**_: Any) -> None:
     close_runtime()
 
 
+def _stop_starting(**_: Any) -> None:
+    stop_starting()
+
+
 def _tick_at_start(**_: Any) -> None:
     # A beat that was down fires what it missed at once, not one interval after it starts.
     app.send_task(TICK)
@@ -151,5 +157,6 @@ def _tick_at_start(**_: Any) -> None:
 after_setup_logger.connect(_setup_logs)
 after_setup_task_logger.connect(_setup_logs)
 worker_ready.connect(_start_sweeper)
+worker_shutting_down.connect(_stop_starting)
 worker_shutdown.connect(_close)
 beat_init.connect(_tick_at_start)

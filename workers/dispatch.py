@@ -27,6 +27,10 @@ TICK = "rime_batch.tick"
 # schedule ticks have their own short queue, so a finished script is stitched (and a finished
 # job told, a due schedule fired) while other scripts are still synthesizing, and hosts can be
 # given to one kind of work or the other.
+# The app's configuration carries the settings' `segments_per_task` (see workers.app), so
+# whoever sends a job's work with that app batches it as the workers were told to.
+SEGMENTS_PER_TASK = "rime_batch_segments_per_task"
+
 SYNTH_QUEUE = "rime-batch"
 STITCH_QUEUE = "rime-batch.stitch"
 QUEUES = (SYNTH_QUEUE, STITCH_QUEUE)
@@ -40,19 +44,27 @@ ROUTES = {
 
 
 class Dispatcher:
-    """Sends the pipeline's tasks through one Celery app."""
+    """Sends the pipeline's tasks through one Celery app.
 
-    def __init__(self, app: Celery) -> None:
+    Segments go `per_task` to a synthesis task, in plan order, so a script's segments travel
+    together and its stitch comes due as early as it can.
+    """
+
+    def __init__(self, app: Celery, per_task: int | None = None) -> None:
+        if per_task is not None and per_task < 1:
+            raise ValueError(f"a task carries at least one segment, not {per_task}")
         self.app = app
+        self.per_task = per_task or app.conf.get(SEGMENTS_PER_TASK, 1)
 
     def segments(self, segment_pks: Iterable[int]) -> int:
-        """One synthesis task per segment, in order, over one connection; the count."""
-        sent = 0
+        """Synthesis tasks of `per_task` segments each, in order, over one connection; how
+        many tasks."""
+        pks = list(segment_pks)
+        batches = [pks[i : i + self.per_task] for i in range(0, len(pks), self.per_task)]
         with self.app.producer_or_acquire() as producer:
-            for segment_pk in segment_pks:
-                self.app.send_task(SYNTHESIZE, args=[segment_pk], producer=producer)
-                sent += 1
-        return sent
+            for batch in batches:
+                self.app.send_task(SYNTHESIZE, args=[batch], producer=producer)
+        return len(batches)
 
     def stitch(self, script_pk: int) -> None:
         """A stitch task for one script (its claim makes a second one harmless)."""

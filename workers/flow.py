@@ -14,13 +14,15 @@ holder takes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from pipeline import scheduler
-from pipeline.stages import StageResult, settle_stage, stitch_stage, synth_stage
-from pipeline.store import State, deliveries
+from pipeline.stages import Outcome, StageResult, settle_stage, stitch_stage, synth_stage
+from pipeline.store import State, deliveries, plans
 from pipeline.store.schema import utcnow
 from workers.commands import submitter
 from workers.runtime import Runtime
@@ -45,9 +47,46 @@ def _send_next(rt: Runtime, result: StageResult) -> None:
 
 def synthesize(rt: Runtime, segment_pk: int) -> StageResult:
     """Synthesize one segment (or find its audio cached); send what that made due."""
-    result = rt.run(synth_stage(rt.ctx, segment_pk))
-    _send_next(rt, result)
-    return result
+    return synthesize_all(rt, [segment_pk])[0]
+
+
+def synthesize_all(rt: Runtime, segment_pks: Sequence[int]) -> list[StageResult]:
+    """Synthesize a task's segments side by side on the process's loop (the shared cap still
+    bounds its requests); send what each made due, even when another one raised.
+
+    One result per segment, in order; a segment with no row (its job deleted) is skipped."""
+    with rt.db.begin() as conn:
+        works = {work.segment_pk: work for work in plans.load_segments(conn, segment_pks)}
+    results = rt.run(_side_by_side(rt, [works.get(pk) for pk in segment_pks]))
+    for result in results:
+        if isinstance(result, StageResult):
+            _send_next(rt, result)
+    returned = [
+        pk
+        for pk, result in zip(segment_pks, results, strict=True)
+        if isinstance(result, StageResult) and result.outcome is Outcome.RETURNED
+    ]
+    if returned:
+        # A warm shutdown: what this task had not started goes back on the queue, for the
+        # next worker, rather than holding the shutdown up.
+        rt.dispatch.segments(returned)
+        log.info("returned segments=%d to the queue", len(returned))
+    for result in results:
+        if isinstance(result, BaseException):
+            # The task is retried whole; the segments that finished are skipped then.
+            raise result
+    return [result for result in results if isinstance(result, StageResult)]
+
+
+async def _side_by_side(
+    rt: Runtime, works: Sequence[plans.SegmentWork | None]
+) -> list[StageResult | BaseException]:
+    async def one(work: plans.SegmentWork | None) -> StageResult:
+        if work is None:
+            return StageResult(Outcome.SKIPPED)
+        return await synth_stage(rt.ctx, work.segment_pk, work)
+
+    return await asyncio.gather(*(one(work) for work in works), return_exceptions=True)
 
 
 def stitch(rt: Runtime, script_pk: int) -> StageResult:

@@ -69,6 +69,8 @@ class Runtime:
         self.db = open_database(
             settings.database_url, pool_size=settings.threads + 2, max_overflow=settings.threads
         )
+        # Set as a warm shutdown begins: the running tasks start no new segment.
+        self.stopping = threading.Event()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="rime-batch-loop", daemon=True)
         self._thread.start()
@@ -81,6 +83,7 @@ class Runtime:
             self.executor,
             policy=settings.policy,
             on_event=log_event,
+            stopping=self.stopping.is_set,
             timed_client=WsSynthesizer(
                 settings.rime_ws_url,
                 settings.rime_api_key,
@@ -170,6 +173,13 @@ def get_runtime(settings: Settings, app: Celery) -> Runtime:
         if _runtime is None:
             _runtime = Runtime(settings, app)
         return _runtime
+
+
+def stop_starting() -> None:
+    """This process is shutting down: its runtime, if any, starts no new segment."""
+    with _lock:
+        if _runtime is not None:
+            _runtime.stopping.set()
 
 
 def close_runtime() -> None:

@@ -44,9 +44,12 @@ def _runtime() -> Runtime:
 
 
 @app.task(name=SYNTHESIZE, **RETRYING)  # type: ignore[untyped-decorator]
-def synthesize(self: Any, segment_pk: int) -> str:
-    """Synthesize one segment; send its script's stitch when it was the last one."""
-    return flow.synthesize(_runtime(), segment_pk).outcome.value
+def synthesize(self: Any, segment_pks: list[int] | int) -> list[str]:
+    """Synthesize segments side by side; send each script's stitch when its last one is done.
+
+    A bare row id is one segment (a message sent before tasks carried several)."""
+    pks = [segment_pks] if isinstance(segment_pks, int) else segment_pks
+    return [result.outcome.value for result in flow.synthesize_all(_runtime(), pks)]
 
 
 @app.task(name=STITCH, **RETRYING)  # type: ignore[untyped-decorator]

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar, get_origin, get_type_hints
 
-from sqlalchemy import Connection, RowMapping, bindparam, insert, select
+from sqlalchemy import Connection, RowMapping, Select, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.plan import BookPlan, JobOptions, JobPlan, OutputSpec, PlannedSegment, ScriptPlan
@@ -245,6 +245,7 @@ _SEGMENTS_WORK = select(
     )
 )
 _SEGMENT_WORK = _SEGMENTS_WORK.where(SEGMENTS.c.id == bindparam("pk_"))
+_SOME_WORK = _SEGMENTS_WORK.where(SEGMENTS.c.id.in_(bindparam("pks_", expanding=True)))
 _PENDING_WORK = _SEGMENTS_WORK.where(
     SEGMENTS.c.job_id == bindparam("job_"), SEGMENTS.c.state == State.PENDING
 ).order_by(SCRIPTS.c.position, SEGMENTS.c.index)
@@ -268,11 +269,23 @@ def load_segment(conn: Connection, segment_pk: int) -> SegmentWork:
     return _segment_work(found, _from_dict(VoiceParams, found["params"]))
 
 
+def load_segments(conn: Connection, segment_pks: Sequence[int]) -> list[SegmentWork]:
+    """These segments, each as `load_segment` gives it, in the order asked; a segment with no
+    row (its job deleted) is left out."""
+    found = {work.segment_pk: work for work in _works(conn, _SOME_WORK, pks_=list(segment_pks))}
+    return [found[pk] for pk in segment_pks if pk in found]
+
+
 def load_pending_segments(conn: Connection, job_id: str) -> list[SegmentWork]:
     """The job's pending segments, each as `load_segment` gives it, in plan order."""
+    return _works(conn, _PENDING_WORK, job_=job_id)
+
+
+def _works(conn: Connection, statement: Select[Any], **values: Any) -> list[SegmentWork]:
+    # A script's parameters are parsed once, however many of its segments come.
     params: dict[int, VoiceParams] = {}
     work = []
-    for found in conn.execute(_PENDING_WORK, {"job_": job_id}).mappings():
+    for found in conn.execute(statement, values).mappings():
         script_pk = found["script_pk"]
         if script_pk not in params:
             params[script_pk] = _from_dict(VoiceParams, found["params"])

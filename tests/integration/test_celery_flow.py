@@ -57,15 +57,21 @@ def places_a_key_could_leak(
     }
 
 
+# Three segments a task: four tasks, more than one worker's three threads can hold.
+@pytest.mark.parametrize("per_task", [1, 3])
 def test_two_workers_render_a_job_with_correct_audio(
     celery_env: CeleryEnv,
     celery_workers: WorkerPool,
     engine_factory: EngineFactory,
     tmp_path: Path,
+    per_task: int,
 ) -> None:
     engine = engine_factory(ttfb_ms=50, api_keys=[KEY])
     env = celery_env.with_changes(
-        rime_api_url=engine.http_url, RIME_API_KEY=KEY, RIME_BATCH_CONCURRENCY=4
+        rime_api_url=engine.http_url,
+        RIME_API_KEY=KEY,
+        RIME_BATCH_CONCURRENCY=4,
+        RIME_BATCH_SEGMENTS_PER_TASK=per_task,
     )
     first, second = celery_workers.start(env, count=2, threads=3)
     plan = make_plan(tmp_path / "job", scripts=3, lines=4)

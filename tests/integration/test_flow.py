@@ -49,6 +49,7 @@ from tests.fixtures.worker_runtime import (
     record_job,
     segments_by_script,
     stitch,
+    synthesize,
     threads_of_ours,
     worker_variables,
 )
@@ -121,6 +122,77 @@ def test_the_last_segment_of_a_script_is_stitched_at_once_and_the_last_script_se
     # The finish task settles the job; until it runs the job is still running.
     assert job_state(rt.db, job_id) is State.RUNNING
     assert not (destination(tmp_path) / RESULTS_KEY).exists()
+
+
+def test_a_task_of_several_segments_runs_them_side_by_side_and_stitches_every_script_it_completes(
+    runtimes: Runtimes, broker: Broker, engine: RunningEngine, tmp_path: Path
+) -> None:
+    rt = runtimes()
+    job_id = record_job(rt.db, tmp_path / "job", scripts=3, lines=2)
+    scripts = segments_by_script(rt.db, job_id)
+    pks = [ref.segment_pk for refs in scripts for ref in refs]
+    rt.run(rt.limiter.reset_peak())
+    before = requests(engine)
+
+    results = flow.synthesize_all(rt, pks)
+
+    assert [r.outcome for r in results] == [Outcome.SYNTHESIZED] * 6
+    # One result per segment, in the order asked: of each script's two, the one that finished
+    # last made its stitch due.
+    pairs = [results[i : i + 2] for i in range(0, len(results), 2)]
+    for refs, pair in zip(scripts, pairs, strict=True):
+        assert {r.next for r in pair} == {Next(), Next(stitch=refs[0].script_pk)}
+    assert requests(engine) - before == 6
+    # Side by side, within the shared cap.
+    assert 2 <= rt.run(rt.limiter.peak()) <= rt.settings.limits.concurrency
+    for refs in scripts:
+        output_of(rt.db, refs[0].script_pk)
+    assert broker.stitches() == [finish(job_id)]
+    assert broker.synth() == []
+
+
+def test_a_task_skips_the_segments_it_names_that_are_done_or_have_no_row(
+    runtimes: Runtimes, broker: Broker, engine: RunningEngine, tmp_path: Path
+) -> None:
+    rt = runtimes()
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=3)
+    [refs] = segments_by_script(rt.db, job_id)
+    first, *rest = (ref.segment_pk for ref in refs)
+    assert flow.synthesize(rt, first).outcome is Outcome.SYNTHESIZED
+    before = requests(engine)
+    missing = max(rest) + 1000
+
+    results = flow.synthesize_all(rt, [first, missing, *rest])
+
+    assert [r.outcome for r in results] == [
+        Outcome.SKIPPED,
+        Outcome.SKIPPED,
+        Outcome.SYNTHESIZED,
+        Outcome.SYNTHESIZED,
+    ]
+    assert requests(engine) - before == 2
+    output_of(rt.db, refs[0].script_pk)
+    assert broker.stitches() == [finish(job_id)]
+
+
+def test_a_stopping_worker_starts_no_segment_and_sends_its_tasks_segments_back_to_the_queue(
+    runtimes: Runtimes, broker: Broker, engine: RunningEngine, tmp_path: Path
+) -> None:
+    rt = runtimes()
+    job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=3)
+    [refs] = segments_by_script(rt.db, job_id)
+    pks = [ref.segment_pk for ref in refs]
+    before = requests(engine)
+
+    rt.stopping.set()  # a warm shutdown began
+    results = flow.synthesize_all(rt, pks)
+
+    assert [r.outcome for r in results] == [Outcome.RETURNED] * 3
+    assert requests(engine) == before
+    assert all(segment_row(rt.db, pk).state is State.PENDING for pk in pks)
+    assert all(segment_row(rt.db, pk).claim is None for pk in pks)
+    assert broker.synth() == [synthesize(*pks)]
+    assert broker.stitches() == []
 
 
 def test_a_worker_that_does_not_serve_the_stitch_queue_sends_a_stitch_task(

@@ -97,7 +97,9 @@ def make_sweeper(db: Engine, app: Celery, redis_url: str) -> Iterator[MakeSweepe
         connection = client or redis.Redis.from_url(redis_url)
         sweeper = Sweeper(
             on or db,
-            dispatch or Dispatcher(app),
+            # One segment per task by default: each message then names one segment, and what a
+            # sweep sent counts them.
+            dispatch or Dispatcher(app, per_task=1),
             connection,
             executor_timeout=executor_timeout,
             stall_seconds=stall,
@@ -181,6 +183,25 @@ def test_a_dead_executors_segment_claim_is_requeued_and_the_jobs_work_sent(
         assert row_of(db, SEGMENTS, b.segment_pk).state is State.RUNNING
         assert broker.synth() == [synthesize(ref.segment_pk) for ref in (a, c, d)]
         assert broker.stitches() == [finish(job_id)]
+
+
+def test_a_jobs_segments_go_several_to_a_task_in_plan_order(
+    db: Engine, app: Celery, broker: Broker, tmp_path: Path
+) -> None:
+    job_id = record_job(db, tmp_path / "job", scripts=4, lines=5)
+    pks = [ref.segment_pk for refs in segments_by_script(db, job_id) for ref in refs]
+
+    sent = Dispatcher(app, per_task=8).outstanding(db, job_id)
+
+    assert broker.synth() == [synthesize(*pks[0:8]), synthesize(*pks[8:16]), synthesize(*pks[16:])]
+    assert broker.stitches() == [finish(job_id)]
+    assert sent == 4
+    # The default is the setting's, carried by the app.
+    assert Dispatcher(app).per_task == Settings().segments_per_task
+    batched = create_app(Settings(RIME_BATCH_SEGMENTS_PER_TASK=5))
+    assert Dispatcher(batched).per_task == 5
+    with pytest.raises(ValueError, match="at least one segment"):
+        Dispatcher(app, per_task=0)
 
 
 def test_a_dead_executors_stitch_claim_is_requeued_and_the_jobs_work_sent(
@@ -283,7 +304,7 @@ def test_a_stalled_job_is_resent_once_per_stall_window(
         assert broker.synth() == work
 
         # A dead executor's claim is requeued and resent at once, stall window or not.
-        claim_back(db, work[0].args[0], 2 * TIMEOUT)
+        claim_back(db, work[0].args[0][0], 2 * TIMEOUT)
         assert sweeper.sweep() == [Swept(stalled, 1, 0, True, 5)]
         assert broker.synth() == work * 2
 
