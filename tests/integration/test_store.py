@@ -915,6 +915,29 @@ def test_sqlite_connections_are_set_up(sqlite_url: str) -> None:
         engine.dispose()
 
 
+def test_a_sqlite_writer_that_waits_too_long_gets_sqlalchemys_operational_error(
+    sqlite_url: str,
+) -> None:
+    engine = create_engine_for(sqlite_url)
+    holder = create_engine_for(sqlite_url)
+    try:
+        with holder.begin() as held:
+            held.exec_driver_sql("PRAGMA user_version = 1")  # holds the write lock
+            with engine.connect() as waiting:
+                # Set on the driver's connection: a statement of SQLAlchemy's would begin first.
+                driver = waiting.connection.dbapi_connection
+                assert driver is not None
+                driver.execute("PRAGMA busy_timeout = 50")
+                # The error the workers retry and `reach` explains, not the driver's own.
+                with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+                    waiting.begin()
+        with engine.begin() as connection:  # the lock is back: a writer begins at once
+            assert connection.exec_driver_sql("PRAGMA user_version").scalar() == 1
+    finally:
+        engine.dispose()
+        holder.dispose()
+
+
 # Races between real threads on separate connections
 
 
