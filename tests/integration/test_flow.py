@@ -178,7 +178,7 @@ def test_a_task_skips_the_segments_it_names_that_are_done_or_have_no_row(
 def test_a_stopping_worker_starts_no_segment_and_sends_its_tasks_segments_back_to_the_queue(
     runtimes: Runtimes, broker: Broker, engine: RunningEngine, tmp_path: Path
 ) -> None:
-    rt = runtimes()
+    rt = runtimes(RIME_BATCH_SEGMENTS_PER_TASK="8")
     job_id = record_job(rt.db, tmp_path / "job", scripts=1, lines=3)
     [refs] = segments_by_script(rt.db, job_id)
     pks = [ref.segment_pk for ref in refs]
