@@ -23,14 +23,14 @@ DELIVER = "rime_batch.deliver"
 # Fires the schedules that are due (see `pipeline.scheduler`); sent by `rime-batch beat`.
 TICK = "rime_batch.tick"
 
-# Segments wait in one long first-in-first-out queue. Stitches, job rollups, webhooks and
-# schedule ticks have their own short queue, so a finished script is stitched (and a finished
-# job told, a due schedule fired) while other scripts are still synthesizing, and hosts can be
-# given to one kind of work or the other.
 # The app's configuration carries the settings' `segments_per_task` (see workers.app), so
 # whoever sends a job's work with that app batches it as the workers were told to.
 SEGMENTS_PER_TASK = "rime_batch_segments_per_task"
 
+# Segments wait in one long first-in-first-out queue. Stitches, job rollups, webhooks and
+# schedule ticks have their own short queue, so a finished script is stitched (and a finished
+# job told, a due schedule fired) while other scripts are still synthesizing, and hosts can be
+# given to one kind of work or the other.
 SYNTH_QUEUE = "rime-batch"
 STITCH_QUEUE = "rime-batch.stitch"
 QUEUES = (SYNTH_QUEUE, STITCH_QUEUE)
