@@ -72,6 +72,12 @@ def _sqlite_begin(connection: Connection) -> None:
         raise DBAPIError.instance(_BEGIN, (), exc, sqlite3.Error) from exc
 
 
+def holds_write_lock(conn: Connection) -> bool:
+    """Whether this transaction has held the whole database's write lock since it began
+    (SQLite's BEGIN IMMEDIATE, `_sqlite_begin`): a statement run only to lock a row adds nothing."""
+    return conn.dialect.name == "sqlite"
+
+
 def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for `url`; SQLite gets WAL, foreign keys, a busy timeout and IMMEDIATE begins."""
     parsed = normalize_url(url)

@@ -19,9 +19,10 @@ on each other in a cycle.
 What comes next is decided here, once, in the transaction of the change that makes it due:
 finishing a segment locks its script's row before asking whether every segment is done, and
 finishing or failing a script locks its job's row before asking whether any script is still to
-run. Of two workers finishing a script's last two segments at once, the second waits for the
-first to commit and then sees both done, so exactly one of them is told to stitch (and exactly
-one finisher of a job's last scripts is told to settle it). The answer is a `Next`.
+run (on SQLite every transaction holds the database's write lock from its start instead). Of
+two workers finishing a script's last two segments at once, the second waits for the first to
+commit and then sees both done, so exactly one of them is told to stitch (and exactly one
+finisher of a job's last scripts is told to settle it). The answer is a `Next`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
+    literal_column,
     select,
     update,
 )
@@ -46,6 +48,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.loudness import LoudnessRecord
 from pipeline.store import productions
+from pipeline.store.database import holds_write_lock
 from pipeline.store.errors import IllegalTransition, JobNotFound, StoreError
 from pipeline.store.executors import alive
 from pipeline.store.schema import BOOKS, JOBS, SCRIPTS, SEGMENTS, BookFile, OutputFile, utcnow
@@ -106,7 +109,19 @@ _CLAIM_SEGMENT = (
         claim=bindparam("claim_"),
         executor=bindparam("executor_"),
     )
-    .returning(SEGMENTS.c.script_pk, SEGMENTS.c.job_id)
+    .returning(
+        SEGMENTS.c.script_pk,
+        SEGMENTS.c.job_id,
+        # Read in the claim itself, so the two updates below run only when they would match.
+        # Spelled out: SQLite's compiler leaves a RETURNING clause's columns unqualified, and
+        # a bare `script_pk` would bind to whatever table nearest has a column of that name.
+        select(SCRIPTS.c.started_at)
+        .where(SCRIPTS.c.id == literal_column("segments.script_pk"))
+        .scalar_subquery(),
+        select(JOBS.c.state)
+        .where(JOBS.c.id == literal_column("segments.job_id"))
+        .scalar_subquery(),
+    )
 )
 # Both only match (and lock) the first time: the first claim starts the script and the job.
 _START_SCRIPT = (
@@ -206,8 +221,9 @@ def _stitch_due(conn: Connection, script_pk: int) -> Next:
 
 
 def _settle_due(conn: Connection, job_id: str) -> Next:
-    # Taking the job's row first makes finishers of its last scripts answer one after another.
-    conn.execute(_LOCK_JOB, {"pk_": job_id})
+    if not holds_write_lock(conn):
+        # Taking the job's row first makes finishers of its last scripts answer one after another.
+        conn.execute(_LOCK_JOB, {"pk_": job_id})
     active = conn.execute(_SCRIPTS_ACTIVE, {"pk_": job_id}).scalar()
     return NOTHING if active else Next(settle=job_id)
 
@@ -262,9 +278,11 @@ def claim_segment(conn: Connection, segment_pk: int, claim: Claim) -> bool:
     ).one_or_none()
     if claimed is None:
         return False
-    script_pk, job_id = claimed
-    conn.execute(_START_SCRIPT, {"pk_": script_pk, "now_": now})
-    conn.execute(_START_JOB, {"pk_": job_id, "now_": now})
+    script_pk, job_id, script_started, job_state = claimed
+    if script_started is None:
+        conn.execute(_START_SCRIPT, {"pk_": script_pk, "now_": now})
+    if job_state == State.PENDING:
+        conn.execute(_START_JOB, {"pk_": job_id, "now_": now})
     return True
 
 
@@ -384,9 +402,10 @@ def finish_segment(
     ).scalar_one_or_none()
     if finished is None:
         return None
-    # Always written, though it adds nothing: the update takes the script's row lock, which
-    # makes the last finishers of one script ask `_stitch_due` one after the other.
-    conn.execute(_BILL_SCRIPT, {"pk_": finished, "billed_": 0})
+    if not holds_write_lock(conn):
+        # Written though it adds nothing: the update takes the script's row lock, which makes
+        # the last finishers of one script ask `_stitch_due` one after the other.
+        conn.execute(_BILL_SCRIPT, {"pk_": finished, "billed_": 0})
     return _stitch_due(conn, finished)
 
 

@@ -423,6 +423,21 @@ def test_claim_finish_and_timestamps(db: Engine) -> None:
         assert segment.started_at <= segment.finished_at
 
 
+def test_a_scripts_and_its_jobs_start_are_their_first_claims(db: Engine) -> None:
+    job_id = record(db, make_plan(scripts=2, segments=2))
+    pks = segment_pks(db, job_id)
+    for pk in (pks[2], pks[0], pks[3], pks[1]):
+        assert in_tx(db, lambda s, pk=pk: claim_segment(s, pk, ME)) is True
+
+    with db.begin() as conn:
+        segments = [row_in(conn, SEGMENTS, pk) for pk in pks]
+        job = row_in(conn, JOBS, job_id)
+        for script_pk in {segment.script_pk for segment in segments}:
+            claimed = [s.started_at for s in segments if s.script_pk == script_pk]
+            assert row_in(conn, SCRIPTS, script_pk).started_at == min(claimed)
+        assert (job.state, job.started_at) == (State.RUNNING, segments[2].started_at)
+
+
 def test_starting_a_job_twice_only_wins_once(db: Engine) -> None:
     job_id = record(db, make_plan(scripts=1, segments=1))
     assert in_tx(db, lambda s: start_job(s, job_id)) is True
