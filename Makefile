@@ -40,6 +40,7 @@ test: lint
 bench: install-bench
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/instructions.py
+	$(BIN)/python bench/limiter.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/throughput.py --celery
 	$(BIN)/python bench/takeover.py

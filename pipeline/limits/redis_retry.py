@@ -1,13 +1,13 @@
 """Waiting out a Redis that is not answering: which errors mean that, and the backoff.
 
-`retrying` is the policy of the shared limiter (asyncio code).
+`redis_call` is the policy of the shared limiter (asyncio code).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.exceptions
 from tenacity import (
@@ -19,6 +19,8 @@ from tenacity import (
     wait_random,
 )
 from tenacity.stop import stop_base
+
+T = TypeVar("T")
 
 # Errors that mean "Redis is not reachable right now" (down, restarting, loading its data).
 REDIS_DOWN: tuple[type[Exception], ...] = (
@@ -50,6 +52,18 @@ def _policy(log: logging.Logger, stop: stop_base) -> dict[str, Any]:
     }
 
 
-def retrying(log: logging.Logger, stop: stop_base = stop_never) -> AsyncRetrying:
-    """Retry while Redis is down (forever unless `stop` says otherwise), logging to `log`."""
-    return AsyncRetrying(**_policy(log, stop))
+async def redis_call(
+    call: Callable[[], Awaitable[T]], log: logging.Logger, stop: stop_base = stop_never
+) -> T:
+    """`await call()`, retried while Redis is down (forever unless `stop` says otherwise),
+    logging to `log`."""
+    try:
+        # The first try runs bare: tenacity's machinery costs more than a Redis round trip,
+        # and every slot makes several.
+        return await call()
+    except REDIS_DOWN:
+        pass
+    async for attempt in AsyncRetrying(**_policy(log, stop)):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity re-raises the last error")

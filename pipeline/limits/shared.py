@@ -58,7 +58,7 @@ from pipeline.limits import lua
 from pipeline.limits.aimd import AimdRule, AimdState
 from pipeline.limits.bucket import BucketRule, BucketState
 from pipeline.limits.config import LimitConfig
-from pipeline.limits.redis_retry import REDIS_DOWN, retrying
+from pipeline.limits.redis_retry import REDIS_DOWN, redis_call
 from pipeline.limits.redis_state import Change, RedisState
 from pipeline.rime.errors import RateLimited
 
@@ -153,7 +153,7 @@ class RedisLimiter:
         # Only one task of this limiter waits in Redis at a time; the rest queue here, in order.
         self._gate = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
-        self._renewals: set[asyncio.Event] = set()
+        self._renewals: set[_Renewal] = set()
         self._acquire_script = self._redis.register_script(lua.ACQUIRE)
         self._renew_script = self._redis.register_script(lua.RENEW)
         self._release_script = self._redis.register_script(lua.RELEASE)
@@ -206,8 +206,8 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         """Finish this limiter's Redis work, then close the client if this limiter created it."""
-        for stop in self._renewals:
-            stop.set()  # slots still held lapse after lease_seconds
+        for renewal in list(self._renewals):
+            renewal.stop()  # slots still held lapse after lease_seconds
         while self._background:
             await asyncio.wait(list(self._background))
         if self._owns_client:
@@ -297,9 +297,8 @@ class RedisLimiter:
             # The acquisition stops after its current command and gives back a slot it got.
             abandoned.set()
             raise
-        stop = asyncio.Event()
-        self._renewals.add(stop)
-        renewer = self._spawn(self._renew_until(token, stop))
+        renewal = _Renewal(self, token)
+        self._renewals.add(renewal)
         try:
             if self._budget is not None:
                 await self._take_token(*self._budget)
@@ -311,31 +310,32 @@ class RedisLimiter:
             await self.on_rate_limited()
             raise
         finally:
-            stop.set()
-            self._renewals.discard(stop)
-            await self._shielded(self._release_after(renewer, token))
+            self._renewals.discard(renewal)
+            await self._shielded(self._release_after(renewal, token))
 
     async def _acquire(self, token: str, abandoned: asyncio.Event) -> None:
         args = [token, *self._admission]
         keys = [self.keys.leases, self.keys.adaptive, self.keys.peak]
+
+        async def admitted() -> None:
+            while not abandoned.is_set():
+                admitted, _, _ = await self._acquire_script(keys=keys, args=args)
+                if int(admitted):
+                    if abandoned.is_set():
+                        await self._release(token)
+                    return
+                # Woken by a release or a raised cap; the timeout bounds the wait so that
+                # leases of dead workers, which expire silently, are reclaimed.
+                await self._redis.blpop([self.keys.wake], timeout=self.poll_seconds)
+
         async with self._gate:
-            async for attempt in retrying(log):
-                with attempt:
-                    while not abandoned.is_set():
-                        admitted, _, _ = await self._acquire_script(keys=keys, args=args)
-                        if int(admitted):
-                            if abandoned.is_set():
-                                await self._release(token)
-                            return
-                        # Woken by a release or a raised cap; the timeout bounds the wait so
-                        # that leases of dead workers, which expire silently, are reclaimed.
-                        await self._redis.blpop([self.keys.wake], timeout=self.poll_seconds)
+            await redis_call(admitted, log)
 
     async def _take_token(self, rule: BucketRule, bucket: RedisState[BucketState]) -> None:
         async def take() -> float:
             return (await bucket.change(rule.take)).result
 
-        while (wait := await self._shielded(self._forever(take))) > 0:
+        while (wait := await self._shielded(redis_call(take, log))) > 0:
             await self._sleep(wait)
 
     async def _report(
@@ -348,30 +348,29 @@ class RedisLimiter:
 
         return await self._bookkeeping(lambda: self._adaptive.change(transition, wake=_raised))
 
-    async def _renew_until(self, token: str, stop: asyncio.Event) -> None:
+    async def _renew(self, token: str) -> float:
+        """Renew one lease; the seconds until the next renewal."""
         keys = [self.keys.leases, self.keys.peak]
         args: list[EncodableT] = [token, _ms(self.lease_seconds), self._state_ttl_ms]
-        delay = self._renew_every
-        while not await _is_set_within(stop, delay):
-            try:
-                restored = int(await self._renew_script(keys=keys, args=args))
-            except Exception as exc:
-                # Whatever went wrong, keep renewing: a dead renewer silently frees the slot.
-                log.warning("could not renew a lease (%s); retrying", type(exc).__name__)
-                log.debug("renewal failed", exc_info=True)
-                # Try again sooner than usual: the lease is running out meanwhile.
-                delay = min(self._renew_every, 0.5)
-                continue
-            delay = self._renew_every
-            if restored:
-                log.warning("a lease had been lost (expired, or Redis restarted); restored it")
+        try:
+            restored = int(await self._renew_script(keys=keys, args=args))
+        except Exception as exc:
+            # Whatever went wrong, keep renewing: a dead renewer silently frees the slot.
+            log.warning("could not renew a lease (%s); retrying", type(exc).__name__)
+            log.debug("renewal failed", exc_info=True)
+            # Try again sooner than usual: the lease is running out meanwhile.
+            return min(self._renew_every, 0.5)
+        if restored:
+            log.warning("a lease had been lost (expired, or Redis restarted); restored it")
+        return self._renew_every
 
-    async def _release_after(self, renewer: asyncio.Task[None], token: str) -> None:
-        # Only once the renewer has stopped can it no longer put the lease back.
-        await asyncio.wait([renewer])
+    async def _release_after(self, renewal: _Renewal, token: str) -> None:
+        # Only once the renewals have stopped can none put the lease back.
+        await renewal.stopped()
         await self._release(token)
 
     async def _release(self, token: str) -> None:
+        # Always run inside a shielded task already (the slot's exit, or an acquisition).
         await self._bookkeeping(
             lambda: self._release_script(
                 keys=[self.keys.leases, self.keys.wake],
@@ -379,36 +378,53 @@ class RedisLimiter:
             )
         )
 
-    async def _forever(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Await `call()`, retrying for as long as Redis is not answering."""
-        async for attempt in retrying(log):
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable: tenacity re-raises the last error")
-
-    async def _with_patience(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Await `call()`, retrying for a few seconds while Redis is not answering."""
-        async for attempt in retrying(log, stop_after_delay(PATIENCE_SECONDS)):
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable: tenacity re-raises the last error")
-
     async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
-        return await self._shielded(self._with_patience(call))
+        return await self._shielded(redis_call(call, log, stop_after_delay(PATIENCE_SECONDS)))
 
     async def _bookkeeping(self, call: Callable[[], Awaitable[T]]) -> T | None:
-        """Await `call()` patiently; on giving up log it and return None (never raise)."""
+        """Await `call()` (not shielded: the caller is), retrying for a few seconds while Redis
+        is not answering; on giving up log it and return None (never raise)."""
         try:
-            return await self._patiently(call)
+            return await redis_call(call, log, stop_after_delay(PATIENCE_SECONDS))
         except REDIS_DOWN as exc:
             log.warning("Redis is not answering (%s); skipped an update", type(exc).__name__)
             return None
 
 
-async def _is_set_within(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to `seconds` for `event`; whether it is set."""
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+class _Renewal:
+    """Renews one slot's lease every third of its lifetime until stopped.
+
+    A timer while nothing is due, not a task: most slots are held for a fraction of a period,
+    and a task per slot cost more than both of its Redis round trips."""
+
+    def __init__(self, limiter: RedisLimiter, token: str) -> None:
+        self._limiter = limiter
+        self._token = token
+        self._loop = asyncio.get_running_loop()
+        self._running: asyncio.Task[None] | None = None
+        self._done = False
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            limiter._renew_every, self._due
+        )
+
+    def _due(self) -> None:
+        self._timer = None
+        self._running = self._limiter._spawn(self._run())
+
+    async def _run(self) -> None:
+        delay = await self._limiter._renew(self._token)
+        if not self._done:
+            self._timer = self._loop.call_later(delay, self._due)
+
+    def stop(self) -> None:
+        """Schedule no further renewal."""
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def stopped(self) -> None:
+        """Stop, and wait for a renewal already under way."""
+        self.stop()
+        if self._running is not None:
+            await asyncio.wait([self._running])
