@@ -41,6 +41,7 @@ bench: install-bench
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/instructions.py
 	$(BIN)/python bench/limiter.py
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/throughput.py --celery
 	$(BIN)/python bench/takeover.py

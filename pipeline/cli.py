@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from sqlalchemy import Engine
 
-    from pipeline.plan import JobOptions, JobPlan, PlannedSegment
+    from pipeline.options import JobOptions
+    from pipeline.plan import JobPlan, PlannedSegment
     from pipeline.progress import Done
     from pipeline.scheduler import Fired, Submitter
     from pipeline.store import State

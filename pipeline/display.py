@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from pipeline.deliver import Attempted
     from pipeline.diff import PlanDiff
     from pipeline.loudness import FileFigures, LoudnessRecord
-    from pipeline.plan import JobOptions, JobPlan, ScriptPlan
+    from pipeline.options import JobOptions
+    from pipeline.plan import JobPlan, ScriptPlan
     from pipeline.store.deliveries import DeliveryStatus
     from pipeline.store.productions import Production, Release
     from pipeline.store.schedules import Run, Schedule

@@ -26,7 +26,7 @@ from enum import StrEnum
 
 from sqlalchemy import Connection, select
 
-from pipeline.plan import JobOptions
+from pipeline.options import JobOptions
 from pipeline.store import State, deliveries, views
 from pipeline.store.schema import JOBS, utcnow
 

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, select
 
 from pipeline.errors import InputError, RimeBatchError
 from pipeline.notify import JobEvent, job_ended
-from pipeline.plan import JobOptions, Publish
+from pipeline.options import JobOptions, Publish
 from pipeline.results import results_bytes
 from pipeline.storage import (
     RESULTS_KEY,

@@ -22,7 +22,8 @@ from sqlalchemy import Engine
 
 from pipeline.diff import diff_at_destination
 from pipeline.errors import RimeBatchError, first_line
-from pipeline.plan import JobOptions, JobPlan, plan_manifest
+from pipeline.options import JobOptions
+from pipeline.plan import JobPlan, plan_manifest
 from pipeline.schedules import check_cron, check_name, due_to_handle
 from pipeline.settings import get_settings
 from pipeline.store.schedules import (

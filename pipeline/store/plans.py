@@ -11,7 +11,8 @@ from typing import Any, TypeVar, get_origin, get_type_hints
 from sqlalchemy import Connection, RowMapping, Select, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.plan import BookPlan, JobOptions, JobPlan, OutputSpec, PlannedSegment, ScriptPlan
+from pipeline.options import JobOptions
+from pipeline.plan import BookPlan, JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.params import VoiceParams
 from pipeline.store import productions
 from pipeline.store.errors import JobNotFound, StoreError

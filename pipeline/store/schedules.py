@@ -18,7 +18,7 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.errors import InputError
-from pipeline.plan import JobOptions
+from pipeline.options import JobOptions
 from pipeline.store.errors import StoreError
 from pipeline.store.schema import SCHEDULE_RUNS, SCHEDULES, utcnow
 

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Connection, and_, case, exists, func, sele
 from sqlalchemy import false as sa_false
 
 from pipeline.loudness import LoudnessRecord
-from pipeline.plan import JobOptions
+from pipeline.options import JobOptions
 from pipeline.store import executors
 from pipeline.store.errors import JobNotFound, JobStillRunning
 from pipeline.store.schema import BOOKS, JOBS, PRODUCTIONS, SCRIPTS, SEGMENTS, BookFile, OutputFile

@@ -25,7 +25,8 @@ from sqlalchemy import Connection, insert, select
 
 from pipeline.errors import InputError, ManifestError
 from pipeline.manifest.source import is_s3, open_source
-from pipeline.plan import JobOptions, JobPlan, Publish, job_options, plan_manifest
+from pipeline.options import JobOptions, Publish
+from pipeline.plan import JobPlan, job_options, plan_manifest
 from pipeline.store import State, views
 from pipeline.store.schema import JOB_MANIFESTS
 from service import idempotency

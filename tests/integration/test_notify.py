@@ -22,7 +22,7 @@ from sqlalchemy import Engine, func, select
 
 from pipeline.deliver import NO_SECRET, Sender
 from pipeline.notify import JobEvent, job_ended
-from pipeline.plan import JobOptions, Publish
+from pipeline.options import JobOptions, Publish
 from pipeline.publish import publish
 from pipeline.rime.errors import BadRequest
 from pipeline.stages import Context, settle_stage, stitch_stage, synth_stage

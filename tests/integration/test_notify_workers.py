@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 from sqlalchemy import Engine, update
 
-from pipeline.plan import JobOptions
+from pipeline.options import JobOptions
 from pipeline.settings import Settings
 from pipeline.store import State, deliveries, open_database
 from pipeline.store.deliveries import DeliveryState, DeliveryStatus

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine
 
-from pipeline.plan import JobOptions, JobPlan, OutputSpec, PlannedSegment, Publish, ScriptPlan
+from pipeline.options import JobOptions, Publish
+from pipeline.plan import JobPlan, OutputSpec, PlannedSegment, ScriptPlan
 from pipeline.rime.models import MODELS
 from pipeline.rime.params import VoiceParams
 from pipeline.store import (

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine
 
-from pipeline.plan import JobOptions, Publish
+from pipeline.options import JobOptions, Publish
 from pipeline.store.schedules import (
     Outcome,
     ScheduleExists,

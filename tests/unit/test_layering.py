@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
         "pipeline.webhook",
         "pipeline.acx",
     },
-    {"pipeline.lexicon"},
+    {"pipeline.lexicon", "pipeline.options"},
     {
         "pipeline.analysis",
         "pipeline.retry",

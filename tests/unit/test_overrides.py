@@ -20,7 +20,8 @@ from pipeline.manifest.overrides import (
     split_assignment,
 )
 from pipeline.manifest.readers import VOICE_KEYS
-from pipeline.plan import JobOptions, plan_manifest
+from pipeline.options import JobOptions
+from pipeline.plan import plan_manifest
 from tests.unit.test_manifest import write
 
 TWO = "scripts:\n  - id: a\n    text: Hi.\n  - id: b\n    text: There.\n"
