@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -40,42 +44,64 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Take BEGIN away from the sqlite3 driver (it skips it before SELECTs); `_sqlite_begin`
-    # emits our own.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        # WAL lets readers (a status table) run while a worker writes.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
-
-
 _BEGIN = "BEGIN IMMEDIATE"
 
 
-def _sqlite_begin(connection: Connection) -> None:
-    # IMMEDIATE takes the write lock up front, waiting out the busy timeout. A deferred
-    # transaction that reads and then writes fails at once with SQLITE_BUSY when another
-    # writer committed in between, and waiting would not help it. Sent on the driver's own
-    # connection: through SQLAlchemy's statement machinery it cost a third of an empty
-    # transaction, and every segment runs several.
-    try:
-        connection.connection.dbapi_connection.execute(_BEGIN)  # type: ignore[union-attr]
-    except sqlite3.Error as exc:
-        # As SQLAlchemy raises it for a statement of its own ("database is locked" is an
-        # OperationalError, which the workers retry).
-        raise DBAPIError.instance(_BEGIN, (), exc, sqlite3.Error) from exc
+class JobTableSQLite(SQLiteDialect_pysqlite):
+    """SQLite as the job table uses it: WAL, foreign keys, a busy timeout, and every
+    transaction begun IMMEDIATE.
+
+    A dialect of its own rather than event listeners: one listener of a connection's events
+    makes SQLAlchemy dispatch them around every statement, a tenth of a short transaction.
+    """
+
+    supports_statement_cache = True
+
+    def on_connect(self) -> Callable[[Any], None]:
+        """The driver's own set-up, then ours, on every new connection."""
+        driver_setup = super().on_connect()
+
+        def setup(dbapi_connection: Any) -> None:
+            driver_setup(dbapi_connection)
+            # Take BEGIN away from the sqlite3 driver (it skips it before SELECTs); `do_begin`
+            # sends our own.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                # WAL lets readers (a status table) run while a worker writes.
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            finally:
+                cursor.close()
+
+        return setup
+
+    def do_begin(self, dbapi_connection: PoolProxiedConnection) -> None:
+        """BEGIN IMMEDIATE, on the driver's own connection."""
+        # IMMEDIATE takes the write lock up front, waiting out the busy timeout. A deferred
+        # transaction that reads and then writes fails at once with SQLITE_BUSY when another
+        # writer committed in between, and waiting would not help it. Sent on the driver's
+        # connection: through SQLAlchemy's statement machinery it cost a third of an empty
+        # transaction, and every segment runs several.
+        try:
+            dbapi_connection.dbapi_connection.execute(_BEGIN)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            # As SQLAlchemy raises it for a statement of its own ("database is locked" is an
+            # OperationalError, which the workers retry).
+            raise DBAPIError.instance(_BEGIN, (), exc, sqlite3.Error) from exc
+
+
+# What a SQLite URL is opened with (its driver is still the standard library's sqlite3).
+_DRIVER = "sqlite+rime_batch"
+registry.register("sqlite.rime_batch", __name__, JobTableSQLite.__name__)
 
 
 def holds_write_lock(conn: Connection) -> bool:
     """Whether this transaction has held the whole database's write lock since it began
-    (SQLite's BEGIN IMMEDIATE, `_sqlite_begin`): a statement run only to lock a row adds nothing."""
-    return conn.dialect.name == "sqlite"
+    (`JobTableSQLite`): a statement run only to lock a row adds nothing."""
+    return isinstance(conn.dialect, JobTableSQLite)
 
 
 def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
@@ -91,10 +117,7 @@ def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
     ):
         # The default file lives in the user's data folder, which a fresh account lacks.
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, **kwargs)
-    event.listen(engine, "connect", _sqlite_on_connect)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
+    return create_engine(parsed.set(drivername=_DRIVER), **kwargs)
 
 
 def open_database(url: str | URL, **engine_options: Any) -> Engine:
