@@ -55,8 +55,8 @@ def _policy(log: logging.Logger, stop: stop_base) -> dict[str, Any]:
 async def redis_call(
     call: Callable[[], Awaitable[T]], log: logging.Logger, stop: stop_base = stop_never
 ) -> T:
-    """`await call()`, retried while Redis is down (forever unless `stop` says otherwise),
-    logging to `log`."""
+    """`await call()`, retried while Redis is down (forever unless `stop` says otherwise,
+    counted from the first retry), logging to `log`."""
     try:
         # The first try runs bare: tenacity's machinery costs more than a Redis round trip,
         # and every slot makes several.

@@ -154,6 +154,7 @@ class RedisLimiter:
         self._gate = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self._renewals: set[_Renewal] = set()
+        self._closing = False  # no renewal is scheduled once aclose has begun
         self._acquire_script = self._redis.register_script(lua.ACQUIRE)
         self._renew_script = self._redis.register_script(lua.RENEW)
         self._release_script = self._redis.register_script(lua.RELEASE)
@@ -206,6 +207,7 @@ class RedisLimiter:
 
     async def aclose(self) -> None:
         """Finish this limiter's Redis work, then close the client if this limiter created it."""
+        self._closing = True
         for renewal in list(self._renewals):
             renewal.stop()  # slots still held lapse after lease_seconds
         while self._background:
@@ -346,7 +348,10 @@ class RedisLimiter:
         def transition(state: AimdState, now: float) -> tuple[AimdState, None]:
             return outcome(self._aimd.bounded(state), now), None
 
-        return await self._bookkeeping(lambda: self._adaptive.change(transition, wake=_raised))
+        # Shielded here: a report runs in its caller's task, which may be cancelled.
+        return await self._shielded(
+            self._bookkeeping(lambda: self._adaptive.change(transition, wake=_raised))
+        )
 
     async def _renew(self, token: str) -> float:
         """Renew one lease; the seconds until the next renewal."""
@@ -382,8 +387,8 @@ class RedisLimiter:
         return await self._shielded(redis_call(call, log, stop_after_delay(PATIENCE_SECONDS)))
 
     async def _bookkeeping(self, call: Callable[[], Awaitable[T]]) -> T | None:
-        """Await `call()` (not shielded: the caller is), retrying for a few seconds while Redis
-        is not answering; on giving up log it and return None (never raise)."""
+        """Await `call()`, retrying for a few seconds while Redis is not answering; on giving up
+        log it and return None (never raise). Not shielded: run it in a task that is."""
         try:
             return await redis_call(call, log, stop_after_delay(PATIENCE_SECONDS))
         except REDIS_DOWN as exc:
@@ -403,18 +408,20 @@ class _Renewal:
         self._loop = asyncio.get_running_loop()
         self._running: asyncio.Task[None] | None = None
         self._done = False
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
-            limiter._renew_every, self._due
-        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._schedule(limiter._renew_every)
+
+    def _schedule(self, delay: float) -> None:
+        # A slot acquired while the limiter closes is not renewed: it lapses like the rest.
+        if not self._done and not self._limiter._closing:
+            self._timer = self._loop.call_later(delay, self._due)
 
     def _due(self) -> None:
         self._timer = None
         self._running = self._limiter._spawn(self._run())
 
     async def _run(self) -> None:
-        delay = await self._limiter._renew(self._token)
-        if not self._done:
-            self._timer = self._loop.call_later(delay, self._due)
+        self._schedule(await self._limiter._renew(self._token))
 
     def stop(self) -> None:
         """Schedule no further renewal."""

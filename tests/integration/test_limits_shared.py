@@ -487,6 +487,61 @@ def test_concurrent_reports_from_many_workers_lose_no_update(redis_url: str) -> 
     assert asyncio.run(scenario()) == 32 + 4 * 5
 
 
+def test_a_slot_acquired_while_the_limiter_closes_is_not_renewed_after(redis_url: str) -> None:
+    config = LimitConfig(concurrency=1, adaptive=False)
+    namespace = _namespace()
+
+    async def scenario() -> int:
+        limiter = RedisLimiter(redis_url, config, namespace, lease_seconds=0.6, poll_seconds=0.1)
+        first_in, second_in, leave = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def hold(entered: asyncio.Event, until: asyncio.Event) -> None:
+            async with limiter.slot():
+                entered.set()
+                await until.wait()
+
+        first = asyncio.create_task(hold(first_in, leave))
+        await first_in.wait()
+        second = asyncio.create_task(hold(second_in, asyncio.Event()))  # held for ever
+        await asyncio.sleep(0.2)  # waiting for the slot in Redis
+        closing = asyncio.create_task(limiter.aclose())
+        await asyncio.sleep(0.05)
+        leave.set()  # the waiter gets the slot while the limiter is closing
+        await asyncio.wait_for(second_in.wait(), 5)
+        await asyncio.wait_for(closing, 5)
+        await first
+        await asyncio.sleep(1.5)  # more than two lease lifetimes, four renewal periods
+        reader = RedisLimiter(redis_url, config, namespace)
+        held = await reader.in_flight()
+        await reader.aclose()
+        second.cancel()
+        return held
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_a_report_whose_caller_is_cancelled_still_lands(redis_url: str) -> None:
+    # A report runs in its caller's task; a heartbeat that finds the claim lost cancels that
+    # task mid-command, and a Redis command must never be cut off halfway.
+    config = LimitConfig(concurrency=64, adaptive=True, probe_after=1)
+
+    async def scenario() -> int:
+        limiter = RedisLimiter(redis_url, config, _namespace())
+        for _ in range(3):
+            report = asyncio.create_task(limiter.on_success())
+            await asyncio.sleep(0)  # under way: waiting for Redis
+            report.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await report
+        await limiter.aclose()  # waits for what the cancelled callers left running
+        reader = RedisLimiter(redis_url, config, limiter.namespace)
+        cap = await reader.cap()
+        await reader.aclose()
+        return cap
+
+    assert asyncio.run(scenario()) == 32 + 3
+
+
 @pytest.mark.timeout(30)
 def test_the_adaptive_state_is_forgotten_only_after_an_idle_spell(redis_url: str) -> None:
     # A state lifetime of 0.5 s stands for the hour. Busy at the ceiling, where a success
