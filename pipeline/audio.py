@@ -411,8 +411,13 @@ def encoding_args(
 
     Each format of `measure` but a WAV is decoded again in the same run (a
     loopback decoder, `-dec`, ffmpeg 7 and later) and measured by its own ebur128
-    (`meter_name`); with `fed`, the split's own branch is measured (`FED_METER`). Each meter is
-    a filter graph of its own, so ffmpeg runs them on threads of their own.
+    (`meter_name`); with `fed`, the split's own branch is measured too (`FED_METER`), through a
+    lossless encoder and a loopback decoder of its own.
+
+    Every meter is in one filter graph, which ffmpeg runs on one thread, apart from the
+    encoders: meters in graphs of their own print their summaries from threads of their own,
+    and ffmpeg's log then interleaves them, a line of one under the head of another, so a
+    figure could be read as another output's.
     """
     args = ["-filter_complex", split_graph(filters, len(piped), fed)]
     for index, (fmt, path) in enumerate(piped.items()):
@@ -422,28 +427,33 @@ def encoding_args(
         args += ["-flags:a", "+bitexact"]
         args += encoder_args(fmt, sample_rate=sample_rate, mp3_bitrate=mp3_bitrate)
         args += ["-y", str(path)]
-    decoded = [i for i, fmt in enumerate(piped) if fmt in measure and not holds_the_feed(fmt)]
-    for index in decoded:
-        args += ["-dec", f"{index}:0"]  # output `index`'s stream 0, decoded as it is muxed
-    for loop, index in enumerate(decoded):
-        meter = f"[dec:{loop}]{_ebur128(peak=True, name=meter_name(index))}[d{index}]"
-        args += ["-filter_complex", meter]
-    for index in decoded:
-        args += ["-map", f"[d{index}]", "-f", "null", "-"]
+    meters = {
+        meter_name(index): index
+        for index, fmt in enumerate(piped)
+        if fmt in measure and not holds_the_feed(fmt)
+    }
     if fed:
-        args += ["-map", "[measured]", "-f", "null", "-"]
+        # Doubles, as the split gives them: the fed meter sees exactly what the encoders get.
+        args += ["-map", "[m]", "-c:a", "pcm_f64le", "-f", "null", "-"]
+        meters[FED_METER] = len(piped)
+    for output in meters.values():
+        args += ["-dec", f"{output}:0"]  # that output's stream 0, decoded as it is muxed
+    chains = [
+        f"[dec:{loop}]{_ebur128(peak=True, name=name)}[{name}]" for loop, name in enumerate(meters)
+    ]
+    if chains:
+        args += ["-filter_complex", ";".join(chains)]
+    for name in meters:
+        args += ["-map", f"[{name}]", "-f", "null", "-"]
     return args
 
 
 def split_graph(filters: str | None, outputs: int, measure: bool) -> str:
-    """The one filter graph of an encode: the input through `filters`, split to each encoder
-    (`[o0]`, `[o1]`, ...) and, when measuring, through ebur128 (`FED_METER`) to `[measured]`."""
+    """The filter graph of an encode: the input through `filters`, split to each encoder
+    (`[o0]`, `[o1]`, ...) and, when measuring what they are fed, to `[m]`."""
     labels = [f"[o{index}]" for index in range(outputs)] + (["[m]"] if measure else [])
     head = f"[0:a]{filters or 'anull'}"
-    graph = f"{head},asplit={len(labels)}{''.join(labels)}" if len(labels) > 1 else head + labels[0]
-    if measure:
-        graph += f";[m]{_ebur128(peak=True, name=FED_METER)}[measured]"
-    return graph
+    return f"{head},asplit={len(labels)}{''.join(labels)}" if len(labels) > 1 else head + labels[0]
 
 
 def _raw_input(sample_format: str, sample_rate: int) -> list[str]:

@@ -21,10 +21,12 @@ import numpy.typing as npt
 import pytest
 
 from pipeline.audio import (
+    FED_METER,
     AudioError,
     DecodeError,
     Loudness,
     decode,
+    encoding_args,
     ffmpeg_exe,
     parse_ebur128_summary,
 )
@@ -457,3 +459,21 @@ def test_plan_helpers_carry_pauses_rate_and_lead(tmp_path: Path) -> None:
     made = spec_for(script, tmp_path)
     assert (made.sample_rate, made.stem, made.lead_pause_ms) == (22050, "intro", 40)
     assert made.output.formats == ("mp3",)
+
+
+def test_every_meter_of_an_encode_is_in_one_filter_graph() -> None:
+    # ffmpeg runs each filter graph on a thread of its own, and meters on several threads print
+    # their summaries into one another's in its log: a figure would be read as another's.
+    args = encoding_args(
+        {"mp3": Path("a.mp3"), "ogg": Path("b.ogg"), "wav": Path("c.wav")},
+        sample_rate=24000,
+        mp3_bitrate="128k",
+        filters="volume=1dB",
+        measure=("mp3", "ogg", "wav"),
+        fed=True,
+    )
+    graphs = [args[i + 1] for i, arg in enumerate(args) if arg == "-filter_complex"]
+    metering = [graph for graph in graphs if "ebur128" in graph]
+    assert len(metering) == 1
+    named = [name for name in ("o0", "o1", "o2", FED_METER) if f"ebur128@{name}=" in metering[0]]
+    assert named == ["o0", "o1", FED_METER]  # the mp3, the ogg, and what the wav holds
