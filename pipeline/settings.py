@@ -135,9 +135,9 @@ class Settings(BaseModel):
     worker_threads: PositiveInt | None = None
     # Segments one synthesis task carries, run side by side in its worker: a task's trip
     # through the broker costs about as much CPU as a short prompt's whole synthesis. One by
-    # default: kombu's Redis transport (5.7) can leave a worker's consumer stopped when a task
-    # that began before a broker restart acknowledges after it, and longer tasks make that
-    # likelier.
+    # default: after a broker restart, Celery 5.7.0 closes its lost connection twice, and the
+    # second close, restoring the messages still unacknowledged, fails outside kombu's
+    # connection errors and stops the worker's consumer; longer tasks make that likelier.
     segments_per_task: PositiveInt = 1
     # A worker's slot of the shared cap lives this long in Redis unless renewed.
     lease_seconds: PositiveFloat = 30.0

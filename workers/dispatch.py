@@ -54,7 +54,7 @@ class Dispatcher:
         if per_task is not None and per_task < 1:
             raise ValueError(f"a task carries at least one segment, not {per_task}")
         self.app = app
-        self.per_task = per_task or app.conf.get(SEGMENTS_PER_TASK, 1)
+        self.per_task = per_task or app.conf[SEGMENTS_PER_TASK]
 
     def segments(self, segment_pks: Iterable[int]) -> int:
         """Synthesis tasks of `per_task` segments each, in order, over one connection; how
